@@ -1,0 +1,205 @@
+//! Every metric weir exports, in one place. Names follow Prometheus conventions (`_total`,
+//! `_seconds`); labels come from small closed sets: the rule's name, the action's label
+//! (`<position>-<type>`, e.g. `0-webhook`, or `error-<type>` for the error action) and a
+//! reason from a fixed list. Topics and device ids are never labels.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder, core::Collector,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Messages the ingress received (embedded broker or external broker).
+    pub ingress_messages: IntCounter,
+    /// Messages that matched no enabled rule.
+    pub ingress_unmatched: IntCounter,
+    pub broker_connections: IntGauge,
+    pub broker_received: IntCounter,
+    /// Messages the embedded broker could not queue for a slow subscriber.
+    pub broker_dropped: IntCounter,
+    /// Messages whose topic matched the rule's FROM filter.
+    pub rule_matched: IntCounterVec,
+    /// Messages for which the rule produced an output (WHERE true).
+    pub rule_passed: IntCounterVec,
+    /// Messages for which WHERE was false or undefined.
+    pub rule_filtered: IntCounterVec,
+    /// Messages the rule could not process, by reason.
+    pub rule_failed: IntCounterVec,
+    /// Time from receipt of a message to its outputs being handed to the actions.
+    pub rule_latency: HistogramVec,
+    pub action_success: IntCounterVec,
+    pub action_failure: IntCounterVec,
+    pub action_retries: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let broker_connections = IntGauge::new(
+            "weir_broker_connections",
+            "Clients connected to the embedded MQTT broker.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(broker_connections.clone()))
+            .expect("unique metric");
+        let rule_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_rule_processing_seconds",
+                "Time from receipt of a message to its outputs being handed to the rule's actions.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["rule"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(rule_latency.clone()))
+            .expect("unique metric");
+        Self {
+            ingress_messages: counter(
+                "weir_ingress_messages_total",
+                "Messages received from MQTT.",
+            ),
+            ingress_unmatched: counter(
+                "weir_ingress_unmatched_total",
+                "Messages that matched no enabled rule.",
+            ),
+            broker_connections,
+            broker_received: counter(
+                "weir_broker_messages_received_total",
+                "PUBLISH packets the embedded broker received.",
+            ),
+            broker_dropped: counter(
+                "weir_broker_subscriber_dropped_total",
+                "Messages the embedded broker dropped because a subscriber's queue was full.",
+            ),
+            rule_matched: vec(
+                "weir_rule_messages_matched_total",
+                "Messages whose topic matched the rule's FROM filter.",
+                &["rule"],
+            ),
+            rule_passed: vec(
+                "weir_rule_messages_passed_total",
+                "Messages for which the rule produced an output.",
+                &["rule"],
+            ),
+            rule_filtered: vec(
+                "weir_rule_messages_filtered_total",
+                "Messages for which the rule's WHERE clause was false or undefined.",
+                &["rule"],
+            ),
+            rule_failed: vec(
+                "weir_rule_messages_failed_total",
+                "Messages the rule could not process, by reason.",
+                &["rule", "reason"],
+            ),
+            rule_latency,
+            action_success: vec(
+                "weir_action_success_total",
+                "Messages an action delivered.",
+                &["rule", "action"],
+            ),
+            action_failure: vec(
+                "weir_action_failure_total",
+                "Messages an action gave up on (sent to the error action), by reason.",
+                &["rule", "action", "reason"],
+            ),
+            action_retries: vec(
+                "weir_action_retries_total",
+                "Delivery attempts an action retried.",
+                &["rule", "action"],
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Forgets a deleted rule's series so that they stop being exported.
+    pub fn forget_rule(&self, rule: &str) {
+        let drop = |v: &IntCounterVec| {
+            for fam in v.collect() {
+                for m in fam.get_metric() {
+                    let labels: std::collections::HashMap<&str, &str> = m
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name(), l.value()))
+                        .collect();
+                    if labels.get("rule") == Some(&rule) {
+                        // Removing a series that is already gone is not an error worth a line.
+                        let _ = v.remove(&labels);
+                    }
+                }
+            }
+        };
+        for v in [
+            &self.rule_matched,
+            &self.rule_passed,
+            &self.rule_filtered,
+            &self.rule_failed,
+            &self.action_success,
+            &self.action_failure,
+            &self.action_retries,
+        ] {
+            drop(v);
+        }
+        let _ = self.rule_latency.remove_label_values(&[rule]);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_forgets() {
+        let m = Metrics::new();
+        m.rule_matched.with_label_values(&["r1"]).inc();
+        m.rule_failed
+            .with_label_values(&["r1", "invalid_json"])
+            .inc();
+        m.rule_latency.with_label_values(&["r1"]).observe(0.001);
+        let text = m.render();
+        assert!(
+            text.contains("weir_rule_messages_matched_total{rule=\"r1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_rule_messages_failed_total{reason=\"invalid_json\",rule=\"r1\"} 1")
+        );
+        m.forget_rule("r1");
+        let text = m.render();
+        assert!(!text.contains("rule=\"r1\""), "{text}");
+    }
+}

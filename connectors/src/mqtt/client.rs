@@ -1,0 +1,361 @@
+//! Ingress from an external MQTT broker (Mosquitto, EMQX, HiveMQ, ...), as an MQTT 3.1.1
+//! client: plain TCP or TLS (with client certificates), credentials, client id, clean or
+//! persistent session, QoS, and an optional `$share/<group>/` prefix so that several weir
+//! replicas split one stream.
+//!
+//! weir subscribes to exactly the topic filters of its enabled rules, and follows rule
+//! changes: [`ExternalBroker::set_filters`] subscribes to new filters and unsubscribes from
+//! those no rule uses any more. After every (re)connection all filters are subscribed
+//! again, so a broker that lost the session still delivers.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::Packet;
+use rumqttc::{AsyncClient, Event, MqttOptions, TlsConfiguration, Transport};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use weir_engine::{Message, now_ms};
+
+use super::Publisher;
+use crate::metrics::Metrics;
+
+/// How weir connects to an external broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub client_id: String,
+    /// Start a clean session (true) or resume the broker's stored session (false).
+    pub clean_session: bool,
+    /// QoS of weir's subscriptions.
+    pub qos: u8,
+    /// Subscribe as `$share/<group>/<filter>` so that replicas split the stream.
+    pub share_group: Option<String>,
+    /// PEM file of the CA that signed the broker's certificate (else the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM files of weir's client certificate and key, for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExternalError {
+    #[error("broker url '{url}': {message}")]
+    Url { url: String, message: String },
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+struct Endpoint {
+    host: String,
+    port: u16,
+    tls: bool,
+}
+
+fn parse_url(url: &str) -> Result<Endpoint, ExternalError> {
+    let err = |m: &str| ExternalError::Url {
+        url: url.to_owned(),
+        message: m.to_owned(),
+    };
+    let (tls, rest) = if let Some(r) = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+    {
+        (false, r)
+    } else if let Some(r) = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("ssl://"))
+    {
+        (true, r)
+    } else {
+        return Err(err("must start with mqtt:// or mqtts://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') || rest.contains('@') {
+        return Err(err(
+            "give only host and port; credentials go in --broker-username/--broker-password",
+        ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| err("port is not a number from 1 to 65535"))?,
+        ),
+        _ => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(err("host is empty"));
+    }
+    Ok(Endpoint {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+        tls,
+    })
+}
+
+impl ExternalConfig {
+    /// Checks the configuration without connecting.
+    pub fn validate(&self) -> Result<(), ExternalError> {
+        parse_url(&self.url)?;
+        if self.qos > 2 {
+            return Err(ExternalError::Invalid(format!(
+                "broker QoS must be 0, 1 or 2, got {}",
+                self.qos
+            )));
+        }
+        if self.client_id.is_empty() && !self.clean_session {
+            return Err(ExternalError::Invalid(
+                "a persistent session (clean session off) needs a client id".to_owned(),
+            ));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(ExternalError::Invalid(
+                "a client certificate needs its key, and a key its certificate".to_owned(),
+            ));
+        }
+        if let Some(g) = &self.share_group
+            && (g.is_empty() || g.contains(['/', '+', '#']))
+        {
+            return Err(ExternalError::Invalid(format!(
+                "share group '{g}' must be non-empty and contain no '/', '+' or '#'"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The filter weir subscribes to for a rule's filter.
+    pub fn subscription(&self, filter: &str) -> String {
+        match &self.share_group {
+            Some(g) => format!("$share/{g}/{filter}"),
+            None => filter.to_owned(),
+        }
+    }
+
+    fn options(&self) -> Result<MqttOptions, ExternalError> {
+        self.validate()?;
+        let ep = parse_url(&self.url)?;
+        let mut o = MqttOptions::new(self.client_id.clone(), ep.host, ep.port);
+        o.set_keep_alive(self.keep_alive);
+        o.set_clean_session(self.clean_session);
+        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        if let (Some(u), p) = (&self.username, &self.password) {
+            o.set_credentials(u.clone(), p.clone().unwrap_or_default());
+        }
+        if ep.tls {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|source| ExternalError::File {
+                    path: p.clone(),
+                    source,
+                })
+            };
+            let client_auth = match (&self.client_cert, &self.client_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            };
+            let tls = match &self.ca_file {
+                Some(ca) => TlsConfiguration::Simple {
+                    ca: read(ca)?,
+                    alpn: None,
+                    client_auth,
+                },
+                None if client_auth.is_some() => {
+                    return Err(ExternalError::Invalid(
+                        "mutual TLS needs the broker's CA file too (--broker-ca-file)".to_owned(),
+                    ));
+                }
+                None => TlsConfiguration::default(),
+            };
+            o.set_transport(Transport::Tls(tls));
+        }
+        Ok(o)
+    }
+}
+
+fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// A running connection to an external broker.
+pub struct ExternalBroker {
+    filters: watch::Sender<BTreeSet<String>>,
+    publisher: Publisher,
+}
+
+impl ExternalBroker {
+    /// Starts the client: received messages go to `ingress`.
+    pub fn start(
+        config: ExternalConfig,
+        ingress: mpsc::Sender<Message>,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> Result<Self, ExternalError> {
+        let options = config.options()?;
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let (filters, mut filters_rx) = watch::channel(BTreeSet::<String>::new());
+        let config = Arc::new(config);
+
+        // Subscriptions follow the rules, and are renewed on every connection.
+        let (connected_tx, mut connected_rx) = mpsc::channel::<()>(4);
+        let sub_client = client.clone();
+        let sub_config = config.clone();
+        let sub_cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut subscribed: BTreeSet<String> = BTreeSet::new();
+            loop {
+                let resubscribe_all = tokio::select! {
+                    _ = sub_cancel.cancelled() => return,
+                    c = connected_rx.recv() => { if c.is_none() { return; } true }
+                    changed = filters_rx.changed() => { if changed.is_err() { return; } false }
+                };
+                let wanted = filters_rx.borrow_and_update().clone();
+                for f in wanted
+                    .iter()
+                    .filter(|f| resubscribe_all || !subscribed.contains(*f))
+                {
+                    let sub = sub_config.subscription(f);
+                    match sub_client.subscribe(sub.clone(), qos(sub_config.qos)).await {
+                        Ok(()) => {
+                            tracing::info!(filter = %sub, broker = %sub_config.url, "subscribed")
+                        }
+                        Err(e) => tracing::warn!(filter = %sub, error = %e, "cannot subscribe"),
+                    }
+                }
+                for f in subscribed.difference(&wanted) {
+                    let sub = sub_config.subscription(f);
+                    if let Err(e) = sub_client.unsubscribe(sub.clone()).await {
+                        tracing::warn!(filter = %sub, error = %e, "cannot unsubscribe");
+                    }
+                }
+                subscribed = wanted;
+            }
+        });
+
+        let url = config.url.clone();
+        tokio::spawn(async move {
+            let mut failures: u32 = 0;
+            loop {
+                let event = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    e = eventloop.poll() => e,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        failures = 0;
+                        tracing::info!(broker = %url, session_present = ack.session_present, "connected to broker");
+                        let _ = connected_tx.try_send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        metrics.ingress_messages.inc();
+                        let msg = Message {
+                            topic: p.topic,
+                            client_id: None,
+                            payload: p.payload,
+                            received_at_ms: now_ms(),
+                        };
+                        if ingress.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        failures += 1;
+                        let wait = Duration::from_millis(100 * u64::from(failures.min(50)));
+                        if failures == 1 || failures.is_multiple_of(20) {
+                            tracing::warn!(broker = %url, error = %e, retry_in = ?wait, "broker connection failed");
+                        }
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            filters,
+            publisher: Publisher::External(client),
+        })
+    }
+
+    /// The topic filters weir should be subscribed to (those of the enabled rules).
+    pub fn set_filters(&self, filters: BTreeSet<String>) {
+        self.filters.send_replace(filters);
+    }
+
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> ExternalConfig {
+        ExternalConfig {
+            url: url.to_owned(),
+            username: None,
+            password: None,
+            client_id: "weir".to_owned(),
+            clean_session: false,
+            qos: 1,
+            share_group: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn parses_broker_urls() {
+        let e = parse_url("mqtt://broker:1884").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.tls), ("broker", 1884, false));
+        let e = parse_url("mqtts://broker").unwrap();
+        assert_eq!((e.port, e.tls), (8883, true));
+        let e = parse_url("mqtt://127.0.0.1").unwrap();
+        assert_eq!(e.port, 1883);
+        assert!(parse_url("http://broker").is_err());
+        assert!(parse_url("mqtt://broker:x").is_err());
+        assert!(parse_url("mqtt://user:pw@broker:1883").is_err());
+    }
+
+    #[test]
+    fn validates_and_shares() {
+        let mut c = config("mqtt://localhost:1883");
+        assert!(c.validate().is_ok());
+        assert_eq!(c.subscription("a/+"), "a/+");
+        c.share_group = Some("weir".to_owned());
+        assert_eq!(c.subscription("a/+"), "$share/weir/a/+");
+        c.share_group = Some("a/b".to_owned());
+        assert!(c.validate().is_err());
+        let mut c = config("mqtt://localhost");
+        c.client_id.clear();
+        assert!(c.validate().is_err());
+        c.clean_session = true;
+        assert!(c.validate().is_ok());
+        c.client_key = Some("k.pem".into());
+        assert!(c.validate().is_err());
+    }
+}

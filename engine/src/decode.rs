@@ -1,0 +1,340 @@
+//! JSON payloads to Arrow, decoding only the fields a rule reads.
+//!
+//! Each payload is parsed once, by a serde visitor that materialises the top-level keys the
+//! rule's [`FieldTree`] names and skips everything else without allocating (it is still
+//! validated, so a malformed payload is caught here). A batch of such projected rows then
+//! becomes a `RecordBatch` through arrow-json: the schema is inferred from the batch
+//! (numbers that are all integers → Int64, any fraction → Float64, numbers mixed with
+//! strings → Utf8, objects → Struct, arrays → List) and widened with the paths the rule
+//! reads but the batch lacks, as Null columns, so a missing field is NULL rather than a
+//! planning error. Rules cache one plan per distinct schema.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
+use datafusion::arrow::json::ReaderBuilder;
+use datafusion::arrow::json::reader::infer_json_schema_from_iterator;
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::dialect::FieldTree;
+
+/// Why a payload could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("payload is not a JSON object")]
+    NotAnObject,
+}
+
+/// Parses `payload` (which must be a JSON object), keeping only the fields in `tree`.
+pub fn project(payload: &[u8], tree: &FieldTree) -> Result<Map<String, Value>, DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let out = TopLevel(tree)
+        .deserialize(&mut de)
+        .and_then(|m| de.end().map(|()| m))
+        .map_err(|e| {
+            if e.is_data() && e.to_string().starts_with(NOT_OBJECT) {
+                DecodeError::NotAnObject
+            } else {
+                DecodeError::InvalidJson(e.to_string())
+            }
+        })?;
+    Ok(out)
+}
+
+const NOT_OBJECT: &str = "weir: not an object";
+
+struct TopLevel<'a>(&'a FieldTree);
+
+impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
+    type Value = Map<String, Value>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(NOT_OBJECT)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            match self.0.children.get(key.as_ref()) {
+                Some(sub) if !self.0.whole => {
+                    let mut v: Value = map.next_value()?;
+                    prune(&mut v, sub);
+                    out.insert(key.into_owned(), v);
+                }
+                _ if self.0.whole => {
+                    out.insert(key.into_owned(), map.next_value()?);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // Everything that is not an object is refused with a recognisable message.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_OBJECT))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_OBJECT))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_OBJECT))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_OBJECT))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_OBJECT))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_OBJECT))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(de::Error::custom(NOT_OBJECT))
+    }
+}
+
+/// A map key that borrows from the payload when it has no escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// Drops the parts of `v` that `tree` does not read.
+fn prune(v: &mut Value, tree: &FieldTree) {
+    if tree.whole {
+        return;
+    }
+    if let Value::Object(m) = v {
+        m.retain(|k, child| match tree.children.get(k) {
+            Some(sub) => {
+                prune(child, sub);
+                true
+            }
+            None => false,
+        });
+    }
+}
+
+/// Builds the payload part of a batch from projected rows. Returns the fields and columns
+/// (the caller adds metadata columns).
+pub fn rows_to_batch(rows: &[Value], tree: &FieldTree) -> Result<RecordBatch, String> {
+    let inferred = infer_json_schema_from_iterator(rows.iter().map(Ok::<_, _>))
+        .map_err(|e| format!("fields have conflicting types: {e}"))?;
+    // arrow-json widens numbers mixed with strings to Utf8; that would turn the numbers of
+    // every message in the batch into strings. Refuse the batch instead, so that the rule
+    // runs such messages one by one, each with its own type.
+    for f in inferred.fields() {
+        if f.data_type() == &DataType::Utf8
+            && rows.iter().any(|r| {
+                r.get(f.name())
+                    .is_some_and(|v| !v.is_string() && !v.is_null())
+            })
+        {
+            return Err(format!("field '{}' has mixed types in one batch", f.name()));
+        }
+    }
+    let schema = Arc::new(widen_schema(&inferred, tree));
+    if schema.fields().is_empty() {
+        return Ok(RecordBatch::new_empty(schema));
+    }
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .with_coerce_primitive(true)
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    decoder
+        .serialize(rows)
+        .map_err(|e| format!("field has an unexpected type: {e}"))?;
+    Ok(decoder
+        .flush()
+        .map_err(|e| format!("field has an unexpected type: {e}"))?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema)))
+}
+
+/// The schema of a batch in which no payload has any field: every path the rule reads,
+/// as Null columns (structs of Null where the rule reads into the field). Used to check a
+/// rule at submit time.
+pub fn reference_schema(tree: &FieldTree) -> Schema {
+    widen_schema(&Schema::empty(), tree)
+}
+
+/// Adds the paths of `tree` that `schema` lacks, as Null (or struct-of-Null) fields.
+fn widen_schema(schema: &Schema, tree: &FieldTree) -> Schema {
+    Schema::new(widen_fields(schema.fields(), tree))
+}
+
+fn widen_fields(fields: &Fields, tree: &FieldTree) -> Fields {
+    let mut out: Vec<Field> = Vec::with_capacity(fields.len().max(tree.children.len()));
+    for f in fields.iter() {
+        let sub = tree.children.get(f.name());
+        let field = match (f.data_type(), sub) {
+            (DataType::Struct(children), Some(sub)) if !sub.whole => Field::new(
+                f.name(),
+                DataType::Struct(widen_fields(children, sub)),
+                true,
+            ),
+            (DataType::Null, Some(sub)) if !sub.whole && !sub.children.is_empty() => Field::new(
+                f.name(),
+                DataType::Struct(widen_fields(&Fields::empty(), sub)),
+                true,
+            ),
+            _ => f.as_ref().clone().with_nullable(true),
+        };
+        out.push(field);
+    }
+    for (name, sub) in &tree.children {
+        if out.iter().any(|f| f.name() == name) {
+            continue;
+        }
+        let ty = if sub.whole || sub.children.is_empty() {
+            DataType::Null
+        } else {
+            DataType::Struct(widen_fields(&Fields::empty(), sub))
+        };
+        out.push(Field::new(name, ty, true));
+    }
+    Fields::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+
+    fn tree(paths: &[&str]) -> FieldTree {
+        let mut t = FieldTree::default();
+        for p in paths {
+            let parts: Vec<String> = p.split('.').map(str::to_owned).collect();
+            t.add(&parts);
+        }
+        t
+    }
+
+    #[test]
+    fn projects_only_read_fields() {
+        let t = tree(&["a", "g.lat"]);
+        let m = project(
+            br#"{"a": 1, "b": {"big": [1,2,3]}, "g": {"lat": 5, "lon": 6}}"#,
+            &t,
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(m),
+            serde_json::json!({"a": 1, "g": {"lat": 5}})
+        );
+    }
+
+    #[test]
+    fn refuses_bad_payloads() {
+        let t = tree(&["a"]);
+        assert!(matches!(
+            project(b"{\"a\": ", &t),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            project(b"not json", &t),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            project(b"{\"a\": 1} x", &t),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert_eq!(project(b"[1,2]", &t), Err(DecodeError::NotAnObject));
+        assert_eq!(project(b"42", &t), Err(DecodeError::NotAnObject));
+        // Fields a rule does not read are still validated.
+        assert!(matches!(
+            project(b"{\"b\": [1,}", &t),
+            Err(DecodeError::InvalidJson(_))
+        ));
+    }
+
+    #[test]
+    fn batch_types_follow_the_data_and_missing_fields_are_null() {
+        let t = tree(&["i", "f", "s", "missing", "g.lat"]);
+        let rows = vec![
+            serde_json::json!({"i": 1, "f": 1, "s": "x", "g": {"lat": 1.5}}),
+            serde_json::json!({"i": 2, "f": 2.5, "s": null}),
+        ];
+        let b = rows_to_batch(&rows, &t).unwrap();
+        let s = b.schema();
+        assert_eq!(
+            s.field_with_name("i").unwrap().data_type(),
+            &DataType::Int64
+        );
+        assert_eq!(
+            s.field_with_name("f").unwrap().data_type(),
+            &DataType::Float64
+        );
+        assert_eq!(s.field_with_name("s").unwrap().data_type(), &DataType::Utf8);
+        assert_eq!(
+            s.field_with_name("missing").unwrap().data_type(),
+            &DataType::Null
+        );
+        assert!(matches!(
+            s.field_with_name("g").unwrap().data_type(),
+            DataType::Struct(_)
+        ));
+        let i = b.column_by_name("i").unwrap().as_primitive::<Int64Type>();
+        assert_eq!(i.values(), &[1, 2]);
+        let f = b.column_by_name("f").unwrap().as_primitive::<Float64Type>();
+        assert_eq!(f.values(), &[1.0, 2.5]);
+        assert_eq!(
+            b.column_by_name("s").unwrap().as_string::<i32>().value(0),
+            "x"
+        );
+    }
+
+    #[test]
+    fn mixed_number_and_string_refuses_the_batch() {
+        let rows = vec![serde_json::json!({"s": "x"}), serde_json::json!({"s": 3})];
+        let err = rows_to_batch(&rows, &tree(&["s"])).unwrap_err();
+        assert!(err.contains("mixed types"), "{err}");
+    }
+
+    #[test]
+    fn reference_schema_has_every_path() {
+        let s = reference_schema(&tree(&["a", "g.lat", "g.lon"]));
+        assert_eq!(s.field_with_name("a").unwrap().data_type(), &DataType::Null);
+        let DataType::Struct(g) = s.field_with_name("g").unwrap().data_type() else {
+            panic!("g is a struct")
+        };
+        assert_eq!(g.len(), 2);
+    }
+}

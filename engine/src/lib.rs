@@ -1,0 +1,105 @@
+//! weir's engine: everything between "a message arrived" and "these are the rule's outputs",
+//! with no network code.
+//!
+//! ```text
+//!  Message ──▶ topic::TopicTrie ──▶ Rule::process(&[Message])
+//!  (topic,      (which rules'        │
+//!   client id,   FROM filter         ├─ decode: JSON payload → only the fields the rule reads
+//!   payload)     matches)            ├─ batch:  Arrow RecordBatch (+ topic/clientid/timestamp)
+//!                                    ├─ plan:   DataFusion physical exprs, cached per schema
+//!                                    ├─ eval:   WHERE mask → filter → SELECT projections
+//!                                    └─ encode: JSON objects (+ `${...}` template values)
+//! ```
+//!
+//! * [`topic`]: MQTT topic filters and the trie that routes a topic to rules.
+//! * [`dialect`]: the AWS IoT SQL dialect: parsing `SELECT ... FROM '<filter>' WHERE ...`,
+//!   validating it, and rewriting its functions (`topic()`, `clientid()`, ...) so that
+//!   DataFusion plans it.
+//! * [`decode`]: JSON payloads to Arrow, decoding only the fields a rule reads.
+//! * [`rule`]: a compiled rule: plans cached per input schema, evaluated per batch.
+//! * [`template`]: `${...}` substitution templates in action parameters.
+//!
+//! DataFusion plans and evaluates every expression; the engine owns no expression
+//! interpreter. A rule is one SELECT over one message, so it is planned as a set of
+//! physical expressions (one predicate, one per output column) evaluated directly on each
+//! batch, with no operator tree or scheduling in between.
+
+pub mod decode;
+pub mod dialect;
+pub mod rule;
+pub mod template;
+pub mod topic;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use dialect::SqlError;
+pub use rule::{Failure, FailureReason, Outcome, Output, Rule};
+
+/// One message as the ingress received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    /// The publishing client's MQTT client id, where the ingress knows it.
+    pub client_id: Option<String>,
+    pub payload: Bytes,
+    /// When weir received the message, in milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+}
+
+impl Message {
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            client_id: None,
+            payload: payload.into(),
+            received_at_ms: now_ms(),
+        }
+    }
+
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The shared planning context: DataFusion's session state with weir's settings and
+/// functions. Create one per process and share it between rules.
+#[derive(Debug)]
+pub struct Engine {
+    state: datafusion::execution::SessionState,
+}
+
+impl Engine {
+    pub fn new() -> Arc<Self> {
+        use datafusion::execution::SessionStateBuilder;
+        use datafusion::prelude::SessionConfig;
+        let mut config = SessionConfig::new().with_target_partitions(1);
+        // AWS IoT SQL is case sensitive: `currentAmbientTemperature` must not be lowered.
+        config.options_mut().sql_parser.enable_ident_normalization = false;
+        let mut state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        for udf in dialect::functions::all() {
+            use datafusion::execution::FunctionRegistry;
+            state
+                .register_udf(Arc::new(udf))
+                .expect("weir's functions register once, without conflict");
+        }
+        Arc::new(Self { state })
+    }
+
+    pub(crate) fn state(&self) -> &datafusion::execution::SessionState {
+        &self.state
+    }
+}

@@ -1,0 +1,641 @@
+//! A compiled rule: parsed once, planned once per input schema, evaluated per batch.
+//!
+//! [`Rule::process`] takes a batch of messages and returns, per message, its output(s) or
+//! why it failed. The fast path decodes the whole batch into one `RecordBatch` and runs the
+//! cached physical expressions over it. If anything in the batch goes wrong (a field whose
+//! type conflicts across messages, an expression that fails on one value), the batch is
+//! re-run one message at a time, so one bad message fails alone and the others pass.
+
+use std::borrow::Borrow;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
+use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::json::{LineDelimitedWriter, WriterBuilder, writer::LineDelimited};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::common::DFSchema;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ExprWithAlias};
+use serde_json::Value;
+
+use crate::decode::{self, DecodeError};
+use crate::dialect::{self, FieldTree, MetaNeeds, ParsedRule, SqlError, meta};
+use crate::{Engine, Message};
+
+/// How many distinct input schemas a rule keeps plans for.
+const PLAN_CACHE: usize = 16;
+
+/// One output message of a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Index of the input message in the slice given to [`Rule::process`].
+    pub index: usize,
+    /// The output JSON object.
+    pub payload: Bytes,
+    /// The values of the rule's template expressions for this message (`None`: undefined).
+    pub params: Vec<Option<String>>,
+}
+
+/// Why a message produced no output although the rule's topic filter matched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// The payload is not valid JSON.
+    InvalidJson,
+    /// The payload is JSON but not an object.
+    NotAnObject,
+    /// A field has a type the rule cannot use (a string where it reads into an object, ...).
+    TypeMismatch,
+    /// An expression failed on this message's values.
+    Evaluation,
+}
+
+impl FailureReason {
+    /// A short stable name, used as a metrics label and in error-action messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::NotAnObject => "not_an_object",
+            Self::TypeMismatch => "type_mismatch",
+            Self::Evaluation => "evaluation_error",
+        }
+    }
+
+    pub const ALL: [FailureReason; 4] = [
+        Self::InvalidJson,
+        Self::NotAnObject,
+        Self::TypeMismatch,
+        Self::Evaluation,
+    ];
+}
+
+/// A message that failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub index: usize,
+    pub reason: FailureReason,
+    pub message: String,
+}
+
+/// What a batch produced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    pub outputs: Vec<Output>,
+    pub failures: Vec<Failure>,
+    /// Messages for which WHERE was false (or undefined).
+    pub filtered_out: usize,
+}
+
+struct Plan {
+    condition: Option<Arc<dyn PhysicalExpr>>,
+    columns: Vec<Arc<dyn PhysicalExpr>>,
+    templates: Vec<Arc<dyn PhysicalExpr>>,
+    output_schema: SchemaRef,
+}
+
+/// A rule ready to run.
+pub struct Rule {
+    engine: Arc<Engine>,
+    parsed: ParsedRule,
+    templates: Vec<SqlExpr>,
+    fields: FieldTree,
+    meta: MetaNeeds,
+    plans: Mutex<Vec<(SchemaRef, Arc<Plan>)>>,
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rule")
+            .field("parsed", &self.parsed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Either a problem with the batch's data or with evaluating it.
+enum RunError {
+    Data(String),
+    Eval(String),
+}
+
+impl Rule {
+    /// Parses and checks `sql`, and the template expressions (the insides of `${...}`) that
+    /// the rule's actions use. Planning against the rule's own field paths catches type and
+    /// function errors before any message arrives.
+    pub fn compile(
+        engine: &Arc<Engine>,
+        sql: &str,
+        template_exprs: &[String],
+    ) -> Result<Self, SqlError> {
+        let parsed = dialect::parse_rule(engine, sql)?;
+        let mut fields = parsed.fields.clone();
+        let mut meta = parsed.meta;
+        let mut templates = Vec::with_capacity(template_exprs.len());
+        for text in template_exprs {
+            let e = dialect::parse_expr(engine, text).map_err(|mut e| {
+                e.message = format!("in template expression '${{{text}}}': {}", e.message);
+                e.line = None;
+                e.column = None;
+                e
+            })?;
+            fields.merge(&e.fields);
+            meta.merge(e.meta);
+            templates.push(e.expr);
+        }
+        let rule = Self {
+            engine: engine.clone(),
+            parsed,
+            templates,
+            fields,
+            meta,
+            plans: Mutex::new(Vec::new()),
+        };
+        let schema = rule.with_meta_fields(decode::reference_schema(&rule.fields));
+        rule.plan_for(&Arc::new(schema)).map_err(SqlError::new)?;
+        Ok(rule)
+    }
+
+    /// The topic filter of the rule's FROM clause.
+    pub fn topic_filter(&self) -> &str {
+        &self.parsed.topic_filter
+    }
+
+    /// Number of template expressions (the length of every [`Output::params`]).
+    pub fn template_count(&self) -> usize {
+        self.templates.len()
+    }
+
+    /// Runs the rule over a batch of messages whose topics matched its filter.
+    pub fn process<M: Borrow<Message>>(&self, msgs: &[M]) -> Outcome {
+        let mut outcome = Outcome::default();
+        let mut rows = Vec::with_capacity(msgs.len());
+        for (index, m) in msgs.iter().enumerate() {
+            match decode::project(&m.borrow().payload, &self.fields) {
+                Ok(map) => rows.push((index, Value::Object(map))),
+                Err(e) => outcome.failures.push(Failure {
+                    index,
+                    reason: match e {
+                        DecodeError::InvalidJson(_) => FailureReason::InvalidJson,
+                        DecodeError::NotAnObject => FailureReason::NotAnObject,
+                    },
+                    message: e.to_string(),
+                }),
+            }
+        }
+        if rows.is_empty() {
+            return outcome;
+        }
+        match self.run(msgs, &rows, &mut outcome) {
+            Ok(()) => {}
+            Err(_) if rows.len() > 1 => {
+                // Find the culprits: one message at a time.
+                for row in rows.chunks(1) {
+                    if let Err(e) = self.run(msgs, row, &mut outcome) {
+                        outcome.failures.push(failure(row[0].0, e));
+                    }
+                }
+            }
+            Err(e) => outcome.failures.push(failure(rows[0].0, e)),
+        }
+        outcome.failures.sort_by_key(|f| f.index);
+        outcome
+    }
+
+    fn run<M: Borrow<Message>>(
+        &self,
+        msgs: &[M],
+        rows: &[(usize, Value)],
+        outcome: &mut Outcome,
+    ) -> Result<(), RunError> {
+        let values: Vec<Value> = rows.iter().map(|(_, v)| v.clone()).collect();
+        let payload = decode::rows_to_batch(&values, &self.fields).map_err(RunError::Data)?;
+        let batch = self
+            .add_meta_columns(payload, msgs, rows)
+            .map_err(RunError::Data)?;
+        let plan = self.plan_for(&batch.schema()).map_err(RunError::Data)?;
+        let n = batch.num_rows();
+
+        let (batch, selected): (RecordBatch, Vec<usize>) = match &plan.condition {
+            None => (batch, (0..n).collect()),
+            Some(cond) => {
+                let mask = cond
+                    .evaluate(&batch)
+                    .and_then(|v| v.into_array(n))
+                    .map_err(|e| RunError::Eval(e.to_string()))?;
+                if mask.data_type() == &DataType::Null {
+                    outcome.filtered_out += n;
+                    return Ok(());
+                }
+                let mask = mask.as_boolean();
+                let mask = if mask.null_count() > 0 {
+                    prep_null_mask_filter(mask)
+                } else {
+                    mask.clone()
+                };
+                let selected: Vec<usize> = (0..n).filter(|&i| mask.value(i)).collect();
+                let filtered = filter_record_batch(&batch, &mask)
+                    .map_err(|e| RunError::Eval(e.to_string()))?;
+                (filtered, selected)
+            }
+        };
+        outcome.filtered_out += n - selected.len();
+        if selected.is_empty() {
+            return Ok(());
+        }
+        let eval = |exprs: &[Arc<dyn PhysicalExpr>]| -> Result<Vec<ArrayRef>, RunError> {
+            exprs
+                .iter()
+                .map(|e| {
+                    e.evaluate(&batch)
+                        .and_then(|v| v.into_array(batch.num_rows()))
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| RunError::Eval(e.to_string()))
+        };
+        let columns = eval(&plan.columns)?;
+        let templates = eval(&plan.templates)?;
+        let encoded = self
+            .encode(&plan, columns, selected.len())
+            .map_err(RunError::Eval)?;
+        for (k, (row, json)) in selected.iter().zip(encoded).enumerate() {
+            let index = rows[*row].0;
+            let payload = if self.parsed.star {
+                splice(&msgs[index].borrow().payload, &json)
+            } else {
+                json
+            };
+            let params = templates
+                .iter()
+                .map(|a| {
+                    if a.is_null(k) {
+                        None
+                    } else {
+                        array_value_to_string(a, k).ok()
+                    }
+                })
+                .collect();
+            outcome.outputs.push(Output {
+                index,
+                payload,
+                params,
+            });
+        }
+        Ok(())
+    }
+
+    /// Encodes the output columns as one JSON object per row. Null (undefined) values are
+    /// left out of the objects.
+    fn encode(
+        &self,
+        plan: &Plan,
+        columns: Vec<ArrayRef>,
+        rows: usize,
+    ) -> Result<Vec<Bytes>, String> {
+        if columns.is_empty() {
+            return Ok(vec![Bytes::from_static(b"{}"); rows]);
+        }
+        let batch =
+            RecordBatch::try_new(plan.output_schema.clone(), columns).map_err(|e| e.to_string())?;
+        let mut writer: LineDelimitedWriter<Vec<u8>> = WriterBuilder::new()
+            .with_explicit_nulls(false)
+            .build::<_, LineDelimited>(Vec::new());
+        writer.write(&batch).map_err(|e| e.to_string())?;
+        writer.finish().map_err(|e| e.to_string())?;
+        let buf = Bytes::from(writer.into_inner());
+        // JSON strings escape newlines, so every '\n' ends a row.
+        let mut out = Vec::with_capacity(rows);
+        let mut start = 0;
+        for (i, b) in buf.iter().enumerate() {
+            if *b == b'\n' {
+                out.push(buf.slice(start..i));
+                start = i + 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn with_meta_fields(&self, payload: Schema) -> Schema {
+        let mut fields: Vec<Field> = payload
+            .fields()
+            .iter()
+            .filter(|f| !meta::is_meta(f.name()))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        if self.meta.topic {
+            fields.push(Field::new(meta::TOPIC, DataType::Utf8, false));
+        }
+        if self.meta.client_id {
+            fields.push(Field::new(meta::CLIENT_ID, DataType::Utf8, true));
+        }
+        if self.meta.timestamp {
+            fields.push(Field::new(meta::TIMESTAMP, DataType::Int64, false));
+        }
+        Schema::new(fields)
+    }
+
+    fn add_meta_columns<M: Borrow<Message>>(
+        &self,
+        payload: RecordBatch,
+        msgs: &[M],
+        rows: &[(usize, Value)],
+    ) -> Result<RecordBatch, String> {
+        let schema = Arc::new(self.with_meta_fields(payload.schema().as_ref().clone()));
+        let (_, mut columns, _) = payload.into_parts();
+        let msg = |i: usize| msgs[rows[i].0].borrow();
+        let n = rows.len();
+        if self.meta.topic {
+            let a: StringArray = (0..n).map(|i| Some(msg(i).topic.as_str())).collect();
+            columns.push(Arc::new(a));
+        }
+        if self.meta.client_id {
+            let a: StringArray = (0..n).map(|i| msg(i).client_id.as_deref()).collect();
+            columns.push(Arc::new(a));
+        }
+        if self.meta.timestamp {
+            let a: Int64Array = (0..n).map(|i| Some(msg(i).received_at_ms)).collect();
+            columns.push(Arc::new(a));
+        }
+        RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The plan for a batch schema, from the cache or planned now.
+    fn plan_for(&self, schema: &SchemaRef) -> Result<Arc<Plan>, String> {
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, plan)) = plans
+            .iter()
+            .find(|(s, _)| Arc::ptr_eq(s, schema) || s == schema)
+        {
+            return Ok(plan.clone());
+        }
+        let plan = Arc::new(self.plan(schema)?);
+        if plans.len() >= PLAN_CACHE {
+            plans.remove(0);
+        }
+        plans.push((schema.clone(), plan.clone()));
+        Ok(plan)
+    }
+
+    fn plan(&self, schema: &SchemaRef) -> Result<Plan, String> {
+        let state = self.engine.state();
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| e.to_string())?;
+        let physical = |expr: &SqlExpr| -> Result<Arc<dyn PhysicalExpr>, String> {
+            let logical = state
+                .create_logical_expr_from_sql_expr(
+                    ExprWithAlias {
+                        expr: expr.clone(),
+                        alias: None,
+                    },
+                    &df_schema,
+                )
+                .map_err(|e| e.strip_backtrace())?;
+            state
+                .create_physical_expr(logical, &df_schema)
+                .map_err(|e| e.strip_backtrace())
+        };
+        let condition = match &self.parsed.condition {
+            None => None,
+            Some(c) => {
+                let p = physical(c)?;
+                let ty = p.data_type(schema).map_err(|e| e.to_string())?;
+                if !matches!(ty, DataType::Boolean | DataType::Null) {
+                    return Err(format!(
+                        "WHERE must be a condition, but '{c}' is of type {ty}"
+                    ));
+                }
+                Some(p)
+            }
+        };
+        let mut columns = Vec::with_capacity(self.parsed.columns.len());
+        let mut fields = Vec::with_capacity(self.parsed.columns.len());
+        for col in &self.parsed.columns {
+            let p = physical(&col.expr)?;
+            let ty = p.data_type(schema).map_err(|e| e.to_string())?;
+            fields.push(Field::new(&col.name, ty, true));
+            columns.push(p);
+        }
+        let templates = self
+            .templates
+            .iter()
+            .map(&physical)
+            .collect::<Result<_, _>>()?;
+        Ok(Plan {
+            condition,
+            columns,
+            templates,
+            output_schema: Arc::new(Schema::new(fields)),
+        })
+    }
+}
+
+fn failure(index: usize, e: RunError) -> Failure {
+    let (reason, message) = match e {
+        RunError::Data(m) => (FailureReason::TypeMismatch, m),
+        RunError::Eval(m) => (FailureReason::Evaluation, m),
+    };
+    Failure {
+        index,
+        reason,
+        message,
+    }
+}
+
+/// `SELECT *, extra AS x`: the payload object with the extra members appended.
+fn splice(payload: &Bytes, extra: &Bytes) -> Bytes {
+    let trimmed = payload.trim_ascii();
+    let extra_inner = &extra[1..extra.len() - 1];
+    if extra_inner.is_empty() {
+        return Bytes::copy_from_slice(trimmed);
+    }
+    let body = trimmed[..trimmed.len() - 1].trim_ascii_end();
+    let mut out = Vec::with_capacity(body.len() + extra.len() + 1);
+    out.extend_from_slice(body);
+    if body != b"{" {
+        out.push(b',');
+    }
+    out.extend_from_slice(extra_inner);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = "SELECT
+    thingName() AS deviceIdentifier,
+    currentAmbientTemperature AS celsiusReading,
+    (currentAmbientTemperature * 1.8 + 32) AS fahrenheitReading,
+    geoCoordinates.latitude AS lat,
+    geoCoordinates.longitude AS lon
+FROM 'enterprise/facilities/+/metrics'
+WHERE currentAmbientTemperature > 85.0";
+
+    fn json(b: &Bytes) -> Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    fn msg(payload: &str) -> Message {
+        Message::new(
+            "enterprise/facilities/plant-01/metrics",
+            payload.as_bytes().to_vec(),
+        )
+        .with_client_id("dev-7")
+    }
+
+    #[test]
+    fn seed_rule_transforms_and_filters() {
+        let rule = Rule::compile(&Engine::new(), SEED, &[]).unwrap();
+        let msgs = [
+            msg(
+                r#"{"currentAmbientTemperature": 90.5, "geoCoordinates": {"latitude": 52.1, "longitude": 4.3}}"#,
+            ),
+            msg(
+                r#"{"currentAmbientTemperature": 20.0, "geoCoordinates": {"latitude": 1, "longitude": 2}}"#,
+            ),
+            msg(r#"{"currentAmbientTemperature": 100}"#),
+        ];
+        let out = rule.process(&msgs);
+        assert_eq!(out.failures, []);
+        assert_eq!(out.filtered_out, 1);
+        assert_eq!(out.outputs.len(), 2);
+        let first = json(&out.outputs[0].payload);
+        assert_eq!(first["deviceIdentifier"], "dev-7");
+        assert_eq!(first["celsiusReading"], 90.5);
+        assert!((first["fahrenheitReading"].as_f64().unwrap() - 194.9).abs() < 1e-9);
+        assert_eq!(first["lat"], 52.1);
+        assert_eq!(first["lon"], 4.3);
+        // Missing fields are undefined and left out.
+        let third = json(&out.outputs[1].payload);
+        assert_eq!(out.outputs[1].index, 2);
+        assert_eq!(third.as_object().unwrap().len(), 3, "{third}");
+        // Batched with 90.5, the integer 100 travels as a float; it is the same JSON number.
+        assert_eq!(third["celsiusReading"].as_f64(), Some(100.0));
+    }
+
+    #[test]
+    fn bad_messages_fail_alone() {
+        let rule = Rule::compile(&Engine::new(), SEED, &[]).unwrap();
+        let msgs = [
+            msg(r#"{"currentAmbientTemperature": 90}"#),
+            msg("not json"),
+            msg(r#"{"currentAmbientTemperature": 91, "geoCoordinates": "north"}"#),
+            msg("[1]"),
+            msg(r#"{"currentAmbientTemperature": "hot"}"#),
+            msg(r#"{"currentAmbientTemperature": 92}"#),
+        ];
+        let out = rule.process(&msgs);
+        let passed: Vec<usize> = out.outputs.iter().map(|o| o.index).collect();
+        assert_eq!(passed, [0, 5]);
+        let failed: Vec<(usize, &str)> = out
+            .failures
+            .iter()
+            .map(|f| (f.index, f.reason.as_str()))
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                (1, "invalid_json"),
+                (2, "type_mismatch"),
+                (3, "not_an_object"),
+                (4, "type_mismatch")
+            ]
+        );
+    }
+
+    #[test]
+    fn star_keeps_the_payload_and_appends_columns() {
+        let e = Engine::new();
+        let rule = Rule::compile(&e, "SELECT * FROM 'a/b'", &[]).unwrap();
+        let out = rule.process(&[Message::new("a/b", &b" {\"x\": [1, {\"y\": 2}]} "[..])]);
+        assert_eq!(
+            json(&out.outputs[0].payload),
+            serde_json::json!({"x": [1, {"y": 2}]})
+        );
+        let rule = Rule::compile(&e, "SELECT *, 15 AS speed FROM 'a/b' WHERE t > 1", &[]).unwrap();
+        let out = rule.process(&[
+            Message::new("a/b", &br#"{"color": "red", "t": 50}"#[..]),
+            Message::new("a/b", &br#"{"t": 0}"#[..]),
+        ]);
+        assert_eq!(out.outputs.len(), 1);
+        assert_eq!(
+            json(&out.outputs[0].payload),
+            serde_json::json!({"color": "red", "t": 50, "speed": 15})
+        );
+    }
+
+    #[test]
+    fn nested_objects_come_out_nested() {
+        let rule = Rule::compile(&Engine::new(), "SELECT g, g.a.b AS deep FROM '#'", &[]).unwrap();
+        let out = rule.process(&[Message::new(
+            "x",
+            &br#"{"g": {"a": {"b": 1}, "c": "s"}}"#[..],
+        )]);
+        assert_eq!(
+            json(&out.outputs[0].payload),
+            serde_json::json!({"g": {"a": {"b": 1}, "c": "s"}, "deep": 1})
+        );
+    }
+
+    #[test]
+    fn templates_are_evaluated_per_message() {
+        let exprs = vec![
+            "topic(3)".to_owned(),
+            "clientid()".to_owned(),
+            "v * 2".to_owned(),
+        ];
+        let rule = Rule::compile(&Engine::new(), "SELECT v FROM 'a/+/+'", &exprs).unwrap();
+        let out = rule.process(&[
+            Message::new("a/b/c", &br#"{"v": 2}"#[..]).with_client_id("me"),
+            Message::new("a/b/d", &br#"{}"#[..]),
+        ]);
+        assert_eq!(
+            out.outputs[0].params,
+            [Some("c".into()), Some("me".into()), Some("4".into())]
+        );
+        assert_eq!(out.outputs[1].params, [Some("d".into()), None, None]);
+    }
+
+    #[test]
+    fn evaluation_errors_fail_the_message() {
+        let rule = Rule::compile(&Engine::new(), "SELECT 10 / d AS q FROM 'a'", &[]).unwrap();
+        let out = rule.process(&[
+            Message::new("a", &br#"{"d": 2}"#[..]),
+            Message::new("a", &br#"{"d": 0}"#[..]),
+        ]);
+        assert_eq!(out.outputs.len(), 1);
+        assert_eq!(json(&out.outputs[0].payload), serde_json::json!({"q": 5}));
+        assert_eq!(out.failures[0].index, 1);
+        assert_eq!(out.failures[0].reason, FailureReason::Evaluation);
+        assert!(
+            out.failures[0].message.contains("Divide by zero"),
+            "{:?}",
+            out.failures
+        );
+    }
+
+    #[test]
+    fn compile_errors() {
+        let e = Engine::new();
+        let err = Rule::compile(&e, "SELECT a FROM 'x' WHERE a + 1", &[]).unwrap_err();
+        assert!(err.message.contains("WHERE must be a condition"), "{err}");
+        let err = Rule::compile(&e, "SELECT a FROM 'x'", &["nosuch(1)".to_owned()]).unwrap_err();
+        assert!(err.message.contains("template expression"), "{err}");
+    }
+
+    #[test]
+    fn splices_objects() {
+        let s = |p: &str, e: &str| splice(&Bytes::from(p.to_owned()), &Bytes::from(e.to_owned()));
+        assert_eq!(s("{}", r#"{"a":1}"#), Bytes::from(r#"{"a":1}"#));
+        assert_eq!(
+            s(r#" { "b" : 2 } "#, r#"{"a":1}"#),
+            Bytes::from(r#"{ "b" : 2,"a":1}"#)
+        );
+        assert_eq!(s(r#"{"b":2}"#, "{}"), Bytes::from(r#"{"b":2}"#));
+    }
+}

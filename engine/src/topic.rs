@@ -1,0 +1,335 @@
+//! MQTT topic filters and the router's topic trie.
+//!
+//! A rule's `FROM '<filter>'` is an MQTT topic filter: levels separated by `/`, `+` matching
+//! exactly one level and `#` (last level only) matching any number of remaining levels,
+//! including none. [`TopicTrie`] indexes many filters so that finding the rules for one
+//! message costs in proportion to the topic's depth and the number of matches, not to the
+//! number of rules installed.
+
+use std::collections::HashMap;
+
+/// Why a topic filter was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic filter is empty")]
+    Empty,
+    #[error("topic filter '{filter}': '#' must be the last level and stand alone in it")]
+    MisplacedHash { filter: String },
+    #[error("topic filter '{filter}': '+' must stand alone in its level")]
+    MisplacedPlus { filter: String },
+    #[error("topic filter '{filter}' contains a NUL character")]
+    Nul { filter: String },
+    #[error("topic '{topic}' must not contain the wildcards '+' or '#'")]
+    WildcardInTopic { topic: String },
+}
+
+/// Checks that `filter` is a valid MQTT topic filter (MQTT 3.1.1 §4.7).
+pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
+    if filter.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if filter.contains('\0') {
+        return Err(TopicError::Nul {
+            filter: filter.to_owned(),
+        });
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+            return Err(TopicError::MisplacedHash {
+                filter: filter.to_owned(),
+            });
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(TopicError::MisplacedPlus {
+                filter: filter.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `topic` is a valid topic name to publish to (no wildcards).
+pub fn validate_topic(topic: &str) -> Result<(), TopicError> {
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if topic.contains(['+', '#']) {
+        return Err(TopicError::WildcardInTopic {
+            topic: topic.to_owned(),
+        });
+    }
+    if topic.contains('\0') {
+        return Err(TopicError::Nul {
+            filter: topic.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `topic` matches `filter`. Topics starting with `$` are not matched by filters
+/// that start with a wildcard (MQTT 3.1.1 §4.7.2).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// A trie of topic filters, each carrying values of type `T` (rule ids, subscriber ids).
+#[derive(Debug, Clone)]
+pub struct TopicTrie<T> {
+    root: Node<T>,
+    len: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Node<T> {
+    children: HashMap<Box<str>, Node<T>>,
+    plus: Option<Box<Node<T>>>,
+    /// Values whose filter ends with `#` at this node.
+    hash: Vec<T>,
+    /// Values whose filter ends exactly at this node.
+    exact: Vec<T>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Self {
+            children: HashMap::new(),
+            plus: None,
+            hash: Vec::new(),
+            exact: Vec::new(),
+        }
+    }
+}
+
+impl<T> Node<T> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_empty()
+            && self.exact.is_empty()
+    }
+}
+
+impl<T> Default for TopicTrie<T> {
+    fn default() -> Self {
+        Self {
+            root: Node::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: PartialEq + Clone> TopicTrie<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of (filter, value) entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds `value` under `filter`. The filter must be valid (see [`validate_filter`]).
+    pub fn insert(&mut self, filter: &str, value: T) {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            match level {
+                "#" => {
+                    node.hash.push(value);
+                    self.len += 1;
+                    return;
+                }
+                "+" => node = node.plus.get_or_insert_with(Default::default),
+                _ => node = node.children.entry(level.into()).or_default(),
+            }
+        }
+        node.exact.push(value);
+        self.len += 1;
+    }
+
+    /// Removes one `value` stored under `filter`; returns whether it was there.
+    pub fn remove(&mut self, filter: &str, value: &T) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = Self::remove_at(&mut self.root, &levels, value);
+        if removed {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    fn remove_at(node: &mut Node<T>, levels: &[&str], value: &T) -> bool {
+        let take = |list: &mut Vec<T>| match list.iter().position(|v| v == value) {
+            Some(i) => {
+                list.swap_remove(i);
+                true
+            }
+            None => false,
+        };
+        match levels.split_first() {
+            None => take(&mut node.exact),
+            Some((&"#", _)) => take(&mut node.hash),
+            Some((&"+", rest)) => {
+                let Some(child) = node.plus.as_deref_mut() else {
+                    return false;
+                };
+                let removed = Self::remove_at(child, rest, value);
+                if child.is_empty() {
+                    node.plus = None;
+                }
+                removed
+            }
+            Some((level, rest)) => {
+                let Some(child) = node.children.get_mut(*level) else {
+                    return false;
+                };
+                let removed = Self::remove_at(child, rest, value);
+                if child.is_empty() {
+                    node.children.remove(*level);
+                }
+                removed
+            }
+        }
+    }
+
+    /// Calls `f` with every value whose filter matches `topic`.
+    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&T)) {
+        let dollar = topic.starts_with('$');
+        let levels: Vec<&str> = topic.split('/').collect();
+        Self::walk(&self.root, &levels, dollar, &mut f);
+    }
+
+    /// The values whose filter matches `topic`.
+    pub fn matches(&self, topic: &str) -> Vec<T> {
+        let mut out = Vec::new();
+        self.for_each_match(topic, |v| out.push(v.clone()));
+        out
+    }
+
+    fn walk(node: &Node<T>, levels: &[&str], skip_wild: bool, f: &mut impl FnMut(&T)) {
+        // `#` also matches the parent level: `a/#` matches `a`.
+        if !skip_wild {
+            node.hash.iter().for_each(&mut *f);
+        }
+        let Some((level, rest)) = levels.split_first() else {
+            node.exact.iter().for_each(&mut *f);
+            return;
+        };
+        if let Some(child) = node.children.get(*level) {
+            Self::walk(child, rest, false, f);
+        }
+        if !skip_wild && let Some(plus) = &node.plus {
+            Self::walk(plus, rest, false, f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_filters() {
+        for ok in ["a", "a/b", "+", "#", "a/+/c", "a/#", "+/+/#", "/", "a//b"] {
+            assert_eq!(validate_filter(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(validate_filter(""), Err(TopicError::Empty));
+        for bad in ["a#", "a/#/b", "#/a", "a+", "a/b+/c", "+a"] {
+            assert!(validate_filter(bad).is_err(), "{bad}");
+        }
+        assert!(validate_topic("a/+/b").is_err());
+        assert!(validate_topic("a/b").is_ok());
+    }
+
+    #[test]
+    fn matches_like_the_spec() {
+        let cases = [
+            ("a/b/c", "a/b/c", true),
+            ("a/+/c", "a/b/c", true),
+            ("a/+/c", "a/b/d", false),
+            ("a/+", "a/b/c", false),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("#", "a/b", true),
+            ("+", "a", true),
+            ("+", "a/b", false),
+            ("+/+", "/finance", true),
+            ("/+", "/finance", true),
+            ("+", "/finance", false),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            (
+                "enterprise/facilities/+/metrics",
+                "enterprise/facilities/plant-01/metrics",
+                true,
+            ),
+        ];
+        for (filter, topic, want) in cases {
+            assert_eq!(matches(filter, topic), want, "{filter} vs {topic}");
+            let mut trie = TopicTrie::new();
+            trie.insert(filter, 1u32);
+            assert_eq!(
+                !trie.matches(topic).is_empty(),
+                want,
+                "trie: {filter} vs {topic}"
+            );
+        }
+    }
+
+    #[test]
+    fn trie_agrees_with_matches_over_many_filters() {
+        let filters = [
+            "a/b/c", "a/+/c", "a/#", "#", "+/b/+", "a/b", "x/y/z", "+", "a/+/+/d", "$SYS/#",
+        ];
+        let topics = [
+            "a/b/c",
+            "a/b",
+            "a",
+            "x/y/z",
+            "a/q/c/d",
+            "b/b/b",
+            "$SYS/load",
+            "z",
+        ];
+        let mut trie = TopicTrie::new();
+        for (i, f) in filters.iter().enumerate() {
+            trie.insert(f, i);
+        }
+        for t in topics {
+            let mut got = trie.matches(t);
+            got.sort();
+            let want: Vec<usize> = (0..filters.len())
+                .filter(|&i| matches(filters[i], t))
+                .collect();
+            assert_eq!(got, want, "topic {t}");
+        }
+        assert!(trie.remove("a/#", &2));
+        assert!(!trie.remove("a/#", &2));
+        assert!(!trie.matches("a/zzz").contains(&2));
+        assert_eq!(trie.len(), filters.len() - 1);
+        for (i, f) in filters.iter().enumerate() {
+            if i != 2 {
+                assert!(trie.remove(f, &i));
+            }
+        }
+        assert!(trie.is_empty());
+        assert!(trie.root.is_empty());
+    }
+}

@@ -1,0 +1,279 @@
+//! Settings: every one is a command-line flag, a `WEIR_<SETTING>` environment variable and a
+//! key in the `--config` TOML file. Precedence: defaults < file < environment < flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use weir_connectors::mqtt::ExternalConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "A stream-processing rules engine: MQTT in, SQL rules on DataFusion, actions out."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(Box<ServeArgs>),
+}
+
+/// The settings of `weir serve`, as given on the command line, in the environment or in
+/// the config file. Every field is optional here; [`Settings::resolve`] applies defaults.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with settings (keys as the flags, with '_' for '-').
+    #[arg(long, env = "WEIR_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API [default: 127.0.0.1:8080].
+    #[arg(long, env = "WEIR_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Address of the embedded MQTT broker [default: 127.0.0.1:1883]. Unused with --broker.
+    #[arg(long, env = "WEIR_MQTT_LISTEN")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// Directory for the rule store and default outputs [default: ./weir-data].
+    #[arg(long, env = "WEIR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of `*.sql` rule files loaded at start [default: ./queries].
+    #[arg(long, env = "WEIR_QUERIES_DIR")]
+    pub queries_dir: Option<PathBuf>,
+    /// External broker to read from instead of the embedded one: mqtt://host:port or mqtts://host:port.
+    #[arg(long, env = "WEIR_BROKER")]
+    pub broker: Option<String>,
+    /// Username for the external broker.
+    #[arg(long, env = "WEIR_BROKER_USERNAME")]
+    pub broker_username: Option<String>,
+    /// Password for the external broker.
+    #[arg(long, env = "WEIR_BROKER_PASSWORD", hide_env_values = true)]
+    pub broker_password: Option<String>,
+    /// MQTT client id weir uses at the external broker [default: weir].
+    #[arg(long, env = "WEIR_BROKER_CLIENT_ID")]
+    pub broker_client_id: Option<String>,
+    /// Start a clean session at the external broker instead of resuming a persistent one [default: false].
+    #[arg(long, env = "WEIR_BROKER_CLEAN_SESSION", value_name = "BOOL")]
+    pub broker_clean_session: Option<bool>,
+    /// QoS of weir's subscriptions at the external broker: 0, 1 or 2 [default: 1].
+    #[arg(long, env = "WEIR_BROKER_QOS")]
+    pub broker_qos: Option<u8>,
+    /// Subscribe as $share/<group>/<filter> so that several weir replicas split one stream.
+    #[arg(long, env = "WEIR_BROKER_SHARE_GROUP")]
+    pub broker_share_group: Option<String>,
+    /// PEM file of the CA of the external broker's certificate (mqtts://).
+    #[arg(long, env = "WEIR_BROKER_CA_FILE")]
+    pub broker_ca_file: Option<PathBuf>,
+    /// PEM file of weir's client certificate, for mutual TLS.
+    #[arg(long, env = "WEIR_BROKER_CLIENT_CERT")]
+    pub broker_client_cert: Option<PathBuf>,
+    /// PEM file of weir's client key, for mutual TLS.
+    #[arg(long, env = "WEIR_BROKER_CLIENT_KEY")]
+    pub broker_client_key: Option<PathBuf>,
+    /// MQTT keep-alive with the external broker [default: 30s].
+    #[arg(long, env = "WEIR_BROKER_KEEP_ALIVE")]
+    pub broker_keep_alive: Option<String>,
+    /// Most messages per rule batch [default: 1024].
+    #[arg(long, env = "WEIR_BATCH_MAX_ROWS")]
+    pub batch_max_rows: Option<usize>,
+    /// Longest a message waits for its batch to fill [default: 1ms].
+    #[arg(long, env = "WEIR_BATCH_LINGER")]
+    pub batch_linger: Option<String>,
+    /// Outputs queued per action before the rule waits [default: 1024].
+    #[arg(long, env = "WEIR_ACTION_QUEUE")]
+    pub action_queue: Option<usize>,
+    /// Log filter, e.g. info or weir=debug [default: info].
+    #[arg(long, env = "WEIR_LOG")]
+    pub log: Option<String>,
+}
+
+macro_rules! merge {
+    ($hi:expr, $lo:expr, [$($f:ident),* $(,)?]) => {
+        ServeArgs { config: $hi.config.clone(), $($f: $hi.$f.clone().or($lo.$f.clone()),)* }
+    };
+}
+
+impl ServeArgs {
+    /// `self` (flags and environment) over `file`.
+    fn over(&self, file: &ServeArgs) -> ServeArgs {
+        merge!(
+            self,
+            file,
+            [
+                http_listen,
+                mqtt_listen,
+                data_dir,
+                queries_dir,
+                broker,
+                broker_username,
+                broker_password,
+                broker_client_id,
+                broker_clean_session,
+                broker_qos,
+                broker_share_group,
+                broker_ca_file,
+                broker_client_cert,
+                broker_client_key,
+                broker_keep_alive,
+                batch_max_rows,
+                batch_linger,
+                action_queue,
+                log,
+            ]
+        )
+    }
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http_listen: SocketAddr,
+    pub mqtt_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub queries_dir: PathBuf,
+    pub broker: Option<ExternalConfig>,
+    pub batch_max_rows: usize,
+    pub batch_linger: Duration,
+    pub action_queue: usize,
+    pub log: String,
+}
+
+fn duration(setting: &str, value: Option<&str>, default: Duration) -> anyhow::Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(v)
+            .with_context(|| format!("--{setting} '{v}' is not a duration (examples: 5ms, 30s)")),
+    }
+}
+
+impl Settings {
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            None => ServeArgs::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?
+            }
+        };
+        let a = args.over(&file);
+        let broker = match &a.broker {
+            None => None,
+            Some(url) => {
+                let c = ExternalConfig {
+                    url: url.clone(),
+                    username: a.broker_username.clone(),
+                    password: a.broker_password.clone(),
+                    client_id: a
+                        .broker_client_id
+                        .clone()
+                        .unwrap_or_else(|| "weir".to_owned()),
+                    clean_session: a.broker_clean_session.unwrap_or(false),
+                    qos: a.broker_qos.unwrap_or(1),
+                    share_group: a.broker_share_group.clone(),
+                    ca_file: a.broker_ca_file.clone(),
+                    client_cert: a.broker_client_cert.clone(),
+                    client_key: a.broker_client_key.clone(),
+                    keep_alive: duration(
+                        "broker-keep-alive",
+                        a.broker_keep_alive.as_deref(),
+                        Duration::from_secs(30),
+                    )?,
+                };
+                c.validate().context("--broker")?;
+                Some(c)
+            }
+        };
+        let batch_max_rows = a.batch_max_rows.unwrap_or(1024);
+        if batch_max_rows == 0 {
+            bail!("--batch-max-rows must be at least 1");
+        }
+        let action_queue = a.action_queue.unwrap_or(1024);
+        if action_queue == 0 {
+            bail!("--action-queue must be at least 1");
+        }
+        Ok(Self {
+            http_listen: a.http_listen.unwrap_or(([127, 0, 0, 1], 8080).into()),
+            mqtt_listen: a.mqtt_listen.unwrap_or(([127, 0, 0, 1], 1883).into()),
+            data_dir: a
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("weir-data")),
+            queries_dir: a
+                .queries_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("queries")),
+            broker,
+            batch_max_rows,
+            batch_linger: duration(
+                "batch-linger",
+                a.batch_linger.as_deref(),
+                Duration::from_millis(1),
+            )?,
+            action_queue,
+            log: a.log.clone().unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut full = vec!["weir", "serve"];
+        full.extend_from_slice(args);
+        match Cli::parse_from(full).command {
+            Command::Serve(a) => *a,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(s.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.mqtt_listen.to_string(), "127.0.0.1:1883");
+        assert_eq!(s.data_dir, PathBuf::from("weir-data"));
+        assert!(s.broker.is_none());
+        assert_eq!(s.batch_linger, Duration::from_millis(1));
+    }
+
+    #[test]
+    fn the_shipped_example_config_parses_and_flags_win() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/weir.example.toml");
+        let mut args = parse(&["--config", path, "--http-listen", "127.0.0.1:9999"]);
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.http_listen.to_string(), "127.0.0.1:9999");
+        let b = s.broker.expect("the example names a broker");
+        assert_eq!(b.share_group.as_deref(), Some("weir"));
+        assert_eq!(s.batch_linger, Duration::from_millis(2));
+        args.http_listen = None;
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.http_listen.to_string(), "0.0.0.0:8080");
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        let err = Settings::resolve(&parse(&["--batch-linger", "soon"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--batch-linger 'soon'"),
+            "{err:#}"
+        );
+        let err = Settings::resolve(&parse(&["--broker", "http://x"])).unwrap_err();
+        assert!(format!("{err:#}").contains("mqtt://"), "{err:#}");
+        let dir = std::env::temp_dir().join(format!("weir-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, "http_listen = \"127.0.0.1:1\"\nno_such_setting = 1\n").unwrap();
+        let err = Settings::resolve(&parse(&["--config", f.to_str().unwrap()])).unwrap_err();
+        assert!(format!("{err:#}").contains("no_such_setting"), "{err:#}");
+    }
+}

@@ -1,0 +1,447 @@
+//! The running pipeline: router, one worker per enabled rule, one worker per action.
+//!
+//! ```text
+//! ingress ─▶ router ─▶ rule worker (batch by rows/linger, Rule::process) ─▶ action workers
+//!  (mpsc)   (topic trie)        │ failures                                     │ undeliverable
+//!                               └──────────────▶ error action worker ◀─────────┘
+//! ```
+//!
+//! Every hop is a bounded channel, so a slow action holds back its rule, a slow rule holds
+//! back the router, and the router holds back the ingress (and through it the publishing
+//! clients or the external broker) instead of growing memory.
+//!
+//! Rule changes swap an immutable routing table. A replaced or deleted rule's worker is not
+//! killed: its channel closes, it finishes what it has queued, and its actions drain and
+//! close (rolling their files) after it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::mpsc;
+use weir_connectors::actions::{
+    self, Action, ActionConfig, ActionContext, Delivery, Undeliverable,
+};
+use weir_connectors::metrics::Metrics;
+use weir_connectors::mqtt::{ExternalBroker, Publisher};
+use weir_engine::template::TemplateExprs;
+use weir_engine::topic::TopicTrie;
+use weir_engine::{Engine, FailureReason, Message, Rule, SqlError, now_ms};
+
+use crate::store::RuleSpec;
+
+/// Why a rule was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("{0}")]
+    Sql(SqlError),
+    #[error("{context}: {message}")]
+    Action { context: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSettings {
+    pub max_rows: usize,
+    pub linger: Duration,
+    pub action_queue: usize,
+}
+
+/// A running rule: its topic filter and its worker's channel.
+type RunningRule = (String, mpsc::Sender<Arc<Message>>);
+
+struct Route {
+    name: Arc<str>,
+    tx: mpsc::Sender<Arc<Message>>,
+}
+
+#[derive(Default)]
+struct Routes {
+    trie: TopicTrie<usize>,
+    rules: Vec<Route>,
+}
+
+/// A rule that compiled and whose actions were built, ready to start.
+pub struct Prepared {
+    rule: Arc<Rule>,
+    actions: Vec<(Action, ActionContext, weir_connectors::retry::RetryPolicy)>,
+    error_action: Option<(Action, ActionContext, weir_connectors::retry::RetryPolicy)>,
+}
+
+pub struct Pipeline {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    publisher: Publisher,
+    http: reqwest::Client,
+    settings: BatchSettings,
+    external: Option<Arc<ExternalBroker>>,
+    /// The rules running now: name → (topic filter, channel).
+    running: Mutex<HashMap<String, RunningRule>>,
+    routes: RwLock<Arc<Routes>>,
+}
+
+impl Pipeline {
+    pub fn new(
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        publisher: Publisher,
+        external: Option<Arc<ExternalBroker>>,
+        settings: BatchSettings,
+    ) -> Arc<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client builds with the installed TLS provider");
+        Arc::new(Self {
+            engine,
+            metrics,
+            publisher,
+            http,
+            settings,
+            external,
+            running: Mutex::new(HashMap::new()),
+            routes: RwLock::new(Arc::new(Routes::default())),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn context(&self, rule: &str, label: String) -> ActionContext {
+        ActionContext {
+            rule: rule.to_owned(),
+            label,
+            publisher: self.publisher.clone(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// Checks a rule without building anything: SQL, templates, action configs.
+    pub fn check(&self, spec: &RuleSpec) -> Result<Arc<Rule>, RuleError> {
+        let mut exprs = TemplateExprs::default();
+        for (i, a) in spec.actions.iter().enumerate() {
+            check_action(a, &format!("actions[{i}]"), &mut exprs)?;
+        }
+        if let Some(a) = &spec.error_action {
+            let mut own = TemplateExprs::default();
+            check_action(a, "error_action", &mut own)?;
+            if !own.as_slice().is_empty() {
+                return Err(RuleError::Action {
+                    context: "error_action".to_owned(),
+                    message: "the error action's parameters cannot use ${...} templates".to_owned(),
+                });
+            }
+        }
+        Rule::compile(&self.engine, &spec.sql, exprs.as_slice())
+            .map(Arc::new)
+            .map_err(RuleError::Sql)
+    }
+
+    /// Compiles a rule and builds its actions.
+    pub async fn prepare(&self, name: &str, spec: &RuleSpec) -> Result<Prepared, RuleError> {
+        self.check(spec)?;
+        let mut exprs = TemplateExprs::default();
+        let mut actions = Vec::with_capacity(spec.actions.len());
+        for (i, config) in spec.actions.iter().enumerate() {
+            let ctx = self.context(name, format!("{i}-{}", config.kind()));
+            let action =
+                Action::build(config, &mut exprs, &ctx)
+                    .await
+                    .map_err(|e| RuleError::Action {
+                        context: format!("actions[{i}]"),
+                        message: e.to_string(),
+                    })?;
+            actions.push((action, ctx, config.retry()));
+        }
+        let error_action = match &spec.error_action {
+            None => None,
+            Some(config) => {
+                let ctx = self.context(name, format!("error-{}", config.kind()));
+                let mut own = TemplateExprs::default();
+                let action =
+                    Action::build(config, &mut own, &ctx)
+                        .await
+                        .map_err(|e| RuleError::Action {
+                            context: "error_action".to_owned(),
+                            message: e.to_string(),
+                        })?;
+                Some((action, ctx, config.retry()))
+            }
+        };
+        let rule = Rule::compile(&self.engine, &spec.sql, exprs.as_slice())
+            .map(Arc::new)
+            .map_err(RuleError::Sql)?;
+        Ok(Prepared {
+            rule,
+            actions,
+            error_action,
+        })
+    }
+
+    /// Starts (or replaces) a rule. The old version, if any, drains and stops.
+    pub fn start(&self, name: &str, prepared: Prepared) {
+        let (tx, rx) = mpsc::channel::<Arc<Message>>(self.settings.max_rows.max(64) * 2);
+        let filter = prepared.rule.topic_filter().to_owned();
+
+        let error_tx = prepared.error_action.map(|(action, ctx, policy)| {
+            let (etx, erx) = mpsc::channel(self.settings.action_queue);
+            tokio::spawn(actions::run_worker(
+                action,
+                erx,
+                policy,
+                ctx,
+                self.metrics.clone(),
+                None,
+            ));
+            etx
+        });
+        // Outputs an action gives up on become error records.
+        let (failed_tx, mut failed_rx) = mpsc::channel::<Undeliverable>(self.settings.action_queue);
+        {
+            let error_tx = error_tx.clone();
+            let rule_name = name.to_owned();
+            tokio::spawn(async move {
+                while let Some(u) = failed_rx.recv().await {
+                    let record = error_record(
+                        &rule_name,
+                        Some(&u.label),
+                        u.error.reason,
+                        &u.error.message,
+                        &u.delivery.source,
+                        Some(&u.delivery.payload),
+                    );
+                    send_error(&error_tx, &rule_name, record, u.delivery.source).await;
+                }
+            });
+        }
+        let mut action_txs = Vec::with_capacity(prepared.actions.len());
+        for (action, ctx, policy) in prepared.actions {
+            let (atx, arx) = mpsc::channel(self.settings.action_queue);
+            tokio::spawn(actions::run_worker(
+                action,
+                arx,
+                policy,
+                ctx,
+                self.metrics.clone(),
+                Some(failed_tx.clone()),
+            ));
+            action_txs.push(atx);
+        }
+        drop(failed_tx);
+        tokio::spawn(rule_worker(RuleWorker {
+            name: name.into(),
+            rule: prepared.rule,
+            rx,
+            actions: action_txs,
+            error_tx,
+            metrics: self.metrics.clone(),
+            settings: self.settings,
+        }));
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.insert(name.to_owned(), (filter, tx));
+        self.publish_routes(&running);
+        tracing::info!(rule = name, "rule started");
+    }
+
+    /// Stops a rule (deleted or disabled). Its queued messages are still processed.
+    pub fn stop(&self, name: &str) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.remove(name).is_some() {
+            self.publish_routes(&running);
+            tracing::info!(rule = name, "rule stopped");
+        }
+    }
+
+    fn publish_routes(&self, running: &HashMap<String, RunningRule>) {
+        let mut routes = Routes::default();
+        for (name, (filter, tx)) in running {
+            routes.trie.insert(filter, routes.rules.len());
+            routes.rules.push(Route {
+                name: name.as_str().into(),
+                tx: tx.clone(),
+            });
+        }
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        if let Some(ext) = &self.external {
+            let filters: BTreeSet<String> = running.values().map(|(f, _)| f.clone()).collect();
+            ext.set_filters(filters);
+        }
+    }
+
+    /// Routes ingress messages to the rules whose filters match, until the ingress closes.
+    pub async fn route(self: Arc<Self>, mut ingress: mpsc::Receiver<Message>, embedded: bool) {
+        let mut targets: Vec<usize> = Vec::new();
+        while let Some(msg) = ingress.recv().await {
+            if embedded {
+                self.metrics.ingress_messages.inc();
+            }
+            let routes = self
+                .routes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            targets.clear();
+            routes.trie.for_each_match(&msg.topic, |i| targets.push(*i));
+            if targets.is_empty() {
+                self.metrics.ingress_unmatched.inc();
+                continue;
+            }
+            let msg = Arc::new(msg);
+            for &i in &targets {
+                let route = &routes.rules[i];
+                if route.tx.send(msg.clone()).await.is_err() {
+                    // The rule was replaced or stopped between the lookup and the send.
+                    tracing::debug!(rule = %route.name, "rule stopped while routing");
+                }
+            }
+        }
+    }
+}
+
+fn check_action(
+    a: &ActionConfig,
+    context: &str,
+    exprs: &mut TemplateExprs,
+) -> Result<(), RuleError> {
+    a.validate().map_err(|e| RuleError::Action {
+        context: context.to_owned(),
+        message: e.to_string(),
+    })?;
+    a.collect_templates(exprs).map_err(|e| RuleError::Action {
+        context: context.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+struct RuleWorker {
+    name: Arc<str>,
+    rule: Arc<Rule>,
+    rx: mpsc::Receiver<Arc<Message>>,
+    actions: Vec<mpsc::Sender<Delivery>>,
+    error_tx: Option<mpsc::Sender<Delivery>>,
+    metrics: Arc<Metrics>,
+    settings: BatchSettings,
+}
+
+async fn rule_worker(mut w: RuleWorker) {
+    let name: &str = &w.name;
+    let matched = w.metrics.rule_matched.with_label_values(&[name]);
+    let passed = w.metrics.rule_passed.with_label_values(&[name]);
+    let filtered = w.metrics.rule_filtered.with_label_values(&[name]);
+    let latency = w.metrics.rule_latency.with_label_values(&[name]);
+    let failed: HashMap<FailureReason, _> = FailureReason::ALL
+        .iter()
+        .map(|r| {
+            (
+                *r,
+                w.metrics.rule_failed.with_label_values(&[name, r.as_str()]),
+            )
+        })
+        .collect();
+    let mut batch: Vec<Arc<Message>> = Vec::with_capacity(w.settings.max_rows);
+    loop {
+        batch.clear();
+        let Some(first) = w.rx.recv().await else {
+            break;
+        };
+        batch.push(first);
+        // Take what is already queued, then wait up to the linger time for more.
+        let deadline = tokio::time::Instant::now() + w.settings.linger;
+        while batch.len() < w.settings.max_rows {
+            match w.rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if w.settings.linger.is_zero() {
+                        break;
+                    }
+                    match tokio::time::timeout_at(deadline, w.rx.recv()).await {
+                        Ok(Some(m)) => batch.push(m),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        matched.inc_by(batch.len() as u64);
+        let outcome = w.rule.process(&batch);
+        filtered.inc_by(outcome.filtered_out as u64);
+        passed.inc_by(outcome.outputs.len() as u64);
+        for out in outcome.outputs {
+            let delivery = Delivery {
+                payload: out.payload,
+                params: Arc::new(out.params),
+                source: batch[out.index].clone(),
+            };
+            for tx in &w.actions {
+                if tx.send(delivery.clone()).await.is_err() {
+                    tracing::error!(rule = name, "an action stopped early; output lost");
+                }
+            }
+        }
+        for f in outcome.failures {
+            failed[&f.reason].inc();
+            let msg = &batch[f.index];
+            tracing::debug!(rule = name, topic = %msg.topic, reason = f.reason.as_str(), error = %f.message, "message failed");
+            let record = error_record(name, None, f.reason.as_str(), &f.message, msg, None);
+            send_error(&w.error_tx, name, record, msg.clone()).await;
+        }
+        let now = now_ms();
+        for m in &batch {
+            latency.observe((now - m.received_at_ms).max(0) as f64 / 1000.0);
+        }
+    }
+    tracing::debug!(rule = name, "rule worker finished");
+}
+
+async fn send_error(
+    tx: &Option<mpsc::Sender<Delivery>>,
+    rule: &str,
+    record: Bytes,
+    source: Arc<Message>,
+) {
+    let Some(tx) = tx else {
+        return;
+    };
+    let d = Delivery {
+        payload: record,
+        params: Arc::new(Vec::new()),
+        source,
+    };
+    if tx.send(d).await.is_err() {
+        tracing::error!(rule, "error action stopped early; error record lost");
+    }
+}
+
+/// The JSON document the error action receives.
+fn error_record(
+    rule: &str,
+    action: Option<&str>,
+    reason: &str,
+    error: &str,
+    msg: &Message,
+    output: Option<&Bytes>,
+) -> Bytes {
+    let payload: Option<serde_json::Value> = serde_json::from_slice(&msg.payload).ok();
+    let mut doc = json!({
+        "rule": rule,
+        "reason": reason,
+        "error": error,
+        "topic": msg.topic,
+        "clientid": msg.client_id,
+        "timestamp": msg.received_at_ms,
+        "payload_base64": base64::engine::general_purpose::STANDARD.encode(&msg.payload),
+    });
+    if let Some(a) = action {
+        doc["action"] = json!(a);
+    }
+    if let Some(p) = payload {
+        doc["payload"] = p;
+    }
+    if let Some(o) = output.and_then(|o| serde_json::from_slice::<serde_json::Value>(o).ok()) {
+        doc["output"] = o;
+    }
+    Bytes::from(serde_json::to_vec(&doc).expect("a JSON value serialises"))
+}

@@ -1,0 +1,411 @@
+//! Helpers for the integration tests: start the real weir binary on free ports, talk to it
+//! over HTTP and MQTT, run a real HTTP receiver for webhooks and a real Mosquitto.
+
+#![allow(dead_code)] // each test file uses its own share of the helpers
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// Installs the TLS crypto provider that the HTTP client needs (once per process).
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "weir-test-{tag}-{}-{}",
+        std::process::id(),
+        weir_engine::now_ms()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A weir process. Killed on drop.
+pub struct Weir {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub mqtt: SocketAddr,
+    pub data_dir: PathBuf,
+    pub client: reqwest::Client,
+}
+
+impl Weir {
+    /// Starts weir with its embedded broker on free ports.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Weir {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_on(data_dir, http, mqtt, extra).await
+    }
+
+    pub async fn start_on(
+        data_dir: &Path,
+        http: SocketAddr,
+        mqtt: SocketAddr,
+        extra: &[&str],
+    ) -> Weir {
+        init();
+        let no_queries = data_dir.join("no-queries");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--http-listen".into(),
+            http.to_string(),
+            "--mqtt-listen".into(),
+            mqtt.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--log".into(),
+            "info,weir=debug".into(),
+        ];
+        if !extra.contains(&"--queries-dir") {
+            args.extend(["--queries-dir".into(), no_queries.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(&args)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("weir starts");
+        let mut w = Weir {
+            child,
+            http,
+            mqtt,
+            data_dir: data_dir.to_owned(),
+            client: reqwest::Client::new(),
+        };
+        w.wait_ready().await;
+        w
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("weir exited during start: {status}");
+            }
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "weir not ready within 30s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub async fn put_rule(&self, name: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .put(self.url(&format!("/v1/rules/{name}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .request(method, self.url(path))
+            .send()
+            .await
+            .unwrap();
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one metric line, e.g. `weir_rule_messages_matched_total{rule="r"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until `series` reaches `value`.
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(series).await;
+            if v >= value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} is {v}, expected {value}\n{}",
+                self.metrics().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An MQTT client: publish, and receive what its subscriptions deliver.
+pub struct Mqtt {
+    pub client: AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mqtt {
+    fn drop(&mut self) {
+        // Otherwise the event loop reconnects on its own, with the same client id.
+        self.task.abort();
+    }
+}
+
+impl Mqtt {
+    pub async fn connect(addr: SocketAddr, client_id: &str) -> Mqtt {
+        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, eventloop) = AsyncClient::new(opts, 100);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready_rx) = mpsc::channel(1);
+        let task = tokio::spawn(poll(eventloop, tx, ready_tx));
+        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+            .await
+            .expect("MQTT connection within 10s");
+        Mqtt { client, rx, task }
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub async fn subscribe(&self, filter: &str) {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        // The SUBACK is consumed by the poll loop; give the broker a moment to register.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    /// The next message, within `secs` seconds.
+    pub async fn next(&mut self, secs: u64) -> Option<(String, Value)> {
+        let (topic, payload) = tokio::time::timeout(Duration::from_secs(secs), self.rx.recv())
+            .await
+            .ok()??;
+        let v = serde_json::from_slice(&payload)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&payload).into_owned()));
+        Some((topic, v))
+    }
+}
+
+async fn poll(
+    mut el: EventLoop,
+    tx: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    ready: mpsc::Sender<()>,
+) {
+    loop {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let _ = ready.try_send(());
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send((p.topic, p.payload.to_vec())).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A real HTTP server that records the bodies POSTed to it and answers with the statuses
+/// it is told to (200 once the script runs out).
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub bodies: Arc<Mutex<Vec<Value>>>,
+    script: Arc<Mutex<Vec<u16>>>,
+    pub hits: Arc<Mutex<u32>>,
+}
+
+impl Receiver {
+    pub async fn start(script: Vec<u16>) -> Receiver {
+        init();
+        use axum::routing::post;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = Receiver {
+            addr,
+            bodies: Default::default(),
+            script: Arc::new(Mutex::new(script.into_iter().rev().collect())),
+            hits: Default::default(),
+        };
+        let state = r.clone();
+        let app = axum::Router::new().route(
+            "/{*path}",
+            post(move |body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    *state.hits.lock().unwrap() += 1;
+                    let status = state.script.lock().unwrap().pop().unwrap_or(200);
+                    if status == 200 {
+                        state
+                            .bodies
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                    }
+                    StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        r
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Waits until `n` bodies have arrived; returns them.
+    pub async fn wait_for(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.bodies.lock().unwrap().clone();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "webhook got {} of {n} bodies: {got:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A Mosquitto broker on a free port, stopped on drop.
+pub struct Mosquitto {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Mosquitto {
+    pub async fn start() -> Mosquitto {
+        let bin = ["mosquitto", "/usr/sbin/mosquitto"]
+            .into_iter()
+            .find(|b| {
+                Command::new(b)
+                    .arg("-h")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok()
+            })
+            .expect("mosquitto is installed (scripts/deps.sh installs it)");
+        let port = free_port();
+        let dir = temp_dir("mosquitto");
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Mosquitto { child, addr }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const SEED_SQL: &str = "SELECT
+    thingName() AS deviceIdentifier,
+    currentAmbientTemperature AS celsiusReading,
+    (currentAmbientTemperature * 1.8 + 32) AS fahrenheitReading,
+    geoCoordinates.latitude AS lat,
+    geoCoordinates.longitude AS lon
+FROM 'enterprise/facilities/+/metrics'
+WHERE currentAmbientTemperature > 85.0";
+
+pub const HOT: &str = r#"{"currentAmbientTemperature": 90.5, "geoCoordinates": {"latitude": 52.1, "longitude": 4.3}}"#;
+pub const COLD: &str = r#"{"currentAmbientTemperature": 20.0, "geoCoordinates": {"latitude": 52.1, "longitude": 4.3}}"#;
+
+/// Checks the seed rule's output for the HOT payload from `device`.
+pub fn assert_seed_output(v: &Value, device: Option<&str>) {
+    match device {
+        Some(d) => assert_eq!(v["deviceIdentifier"], d, "{v}"),
+        None => assert!(v.get("deviceIdentifier").is_none(), "{v}"),
+    }
+    assert_eq!(v["celsiusReading"], 90.5, "{v}");
+    assert!(
+        (v["fahrenheitReading"].as_f64().unwrap() - 194.9).abs() < 1e-9,
+        "{v}"
+    );
+    assert_eq!(v["lat"], 52.1, "{v}");
+    assert_eq!(v["lon"], 4.3, "{v}");
+}

@@ -1,0 +1,474 @@
+//! End to end with the embedded broker: the real weir binary, a real MQTT client, a real
+//! HTTP receiver, files on disk.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn seed_rule_reaches_every_action() {
+    let dir = temp_dir("seed");
+    let out_dir = dir.join("out");
+    let weir = Weir::start(&dir, &[]).await;
+    let hook = Receiver::start(vec![]).await;
+    let (status, body) = weir
+        .put_rule(
+            "hot",
+            json!({
+                "sql": SEED_SQL,
+                "description": "hot machines",
+                "actions": [
+                    {"republish": {"topic": "alerts/${topic(3)}"}},
+                    {"webhook": {"url": hook.url("/hook"), "headers": {"x-device": "${clientid()}"}}},
+                    {"object_store": {"url": format!("file://{}", out_dir.display()), "format": "jsonl", "max_rows": 1}}
+                ]
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["topic_filter"], "enterprise/facilities/+/metrics");
+
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe("alerts/#").await;
+    let device = Mqtt::connect(weir.mqtt, "plant-sensor-7").await;
+    // Cold first: if it were let through, it would arrive before the hot one.
+    device
+        .publish("enterprise/facilities/plant-01/metrics", COLD)
+        .await;
+    device
+        .publish("enterprise/facilities/plant-01/metrics", HOT)
+        .await;
+
+    let (topic, v) = watcher.next(10).await.expect("republished output");
+    assert_eq!(topic, "alerts/plant-01");
+    assert_seed_output(&v, Some("plant-sensor-7"));
+    let bodies = hook.wait_for(1).await;
+    assert_seed_output(&bodies[0], Some("plant-sensor-7"));
+
+    // max_rows = 1: the file is rolled (visible) after one row.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let files = loop {
+        let files: Vec<_> = std::fs::read_dir(&out_dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let done: Vec<_> = files
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        if !done.is_empty() || std::time::Instant::now() > deadline {
+            break done;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1);
+    assert_seed_output(
+        &serde_json::from_str(lines[0]).unwrap(),
+        Some("plant-sensor-7"),
+    );
+
+    // Nothing else arrives: the cold message was filtered.
+    assert!(watcher.next(1).await.is_none());
+    let rule = r#"{rule="hot"}"#;
+    weir.wait_metric(&format!("weir_rule_messages_matched_total{rule}"), 2.0)
+        .await;
+    assert_eq!(
+        weir.metric(&format!("weir_rule_messages_passed_total{rule}"))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        weir.metric(&format!("weir_rule_messages_filtered_total{rule}"))
+            .await,
+        1.0
+    );
+    weir.wait_metric(
+        r#"weir_action_success_total{action="1-webhook",rule="hot"}"#,
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        weir.metric(r#"weir_action_success_total{action="0-republish",rule="hot"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        weir.metric(r#"weir_rule_processing_seconds_count{rule="hot"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(hook.bodies.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_payloads_are_counted_and_sent_to_the_error_action() {
+    let dir = temp_dir("bad");
+    let weir = Weir::start(&dir, &[]).await;
+    let (status, body) = weir
+        .put_rule(
+            "temps",
+            json!({
+                "sql": "SELECT temp * 2 AS doubled FROM 'sensors/+' WHERE temp > 0",
+                "actions": [{"republish": {"topic": "out/${topic(2)}"}}],
+                "error_action": {"republish": {"topic": "errors"}}
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe("out/#").await;
+    watcher.subscribe("errors").await;
+    let device = Mqtt::connect(weir.mqtt, "dev-1").await;
+    device.publish("sensors/a", "this is not json").await;
+    device.publish("sensors/a", r#"{"temp": "warm"}"#).await;
+    device.publish("sensors/a", r#"{"temp": 21}"#).await;
+
+    let mut errors = Vec::new();
+    let mut outputs = Vec::new();
+    while errors.len() + outputs.len() < 3 {
+        let (topic, v) = watcher.next(10).await.expect("three messages");
+        if topic == "errors" {
+            errors.push(v)
+        } else {
+            outputs.push((topic, v))
+        }
+    }
+    assert_eq!(outputs, [("out/a".to_owned(), json!({"doubled": 42}))]);
+    let reasons: Vec<&str> = errors
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["invalid_json", "type_mismatch"], "{errors:?}");
+    assert_eq!(errors[0]["rule"], "temps");
+    assert_eq!(errors[0]["topic"], "sensors/a");
+    assert_eq!(errors[0]["clientid"], "dev-1");
+    assert!(errors[0].get("payload").is_none());
+    assert_eq!(errors[1]["payload"], json!({"temp": "warm"}));
+    weir.wait_metric(
+        r#"weir_rule_messages_failed_total{reason="invalid_json",rule="temps"}"#,
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        weir.metric(r#"weir_rule_messages_failed_total{reason="type_mismatch",rule="temps"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        weir.metric(r#"weir_rule_messages_passed_total{rule="temps"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn webhook_retries_5xx_and_sends_4xx_to_the_error_action() {
+    let dir = temp_dir("hook");
+    let weir = Weir::start(&dir, &[]).await;
+    // Two 503s then success for the first output; a 400 for the second.
+    let hook = Receiver::start(vec![503, 503, 200, 400]).await;
+    let errors = Receiver::start(vec![]).await;
+    let (status, body) = weir
+        .put_rule(
+            "fwd",
+            json!({
+                "sql": "SELECT n FROM 'in'",
+                "actions": [{"webhook": {"url": hook.url("/h"), "retry": {"initial_backoff": "10ms", "max_attempts": 5}}}],
+                "error_action": {"webhook": {"url": errors.url("/e")}}
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    device.publish("in", r#"{"n": 1}"#).await;
+    assert_eq!(hook.wait_for(1).await, [json!({"n": 1})]);
+    device.publish("in", r#"{"n": 2}"#).await;
+    let e = errors.wait_for(1).await;
+    assert_eq!(e[0]["action"], "0-webhook");
+    assert_eq!(e[0]["reason"], "http_status");
+    assert_eq!(e[0]["output"], json!({"n": 2}));
+    assert!(e[0]["error"].as_str().unwrap().contains("400"), "{e:?}");
+    assert_eq!(*hook.hits.lock().unwrap(), 4);
+    assert_eq!(
+        weir.metric(r#"weir_action_retries_total{action="0-webhook",rule="fwd"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        weir.metric(r#"weir_action_success_total{action="0-webhook",rule="fwd"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        weir.metric(
+            r#"weir_action_failure_total{action="0-webhook",reason="http_status",rule="fwd"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn rules_are_managed_over_http_and_survive_a_restart() {
+    let dir = temp_dir("crud");
+    let mut weir = Weir::start(&dir, &[]).await;
+    let rule = json!({"sql": "SELECT v FROM 'a/+'", "actions": [{"republish": {"topic": "b/${topic(2)}"}}]});
+    assert_eq!(weir.put_rule("r1", rule.clone()).await.0, 201);
+    assert_eq!(weir.put_rule("r1", rule.clone()).await.0, 200);
+    let (status, list) = weir.request(Method::GET, "/v1/rules").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["rules"].as_array().unwrap().len(), 1);
+    let (_, one) = weir.request(Method::GET, "/v1/rules/r1").await;
+    assert_eq!(one["name"], "r1");
+    assert_eq!(one["enabled"], true);
+    assert_eq!(one["source"], "api");
+
+    let mut watcher = Mqtt::connect(weir.mqtt, "w").await;
+    watcher.subscribe("b/#").await;
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+
+    // Disabled: nothing flows. Enabled again: it does.
+    let (status, r) = weir.request(Method::POST, "/v1/rules/r1/disable").await;
+    assert_eq!((status.as_u16(), r["enabled"].clone()), (200, json!(false)));
+    device.publish("a/x", r#"{"v": 1}"#).await;
+    assert!(watcher.next(1).await.is_none());
+    assert_eq!(
+        weir.request(Method::POST, "/v1/rules/r1/enable").await.0,
+        200
+    );
+    device.publish("a/x", r#"{"v": 2}"#).await;
+    assert_eq!(
+        watcher.next(10).await.unwrap(),
+        ("b/x".to_owned(), json!({"v": 2}))
+    );
+
+    // Replace: the new SQL takes effect without a restart.
+    let replaced = json!({"sql": "SELECT v * 10 AS w FROM 'a/+'", "actions": [{"republish": {"topic": "b/${topic(2)}"}}]});
+    assert_eq!(weir.put_rule("r1", replaced).await.0, 200);
+    device.publish("a/y", r#"{"v": 3}"#).await;
+    assert_eq!(
+        watcher.next(10).await.unwrap(),
+        ("b/y".to_owned(), json!({"w": 30}))
+    );
+
+    // Restart on the same data directory: the rule is still there and runs.
+    let (http, mqtt) = (weir.http, weir.mqtt);
+    weir.kill();
+    drop(watcher);
+    drop(device);
+    let weir = Weir::start_on(&dir, http, mqtt, &[]).await;
+    let (status, one) = weir.request(Method::GET, "/v1/rules/r1").await;
+    assert_eq!(status, 200);
+    assert!(one["sql"].as_str().unwrap().contains("v * 10"));
+    let mut watcher = Mqtt::connect(weir.mqtt, "w").await;
+    watcher.subscribe("b/#").await;
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    device.publish("a/z", r#"{"v": 4}"#).await;
+    assert_eq!(
+        watcher.next(10).await.unwrap(),
+        ("b/z".to_owned(), json!({"w": 40}))
+    );
+
+    // Delete.
+    assert_eq!(weir.request(Method::DELETE, "/v1/rules/r1").await.0, 204);
+    let (status, e) = weir.request(Method::GET, "/v1/rules/r1").await;
+    assert_eq!(status, 404);
+    assert_eq!(e["error"]["code"], "not_found");
+    assert_eq!(weir.request(Method::DELETE, "/v1/rules/r1").await.0, 404);
+    device.publish("a/z", r#"{"v": 5}"#).await;
+    assert!(watcher.next(1).await.is_none());
+    assert!(!weir.metrics().await.contains(r#"rule="r1""#));
+}
+
+#[tokio::test]
+async fn bad_rules_get_a_400_that_says_where_and_why() {
+    let dir = temp_dir("errors");
+    let weir = Weir::start(&dir, &[]).await;
+    let cases = [
+        (
+            json!({"sql": "SELECT a FROM 'x' WHERE", "actions": []}),
+            "invalid_sql",
+            Some((1, 24)),
+        ),
+        (
+            json!({"sql": "SELECT nope(a) FROM 'x'", "actions": []}),
+            "invalid_sql",
+            Some((1, 8)),
+        ),
+        (
+            json!({"sql": "SELECT a\nFROM 'x/#/y'", "actions": []}),
+            "invalid_sql",
+            None,
+        ),
+        (
+            json!({"sql": "SELECT a FROM x", "actions": []}),
+            "invalid_sql",
+            Some((1, 15)),
+        ),
+        (
+            json!({"sql": "DROP TABLE x", "actions": []}),
+            "invalid_sql",
+            None,
+        ),
+        (
+            json!({"sql": "SELECT a FROM 'x'", "actions": [{"kafkaa": {}}]}),
+            "invalid_rule",
+            None,
+        ),
+        (
+            json!({"sql": "SELECT a FROM 'x'", "actions": [{"republish": {"topic": "a/+"}}]}),
+            "invalid_action",
+            None,
+        ),
+        (
+            json!({"sql": "SELECT a FROM 'x'", "actions": [{"webhook": {"url": "ftp://x"}}]}),
+            "invalid_action",
+            None,
+        ),
+        (
+            json!({"sql": "SELECT a FROM 'x'", "actions": [{"republish": {"topic": "t/${nosuch()}"}}]}),
+            "invalid_sql",
+            None,
+        ),
+        (json!({"sql": "SELECT a FROM 'x'"}), "invalid_rule", None),
+        (
+            json!({"sql": "SELECT a FROM 'x'", "actions": [], "colour": "red"}),
+            "invalid_rule",
+            None,
+        ),
+    ];
+    for (body, code, pos) in cases {
+        let (status, e) = weir.put_rule("bad", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {e}");
+        assert_eq!(e["error"]["code"], code, "{body} → {e}");
+        assert!(!e["error"]["message"].as_str().unwrap().is_empty());
+        if let Some((line, column)) = pos {
+            assert_eq!(
+                (e["error"]["line"].clone(), e["error"]["column"].clone()),
+                (json!(line), json!(column)),
+                "{e}"
+            );
+        }
+    }
+    let (_, e) = weir
+        .put_rule(
+            "bad",
+            json!({"sql": "SELECT a FROM 'x/#/y'", "actions": []}),
+        )
+        .await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'#' must be the last level"),
+        "{e}"
+    );
+    let (_, e) = weir
+        .put_rule(
+            "bad",
+            json!({"sql": "SELECT a FROM 'x'", "actions": [{"kafkaa": {}}]}),
+        )
+        .await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `kafkaa`"),
+        "{e}"
+    );
+
+    // Not JSON at all.
+    let r = weir
+        .client
+        .put(weir.url("/v1/rules/bad"))
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "invalid_json");
+    // Bad names, unknown routes.
+    let (status, e) = weir
+        .put_rule(
+            "bad%20name",
+            json!({"sql": "SELECT a FROM 'x'", "actions": []}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), e["error"]["code"].as_str()),
+        (400, Some("invalid_name"))
+    );
+    assert_eq!(weir.request(Method::GET, "/v2/nothing").await.0, 404);
+    // None of them was stored.
+    let (_, list) = weir.request(Method::GET, "/v1/rules").await;
+    assert_eq!(list["rules"], json!([]));
+}
+
+#[tokio::test]
+async fn rule_files_are_loaded_at_start() {
+    let dir = temp_dir("files");
+    let queries = concat!(env!("CARGO_MANIFEST_DIR"), "/queries");
+    let weir = Weir::start(&dir, &["--queries-dir", queries]).await;
+    let (_, list) = weir.request(Method::GET, "/v1/rules").await;
+    let shipped: Vec<String> = std::fs::read_dir(queries)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(!shipped.is_empty());
+    for name in &shipped {
+        let rule = list["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name.as_str());
+        let rule = rule.unwrap_or_else(|| panic!("{name} not loaded: {list}"));
+        assert!(rule["source"].as_str().unwrap().starts_with("file:"));
+    }
+    // The shipped walkthrough rule works as documented.
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe("alerts/#").await;
+    let device = Mqtt::connect(weir.mqtt, "plant-sensor-1").await;
+    device
+        .publish("enterprise/facilities/plant-01/metrics", HOT)
+        .await;
+    let (topic, v) = watcher.next(10).await.expect("alert");
+    assert_eq!(topic, "alerts/plant-01/high-temperature");
+    assert_seed_output(&v, Some("plant-sensor-1"));
+}
+
+#[tokio::test]
+async fn a_taken_port_is_a_one_line_error_naming_the_setting() {
+    init();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = temp_dir("port");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "serve",
+            "--http-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.trim().lines().last().unwrap();
+    assert!(last.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        last.contains("--mqtt-listen") && last.contains("WEIR_MQTT_LISTEN"),
+        "{stderr}"
+    );
+    assert!(last.contains("in use"), "{stderr}");
+}
