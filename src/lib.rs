@@ -29,6 +29,8 @@ use crate::store::{RuleStore, StoredRule, parse_rule_file};
 
 /// Messages queued between the ingress and the router.
 const INGRESS_QUEUE: usize = 8192;
+/// How long shutdown waits for actions to finish what they hold.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A listener could not be opened. Printed as one line that names the setting to change.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let metrics = Arc::new(Metrics::new());
     let (ingress_tx, ingress_rx) = mpsc::channel(INGRESS_QUEUE);
 
-    let (publisher, external, mqtt_addr) = match &settings.broker {
+    // The ingress is made here but started after the rules, so that nothing a broker
+    // has queued for weir arrives before the rule that wants it.
+    enum Ingress {
+        Embedded(Broker, TcpListener),
+        External(Arc<ExternalBroker>),
+    }
+    let (publisher, ingress, mqtt_addr) = match &settings.broker {
         None => {
             let listener = bind(
                 settings.mqtt_listen,
@@ -79,25 +87,24 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             )
             .await?;
             let addr = listener.local_addr()?;
-            let broker = Broker::new(ingress_tx, metrics.clone());
-            tokio::spawn(broker.clone().serve(listener, shutdown.clone()));
-            (Publisher::Embedded(broker), None, Some(addr))
+            let broker = Broker::new(ingress_tx.clone(), metrics.clone());
+            let publisher = Publisher::Embedded(broker.clone());
+            (publisher, Ingress::Embedded(broker, listener), Some(addr))
         }
         Some(config) => {
-            let ext = ExternalBroker::start(
-                config.clone(),
-                ingress_tx,
-                metrics.clone(),
-                shutdown.clone(),
-            )
-            .with_context(|| format!("external broker {}", config.url))?;
-            let publisher = ext.publisher();
-            (publisher, Some(Arc::new(ext)), None)
+            let ext = ExternalBroker::new(config.clone())
+                .with_context(|| format!("external broker {}", config.url))?;
+            let ext = Arc::new(ext);
+            (ext.publisher(), Ingress::External(ext), None)
         }
+    };
+    let external = match &ingress {
+        Ingress::External(e) => Some(e.clone()),
+        Ingress::Embedded(..) => None,
     };
     let pipeline = Pipeline::new(
         engine,
-        metrics,
+        metrics.clone(),
         publisher,
         external,
         BatchSettings {
@@ -106,14 +113,20 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             action_queue: settings.action_queue,
         },
     );
+
+    let mut store = RuleStore::open(&settings.data_dir)?;
+    load_rules(&pipeline, &mut store, &settings.queries_dir).await?;
     tokio::spawn(
         pipeline
             .clone()
             .route(ingress_rx, settings.broker.is_none()),
     );
-
-    let mut store = RuleStore::open(&settings.data_dir)?;
-    load_rules(&pipeline, &mut store, &settings.queries_dir).await?;
+    match ingress {
+        Ingress::Embedded(broker, listener) => {
+            tokio::spawn(broker.serve(listener, shutdown.clone()));
+        }
+        Ingress::External(ext) => ext.start(ingress_tx, metrics, shutdown.clone()),
+    }
     let state = Arc::new(api::AppState {
         pipeline,
         store: tokio::sync::Mutex::new(store),
@@ -136,6 +149,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("HTTP server")?;
+    state.pipeline.shutdown(SHUTDOWN_GRACE).await;
+    tracing::info!("weir stopped");
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 use weir_connectors::actions::{
     self, Action, ActionConfig, ActionContext, Delivery, Undeliverable,
 };
@@ -80,6 +81,8 @@ pub struct Pipeline {
     /// The rules running now: name → (topic filter, channel).
     running: Mutex<HashMap<String, RunningRule>>,
     routes: RwLock<Arc<Routes>>,
+    /// Every worker task, so that shutdown can wait for them to drain.
+    tasks: TaskTracker,
 }
 
 impl Pipeline {
@@ -103,6 +106,7 @@ impl Pipeline {
             external,
             running: Mutex::new(HashMap::new()),
             routes: RwLock::new(Arc::new(Routes::default())),
+            tasks: TaskTracker::new(),
         })
     }
 
@@ -203,7 +207,7 @@ impl Pipeline {
         {
             let error_tx = error_tx.clone();
             let rule_name = name.to_owned();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 while let Some(u) = failed_rx.recv().await {
                     let record = error_record(
                         &rule_name,
@@ -220,7 +224,7 @@ impl Pipeline {
         let mut action_txs = Vec::with_capacity(prepared.actions.len());
         for (action, ctx, policy) in prepared.actions {
             let (atx, arx) = mpsc::channel(self.settings.action_queue);
-            tokio::spawn(actions::run_worker(
+            self.tasks.spawn(actions::run_worker(
                 action,
                 arx,
                 policy,
@@ -231,7 +235,7 @@ impl Pipeline {
             action_txs.push(atx);
         }
         drop(failed_tx);
-        tokio::spawn(rule_worker(RuleWorker {
+        self.tasks.spawn(rule_worker(RuleWorker {
             name: name.into(),
             rule: prepared.rule,
             rx,
@@ -252,6 +256,26 @@ impl Pipeline {
         if running.remove(name).is_some() {
             self.publish_routes(&running);
             tracing::info!(rule = name, "rule stopped");
+        }
+    }
+
+    /// Stops every rule and waits up to `grace` for the workers to finish what they hold
+    /// (so that files are rolled and queued deliveries made).
+    pub async fn shutdown(&self, grace: Duration) {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.clear();
+            self.publish_routes(&running);
+        }
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "some actions were still busy at shutdown; their queued outputs are lost"
+            );
         }
     }
 

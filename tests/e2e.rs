@@ -304,7 +304,7 @@ async fn bad_rules_get_a_400_that_says_where_and_why() {
         (
             json!({"sql": "SELECT a\nFROM 'x/#/y'", "actions": []}),
             "invalid_sql",
-            None,
+            Some((2, 6)),
         ),
         (
             json!({"sql": "SELECT a FROM x", "actions": []}),
@@ -471,4 +471,85 @@ async fn a_taken_port_is_a_one_line_error_naming_the_setting() {
         "{stderr}"
     );
     assert!(last.contains("in use"), "{stderr}");
+}
+
+#[tokio::test]
+async fn shutdown_rolls_open_files() {
+    let dir = temp_dir("shutdown");
+    let out_dir = dir.join("out");
+    let mut weir = Weir::start(&dir, &[]).await;
+    let url = format!("file://{}", out_dir.display());
+    let rule = json!({"sql": "SELECT n FROM 'f'", "actions": [{"object_store": {"url": url, "max_age": "1h"}}]});
+    assert_eq!(weir.put_rule("files", rule).await.0, 201);
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    for n in 0..3 {
+        device.publish("f", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    weir.wait_metric(
+        r#"weir_action_success_total{action="0-object_store",rule="files"}"#,
+        3.0,
+    )
+    .await;
+    let listing = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Still open: only the hidden in-progress file exists.
+    let before = listing();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(
+        before[0].starts_with('.') && before[0].ends_with(".jsonl.tmp"),
+        "{before:?}"
+    );
+    assert!(weir.terminate().success());
+    let after = listing();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(
+        after[0].starts_with("files-0-object_store-") && after[0].ends_with(".jsonl"),
+        "{after:?}"
+    );
+    let text = std::fs::read_to_string(out_dir.join(&after[0])).unwrap();
+    assert_eq!(text, "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n");
+}
+
+#[tokio::test]
+async fn a_crash_leaves_no_half_written_file_and_the_next_start_completes_it() {
+    let dir = temp_dir("crash");
+    let out_dir = dir.join("out");
+    let mut weir = Weir::start(&dir, &[]).await;
+    let url = format!("file://{}", out_dir.display());
+    let rule = json!({"sql": "SELECT n FROM 'f'", "actions": [{"object_store": {"url": url, "max_age": "1h"}}]});
+    assert_eq!(weir.put_rule("files", rule).await.0, 201);
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    for n in 0..2 {
+        device.publish("f", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    weir.wait_metric(
+        r#"weir_action_success_total{action="0-object_store",rule="files"}"#,
+        2.0,
+    )
+    .await;
+    let (http, mqtt) = (weir.http, weir.mqtt);
+    weir.kill();
+    drop(device);
+    let visible = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect()
+    };
+    assert!(
+        visible(&out_dir).is_empty(),
+        "nothing is visible before it is complete"
+    );
+    let _weir = Weir::start_on(&dir, http, mqtt, &[]).await;
+    let files = visible(&out_dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(text, "{\"n\":0}\n{\"n\":1}\n");
 }

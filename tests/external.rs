@@ -74,3 +74,116 @@ async fn seed_rule_through_mosquitto_with_a_shared_subscription() {
     assert!(watcher.next(1).await.is_none());
     assert_eq!(weir.metric("weir_ingress_messages_total").await, before);
 }
+
+#[tokio::test]
+async fn mutual_tls_with_credentials() {
+    let certs = make_certs();
+    let c = |f: &str| certs.join(f).display().to_string();
+    let passwd = certs.join("passwd");
+    run(std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["weir", "s3cret"]));
+    let (plain, tls) = (free_port(), free_port());
+    let broker = Mosquitto::start_with(
+        plain,
+        &format!(
+            "per_listener_settings true\n\
+             listener {plain} 127.0.0.1\nallow_anonymous true\n\
+             listener {tls} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
+             cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            passwd.display(),
+            c("ca.pem"),
+            c("server.pem"),
+            c("server.key")
+        ),
+    )
+    .await;
+    let dir = temp_dir("tls");
+    let url = format!("mqtts://127.0.0.1:{tls}");
+    let weir = Weir::start(
+        &dir,
+        &[
+            "--broker",
+            &url,
+            "--broker-username",
+            "weir",
+            "--broker-password",
+            "s3cret",
+            "--broker-ca-file",
+            &c("ca.pem"),
+            "--broker-client-cert",
+            &c("client.pem"),
+            "--broker-client-key",
+            &c("client.key"),
+        ],
+    )
+    .await;
+    let rule = json!({"sql": "SELECT v FROM 'secure/+'", "actions": [{"republish": {"topic": "secure-out/${topic(2)}"}}]});
+    assert_eq!(weir.put_rule("sec", rule).await.0, 201);
+    let mut watcher = Mqtt::connect(broker.addr, "watcher").await;
+    watcher.subscribe("secure-out/#").await;
+    let device = Mqtt::connect(broker.addr, "device").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let got = loop {
+        device.publish("secure/a", r#"{"v": 7}"#).await;
+        if let Some(got) = watcher.next(1).await {
+            break got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing came back over TLS"
+        );
+    };
+    assert_eq!(got, ("secure-out/a".to_owned(), json!({"v": 7})));
+}
+
+#[tokio::test]
+async fn a_persistent_session_delivers_what_was_published_while_weir_was_down() {
+    let broker = Mosquitto::start().await;
+    let dir = temp_dir("session");
+    let url = format!("mqtt://{}", broker.addr);
+    let args = [
+        "--broker",
+        url.as_str(),
+        "--broker-client-id",
+        "weir-persistent",
+        "--broker-clean-session",
+        "false",
+    ];
+    let mut weir = Weir::start(&dir, &args).await;
+    let rule = json!({"sql": "SELECT n FROM 'q/in'", "actions": [{"republish": {"topic": "q/out", "qos": 1}}]});
+    assert_eq!(weir.put_rule("q", rule).await.0, 201);
+    let mut watcher = Mqtt::connect(broker.addr, "watcher").await;
+    watcher.subscribe("q/out").await;
+    let device = Mqtt::connect(broker.addr, "device").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        device.publish("q/in", r#"{"n": 0}"#).await;
+        if watcher.next(1).await.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "weir never subscribed"
+        );
+    }
+    while watcher.next(1).await.is_some() {}
+
+    let (http, mqtt) = (weir.http, weir.mqtt);
+    weir.kill();
+    for n in 1..=3 {
+        device.publish("q/in", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _weir = Weir::start_on(&dir, http, mqtt, &args).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let (_, v) = watcher
+            .next(10)
+            .await
+            .expect("queued messages after restart");
+        got.push(v["n"].as_i64().unwrap());
+    }
+    assert_eq!(got, [1, 2, 3]);
+}

@@ -173,6 +173,12 @@ impl Weir {
         }
     }
 
+    /// Asks weir to stop (SIGTERM) and waits for it.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
+        self.child.wait().unwrap()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -336,7 +342,18 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// A Mosquitto with one anonymous listener.
     pub async fn start() -> Mosquitto {
+        let port = free_port();
+        Self::start_with(
+            port,
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .await
+    }
+
+    /// A Mosquitto with the given configuration; `port` is the one to wait for.
+    pub async fn start_with(port: u16, config: &str) -> Mosquitto {
         let bin = ["mosquitto", "/usr/sbin/mosquitto"]
             .into_iter()
             .find(|b| {
@@ -348,19 +365,15 @@ impl Mosquitto {
                     .is_ok()
             })
             .expect("mosquitto is installed (scripts/deps.sh installs it)");
-        let port = free_port();
         let dir = temp_dir("mosquitto");
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
+        std::fs::write(&conf, format!("persistence false\n{config}")).unwrap();
+        let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
         let child = Command::new(bin)
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("mosquitto starts");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -381,6 +394,80 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made with
+/// the openssl command. Returns the directory holding ca.pem, server.pem/key, client.pem/key.
+pub fn make_certs() -> PathBuf {
+    let dir = temp_dir("certs");
+    let d = |f: &str| dir.join(f).display().to_string();
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=weir test CA",
+            "-keyout",
+            &d("ca.key"),
+            "-out",
+            &d("ca.pem"),
+        ]));
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for who in ["server", "client"] {
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN=weir-{who}"),
+            ])
+            .args([
+                "-keyout",
+                &d(&format!("{who}.key")),
+                "-out",
+                &d(&format!("{who}.csr")),
+            ]));
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .args([
+                "-in",
+                &d(&format!("{who}.csr")),
+                "-CA",
+                &d("ca.pem"),
+                "-CAkey",
+                &d("ca.key"),
+            ])
+            .args([
+                "-extfile",
+                &d(&format!("{who}.ext")),
+                "-out",
+                &d(&format!("{who}.pem")),
+            ]));
+    }
+    // Mosquitto drops root privileges before it reads its key: let it.
+    for key in ["server.key", "client.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    dir
 }
 
 pub const SEED_SQL: &str = "SELECT

@@ -186,6 +186,13 @@ impl FileSink {
         Ok(())
     }
 
+    pub(crate) async fn flush(&mut self) -> Result<(), DeliveryError> {
+        match &mut self.current {
+            Some(c) => c.file.flush().await.map_err(|e| io_err("flush", &c.tmp, e)),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) async fn roll_if_old(&mut self) -> Result<(), DeliveryError> {
         match &self.current {
             Some(c) if c.opened.elapsed() >= self.max_age => self.roll().await,
@@ -243,14 +250,16 @@ async fn recover(dir: &Path, prefix: &str) {
         let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         let dest = dir.join(name);
         let done = async {
-            if keep == 0 {
-                return tokio::fs::remove_file(&path).await;
+            if keep > 0 {
+                tokio::fs::write(&dest, &data[..keep]).await?;
             }
-            tokio::fs::write(&dest, &data[..keep]).await?;
             tokio::fs::remove_file(&path).await
         }
         .await;
         match done {
+            Ok(()) if keep == 0 => {
+                tracing::info!(file = %path.display(), "removed an empty file left by an earlier run")
+            }
             Ok(()) => {
                 tracing::info!(file = %dest.display(), "completed a file left by an earlier run")
             }

@@ -182,6 +182,15 @@ impl Action {
         }
     }
 
+    /// Called when the queue is momentarily empty: hand buffered data to the OS, so that a
+    /// crash of weir (not of the machine) loses none of it.
+    async fn flush(&mut self) -> Result<(), DeliveryError> {
+        match self {
+            Self::File(a) => a.flush().await,
+            _ => Ok(()),
+        }
+    }
+
     /// Called when the action stops: make everything delivered visible.
     async fn close(&mut self) -> Result<(), DeliveryError> {
         match self {
@@ -254,6 +263,11 @@ pub async fn run_worker(
                 Err(e) => break Err(e),
             }
         };
+        if queue.is_empty()
+            && let Err(e) = action.flush().await
+        {
+            tracing::warn!(rule = %ctx.rule, action = %ctx.label, error = %e, "flushing the action failed");
+        }
         match result {
             Ok(()) => success.inc(),
             Err(error) => {

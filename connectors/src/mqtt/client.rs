@@ -196,25 +196,48 @@ fn qos(q: u8) -> QoS {
     }
 }
 
-/// A running connection to an external broker.
+/// A connection to an external broker.
 pub struct ExternalBroker {
     filters: watch::Sender<BTreeSet<String>>,
-    publisher: Publisher,
+    client: AsyncClient,
+    pending: std::sync::Mutex<Option<(rumqttc::EventLoop, watch::Receiver<BTreeSet<String>>)>>,
+    config: Arc<ExternalConfig>,
 }
 
 impl ExternalBroker {
-    /// Starts the client: received messages go to `ingress`.
+    /// Prepares the client without connecting: the publisher can be handed out (to the
+    /// rules' actions) before [`Self::start`] begins reading messages.
+    pub fn new(config: ExternalConfig) -> Result<Self, ExternalError> {
+        let options = config.options()?;
+        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let (filters, filters_rx) = watch::channel(BTreeSet::<String>::new());
+        Ok(Self {
+            filters,
+            client,
+            pending: std::sync::Mutex::new(Some((eventloop, filters_rx))),
+            config: Arc::new(config),
+        })
+    }
+
+    /// Connects and starts delivering received messages to `ingress`. Call once, after the
+    /// rules are running, so that nothing the broker has queued arrives before its rule.
     pub fn start(
-        config: ExternalConfig,
+        &self,
         ingress: mpsc::Sender<Message>,
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
-    ) -> Result<Self, ExternalError> {
-        let options = config.options()?;
-        let (client, mut eventloop) = AsyncClient::new(options, 1024);
-        let (filters, mut filters_rx) = watch::channel(BTreeSet::<String>::new());
-        let config = Arc::new(config);
-
+    ) {
+        let Some((mut eventloop, mut filters_rx)) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            tracing::warn!("the external broker client was started twice");
+            return;
+        };
+        let client = self.client.clone();
+        let config = self.config.clone();
         // Subscriptions follow the rules, and are renewed on every connection.
         let (connected_tx, mut connected_rx) = mpsc::channel::<()>(4);
         let sub_client = client.clone();
@@ -292,10 +315,6 @@ impl ExternalBroker {
                 }
             }
         });
-        Ok(Self {
-            filters,
-            publisher: Publisher::External(client),
-        })
     }
 
     /// The topic filters weir should be subscribed to (those of the enabled rules).
@@ -304,7 +323,7 @@ impl ExternalBroker {
     }
 
     pub fn publisher(&self) -> Publisher {
-        self.publisher.clone()
+        Publisher::External(self.client.clone())
     }
 }
 

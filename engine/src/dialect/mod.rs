@@ -205,7 +205,6 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
             column: Some(e.location.column),
         })?;
     let topic_filter = take_topic_filter(&mut tokens)?;
-    crate::topic::validate_filter(&topic_filter).map_err(|e| SqlError::new(e.to_string()))?;
 
     let mut statements = Parser::new(&dialect)
         .with_tokens_with_locations(tokens)
@@ -345,6 +344,8 @@ fn take_topic_filter(
                     ));
                 };
                 let filter = filter.clone();
+                crate::topic::validate_filter(&filter)
+                    .map_err(|e| SqlError::at(e.to_string(), next.span))?;
                 tokens[j].token = Token::make_word(meta::TABLE, None);
                 return Ok(filter);
             }
@@ -698,8 +699,9 @@ WHERE currentAmbientTemperature > 85.0";
         let e = parse("SELECT a\nFROM topic").unwrap_err();
         assert!(e.message.contains("single quotes"), "{e}");
         assert_eq!((e.line, e.column), (Some(2), Some(6)));
-        let e = parse("SELECT a FROM 'a/#/b'").unwrap_err();
+        let e = parse("SELECT a\nFROM  'a/#/b'").unwrap_err();
         assert!(e.message.contains("'#' must be the last level"), "{e}");
+        assert_eq!((e.line, e.column), (Some(2), Some(7)));
         let e = parse("SELECT a").unwrap_err();
         assert!(e.message.contains("needs FROM"), "{e}");
         let e = parse("SELECT sum(a) FROM 'x'").unwrap_err();
