@@ -458,8 +458,9 @@ async fn a_taken_port_is_a_one_line_error_naming_the_setting() {
             "--http-listen",
             &format!("127.0.0.1:{}", free_port()),
         ])
-        .args(["--mqtt-listen", &format!("127.0.0.1:{port}")])
-        .args(["--data-dir", dir.to_str().unwrap()])
+        // Settings come from the environment as well as from flags.
+        .env("WEIR_MQTT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WEIR_DATA_DIR", &dir)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -476,20 +477,7 @@ async fn a_taken_port_is_a_one_line_error_naming_the_setting() {
 #[tokio::test]
 async fn shutdown_rolls_open_files() {
     let dir = temp_dir("shutdown");
-    let out_dir = dir.join("out");
-    let mut weir = Weir::start(&dir, &[]).await;
-    let url = format!("file://{}", out_dir.display());
-    let rule = json!({"sql": "SELECT n FROM 'f'", "actions": [{"object_store": {"url": url, "max_age": "1h"}}]});
-    assert_eq!(weir.put_rule("files", rule).await.0, 201);
-    let device = Mqtt::connect(weir.mqtt, "d").await;
-    for n in 0..3 {
-        device.publish("f", format!(r#"{{"n": {n}}}"#)).await;
-    }
-    weir.wait_metric(
-        r#"weir_action_success_total{action="0-object_store",rule="files"}"#,
-        3.0,
-    )
-    .await;
+    let (mut weir, out_dir, _device) = file_rule_with_rows(&dir, 3).await;
     let listing = || -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(&out_dir)
             .unwrap()
@@ -519,20 +507,7 @@ async fn shutdown_rolls_open_files() {
 #[tokio::test]
 async fn a_crash_leaves_no_half_written_file_and_the_next_start_completes_it() {
     let dir = temp_dir("crash");
-    let out_dir = dir.join("out");
-    let mut weir = Weir::start(&dir, &[]).await;
-    let url = format!("file://{}", out_dir.display());
-    let rule = json!({"sql": "SELECT n FROM 'f'", "actions": [{"object_store": {"url": url, "max_age": "1h"}}]});
-    assert_eq!(weir.put_rule("files", rule).await.0, 201);
-    let device = Mqtt::connect(weir.mqtt, "d").await;
-    for n in 0..2 {
-        device.publish("f", format!(r#"{{"n": {n}}}"#)).await;
-    }
-    weir.wait_metric(
-        r#"weir_action_success_total{action="0-object_store",rule="files"}"#,
-        2.0,
-    )
-    .await;
+    let (mut weir, out_dir, device) = file_rule_with_rows(&dir, 2).await;
     let (http, mqtt) = (weir.http, weir.mqtt);
     weir.kill();
     drop(device);
@@ -552,4 +527,24 @@ async fn a_crash_leaves_no_half_written_file_and_the_next_start_completes_it() {
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert_eq!(text, "{\"n\":0}\n{\"n\":1}\n");
+}
+
+/// Starts weir with a rule that writes `{"n": ...}` lines to `<dir>/out` (rolled only by
+/// age, an hour) and publishes `rows` messages to it; returns when all were written.
+async fn file_rule_with_rows(dir: &std::path::Path, rows: u32) -> (Weir, std::path::PathBuf, Mqtt) {
+    let out_dir = dir.join("out");
+    let weir = Weir::start(dir, &[]).await;
+    let url = format!("file://{}", out_dir.display());
+    let rule = json!({"sql": "SELECT n FROM 'f'", "actions": [{"object_store": {"url": url, "max_age": "1h"}}]});
+    assert_eq!(weir.put_rule("files", rule).await.0, 201);
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    for n in 0..rows {
+        device.publish("f", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    weir.wait_metric(
+        r#"weir_action_success_total{action="0-object_store",rule="files"}"#,
+        f64::from(rows),
+    )
+    .await;
+    (weir, out_dir, device)
 }

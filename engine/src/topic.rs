@@ -332,4 +332,62 @@ mod tests {
         assert!(trie.is_empty());
         assert!(trie.root.is_empty());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn level() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("a".to_owned()),
+                Just("b".to_owned()),
+                Just("".to_owned()),
+                Just("$s".to_owned())
+            ]
+        }
+
+        fn topic() -> impl Strategy<Value = String> {
+            prop::collection::vec(level(), 1..5)
+                .prop_map(|v| v.join("/"))
+                .prop_filter("an empty topic is invalid", |t| !t.is_empty())
+        }
+
+        fn filter() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec(prop_oneof![level(), Just("+".to_owned())], 1..5),
+                any::<bool>(),
+            )
+                .prop_map(|(mut v, hash)| {
+                    if hash {
+                        v.push("#".to_owned());
+                    }
+                    v.join("/")
+                })
+                .prop_filter("an empty filter is invalid", |f| !f.is_empty())
+        }
+
+        proptest! {
+            #[test]
+            fn trie_matches_exactly_what_matches_says(
+                filters in prop::collection::vec(filter(), 1..20),
+                topics in prop::collection::vec(topic(), 1..20),
+            ) {
+                let mut trie = TopicTrie::new();
+                for (i, f) in filters.iter().enumerate() {
+                    prop_assert!(validate_filter(f).is_ok(), "{}", f);
+                    trie.insert(f, i);
+                }
+                for t in &topics {
+                    let mut got = trie.matches(t);
+                    got.sort();
+                    let want: Vec<usize> = (0..filters.len()).filter(|&i| matches(&filters[i], t)).collect();
+                    prop_assert_eq!(got, want, "topic {}", t);
+                }
+                for (i, f) in filters.iter().enumerate() {
+                    prop_assert!(trie.remove(f, &i));
+                }
+                prop_assert!(trie.is_empty());
+            }
+        }
+    }
 }

@@ -77,10 +77,17 @@ impl Weir {
             args.extend(["--queries-dir".into(), no_queries.display().to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        // weir's log goes to a file beside its data, named in any failure.
+        let log_path = data_dir.join("weir.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(&args)
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .expect("weir starts");
         let mut w = Weir {
@@ -98,14 +105,21 @@ impl Weir {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("weir exited during start: {status}");
+                panic!(
+                    "weir exited during start: {status}; see {}",
+                    self.data_dir.join("weir.log").display()
+                );
             }
             if let Ok(r) = self.client.get(self.url("/readyz")).send().await
                 && r.status().is_success()
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "weir not ready within 30s");
+            assert!(
+                Instant::now() < deadline,
+                "weir not ready within 30s; see {}",
+                self.data_dir.join("weir.log").display()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
