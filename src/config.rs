@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Directory for the rule store and default outputs [default: ./weir-data].
     #[arg(long, env = "WEIR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Directory for file outputs of actions that name no URL [default: <data-dir>/out].
+    #[arg(long, env = "WEIR_OUTPUT_DIR")]
+    pub output_dir: Option<PathBuf>,
     /// Directory of `*.sql` rule files loaded at start [default: ./queries].
     #[arg(long, env = "WEIR_QUERIES_DIR")]
     pub queries_dir: Option<PathBuf>,
@@ -111,6 +114,7 @@ impl ServeArgs {
                 http_listen,
                 mqtt_listen,
                 data_dir,
+                output_dir,
                 queries_dir,
                 broker,
                 broker_username,
@@ -138,6 +142,7 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     pub mqtt_listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub output_dir: PathBuf,
     pub queries_dir: PathBuf,
     pub broker: Option<ExternalConfig>,
     pub batch_max_rows: usize,
@@ -200,13 +205,15 @@ impl Settings {
         if action_queue == 0 {
             bail!("--action-queue must be at least 1");
         }
+        let data_dir = a
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("weir-data"));
         Ok(Self {
             http_listen: a.http_listen.unwrap_or(([127, 0, 0, 1], 8080).into()),
             mqtt_listen: a.mqtt_listen.unwrap_or(([127, 0, 0, 1], 1883).into()),
-            data_dir: a
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("weir-data")),
+            output_dir: a.output_dir.clone().unwrap_or_else(|| data_dir.join("out")),
+            data_dir,
             queries_dir: a
                 .queries_dir
                 .clone()
@@ -242,6 +249,7 @@ mod tests {
         assert_eq!(s.http_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.mqtt_listen.to_string(), "127.0.0.1:1883");
         assert_eq!(s.data_dir, PathBuf::from("weir-data"));
+        assert_eq!(s.output_dir, PathBuf::from("weir-data/out"));
         assert!(s.broker.is_none());
         assert_eq!(s.batch_linger, Duration::from_millis(1));
     }

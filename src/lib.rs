@@ -111,6 +111,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             max_rows: settings.batch_max_rows,
             linger: settings.batch_linger,
             action_queue: settings.action_queue,
+            output_dir: settings.output_dir.clone(),
         },
     );
 

@@ -43,11 +43,13 @@ pub enum RuleError {
     Action { context: String, message: String },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BatchSettings {
     pub max_rows: usize,
     pub linger: Duration,
     pub action_queue: usize,
+    /// Where file outputs go when their action names no URL.
+    pub output_dir: std::path::PathBuf,
 }
 
 /// A running rule: its topic filter and its worker's channel.
@@ -120,6 +122,7 @@ impl Pipeline {
             label,
             publisher: self.publisher.clone(),
             http: self.http.clone(),
+            output_dir: self.settings.output_dir.clone(),
         }
     }
 
@@ -242,7 +245,8 @@ impl Pipeline {
             actions: action_txs,
             error_tx,
             metrics: self.metrics.clone(),
-            settings: self.settings,
+            max_rows: self.settings.max_rows,
+            linger: self.settings.linger,
         }));
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running.insert(name.to_owned(), (filter, tx));
@@ -347,7 +351,8 @@ struct RuleWorker {
     actions: Vec<mpsc::Sender<Delivery>>,
     error_tx: Option<mpsc::Sender<Delivery>>,
     metrics: Arc<Metrics>,
-    settings: BatchSettings,
+    max_rows: usize,
+    linger: Duration,
 }
 
 async fn rule_worker(mut w: RuleWorker) {
@@ -365,7 +370,7 @@ async fn rule_worker(mut w: RuleWorker) {
             )
         })
         .collect();
-    let mut batch: Vec<Arc<Message>> = Vec::with_capacity(w.settings.max_rows);
+    let mut batch: Vec<Arc<Message>> = Vec::with_capacity(w.max_rows);
     loop {
         batch.clear();
         let Some(first) = w.rx.recv().await else {
@@ -373,13 +378,13 @@ async fn rule_worker(mut w: RuleWorker) {
         };
         batch.push(first);
         // Take what is already queued, then wait up to the linger time for more.
-        let deadline = tokio::time::Instant::now() + w.settings.linger;
-        while batch.len() < w.settings.max_rows {
+        let deadline = tokio::time::Instant::now() + w.linger;
+        while batch.len() < w.max_rows {
             match w.rx.try_recv() {
                 Ok(m) => batch.push(m),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if w.settings.linger.is_zero() {
+                    if w.linger.is_zero() {
                         break;
                     }
                     match tokio::time::timeout_at(deadline, w.rx.recv()).await {

@@ -415,7 +415,7 @@ async fn bad_rules_get_a_400_that_says_where_and_why() {
 async fn rule_files_are_loaded_at_start() {
     let dir = temp_dir("files");
     let queries = concat!(env!("CARGO_MANIFEST_DIR"), "/queries");
-    let weir = Weir::start(&dir, &["--queries-dir", queries]).await;
+    let mut weir = Weir::start(&dir, &["--queries-dir", queries]).await;
     let (_, list) = weir.request(Method::GET, "/v1/rules").await;
     let shipped: Vec<String> = std::fs::read_dir(queries)
         .unwrap()
@@ -444,6 +444,24 @@ async fn rule_files_are_loaded_at_start() {
     let (topic, v) = watcher.next(10).await.expect("alert");
     assert_eq!(topic, "alerts/plant-01/high-temperature");
     assert_seed_output(&v, Some("plant-sensor-1"));
+    // Its file action names no URL: the output lands in <data dir>/out/<rule>/.
+    weir.wait_metric(
+        r#"weir_action_success_total{action="1-object_store",rule="high_temperature"}"#,
+        1.0,
+    )
+    .await;
+    assert!(weir.terminate().success());
+    let out = dir.join("out").join("high_temperature");
+    let files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let line = std::fs::read_to_string(&files[0]).unwrap();
+    assert_seed_output(
+        &serde_json::from_str(line.trim()).unwrap(),
+        Some("plant-sensor-1"),
+    );
 }
 
 #[tokio::test]

@@ -30,7 +30,9 @@ pub enum Format {
 #[serde(deny_unknown_fields)]
 pub struct ObjectStoreConfig {
     /// `file:///absolute/path` (S3 and other stores come with the object-storage work).
-    pub url: String,
+    /// Without a URL, files go to `<output dir>/<rule name>/` (`--output-dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     #[serde(default)]
     pub format: Format,
     /// Roll the file after this many rows.
@@ -60,18 +62,18 @@ fn default_max_age() -> Duration {
 impl ObjectStoreConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| ConfigError::invalid("object_store", m);
-        let Some(path) = self.url.strip_prefix("file://") else {
-            let scheme = self.url.split("://").next().unwrap_or_default();
-            return Err(bad(format!(
-                "url '{}': this build writes only to file:// URLs (got scheme '{scheme}')",
-                self.url
-            )));
-        };
-        if !path.starts_with('/') {
-            return Err(bad(format!(
-                "url '{}' must be an absolute path: file:///dir",
-                self.url
-            )));
+        if let Some(url) = &self.url {
+            let Some(path) = url.strip_prefix("file://") else {
+                let scheme = url.split("://").next().unwrap_or_default();
+                return Err(bad(format!(
+                    "url '{url}': this build writes only to file:// URLs (got scheme '{scheme}')"
+                )));
+            };
+            if !path.starts_with('/') {
+                return Err(bad(format!(
+                    "url '{url}' must be an absolute path: file:///dir"
+                )));
+            }
         }
         if self.format != Format::Jsonl {
             return Err(bad(
@@ -89,8 +91,12 @@ impl ObjectStoreConfig {
         Ok(())
     }
 
-    fn dir(&self) -> PathBuf {
-        PathBuf::from(self.url.trim_start_matches("file://"))
+    /// The directory the files go to.
+    fn dir(&self, ctx: &ActionContext) -> PathBuf {
+        match &self.url {
+            Some(url) => PathBuf::from(url.trim_start_matches("file://")),
+            None => ctx.output_dir.join(&ctx.rule),
+        }
     }
 }
 
@@ -123,7 +129,7 @@ impl FileSink {
         ctx: &ActionContext,
     ) -> Result<Self, ConfigError> {
         c.validate()?;
-        let dir = c.dir();
+        let dir = c.dir(ctx);
         tokio::fs::create_dir_all(&dir).await.map_err(|e| {
             ConfigError::invalid(
                 "object_store",

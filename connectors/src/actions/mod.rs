@@ -100,6 +100,8 @@ pub struct ActionContext {
     pub label: String,
     pub publisher: Publisher,
     pub http: reqwest::Client,
+    /// Where file outputs go when their action names no URL.
+    pub output_dir: std::path::PathBuf,
 }
 
 /// One output on its way to an action.

@@ -1,0 +1,61 @@
+//! Engine micro-benchmarks. Each group has a baseline measured in the same run: serde_json
+//! parsing the same payloads into a `Value` and doing nothing else. The figure that matters
+//! is weir's throughput divided by the baseline's (criterion prints both in elements/s).
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use weir_benches::{SEED_RULE, telemetry};
+use weir_engine::topic::TopicTrie;
+use weir_engine::{Engine, Rule};
+
+const BATCH: usize = 1024;
+
+fn seed_rule(c: &mut Criterion) {
+    let msgs = telemetry(BATCH);
+    let bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
+    let rule = Rule::compile(&Engine::new(), SEED_RULE, &[]).expect("the seed rule compiles");
+    let mut g = c.benchmark_group("seed_rule");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("baseline_serde_json_parse", |b| {
+        b.iter(|| {
+            for m in &msgs {
+                black_box(serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap());
+            }
+        })
+    });
+    g.bench_function("weir_rule_process", |b| {
+        b.iter(|| {
+            let out = rule.process(black_box(&msgs));
+            assert_eq!(out.outputs.len(), BATCH / 2);
+            out
+        })
+    });
+    g.finish();
+    eprintln!(
+        "payloads: {BATCH} messages, {} bytes on average",
+        bytes / BATCH
+    );
+}
+
+fn topic_matching(c: &mut Criterion) {
+    let mut g = c.benchmark_group("topic_matching");
+    g.throughput(Throughput::Elements(1));
+    for rules in [1usize, 1_000, 10_000] {
+        let mut trie = TopicTrie::new();
+        for i in 0..rules {
+            trie.insert(&format!("enterprise/facilities/plant-{i}/+"), i);
+        }
+        g.bench_with_input(BenchmarkId::new("one_match", rules), &trie, |b, trie| {
+            let mut n = 0;
+            b.iter(|| {
+                trie.for_each_match(black_box("enterprise/facilities/plant-0/metrics"), |_| {
+                    n += 1
+                });
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, seed_rule, topic_matching);
+criterion_main!(benches);
