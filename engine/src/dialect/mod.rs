@@ -20,6 +20,7 @@
 //! Dotted paths (`geoCoordinates.latitude`) need no rewrite: with identifier
 //! normalisation off, DataFusion resolves them as field access into struct columns.
 
+mod aws_functions;
 pub mod functions;
 
 use std::collections::BTreeMap;
@@ -477,6 +478,23 @@ fn rewrite(
         return Err(e);
     }
 
+    // AWS IoT SQL: "..." is a string (identifiers are quoted with backticks); CAST takes
+    // the AWS type names.
+    let _ = visit_expressions_mut(expr, |e| {
+        match e {
+            Expr::Identifier(i) if i.quote_style == Some('"') => {
+                *e = Expr::value(ast::Value::SingleQuotedString(std::mem::take(&mut i.value)));
+            }
+            Expr::Cast { data_type, .. } => {
+                if let Some(t) = aws_functions::cast_type(data_type) {
+                    *data_type = t;
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+
     let state = engine.state();
     let outcome = visit_expressions_mut(expr, |e| {
         let span = e.span();
@@ -527,6 +545,10 @@ fn rewrite(
                 meta.timestamp = true;
                 Expr::Identifier(Ident::new(meta::TIMESTAMP))
             }
+            _ if let Some(rewritten) = aws_functions::rewrite(&name, &args) => match rewritten {
+                Ok(e) => e,
+                Err(msg) => return ControlFlow::Break(SqlError::at(msg, span)),
+            },
             _ if name.starts_with("__weir") => {
                 return ControlFlow::Break(SqlError::at(
                     format!("unknown function '{}'", f.name),

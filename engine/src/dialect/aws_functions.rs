@@ -1,0 +1,110 @@
+//! AWS IoT SQL functions that map onto DataFusion expressions: the dialect rewrites a call
+//! into the DataFusion functions and operators with the AWS semantics (argument
+//! conversions, 0-based positions), so DataFusion's vectorised kernels do the work.
+//!
+//! Functions that need their own kernel are UDFs in [`super::functions`].
+
+use datafusion::sql::sqlparser::ast::{BinaryOperator, CastKind, DataType, Expr, Value};
+
+use super::call;
+
+/// `CAST(e AS VARCHAR)`: AWS string functions convert their arguments to strings.
+fn string(e: Expr) -> Expr {
+    cast(e, DataType::Varchar(None))
+}
+
+/// `CAST(e AS BIGINT)`: AWS bit functions convert their arguments to Int.
+fn int(e: Expr) -> Expr {
+    cast(e, DataType::BigInt(None))
+}
+
+fn cast(e: Expr, data_type: DataType) -> Expr {
+    Expr::Cast {
+        kind: CastKind::Cast,
+        expr: Box::new(e),
+        data_type,
+        array: false,
+        format: None,
+    }
+}
+
+fn binary(left: Expr, op: BinaryOperator, right: Expr) -> Expr {
+    Expr::Nested(Box::new(Expr::BinaryOp {
+        left: Box::new(left),
+        op,
+        right: Box::new(right),
+    }))
+}
+
+/// The rewrite of an AWS function call, if `name` is one of them: `Some(Ok(expr))`, or
+/// `Some(Err(message))` when the arguments do not fit.
+pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>> {
+    let arity = |n: usize| -> Result<(), String> {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name}() takes {n} argument(s), got {}",
+                args.len()
+            ))
+        }
+    };
+    let a = |i: usize| args[i].clone();
+    let out = match name {
+        // Math.
+        "mod" | "remainder" => arity(2).map(|()| binary(a(0), BinaryOperator::Modulo, a(1))),
+        "bitand" => arity(2).map(|()| binary(int(a(0)), BinaryOperator::BitwiseAnd, int(a(1)))),
+        "bitor" => arity(2).map(|()| binary(int(a(0)), BinaryOperator::BitwiseOr, int(a(1)))),
+        "bitxor" => arity(2).map(|()| binary(int(a(0)), BinaryOperator::BitwiseXor, int(a(1)))),
+        // Strings.
+        "startswith" => arity(2).map(|()| call("starts_with", vec![string(a(0)), string(a(1))])),
+        "endswith" => arity(2).map(|()| call("ends_with", vec![string(a(0)), string(a(1))])),
+        "indexof" => arity(2).map(|()| {
+            let pos = call("strpos", vec![string(a(0)), string(a(1))]);
+            binary(
+                pos,
+                BinaryOperator::Minus,
+                Expr::value(Value::Number("1".into(), false)),
+            )
+        }),
+        "length" => arity(1).map(|()| call("character_length", vec![string(a(0))])),
+        "numbytes" => arity(1).map(|()| call("octet_length", vec![string(a(0))])),
+        // Collections.
+        "get" => arity(2).and_then(|()| match &args[1] {
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(key) => Ok(call(
+                    "get_field",
+                    vec![a(0), Expr::value(Value::SingleQuotedString(key.clone()))],
+                )),
+                // AWS indexes arrays from 0, DataFusion from 1.
+                Value::Number(n, _) => n
+                    .parse::<i64>()
+                    .map(|i| {
+                        call(
+                            "array_element",
+                            vec![a(0), Expr::value(Value::Number((i + 1).to_string(), false))],
+                        )
+                    })
+                    .map_err(|_| format!("get(): index {n} is not an integer")),
+                _ => Err("get() takes a string key or an integer index".to_owned()),
+            },
+            _ => {
+                Err("get() with a computed key is not supported yet; use a literal key".to_owned())
+            }
+        }),
+        _ => return None,
+    };
+    Some(out)
+}
+
+/// AWS type names in `CAST(x AS <type>)`: Int, Decimal, Bool/Boolean, String.
+pub(super) fn cast_type(t: &DataType) -> Option<DataType> {
+    match t {
+        DataType::Int(_) | DataType::Integer(_) => Some(DataType::BigInt(None)),
+        DataType::Decimal(_) => Some(DataType::Double(
+            datafusion::sql::sqlparser::ast::ExactNumberInfo::None,
+        )),
+        DataType::String(_) => Some(DataType::Varchar(None)),
+        _ => None,
+    }
+}
