@@ -262,6 +262,15 @@ impl Rule {
             let index = rows[*row].0;
             let payload = if self.parsed.star {
                 splice(&msgs[index].borrow().payload, &json)
+            } else if self.parsed.value {
+                match unwrap_value(&json) {
+                    Some(v) => v,
+                    None => {
+                        // SELECT VALUE of an undefined value: nothing to send.
+                        outcome.filtered_out += 1;
+                        continue;
+                    }
+                }
             } else {
                 json
             };
@@ -443,6 +452,14 @@ fn failure(index: usize, e: RunError) -> Failure {
         reason,
         message,
     }
+}
+
+/// `SELECT VALUE e`: the value in the encoded `{"v":<value>}` (the dialect names the one
+/// column `v`), or `None` for `{}`: the value was undefined.
+fn unwrap_value(json: &Bytes) -> Option<Bytes> {
+    const PREFIX: &[u8] = br#"{"v":"#;
+    json.starts_with(PREFIX)
+        .then(|| json.slice(PREFIX.len()..json.len() - 1))
 }
 
 /// `SELECT *, extra AS x`: the payload object with the extra members appended.

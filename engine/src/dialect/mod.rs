@@ -181,6 +181,8 @@ pub struct ParsedRule {
     pub topic_filter: String,
     /// `SELECT *` (possibly with more columns): the whole payload is part of the output.
     pub star: bool,
+    /// `SELECT VALUE <expr>`: the output is the expression's value itself, not an object.
+    pub value: bool,
     pub columns: Vec<SelectColumn>,
     pub condition: Option<Expr>,
     pub fields: FieldTree,
@@ -206,6 +208,7 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
             column: Some(e.location.column),
         })?;
     let topic_filter = take_topic_filter(&mut tokens)?;
+    let value = take_select_value(&mut tokens);
 
     let mut statements = Parser::new(&dialect)
         .with_tokens_with_locations(tokens)
@@ -253,9 +256,20 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
         }
     }
 
+    if value && (star || columns.len() != 1) {
+        return Err(SqlError::at(
+            "SELECT VALUE takes exactly one expression",
+            select.select_token.0.span,
+        ));
+    }
+    if value {
+        // The encoder unwraps `{"v":...}`.
+        columns[0].name = "v".to_owned();
+    }
     let mut rule = ParsedRule {
         topic_filter,
         star,
+        value,
         columns,
         condition: select.selection,
         fields: FieldTree::default(),
@@ -311,6 +325,28 @@ pub fn parse_expr(engine: &Engine, text: &str) -> Result<ParsedExpr, SqlError> {
     let mut meta = MetaNeeds::default();
     rewrite(engine, &mut expr, &mut fields, &mut meta)?;
     Ok(ParsedExpr { expr, fields, meta })
+}
+
+/// Removes the `VALUE` of a top-level `SELECT VALUE` and says whether it was there.
+fn take_select_value(
+    tokens: &mut Vec<datafusion::sql::sqlparser::tokenizer::TokenWithSpan>,
+) -> bool {
+    let significant = |t: &Token| !matches!(t, Token::Whitespace(_));
+    let mut words = tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| significant(&t.token));
+    let (Some((_, first)), Some((i, second))) = (words.next(), words.next()) else {
+        return false;
+    };
+    let is_select = matches!(&first.token, Token::Word(w) if w.keyword == Keyword::SELECT);
+    let is_value = matches!(&second.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("value"));
+    if is_select && is_value {
+        tokens.remove(i);
+        true
+    } else {
+        false
+    }
 }
 
 /// Finds `FROM '<filter>'` at the top level, replaces the string with the message table's
