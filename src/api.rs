@@ -108,6 +108,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/rules/{name}/enable", post(enable_rule))
         .route("/v1/rules/{name}/disable", post(disable_rule))
+        .route("/v1/test", post(test_rule))
         .route("/metrics", get(metrics))
         .route(
             "/healthz",
@@ -281,4 +282,133 @@ async fn openapi() -> Response {
         include_str!("../docs/openapi.yaml"),
     )
         .into_response()
+}
+
+/// `POST /v1/test`: a rule and sample messages.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestRequest {
+    sql: String,
+    #[serde(default)]
+    actions: Vec<weir_connectors::actions::ActionConfig>,
+    messages: Vec<TestMessage>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestMessage {
+    topic: String,
+    /// The payload as JSON.
+    #[serde(default)]
+    payload: Option<Value>,
+    /// The payload as these exact bytes (UTF-8), for payloads that are not JSON.
+    #[serde(default)]
+    payload_raw: Option<String>,
+    #[serde(default)]
+    clientid: Option<String>,
+}
+
+/// Runs a rule on sample messages without deploying it: per message, the outputs and the
+/// rendered action parameters, or why there is none.
+async fn test_rule(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: TestRequest = serde_json::from_slice(&body).map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_rule"
+        } else {
+            "invalid_json"
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+            .with("line", e.line())
+            .with("column", e.column())
+    })?;
+    let spec = RuleSpec {
+        sql: req.sql,
+        actions: req.actions,
+        error_action: None,
+        enabled: true,
+        description: None,
+    };
+    let rule = s.pipeline.check(&spec)?;
+    let mut exprs = weir_engine::template::TemplateExprs::default();
+    let mut params = Vec::with_capacity(spec.actions.len());
+    for (i, a) in spec.actions.iter().enumerate() {
+        let templates = a.templates(&mut exprs).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_action",
+                format!("actions[{i}]: {e}"),
+            )
+        })?;
+        params.push((format!("{i}-{}", a.kind()), templates));
+    }
+    let mut results = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let payload = match (m.payload, m.payload_raw) {
+            (Some(v), None) => serde_json::to_vec(&v).expect("a JSON value serialises"),
+            (None, Some(raw)) => raw.into_bytes(),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_rule",
+                    format!("messages[{i}]: give exactly one of payload and payload_raw"),
+                ));
+            }
+        };
+        let mut msg = weir_engine::Message::new(m.topic.clone(), payload);
+        msg.client_id = m.clientid;
+        let mut result = serde_json::Map::new();
+        result.insert("topic".to_owned(), json!(m.topic));
+        if !weir_engine::topic::matches(rule.topic_filter(), &msg.topic) {
+            result.insert("status".to_owned(), json!("topic_mismatch"));
+            results.push(Value::Object(result));
+            continue;
+        }
+        let outcome = rule.process(std::slice::from_ref(&msg));
+        let status = if !outcome.outputs.is_empty() {
+            "output"
+        } else if !outcome.failures.is_empty() {
+            "failed"
+        } else {
+            "filtered"
+        };
+        result.insert("status".to_owned(), json!(status));
+        let outputs: Vec<Value> = outcome
+            .outputs
+            .iter()
+            .map(|o| {
+                serde_json::from_slice(&o.payload)
+                    .unwrap_or_else(|_| json!(String::from_utf8_lossy(&o.payload)))
+            })
+            .collect();
+        let actions: Vec<Value> = outcome
+            .outputs
+            .iter()
+            .flat_map(|o| {
+                params.iter().map(move |(label, templates)| {
+                    let rendered: serde_json::Map<String, Value> = templates
+                        .iter()
+                        .map(|(name, t)| (name.clone(), json!(t.render(&o.params))))
+                        .collect();
+                    json!({"action": label, "params": rendered})
+                })
+            })
+            .collect();
+        if let Some(f) = outcome.failures.first() {
+            result.insert(
+                "error".to_owned(),
+                json!({"reason": f.reason.as_str(), "message": f.message}),
+            );
+        }
+        result.insert("outputs".to_owned(), json!(outputs));
+        result.insert("actions".to_owned(), json!(actions));
+        result.insert(
+            "undefined".to_owned(),
+            json!(rule.undefined_fields(&msg.payload)),
+        );
+        results.push(Value::Object(result));
+    }
+    Ok(
+        axum::Json(json!({"topic_filter": rule.topic_filter(), "results": results}))
+            .into_response(),
+    )
 }

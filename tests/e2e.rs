@@ -566,3 +566,68 @@ async fn file_rule_with_rows(dir: &std::path::Path, rows: u32) -> (Weir, std::pa
     .await;
     (weir, out_dir, device)
 }
+
+#[tokio::test]
+async fn a_rule_can_be_tested_on_sample_messages_without_deploying_it() {
+    let dir = temp_dir("dry-run");
+    let weir = Weir::start(&dir, &[]).await;
+    let body = json!({
+        "sql": SEED_SQL,
+        "actions": [
+            {"republish": {"topic": "alerts/${topic(3)}"}},
+            {"webhook": {"url": "http://127.0.0.1:9/${clientid()}", "headers": {"x-site": "${topic(3)}"}}}
+        ],
+        "messages": [
+            {"topic": "enterprise/facilities/plant-01/metrics", "clientid": "dev-1",
+             "payload": {"currentAmbientTemperature": 90.5, "geoCoordinates": {"latitude": 52.1}}},
+            {"topic": "enterprise/facilities/plant-01/metrics", "payload": {"currentAmbientTemperature": 20}},
+            {"topic": "somewhere/else", "payload": {}},
+            {"topic": "enterprise/facilities/plant-01/metrics", "payload_raw": "not json"}
+        ]
+    });
+    let r = weir
+        .client
+        .post(weir.url("/v1/test"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let res = v["results"].as_array().unwrap();
+    assert_eq!(res[0]["status"], "output", "{v}");
+    assert_eq!(res[0]["outputs"][0]["deviceIdentifier"], "dev-1");
+    assert_eq!(res[0]["outputs"][0]["lat"], 52.1);
+    assert_eq!(res[0]["undefined"], json!(["geoCoordinates.longitude"]));
+    assert_eq!(
+        res[0]["actions"][0],
+        json!({"action": "0-republish", "params": {"topic": "alerts/plant-01"}})
+    );
+    assert_eq!(
+        res[0]["actions"][1],
+        json!({"action": "1-webhook", "params": {"url": "http://127.0.0.1:9/dev-1", "headers.x-site": "plant-01"}})
+    );
+    assert_eq!(res[1]["status"], "filtered");
+    assert_eq!(res[1]["undefined"], json!(["geoCoordinates"]));
+    assert_eq!(res[2]["status"], "topic_mismatch");
+    assert_eq!(res[3]["status"], "failed");
+    assert_eq!(res[3]["error"]["reason"], "invalid_json");
+    // Nothing was deployed.
+    let (_, list) = weir.request(Method::GET, "/v1/rules").await;
+    assert_eq!(list["rules"], json!([]));
+    // Bad SQL: a 400 that says where.
+    let bad = json!({"sql": "SELECT a FROM 'x' WHERE", "messages": []});
+    let r = weir
+        .client
+        .post(weir.url("/v1/test"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (e["error"]["code"].as_str(), e["error"]["line"].as_u64()),
+        (Some("invalid_sql"), Some(1))
+    );
+}

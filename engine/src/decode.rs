@@ -151,6 +151,29 @@ fn prune(v: &mut Value, tree: &FieldTree) {
     }
 }
 
+/// The paths of `tree` that `value` (a projected payload) lacks or holds as null: the
+/// fields a rule reads that are undefined in this message, as `a.b.c`.
+pub fn undefined_paths(tree: &FieldTree, value: &Value) -> Vec<String> {
+    fn walk(tree: &FieldTree, value: Option<&Value>, prefix: &str, out: &mut Vec<String>) {
+        for (name, sub) in &tree.children {
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let child = value.and_then(|v| v.get(name)).filter(|v| !v.is_null());
+            match child {
+                None => out.push(path),
+                Some(v) if !sub.whole => walk(sub, Some(v), &path, out),
+                Some(_) => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(tree, Some(value), "", &mut out);
+    out
+}
+
 /// Builds the payload part of a batch from projected rows. Returns the fields and columns
 /// (the caller adds metadata columns).
 pub fn rows_to_batch(rows: &[Value], tree: &FieldTree) -> Result<RecordBatch, String> {
@@ -326,6 +349,13 @@ mod tests {
         let rows = vec![serde_json::json!({"s": "x"}), serde_json::json!({"s": 3})];
         let err = rows_to_batch(&rows, &tree(&["s"])).unwrap_err();
         assert!(err.contains("mixed types"), "{err}");
+    }
+
+    #[test]
+    fn undefined_paths_name_what_is_missing_or_null() {
+        let t = tree(&["a", "g.lat", "g.lon", "h.x", "n"]);
+        let v = serde_json::json!({"a": 1, "g": {"lat": 2}, "n": null});
+        assert_eq!(undefined_paths(&t, &v), ["g.lon", "h", "n"]);
     }
 
     #[test]

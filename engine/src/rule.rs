@@ -166,6 +166,15 @@ impl Rule {
         self.templates.len()
     }
 
+    /// The fields this rule reads that are undefined (missing or null) in `payload`, as
+    /// `a.b.c` paths; empty when the payload is not a JSON object.
+    pub fn undefined_fields(&self, payload: &[u8]) -> Vec<String> {
+        match decode::project(payload, &self.fields) {
+            Ok(map) => decode::undefined_paths(&self.fields, &Value::Object(map)),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Runs the rule over a batch of messages whose topics matched its filter.
     pub fn process<M: Borrow<Message>>(&self, msgs: &[M]) -> Outcome {
         let mut outcome = Outcome::default();

@@ -76,11 +76,29 @@ impl ActionConfig {
     /// Adds the expressions of the action's `${...}` templates to `exprs`, in the order in
     /// which [`Action::build`] adds them.
     pub fn collect_templates(&self, exprs: &mut TemplateExprs) -> Result<(), ConfigError> {
-        match self {
-            Self::Republish(c) => c.validate(exprs).map(drop),
-            Self::Webhook(c) => c.validate(exprs).map(drop),
-            Self::ObjectStore(_) => Ok(()),
-        }
+        self.templates(exprs).map(drop)
+    }
+
+    /// The action's templated parameters by name (`topic`, `url`, `headers.<name>`), their
+    /// expressions added to `exprs` as [`Self::collect_templates`] adds them.
+    pub fn templates(
+        &self,
+        exprs: &mut TemplateExprs,
+    ) -> Result<Vec<(String, Template)>, ConfigError> {
+        Ok(match self {
+            Self::Republish(c) => vec![("topic".to_owned(), c.validate(exprs)?)],
+            Self::Webhook(c) => {
+                let (url, headers) = c.validate(exprs)?;
+                let mut out = vec![("url".to_owned(), url)];
+                out.extend(
+                    headers
+                        .into_iter()
+                        .map(|(k, t)| (format!("headers.{k}"), t)),
+                );
+                out
+            }
+            Self::ObjectStore(_) => Vec::new(),
+        })
     }
 
     /// The retry policy the action asked for, or the default.
