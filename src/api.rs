@@ -151,9 +151,9 @@ async fn get_rule(
     Ok(axum::Json(rule_json(r)).into_response())
 }
 
-/// Parses a rule body with an error that says where the JSON is wrong.
-fn parse_spec(body: &[u8]) -> Result<RuleSpec, ApiError> {
-    serde_json::from_slice::<RuleSpec>(body).map_err(|e| {
+/// Parses a JSON body with an error that says where it is wrong.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice::<T>(body).map_err(|e| {
         let code = if e.is_data() {
             "invalid_rule"
         } else {
@@ -171,7 +171,7 @@ async fn put_rule(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     validate_name(&name).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m))?;
-    let spec = parse_spec(&body)?;
+    let spec: RuleSpec = parse_body(&body)?;
     let mut store = s.store.lock().await;
     let created_at = store.get(&name).map(|r| r.created_at_ms);
     let rule = StoredRule {
@@ -311,16 +311,7 @@ struct TestMessage {
 /// Runs a rule on sample messages without deploying it: per message, the outputs and the
 /// rendered action parameters, or why there is none.
 async fn test_rule(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: TestRequest = serde_json::from_slice(&body).map_err(|e| {
-        let code = if e.is_data() {
-            "invalid_rule"
-        } else {
-            "invalid_json"
-        };
-        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
-            .with("line", e.line())
-            .with("column", e.column())
-    })?;
+    let req: TestRequest = parse_body(&body)?;
     let spec = RuleSpec {
         sql: req.sql,
         actions: req.actions,
