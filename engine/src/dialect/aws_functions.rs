@@ -36,6 +36,29 @@ fn binary(left: Expr, op: BinaryOperator, right: Expr) -> Expr {
     }))
 }
 
+/// `rpad(e, ceil(len / 4) * 4, '=')`.
+fn pad_base64(e: Expr) -> Expr {
+    let n = |v: &str| Expr::value(Value::Number(v.into(), false));
+    let len = call("character_length", vec![e.clone()]);
+    let padded = binary(
+        binary(
+            binary(len, BinaryOperator::Plus, n("3")),
+            BinaryOperator::Divide,
+            n("4"),
+        ),
+        BinaryOperator::Multiply,
+        n("4"),
+    );
+    call(
+        "rpad",
+        vec![
+            e,
+            padded,
+            Expr::value(Value::SingleQuotedString("=".into())),
+        ],
+    )
+}
+
 /// The rewrite of an AWS function call, if `name` is one of them: `Some(Ok(expr))`, or
 /// `Some(Err(message))` when the arguments do not fit.
 pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>> {
@@ -69,6 +92,37 @@ pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>>
         }),
         "length" => arity(1).map(|()| call("character_length", vec![string(a(0))])),
         "numbytes" => arity(1).map(|()| call("octet_length", vec![string(a(0))])),
+        "nanvl" => arity(2).map(|()| call("nanvl", vec![a(0), a(1)])),
+        // Strings.
+        "regexp_matches" => arity(2).map(|()| call("regexp_like", vec![string(a(0)), a(1)])),
+        "regexp_substr" => arity(2).map(|()| {
+            // The first match: element 1 of regexp_match's array (NULL when none).
+            let m = call("regexp_match", vec![string(a(0)), a(1)]);
+            call(
+                "array_element",
+                vec![m, Expr::value(Value::Number("1".into(), false))],
+            )
+        }),
+        // Conversions and hashes: AWS returns hex strings where DataFusion returns bytes.
+        "decode" => arity(2).map(|()| string(call("decode", vec![string(a(0)), a(1)]))),
+        "encode" => arity(2).map(|()| {
+            let e = call("encode", vec![string(a(0)), a(1)]);
+            // DataFusion's base64 has no padding; AWS's (standard base64) has.
+            let is_base64 = matches!(&args[1], Expr::Value(v)
+                if matches!(&v.value, Value::SingleQuotedString(s) if s.eq_ignore_ascii_case("base64")));
+            if is_base64 { pad_base64(e) } else { e }
+        }),
+        "sha224" | "sha256" | "sha384" | "sha512" => arity(1).map(|()| {
+            call(
+                "encode",
+                vec![
+                    call(name, vec![string(a(0))]),
+                    Expr::value(Value::SingleQuotedString("hex".into())),
+                ],
+            )
+        }),
+        "md5" => arity(1).map(|()| call("md5", vec![string(a(0))])),
+        "newuuid" => arity(0).map(|()| call("uuid", vec![])),
         // Collections.
         "get" => arity(2).and_then(|()| match &args[1] {
             Expr::Value(v) => match &v.value {
@@ -95,6 +149,22 @@ pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>>
         _ => return None,
     };
     Some(out)
+}
+
+/// AWS IoT functions that call other AWS services: refused with this reason.
+pub(super) fn unsupported(name: &str) -> Option<&'static str> {
+    match name {
+        "aws_lambda"
+        | "get_dynamodb"
+        | "get_secret"
+        | "get_registry_data"
+        | "machinelearning_predict" => Some("calls an AWS service, which weir does not do"),
+        "get_thing_shadow" => Some("needs device shadows, which weir does not have yet"),
+        "principal" | "sourceip" | "traceid" | "get_mqtt_property" | "get_user_properties" => {
+            Some("is not available yet: weir's ingress does not carry it")
+        }
+        _ => None,
+    }
 }
 
 /// AWS type names in `CAST(x AS <type>)`: Int, Decimal, Bool/Boolean, String.

@@ -538,6 +538,12 @@ fn rewrite(
             return ControlFlow::Continue(());
         };
         let name = f.name.to_string().to_ascii_lowercase();
+        if let Some(why) = aws_functions::unsupported(&name) {
+            return ControlFlow::Break(SqlError::at(
+                format!("{}() is not supported: it {why}", f.name),
+                span,
+            ));
+        }
         let args = match function_args(f) {
             Ok(a) => a,
             Err(msg) => return ControlFlow::Break(SqlError::at(msg, span)),
