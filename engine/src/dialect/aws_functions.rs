@@ -92,6 +92,7 @@ pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>>
         }),
         "length" => arity(1).map(|()| call("character_length", vec![string(a(0))])),
         "numbytes" => arity(1).map(|()| call("octet_length", vec![string(a(0))])),
+        "sign" => arity(1).map(|()| call("signum", vec![a(0)])),
         "nanvl" => arity(2).map(|()| call("nanvl", vec![a(0), a(1)])),
         // Strings.
         "regexp_matches" => arity(2).map(|()| call("regexp_like", vec![string(a(0)), a(1)])),
