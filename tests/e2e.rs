@@ -126,7 +126,9 @@ async fn bad_payloads_are_counted_and_sent_to_the_error_action() {
     watcher.subscribe("errors").await;
     let device = Mqtt::connect(weir.mqtt, "dev-1").await;
     device.publish("sensors/a", "this is not json").await;
-    device.publish("sensors/a", r#"{"temp": "warm"}"#).await;
+    device
+        .publish("sensors/a", r#"{"temp": {"value": 3}}"#)
+        .await;
     device.publish("sensors/a", r#"{"temp": 21}"#).await;
 
     let mut errors = Vec::new();
@@ -149,7 +151,7 @@ async fn bad_payloads_are_counted_and_sent_to_the_error_action() {
     assert_eq!(errors[0]["topic"], "sensors/a");
     assert_eq!(errors[0]["clientid"], "dev-1");
     assert!(errors[0].get("payload").is_none());
-    assert_eq!(errors[1]["payload"], json!({"temp": "warm"}));
+    assert_eq!(errors[1]["payload"], json!({"temp": {"value": 3}}));
     weir.wait_metric(
         r#"weir_rule_messages_failed_total{reason="invalid_json",rule="temps"}"#,
         1.0,

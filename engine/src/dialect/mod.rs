@@ -22,6 +22,7 @@
 
 mod aws_functions;
 pub mod functions;
+pub mod types;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -525,6 +526,18 @@ fn rewrite(
                 if let Some(t) = aws_functions::cast_type(data_type) {
                     *data_type = t;
                 }
+            }
+            // DataFusion's planner refuses NOT over a string before the AWS coercions in
+            // `types` can run; `x = false` means the same and reaches them.
+            Expr::UnaryOp {
+                op: ast::UnaryOperator::Not,
+                expr: inner,
+            } => {
+                *e = Expr::BinaryOp {
+                    left: Box::new(Expr::Nested(inner.clone())),
+                    op: ast::BinaryOperator::Eq,
+                    right: Box::new(Expr::value(ast::Value::Boolean(false))),
+                };
             }
             _ => {}
         }

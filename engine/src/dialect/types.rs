@@ -1,0 +1,122 @@
+//! AWS IoT SQL's rules for operators on mixed types, applied to DataFusion logical
+//! expressions once the batch schema (and so every operand's type) is known.
+//!
+//! DataFusion coerces like SQL: comparing a string with a number casts the string, and
+//! fails on one that is not a number. AWS IoT SQL instead says:
+//!
+//! * `=` and `<>` between a string and a number: different types are never equal
+//!   (`50 <> '50'` is true); an undefined operand keeps the result undefined.
+//! * `<`, `<=`, `>`, `>=` and arithmetic between a string and a number: the string is
+//!   converted to a number if it is one, else the result is undefined (so a `WHERE` over
+//!   it is false rather than an error).
+//! * `+` on two strings concatenates them.
+//! * `AND`, `OR`, `NOT` accept the strings "true" and "false" (any case); so does `=`
+//!   against a boolean (the dialect writes `NOT x` as `x = false`).
+//!
+//! Each rule becomes ordinary DataFusion expressions (`TRY_CAST`, `CASE`, `||`), so
+//! evaluation stays vectorised.
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator, lit, try_cast, when};
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn is_number(t: &DataType) -> bool {
+    t.is_numeric()
+}
+
+/// Applies AWS IoT SQL's mixed-type operator rules to `expr`.
+pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
+    expr.transform_up(|e| match &e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (lt, rt) = (left.get_type(schema)?, right.get_type(schema)?);
+            let mixed = (is_string(&lt) && is_number(&rt)) || (is_number(&lt) && is_string(&rt));
+            let (l, r) = (left.as_ref().clone(), right.as_ref().clone());
+            let rewritten = match op {
+                Operator::Eq | Operator::NotEq if mixed => {
+                    let undefined = l.is_null().or(r.is_null());
+                    when(undefined, lit(ScalarValue::Boolean(None)))
+                        .otherwise(lit(*op == Operator::NotEq))?
+                }
+                Operator::Lt
+                | Operator::LtEq
+                | Operator::Gt
+                | Operator::GtEq
+                | Operator::Plus
+                | Operator::Minus
+                | Operator::Multiply
+                | Operator::Divide
+                | Operator::Modulo
+                    if mixed =>
+                {
+                    let number = |x: Expr, t: &DataType| {
+                        if is_string(t) {
+                            try_cast(x, DataType::Float64)
+                        } else {
+                            x
+                        }
+                    };
+                    Expr::BinaryExpr(BinaryExpr::new(
+                        Box::new(number(l, &lt)),
+                        *op,
+                        Box::new(number(r, &rt)),
+                    ))
+                }
+                Operator::Plus if is_string(&lt) && is_string(&rt) => Expr::BinaryExpr(
+                    BinaryExpr::new(Box::new(l), Operator::StringConcat, Box::new(r)),
+                ),
+                Operator::Eq | Operator::NotEq
+                    if (is_string(&lt) && rt == DataType::Boolean)
+                        || (lt == DataType::Boolean && is_string(&rt)) =>
+                {
+                    let boolean = |x: Expr, t: &DataType| {
+                        if is_string(t) {
+                            try_cast(x, DataType::Boolean)
+                        } else {
+                            x
+                        }
+                    };
+                    Expr::BinaryExpr(BinaryExpr::new(
+                        Box::new(boolean(l, &lt)),
+                        *op,
+                        Box::new(boolean(r, &rt)),
+                    ))
+                }
+                Operator::And | Operator::Or if is_string(&lt) || is_string(&rt) => {
+                    let boolean = |x: Expr, t: &DataType| {
+                        if is_string(t) {
+                            try_cast(x, DataType::Boolean)
+                        } else {
+                            x
+                        }
+                    };
+                    Expr::BinaryExpr(BinaryExpr::new(
+                        Box::new(boolean(l, &lt)),
+                        *op,
+                        Box::new(boolean(r, &rt)),
+                    ))
+                }
+                _ => return Ok(Transformed::no(e)),
+            };
+            Ok(Transformed::yes(rewritten))
+        }
+        Expr::Not(inner) if is_string(&inner.get_type(schema)?) => Ok(Transformed::yes(Expr::Not(
+            Box::new(try_cast(inner.as_ref().clone(), DataType::Boolean)),
+        ))),
+        _ => Ok(Transformed::no(e)),
+    })
+    .map(|t| t.data)
+}
+
+/// A `WHERE` over a string field ("TRUE", "false") is a condition too.
+pub fn as_condition(expr: Expr, schema: &DFSchema) -> Result<Expr> {
+    Ok(if is_string(&expr.get_type(schema)?) {
+        try_cast(expr, DataType::Boolean)
+    } else {
+        expr
+    })
+}
