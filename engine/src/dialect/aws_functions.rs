@@ -4,7 +4,8 @@
 //!
 //! Functions that need their own kernel are UDFs in [`super::functions`].
 
-use datafusion::sql::sqlparser::ast::{BinaryOperator, CastKind, DataType, Expr, Value};
+use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
+use datafusion::sql::sqlparser::ast::{BinaryOperator, CaseWhen, CastKind, DataType, Expr, Value};
 
 use super::call;
 
@@ -93,7 +94,37 @@ pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>>
         "length" => arity(1).map(|()| call("character_length", vec![string(a(0))])),
         "numbytes" => arity(1).map(|()| call("octet_length", vec![string(a(0))])),
         "sign" => arity(1).map(|()| call("signum", vec![a(0)])),
-        "nanvl" => arity(2).map(|()| call("nanvl", vec![a(0), a(1)])),
+        // An undefined first argument gives the second, as a NaN does.
+        "nanvl" => arity(2).map(|()| Expr::Case {
+            case_token: AttachedToken::empty(),
+            end_token: AttachedToken::empty(),
+            operand: None,
+            conditions: vec![CaseWhen {
+                condition: Expr::IsNull(Box::new(a(0))),
+                result: a(1),
+            }],
+            else_result: Some(Box::new(call("nanvl", vec![a(0), a(1)]))),
+        }),
+        // substring(s, start[, end]): 0-based, `end` exclusive, positions floored and
+        // clamped to the string, non-strings converted.
+        "substring" => {
+            if !(2..=3).contains(&args.len()) {
+                Err(format!("substring() takes 2 or 3 arguments, got {}", args.len()))
+            } else {
+                let s = string(a(0));
+                let n = |v: &str| Expr::value(Value::Number(v.into(), false));
+                let pos = |e: Expr| int(call("floor", vec![e]));
+                let start = call("greatest", vec![pos(a(1)), n("0")]);
+                let from = binary(start.clone(), BinaryOperator::Plus, n("1"));
+                Ok(if args.len() == 2 {
+                    call("substr", vec![s, from])
+                } else {
+                    let end = call("least", vec![pos(a(2)), call("character_length", vec![s.clone()])]);
+                    let len = call("greatest", vec![binary(end, BinaryOperator::Minus, start), n("0")]);
+                    call("substr", vec![s, from, len])
+                })
+            }
+        }
         // Strings.
         "regexp_matches" => arity(2).map(|()| call("regexp_like", vec![string(a(0)), a(1)])),
         "regexp_substr" => arity(2).map(|()| {

@@ -527,6 +527,19 @@ fn rewrite(
                     *data_type = t;
                 }
             }
+            // `substring(s, start, end)` is AWS's function (0-based, end exclusive), which
+            // sqlparser parses as SQL's SUBSTRING; only `SUBSTRING(s FROM a FOR n)` is SQL's.
+            Expr::Substring {
+                expr: inner,
+                substring_from: Some(from),
+                substring_for,
+                special: true,
+                ..
+            } => {
+                let mut args = vec![(**inner).clone(), (**from).clone()];
+                args.extend(substring_for.as_deref().cloned());
+                *e = call("substring", args);
+            }
             // DataFusion's planner refuses NOT over a string before the AWS coercions in
             // `types` can run; `x = false` means the same and reaches them.
             Expr::UnaryOp {
