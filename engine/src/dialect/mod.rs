@@ -527,6 +527,29 @@ fn rewrite(
                     *data_type = t;
                 }
             }
+            // AWS indexes arrays from 0 (`a[0]`), DataFusion from 1.
+            Expr::CompoundFieldAccess { access_chain, .. } => {
+                for access in access_chain.iter_mut() {
+                    // `a[1].b`: DataFusion takes the field as `['b']`.
+                    if let ast::AccessExpr::Dot(Expr::Identifier(field)) = access {
+                        *access = ast::AccessExpr::Subscript(ast::Subscript::Index {
+                            index: Expr::value(ast::Value::SingleQuotedString(field.value.clone())),
+                        });
+                        continue;
+                    }
+                    if let ast::AccessExpr::Subscript(ast::Subscript::Index { index }) = access {
+                        let is_key = matches!(index, Expr::Value(v)
+                            if matches!(v.value, ast::Value::SingleQuotedString(_)));
+                        if !is_key {
+                            *index = Expr::BinaryOp {
+                                left: Box::new(Expr::Nested(Box::new(index.clone()))),
+                                op: ast::BinaryOperator::Plus,
+                                right: Box::new(Expr::value(ast::Value::Number("1".into(), false))),
+                            };
+                        }
+                    }
+                }
+            }
             // `substring(s, start, end)` is AWS's function (0-based, end exclusive), which
             // sqlparser parses as SQL's SUBSTRING; only `SUBSTRING(s FROM a FOR n)` is SQL's.
             Expr::Substring {
