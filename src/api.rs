@@ -79,6 +79,12 @@ impl From<RuleError> for ApiError {
                 }
                 err
             }
+            RuleError::Invalid { field, message } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_rule",
+                format!("{field}: {message}"),
+            )
+            .with("field", field),
             RuleError::Action { context, message } => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_action",
@@ -291,6 +297,8 @@ struct TestRequest {
     sql: String,
     #[serde(default)]
     actions: Vec<weir_connectors::actions::ActionConfig>,
+    #[serde(default = "crate::store::current_sql_version")]
+    sql_version: String,
     messages: Vec<TestMessage>,
 }
 
@@ -318,6 +326,7 @@ async fn test_rule(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Respon
         error_action: None,
         enabled: true,
         description: None,
+        sql_version: req.sql_version,
     };
     let rule = s.pipeline.check(&spec)?;
     let mut exprs = weir_engine::template::TemplateExprs::default();

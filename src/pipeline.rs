@@ -41,6 +41,11 @@ pub enum RuleError {
     Sql(SqlError),
     #[error("{context}: {message}")]
     Action { context: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +133,16 @@ impl Pipeline {
 
     /// Checks a rule without building anything: SQL, templates, action configs.
     pub fn check(&self, spec: &RuleSpec) -> Result<Arc<Rule>, RuleError> {
+        if spec.sql_version != crate::store::SQL_VERSION {
+            return Err(RuleError::Invalid {
+                field: "sql_version",
+                message: format!(
+                    "SQL version '{}' is not supported; weir implements AWS IoT SQL {}",
+                    spec.sql_version,
+                    crate::store::SQL_VERSION
+                ),
+            });
+        }
         let mut exprs = TemplateExprs::default();
         for (i, a) in spec.actions.iter().enumerate() {
             check_action(a, &format!("actions[{i}]"), &mut exprs)?;

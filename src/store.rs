@@ -21,10 +21,20 @@ pub struct RuleSpec {
     pub enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The AWS IoT SQL version the rule is written in (AWS's `awsIotSqlVersion`).
+    #[serde(default = "current_sql_version")]
+    pub sql_version: String,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// The AWS IoT SQL version weir implements, and the default for rules.
+pub const SQL_VERSION: &str = "2016-03-23";
+
+pub(crate) fn current_sql_version() -> String {
+    SQL_VERSION.to_owned()
 }
 
 /// A rule as stored.
@@ -149,6 +159,7 @@ impl RuleStore {
 /// -- action: {"republish": {"topic": "alerts/${topic(3)}"}}
 /// -- error_action: {"republish": {"topic": "weir/errors"}}
 /// -- enabled: true
+/// -- sql_version: 2016-03-23
 /// SELECT ... FROM '...' WHERE ...
 /// ```
 ///
@@ -166,6 +177,7 @@ pub fn parse_rule_file(path: &Path, text: &str) -> anyhow::Result<(String, RuleS
         error_action: None,
         enabled: true,
         description: None,
+        sql_version: current_sql_version(),
     };
     for (i, line) in text.lines().enumerate() {
         let Some(comment) = line.trim().strip_prefix("--") else {
@@ -187,6 +199,7 @@ pub fn parse_rule_file(path: &Path, text: &str) -> anyhow::Result<(String, RuleS
                 )
             }
             "description" => spec.description = Some(value.to_owned()),
+            "sql_version" => spec.sql_version = value.to_owned(),
             "enabled" => {
                 spec.enabled = value
                     .parse()
@@ -212,6 +225,7 @@ mod tests {
                 error_action: None,
                 enabled: true,
                 description: None,
+                sql_version: SQL_VERSION.to_owned(),
             },
             source: "api".to_owned(),
             created_at_ms: 1,

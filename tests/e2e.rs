@@ -230,6 +230,7 @@ async fn rules_are_managed_over_http_and_survive_a_restart() {
     assert_eq!(one["name"], "r1");
     assert_eq!(one["enabled"], true);
     assert_eq!(one["source"], "api");
+    assert_eq!(one["sql_version"], "2016-03-23");
 
     let mut watcher = Mqtt::connect(weir.mqtt, "w").await;
     watcher.subscribe("b/#").await;
@@ -358,6 +359,17 @@ async fn bad_rules_get_a_400_that_says_where_and_why() {
             );
         }
     }
+    let (status, e) = weir
+        .put_rule(
+            "bad",
+            json!({"sql": "SELECT a FROM 'x'", "actions": [], "sql_version": "2015-10-08"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        (e["error"]["code"].as_str(), e["error"]["field"].as_str()),
+        (Some("invalid_rule"), Some("sql_version"))
+    );
     let (_, e) = weir
         .put_rule(
             "bad",
