@@ -22,6 +22,7 @@
 
 mod aws_functions;
 pub mod functions;
+mod nested;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -481,7 +482,7 @@ fn is_message_table(name: &ObjectName) -> bool {
 
 /// The output name of an unaliased SELECT item: the field's own name for a field path,
 /// the function's name for a call, `_<position>` otherwise.
-fn default_name(expr: &Expr, position: usize) -> String {
+pub(crate) fn default_name(expr: &Expr, position: usize) -> String {
     match expr {
         Expr::Identifier(i) => i.value.clone(),
         Expr::CompoundIdentifier(parts) => {
@@ -499,6 +500,20 @@ fn rewrite(
     fields: &mut FieldTree,
     meta: &mut MetaNeeds,
 ) -> Result<(), SqlError> {
+    // Nested SELECTs over array fields become array functions.
+    let nested = visit_expressions_mut(expr, |e| {
+        if let Expr::Subquery(q) = e {
+            match nested::rewrite(q) {
+                Ok(r) => *e = Expr::Nested(Box::new(r)),
+                Err(err) => return ControlFlow::Break(err),
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    if let ControlFlow::Break(e) = nested {
+        return Err(e);
+    }
+
     // Refuse what a rule cannot do, with its position.
     let refused = visit_expressions(expr, |e| {
         let what = match e {
@@ -646,7 +661,9 @@ fn rewrite(
                     span,
                 ));
             }
-            _ if state.scalar_functions().contains_key(&name) => {
+            _ if state.scalar_functions().contains_key(&name)
+                || state.higher_order_functions().contains_key(&name) =>
+            {
                 if f.over.is_some() || f.filter.is_some() {
                     return ControlFlow::Break(SqlError::at(
                         "window clauses are not supported in a rule",
@@ -683,7 +700,7 @@ fn rewrite(
     // Collect the payload paths the expression reads.
     let _ = visit_expressions(expr, |e| {
         match e {
-            Expr::Identifier(i) if !meta::is_meta(&i.value) => {
+            Expr::Identifier(i) if !meta::is_meta(&i.value) && i.value != nested::ELEMENT => {
                 fields.add(std::slice::from_ref(&i.value))
             }
             Expr::CompoundIdentifier(parts) => {
@@ -712,7 +729,7 @@ fn function_args(f: &ast::Function) -> Result<Vec<Expr>, String> {
     }
 }
 
-fn call(name: &str, args: Vec<Expr>) -> Expr {
+pub(crate) fn call(name: &str, args: Vec<Expr>) -> Expr {
     Expr::Function(ast::Function {
         name: ObjectName::from(vec![Ident::new(name)]),
         uses_odbc_syntax: false,
@@ -824,6 +841,8 @@ WHERE currentAmbientTemperature > 85.0";
         let e = parse("SELECT a FROM 'x' GROUP BY a").unwrap_err();
         assert!(e.message.contains("GROUP BY"), "{e}");
         let e = parse("SELECT (SELECT 1) FROM 'x'").unwrap_err();
+        assert!(e.message.contains("in a nested SELECT"), "{e}");
+        let e = parse("SELECT EXISTS (SELECT 1) FROM 'x'").unwrap_err();
         assert!(e.message.contains("subquery"), "{e}");
         let e = parse("SELECT a FROM 'x'; SELECT b FROM 'y'").unwrap_err();
         assert!(e.message.contains("exactly one"), "{e}");
