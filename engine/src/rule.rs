@@ -10,7 +10,7 @@ use std::borrow::Borrow;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::{LineDelimitedWriter, WriterBuilder, writer::LineDelimited};
@@ -130,7 +130,7 @@ impl Rule {
     ) -> Result<Self, SqlError> {
         let parsed = dialect::parse_rule(engine, sql)?;
         let mut fields = parsed.fields.clone();
-        let mut meta = parsed.meta;
+        let mut meta = parsed.meta.clone();
         let mut templates = Vec::with_capacity(template_exprs.len());
         for text in template_exprs {
             let e = dialect::parse_expr(engine, text).map_err(|mut e| {
@@ -140,7 +140,7 @@ impl Rule {
                 e
             })?;
             fields.merge(&e.fields);
-            meta.merge(e.meta);
+            meta.merge(e.meta.clone());
             templates.push(e.expr);
         }
         let rule = Self {
@@ -349,6 +349,9 @@ impl Rule {
         if self.meta.timestamp {
             fields.push(Field::new(meta::TIMESTAMP, DataType::Int64, false));
         }
+        for path in &self.meta.json_null {
+            fields.push(Field::new(meta::json_null(path), DataType::Boolean, false));
+        }
         Schema::new(fields)
     }
 
@@ -372,6 +375,19 @@ impl Rule {
         }
         if self.meta.timestamp {
             let a: Int64Array = (0..n).map(|i| Some(msg(i).received_at_ms)).collect();
+            columns.push(Arc::new(a));
+        }
+        for path in &self.meta.json_null {
+            let a: BooleanArray = rows
+                .iter()
+                .map(|(_, v)| {
+                    Some(
+                        path.split('.')
+                            .try_fold(v, |v, k| v.get(k))
+                            .is_some_and(Value::is_null),
+                    )
+                })
+                .collect();
             columns.push(Arc::new(a));
         }
         RecordBatch::try_new_with_options(

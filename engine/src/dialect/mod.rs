@@ -48,8 +48,15 @@ pub mod meta {
     pub const CLIENT_ID: &str = "__weir_clientid";
     pub const TIMESTAMP: &str = "__weir_timestamp";
 
+    /// Whether `name` is one of weir's own columns (all start with `__weir_`).
     pub fn is_meta(name: &str) -> bool {
-        matches!(name, TOPIC | CLIENT_ID | TIMESTAMP)
+        name.starts_with("__weir_")
+    }
+
+    /// The column telling, per message, whether the field at `path` is JSON `null`
+    /// (rather than a value, or missing).
+    pub fn json_null(path: &str) -> String {
+        format!("__weir_null:{path}")
     }
 }
 
@@ -154,11 +161,14 @@ impl FieldTree {
 }
 
 /// Which metadata columns a rule reads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetaNeeds {
     pub topic: bool,
     pub client_id: bool,
     pub timestamp: bool,
+    /// Field paths (`a.b`) whose JSON-null-ness the rule asks about (`isNull`,
+    /// `isUndefined`): the batch gets a boolean column [`meta::json_null`] for each.
+    pub json_null: std::collections::BTreeSet<String>,
 }
 
 impl MetaNeeds {
@@ -166,6 +176,7 @@ impl MetaNeeds {
         self.topic |= o.topic;
         self.client_id |= o.client_id;
         self.timestamp |= o.timestamp;
+        self.json_null.extend(o.json_null);
     }
 }
 
@@ -644,6 +655,47 @@ fn rewrite(
                 meta.client_id = true;
                 Expr::Identifier(Ident::new(meta::CLIENT_ID))
             }
+            "isnull" | "isundefined" => {
+                if let Err(err) = arity(1) {
+                    return ControlFlow::Break(err);
+                }
+                let path = match &args[0] {
+                    Expr::Identifier(i) if !meta::is_meta(&i.value) => Some(i.value.clone()),
+                    Expr::CompoundIdentifier(parts) => Some(
+                        parts
+                            .iter()
+                            .map(|p| p.value.as_str())
+                            .collect::<Vec<_>>()
+                            .join("."),
+                    ),
+                    _ => None,
+                };
+                let is_json_null =
+                    |path: &str| Expr::Identifier(Ident::with_quote('`', meta::json_null(path)));
+                let literal_null =
+                    matches!(&args[0], Expr::Value(v) if v.value == ast::Value::Null);
+                let undefined = Expr::IsNull(Box::new(args[0].clone()));
+                match (name.as_str(), path) {
+                    ("isnull", Some(p)) => {
+                        meta.json_null.insert(p.clone());
+                        is_json_null(&p)
+                    }
+                    ("isnull", None) => Expr::value(ast::Value::Boolean(literal_null)),
+                    (_, Some(p)) => {
+                        meta.json_null.insert(p.clone());
+                        Expr::Nested(Box::new(Expr::BinaryOp {
+                            left: Box::new(undefined),
+                            op: ast::BinaryOperator::And,
+                            right: Box::new(Expr::UnaryOp {
+                                op: ast::UnaryOperator::Not,
+                                expr: Box::new(is_json_null(&p)),
+                            }),
+                        }))
+                    }
+                    (_, None) if literal_null => Expr::value(ast::Value::Boolean(false)),
+                    (_, None) => undefined,
+                }
+            }
             "timestamp" => {
                 if let Err(err) = arity(0) {
                     return ControlFlow::Break(err);
@@ -700,7 +752,7 @@ fn rewrite(
     // Collect the payload paths the expression reads.
     let _ = visit_expressions(expr, |e| {
         match e {
-            Expr::Identifier(i) if !meta::is_meta(&i.value) && i.value != nested::ELEMENT => {
+            Expr::Identifier(i) if !meta::is_meta(&i.value) => {
                 fields.add(std::slice::from_ref(&i.value))
             }
             Expr::CompoundIdentifier(parts) => {
@@ -711,6 +763,11 @@ fn rewrite(
         }
         ControlFlow::<()>::Continue(())
     });
+    // isNull(a.b) reads a.b, though its rewrite only names the null-flag column.
+    for path in &meta.json_null {
+        let parts: Vec<String> = path.split('.').map(str::to_owned).collect();
+        fields.add(&parts);
+    }
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use datafusion::sql::sqlparser::ast::{
 use super::{SqlError, call};
 
 /// The lambda parameter standing for the array element.
-pub(super) const ELEMENT: &str = "__weir_el";
+pub(super) const ELEMENT: &str = "__weir_el"; // a meta name: never read as a payload field
 
 fn element_field(path: &[Ident]) -> Expr {
     Expr::CompoundFieldAccess {
