@@ -17,7 +17,10 @@ pub const TOPIC_LEVEL: &str = "__weir_topic_level";
 
 /// Every function weir adds to DataFusion's registry.
 pub fn all() -> Vec<ScalarUDF> {
-    vec![ScalarUDF::from(TopicLevel::new())]
+    vec![
+        ScalarUDF::from(TopicLevel::new()),
+        ScalarUDF::from(super::time::ParseTime::new()),
+    ]
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

@@ -23,6 +23,7 @@
 mod aws_functions;
 pub mod functions;
 mod nested;
+pub mod time;
 pub mod types;
 
 use std::collections::BTreeMap;
