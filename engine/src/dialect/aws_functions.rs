@@ -5,7 +5,9 @@
 //! Functions that need their own kernel are UDFs in [`super::functions`].
 
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
-use datafusion::sql::sqlparser::ast::{BinaryOperator, CaseWhen, CastKind, DataType, Expr, Value};
+use datafusion::sql::sqlparser::ast::{
+    self, BinaryOperator, CaseWhen, CastKind, DataType, Expr, Value,
+};
 
 use super::call;
 
@@ -154,6 +156,27 @@ pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>>
             )
         }),
         "md5" => arity(1).map(|()| call("md5", vec![string(a(0))])),
+        // weir's UDFs (dialect/hashes.rs), given strings as AWS converts.
+        "sha1" | "crc32" => arity(1).map(|()| call(&format!("__weir_{name}"), vec![string(a(0))])),
+        "bitnot" => arity(1).map(|()| {
+            // Two's complement: ~x = -x - 1.
+            let x = int(a(0));
+            binary(
+                Expr::UnaryOp { op: ast::UnaryOperator::Minus, expr: Box::new(x) },
+                BinaryOperator::Minus,
+                Expr::value(Value::Number("1".into(), false)),
+            )
+        }),
+        "get_or_default" => arity(2).map(|()| Expr::Case {
+            case_token: AttachedToken::empty(),
+            end_token: AttachedToken::empty(),
+            operand: None,
+            conditions: vec![CaseWhen {
+                condition: Expr::IsNull(Box::new(a(0))),
+                result: a(1),
+            }],
+            else_result: Some(Box::new(a(0))),
+        }),
         "newuuid" => arity(0).map(|()| call("uuid", vec![])),
         // Collections.
         "get" => arity(2).and_then(|()| match &args[1] {

@@ -20,6 +20,8 @@ pub fn all() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(TopicLevel::new()),
         ScalarUDF::from(super::time::ParseTime::new()),
+        ScalarUDF::from(super::hashes::Hash::sha1()),
+        ScalarUDF::from(super::hashes::Hash::crc32()),
     ]
 }
 

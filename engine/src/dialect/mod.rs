@@ -22,6 +22,7 @@
 
 mod aws_functions;
 pub mod functions;
+mod hashes;
 mod nested;
 pub mod time;
 pub mod types;

@@ -1,0 +1,86 @@
+//! AWS IoT SQL hash functions that DataFusion lacks, as UDFs: `sha1` (hex string) and
+//! `crc32` (the checksum as an integer). Non-string arguments are hashed as their string
+//! form, as AWS does (the dialect casts them).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Builder, StringBuilder};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+use sha1::Digest;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) struct Hash {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl Hash {
+    pub(super) fn sha1() -> Self {
+        Self::new("__weir_sha1")
+    }
+
+    pub(super) fn crc32() -> Self {
+        Self::new("__weir_crc32")
+    }
+
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+impl ScalarUDFImpl for Hash {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(if self.name == "__weir_crc32" {
+            DataType::Int64
+        } else {
+            DataType::Utf8
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [input] = args.args.as_slice() else {
+            return exec_err!("{}() takes one argument", self.name);
+        };
+        let input = input.to_array(args.number_rows)?;
+        let strings = input.as_string::<i32>();
+        let out: ArrayRef = if self.name == "__weir_crc32" {
+            let mut b = Int64Builder::with_capacity(strings.len());
+            for s in strings.iter() {
+                b.append_option(s.map(|s| i64::from(crc32fast::hash(s.as_bytes()))));
+            }
+            Arc::new(b.finish())
+        } else {
+            let mut b = StringBuilder::with_capacity(strings.len(), strings.len() * 40);
+            for s in strings.iter() {
+                b.append_option(s.map(|s| hex(&sha1::Sha1::digest(s.as_bytes()))));
+            }
+            Arc::new(b.finish())
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
