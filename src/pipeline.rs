@@ -29,7 +29,7 @@ use weir_connectors::actions::{
 use weir_connectors::metrics::Metrics;
 use weir_connectors::mqtt::{ExternalBroker, Publisher};
 use weir_engine::template::TemplateExprs;
-use weir_engine::topic::TopicTrie;
+use weir_engine::topic::{TopicTrie, basic_ingest};
 use weir_engine::{Engine, FailureReason, Message, Rule, SqlError, now_ms};
 
 use crate::store::RuleSpec;
@@ -62,6 +62,7 @@ type RunningRule = (String, mpsc::Sender<Arc<Message>>);
 
 struct Route {
     name: Arc<str>,
+    filter: String,
     tx: mpsc::Sender<Arc<Message>>,
 }
 
@@ -69,6 +70,8 @@ struct Route {
 struct Routes {
     trie: TopicTrie<usize>,
     rules: Vec<Route>,
+    /// Rule name → index in `rules`, for Basic Ingest topics.
+    by_name: HashMap<Arc<str>, usize>,
 }
 
 /// A rule that compiled and whose actions were built, ready to start.
@@ -301,9 +304,12 @@ impl Pipeline {
     fn publish_routes(&self, running: &HashMap<String, RunningRule>) {
         let mut routes = Routes::default();
         for (name, (filter, tx)) in running {
+            let name: Arc<str> = name.as_str().into();
             routes.trie.insert(filter, routes.rules.len());
+            routes.by_name.insert(name.clone(), routes.rules.len());
             routes.rules.push(Route {
-                name: name.as_str().into(),
+                name,
+                filter: filter.clone(),
                 tx: tx.clone(),
             });
         }
@@ -327,7 +333,18 @@ impl Pipeline {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             targets.clear();
-            routes.trie.for_each_match(&msg.topic, |i| targets.push(*i));
+            let mut msg = msg;
+            if let Some((rule, topic)) = basic_ingest(&msg.topic) {
+                // Basic Ingest: only the named rule, and only if its filter matches.
+                if let Some(&i) = routes.by_name.get(rule)
+                    && weir_engine::topic::matches(&routes.rules[i].filter, topic)
+                {
+                    targets.push(i);
+                }
+                msg.topic = topic.to_owned();
+            } else {
+                routes.trie.for_each_match(&msg.topic, |i| targets.push(*i));
+            }
             if targets.is_empty() {
                 self.metrics.ingress_unmatched.inc();
                 continue;

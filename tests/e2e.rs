@@ -645,3 +645,35 @@ async fn a_rule_can_be_tested_on_sample_messages_without_deploying_it() {
         (Some("invalid_sql"), Some(1))
     );
 }
+
+#[tokio::test]
+async fn basic_ingest_topics_reach_only_the_named_rule() {
+    let dir = temp_dir("ingest");
+    let weir = Weir::start(&dir, &[]).await;
+    for name in ["ingest", "other"] {
+        let rule = json!({
+            "sql": "SELECT topic() AS t, v FROM 'sensors/+'",
+            "actions": [{"republish": {"topic": format!("out/{name}")}}]
+        });
+        assert_eq!(weir.put_rule(name, rule).await.0, 201);
+    }
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe("out/#").await;
+    let device = Mqtt::connect(weir.mqtt, "device").await;
+    device
+        .publish("$aws/rules/ingest/sensors/a", r#"{"v": 1}"#)
+        .await;
+    // The named rule's filter must match the rest of the topic.
+    device
+        .publish("$aws/rules/ingest/elsewhere/a", r#"{"v": 2}"#)
+        .await;
+    device
+        .publish("$aws/rules/nosuchrule/sensors/a", r#"{"v": 3}"#)
+        .await;
+    assert_eq!(
+        watcher.next(10).await.unwrap(),
+        ("out/ingest".to_owned(), json!({"t": "sensors/a", "v": 1}))
+    );
+    assert!(watcher.next(1).await.is_none());
+    weir.wait_metric("weir_ingress_unmatched_total", 2.0).await;
+}

@@ -86,6 +86,14 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// AWS IoT Basic Ingest: a message published to `$aws/rules/<rule>/<topic>` goes to the
+/// rule named `<rule>` only, as if published to `<topic>`. Returns `(rule, topic)`.
+pub fn basic_ingest(topic: &str) -> Option<(&str, &str)> {
+    let rest = topic.strip_prefix("$aws/rules/")?;
+    let (rule, topic) = rest.split_once('/')?;
+    (!rule.is_empty() && !topic.is_empty()).then_some((rule, topic))
+}
+
 /// A trie of topic filters, each carrying values of type `T` (rule ids, subscriber ids).
 #[derive(Debug, Clone)]
 pub struct TopicTrie<T> {
@@ -291,6 +299,17 @@ mod tests {
                 "trie: {filter} vs {topic}"
             );
         }
+    }
+
+    #[test]
+    fn basic_ingest_topics() {
+        assert_eq!(
+            basic_ingest("$aws/rules/BuildingManager/Buildings/Building5"),
+            Some(("BuildingManager", "Buildings/Building5"))
+        );
+        assert_eq!(basic_ingest("$aws/rules/r"), None);
+        assert_eq!(basic_ingest("$aws/rules//x"), None);
+        assert_eq!(basic_ingest("plant/1"), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use weir_engine::topic::matches;
+use weir_engine::topic::{basic_ingest, matches};
 use weir_engine::{Engine, Message, Rule};
 
 #[derive(Debug, Default)]
@@ -133,18 +133,20 @@ fn run(engine: &std::sync::Arc<Engine>, c: &Case) -> Result<(), String> {
             "rule accepted, expected a refusal containing '{want}'"
         ));
     }
+    // A Basic Ingest topic reaches the rule as the topic after the prefix.
+    let topic = basic_ingest(&c.topic).map_or(c.topic.as_str(), |(_, t)| t);
     let msgs: Vec<Message> = c
         .inputs
         .iter()
         .map(|p| {
-            let m = Message::new(c.topic.clone(), p.clone());
+            let m = Message::new(topic.to_owned(), p.clone());
             match &c.client_id {
                 Some(id) => m.with_client_id(id.clone()),
                 None => m,
             }
         })
         .collect();
-    let (outputs, failures) = if matches(rule.topic_filter(), &c.topic) {
+    let (outputs, failures) = if matches(rule.topic_filter(), topic) {
         let out = rule.process(&msgs);
         (out.outputs, out.failures)
     } else {
