@@ -167,6 +167,12 @@ pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>>
                 Expr::value(Value::Number("1".into(), false)),
             )
         }),
+        "transform" => arity(3).and_then(|()| match &args[0] {
+            Expr::Value(v) if matches!(&v.value, Value::SingleQuotedString(m) if m == "enrichArray") => {
+                Ok(call(super::collections::ENRICH, vec![a(1), a(2)]))
+            }
+            _ => Err("transform() supports the mode 'enrichArray'".to_owned()),
+        }),
         "get_or_default" => arity(2).map(|()| Expr::Case {
             case_token: AttachedToken::empty(),
             end_token: AttachedToken::empty(),

@@ -22,6 +22,7 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(super::time::ParseTime::new()),
         ScalarUDF::from(super::hashes::Hash::sha1()),
         ScalarUDF::from(super::hashes::Hash::crc32()),
+        ScalarUDF::from(super::collections::EnrichArray::new()),
     ]
 }
 

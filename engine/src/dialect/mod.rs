@@ -21,6 +21,7 @@
 //! normalisation off, DataFusion resolves them as field access into struct columns.
 
 mod aws_functions;
+mod collections;
 pub mod functions;
 mod hashes;
 mod nested;
