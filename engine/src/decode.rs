@@ -7,7 +7,9 @@
 //! (numbers that are all integers → Int64, any fraction → Float64, numbers mixed with
 //! strings → Utf8, objects → Struct, arrays → List) and widened with the paths the rule
 //! reads but the batch lacks, as Null columns, so a missing field is NULL rather than a
-//! planning error. Rules cache one plan per distinct schema.
+//! planning error. Rules cache one plan per distinct schema. Before that,
+//! [`group_by_number_kinds`] splits a batch whose messages disagree on whether a number is
+//! an integer, so that `20` stays an Int and `20.5` a Decimal as AWS IoT SQL has it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -172,6 +174,64 @@ pub fn undefined_paths(tree: &FieldTree, value: &Value) -> Vec<String> {
     let mut out = Vec::new();
     walk(tree, Some(value), "", &mut out);
     out
+}
+
+/// A projected payload and the index of its message.
+pub type Row = (usize, Value);
+
+/// Splits projected rows into groups in which every number the rule reads is an integer
+/// in all rows or a fraction in all rows (one group, in order, in the common case).
+pub fn group_by_number_kinds(
+    rows: Vec<(usize, Value)>,
+    tree: &FieldTree,
+) -> Vec<Vec<(usize, Value)>> {
+    fn kinds(tree: &FieldTree, v: &Value, out: &mut Vec<u8>) {
+        if tree.whole || tree.children.is_empty() {
+            out.push(match v {
+                Value::Number(n) if n.is_f64() => 2,
+                Value::Number(_) => 1,
+                _ => 0,
+            });
+            return;
+        }
+        for (name, sub) in &tree.children {
+            match v.get(name) {
+                Some(child) => kinds(sub, child, out),
+                None => out.push(0),
+            }
+        }
+    }
+    let signature = |v: &Value| {
+        let mut out = Vec::with_capacity(tree.children.len());
+        kinds(tree, v, &mut out);
+        out
+    };
+    let Some(first) = rows.first().map(|(_, v)| signature(v)) else {
+        return Vec::new();
+    };
+    // Fast path: one shape of numbers. Rows with no number where the first has one (0)
+    // do not split a group: a missing value fits any column type.
+    let compatible =
+        |a: &[u8], b: &[u8]| a.iter().zip(b).all(|(x, y)| *x == 0 || *y == 0 || x == y);
+    let signatures: Vec<Vec<u8>> = rows.iter().map(|(_, v)| signature(v)).collect();
+    if signatures.iter().all(|s| compatible(s, &first)) {
+        return vec![rows];
+    }
+    let mut groups: Vec<(Vec<u8>, Vec<Row>)> = Vec::new();
+    for (row, sig) in rows.into_iter().zip(signatures) {
+        match groups.iter_mut().find(|(g, _)| compatible(g, &sig)) {
+            Some((g, members)) => {
+                for (a, b) in g.iter_mut().zip(&sig) {
+                    if *a == 0 {
+                        *a = *b;
+                    }
+                }
+                members.push(row);
+            }
+            None => groups.push((sig, vec![row])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 /// Builds the payload part of a batch from projected rows. Returns the fields and columns

@@ -195,17 +195,27 @@ impl Rule {
         if rows.is_empty() {
             return outcome;
         }
-        match self.run(msgs, &rows, &mut outcome) {
-            Ok(()) => {}
-            Err(_) if rows.len() > 1 => {
-                // Find the culprits: one message at a time.
-                for row in rows.chunks(1) {
-                    if let Err(e) = self.run(msgs, row, &mut outcome) {
-                        outcome.failures.push(failure(row[0].0, e));
+        // AWS keeps Int and Decimal apart per message (20 stays 20, 20.5 stays 20.5), while
+        // a column has one type. Messages whose numbers are integers in one place and
+        // fractions in another run in separate batches, each with its own column types.
+        let groups = decode::group_by_number_kinds(rows, &self.fields);
+        let several = groups.len() > 1;
+        for rows in groups {
+            match self.run(msgs, &rows, &mut outcome) {
+                Ok(()) => {}
+                Err(_) if rows.len() > 1 => {
+                    // Find the culprits: one message at a time.
+                    for row in rows.chunks(1) {
+                        if let Err(e) = self.run(msgs, row, &mut outcome) {
+                            outcome.failures.push(failure(row[0].0, e));
+                        }
                     }
                 }
+                Err(e) => outcome.failures.push(failure(rows[0].0, e)),
             }
-            Err(e) => outcome.failures.push(failure(rows[0].0, e)),
+        }
+        if several || outcome.outputs.windows(2).any(|w| w[0].index > w[1].index) {
+            outcome.outputs.sort_by_key(|o| o.index);
         }
         outcome.failures.sort_by_key(|f| f.index);
         outcome
@@ -562,8 +572,12 @@ WHERE currentAmbientTemperature > 85.0";
         let third = json(&out.outputs[1].payload);
         assert_eq!(out.outputs[1].index, 2);
         assert_eq!(third.as_object().unwrap().len(), 3, "{third}");
-        // Batched with 90.5, the integer 100 travels as a float; it is the same JSON number.
-        assert_eq!(third["celsiusReading"].as_f64(), Some(100.0));
+        // Batched with 90.5, the integer 100 stays an integer (AWS's Int).
+        assert_eq!(
+            out.outputs[1].payload.slice(..).as_ref(),
+            &br#"{"deviceIdentifier":"dev-7","celsiusReading":100,"fahrenheitReading":212.0}"#[..]
+        );
+        assert_eq!(third["celsiusReading"], 100);
     }
 
     #[test]
