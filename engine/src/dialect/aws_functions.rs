@@ -39,6 +39,20 @@ fn binary(left: Expr, op: BinaryOperator, right: Expr) -> Expr {
     }))
 }
 
+/// `CASE WHEN x IS NULL THEN then ELSE otherwise END`.
+fn if_undefined(x: Expr, then: Expr, otherwise: Expr) -> Expr {
+    Expr::Case {
+        case_token: AttachedToken::empty(),
+        end_token: AttachedToken::empty(),
+        operand: None,
+        conditions: vec![CaseWhen {
+            condition: Expr::IsNull(Box::new(x)),
+            result: then,
+        }],
+        else_result: Some(Box::new(otherwise)),
+    }
+}
+
 /// `rpad(e, ceil(len / 4) * 4, '=')`.
 fn pad_base64(e: Expr) -> Expr {
     let n = |v: &str| Expr::value(Value::Number(v.into(), false));
@@ -97,16 +111,7 @@ pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>>
         "numbytes" => arity(1).map(|()| call("octet_length", vec![string(a(0))])),
         "sign" => arity(1).map(|()| call("signum", vec![a(0)])),
         // An undefined first argument gives the second, as a NaN does.
-        "nanvl" => arity(2).map(|()| Expr::Case {
-            case_token: AttachedToken::empty(),
-            end_token: AttachedToken::empty(),
-            operand: None,
-            conditions: vec![CaseWhen {
-                condition: Expr::IsNull(Box::new(a(0))),
-                result: a(1),
-            }],
-            else_result: Some(Box::new(call("nanvl", vec![a(0), a(1)]))),
-        }),
+        "nanvl" => arity(2).map(|()| if_undefined(a(0), a(1), call("nanvl", vec![a(0), a(1)]))),
         // substring(s, start[, end]): 0-based, `end` exclusive, positions floored and
         // clamped to the string, non-strings converted.
         "substring" => {
@@ -173,16 +178,7 @@ pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>>
             }
             _ => Err("transform() supports the mode 'enrichArray'".to_owned()),
         }),
-        "get_or_default" => arity(2).map(|()| Expr::Case {
-            case_token: AttachedToken::empty(),
-            end_token: AttachedToken::empty(),
-            operand: None,
-            conditions: vec![CaseWhen {
-                condition: Expr::IsNull(Box::new(a(0))),
-                result: a(1),
-            }],
-            else_result: Some(Box::new(a(0))),
-        }),
+        "get_or_default" => arity(2).map(|()| if_undefined(a(0), a(1), a(0))),
         "newuuid" => arity(0).map(|()| call("uuid", vec![])),
         // Collections.
         "get" => arity(2).and_then(|()| match &args[1] {

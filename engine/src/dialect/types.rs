@@ -29,6 +29,28 @@ fn is_number(t: &DataType) -> bool {
     t.is_numeric()
 }
 
+/// `left op right` with the string operands converted to `to` (NULL where they do not
+/// convert: Undefined).
+fn strings_as(
+    to: DataType,
+    left: (Expr, &DataType),
+    op: Operator,
+    right: (Expr, &DataType),
+) -> Expr {
+    let convert = |(x, t): (Expr, &DataType)| {
+        if is_string(t) {
+            try_cast(x, to.clone())
+        } else {
+            x
+        }
+    };
+    Expr::BinaryExpr(BinaryExpr::new(
+        Box::new(convert(left)),
+        op,
+        Box::new(convert(right)),
+    ))
+}
+
 /// Applies AWS IoT SQL's mixed-type operator rules to `expr`.
 pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
     expr.transform_up(|e| match &e {
@@ -53,18 +75,7 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
                 | Operator::Modulo
                     if mixed =>
                 {
-                    let number = |x: Expr, t: &DataType| {
-                        if is_string(t) {
-                            try_cast(x, DataType::Float64)
-                        } else {
-                            x
-                        }
-                    };
-                    Expr::BinaryExpr(BinaryExpr::new(
-                        Box::new(number(l, &lt)),
-                        *op,
-                        Box::new(number(r, &rt)),
-                    ))
+                    strings_as(DataType::Float64, (l, &lt), *op, (r, &rt))
                 }
                 Operator::Plus if is_string(&lt) && is_string(&rt) => Expr::BinaryExpr(
                     BinaryExpr::new(Box::new(l), Operator::StringConcat, Box::new(r)),
@@ -73,32 +84,10 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
                     if (is_string(&lt) && rt == DataType::Boolean)
                         || (lt == DataType::Boolean && is_string(&rt)) =>
                 {
-                    let boolean = |x: Expr, t: &DataType| {
-                        if is_string(t) {
-                            try_cast(x, DataType::Boolean)
-                        } else {
-                            x
-                        }
-                    };
-                    Expr::BinaryExpr(BinaryExpr::new(
-                        Box::new(boolean(l, &lt)),
-                        *op,
-                        Box::new(boolean(r, &rt)),
-                    ))
+                    strings_as(DataType::Boolean, (l, &lt), *op, (r, &rt))
                 }
                 Operator::And | Operator::Or if is_string(&lt) || is_string(&rt) => {
-                    let boolean = |x: Expr, t: &DataType| {
-                        if is_string(t) {
-                            try_cast(x, DataType::Boolean)
-                        } else {
-                            x
-                        }
-                    };
-                    Expr::BinaryExpr(BinaryExpr::new(
-                        Box::new(boolean(l, &lt)),
-                        *op,
-                        Box::new(boolean(r, &rt)),
-                    ))
+                    strings_as(DataType::Boolean, (l, &lt), *op, (r, &rt))
                 }
                 _ => return Ok(Transformed::no(e)),
             };
