@@ -47,8 +47,7 @@ async fn qos2_publishes_are_processed_once_and_subscriptions_follow_unsubscribe(
         5.0
     );
 
-    watcher.client.unsubscribe("q2/#").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    watcher.unsubscribe("q2/#").await;
     device.publish("q2/in", r#"{"n": 9}"#).await;
     assert!(watcher.next(1).await.is_none());
     weir.wait_metric(r#"weir_rule_messages_matched_total{rule="q2"}"#, 6.0)

@@ -209,6 +209,8 @@ impl Drop for Weir {
 pub struct Mqtt {
     pub client: AsyncClient,
     pub rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    /// Connection events: CONNACK, SUBACK and UNSUBACK.
+    acks: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -225,12 +227,17 @@ impl Mqtt {
         opts.set_keep_alive(Duration::from_secs(5));
         let (client, eventloop) = AsyncClient::new(opts, 100);
         let (tx, rx) = mpsc::unbounded_channel();
-        let (ready_tx, mut ready_rx) = mpsc::channel(1);
-        let task = tokio::spawn(poll(eventloop, tx, ready_tx));
-        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+        let (ack_tx, mut acks) = mpsc::unbounded_channel();
+        let task = tokio::spawn(poll(eventloop, tx, ack_tx));
+        tokio::time::timeout(Duration::from_secs(10), acks.recv())
             .await
             .expect("MQTT connection within 10s");
-        Mqtt { client, rx, task }
+        Mqtt {
+            client,
+            rx,
+            acks: tokio::sync::Mutex::new(acks),
+            task,
+        }
     }
 
     /// Subscribes and waits for the SUBACK.
@@ -239,8 +246,17 @@ impl Mqtt {
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .unwrap();
-        // The SUBACK is consumed by the poll loop; give the broker a moment to register.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::timeout(Duration::from_secs(10), self.acks.lock().await.recv())
+            .await
+            .expect("SUBACK within 10s");
+    }
+
+    /// Unsubscribes and waits for the UNSUBACK.
+    pub async fn unsubscribe(&self, filter: &str) {
+        self.client.unsubscribe(filter).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.acks.lock().await.recv())
+            .await
+            .expect("UNSUBACK within 10s");
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
@@ -264,12 +280,12 @@ impl Mqtt {
 async fn poll(
     mut el: EventLoop,
     tx: mpsc::UnboundedSender<(String, Vec<u8>)>,
-    ready: mpsc::Sender<()>,
+    acks: mpsc::UnboundedSender<()>,
 ) {
     loop {
         match el.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                let _ = ready.try_send(());
+            Ok(Event::Incoming(Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_))) => {
+                let _ = acks.send(());
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if tx.send((p.topic, p.payload.to_vec())).is_err() {
