@@ -104,3 +104,26 @@ async fn an_mqtt5_client_is_told_the_protocol_is_not_supported() {
     // weir is still serving MQTT 3.1.1 clients.
     Mqtt::connect(weir.mqtt, "v4-client").await;
 }
+
+#[tokio::test]
+async fn rules_see_the_publishers_username_and_address() {
+    let dir = temp_dir("broker-principal");
+    let weir = Weir::start(&dir, &[]).await;
+    let rule = json!({
+        "sql": "SELECT principal() AS p, sourceip() AS ip, clientid() AS c FROM 'who'",
+        "actions": [{"republish": {"topic": "who/out"}}]
+    });
+    assert_eq!(weir.put_rule("who", rule).await.0, 201);
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe("who/out").await;
+    let mut opts = MqttOptions::new("dev-9", weir.mqtt.ip().to_string(), weir.mqtt.port());
+    opts.set_credentials("alice", "secret");
+    let (client, mut el) = AsyncClient::new(opts, 10);
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    client
+        .publish("who", QoS::AtLeastOnce, false, "{}")
+        .await
+        .unwrap();
+    let (_, v) = watcher.next(10).await.expect("output");
+    assert_eq!(v, json!({"p": "alice", "ip": "127.0.0.1", "c": "dev-9"}));
+}

@@ -43,6 +43,10 @@ pub struct Message {
     pub topic: String,
     /// The publishing client's MQTT client id, where the ingress knows it.
     pub client_id: Option<String>,
+    /// Who the publisher authenticated as (the MQTT username), where the ingress knows it.
+    pub principal: Option<String>,
+    /// The publisher's IP address, where the ingress knows it.
+    pub source_ip: Option<String>,
     pub payload: Bytes,
     /// When weir received the message, in milliseconds since the Unix epoch.
     pub received_at_ms: i64,
@@ -53,6 +57,8 @@ impl Message {
         Self {
             topic: topic.into(),
             client_id: None,
+            principal: None,
+            source_ip: None,
             payload: payload.into(),
             received_at_ms: now_ms(),
         }

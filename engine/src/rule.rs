@@ -359,6 +359,12 @@ impl Rule {
         if self.meta.timestamp {
             fields.push(Field::new(meta::TIMESTAMP, DataType::Int64, false));
         }
+        if self.meta.principal {
+            fields.push(Field::new(meta::PRINCIPAL, DataType::Utf8, true));
+        }
+        if self.meta.source_ip {
+            fields.push(Field::new(meta::SOURCE_IP, DataType::Utf8, true));
+        }
         for path in &self.meta.json_null {
             fields.push(Field::new(meta::json_null(path), DataType::Boolean, false));
         }
@@ -385,6 +391,14 @@ impl Rule {
         }
         if self.meta.timestamp {
             let a: Int64Array = (0..n).map(|i| Some(msg(i).received_at_ms)).collect();
+            columns.push(Arc::new(a));
+        }
+        if self.meta.principal {
+            let a: StringArray = (0..n).map(|i| msg(i).principal.as_deref()).collect();
+            columns.push(Arc::new(a));
+        }
+        if self.meta.source_ip {
+            let a: StringArray = (0..n).map(|i| msg(i).source_ip.as_deref()).collect();
             columns.push(Arc::new(a));
         }
         for path in &self.meta.json_null {

@@ -18,6 +18,8 @@ struct Case {
     sql: String,
     topic: String,
     client_id: Option<String>,
+    principal: Option<String>,
+    source_ip: Option<String>,
     inputs: Vec<Vec<u8>>,
     outputs: Vec<Expected>,
     no_output: bool,
@@ -85,6 +87,8 @@ fn parse(path: &Path) -> Vec<Case> {
             }
             "topic" => c.topic = value.to_owned(),
             "clientid" => c.client_id = Some(value.to_owned()),
+            "principal" => c.principal = Some(value.to_owned()),
+            "sourceip" => c.source_ip = Some(value.to_owned()),
             "in" => c.inputs.push(serde_json::to_vec(&json(value)).unwrap()),
             "in-raw" => c.inputs.push(value.as_bytes().to_vec()),
             "out" if value == "none" => c.no_output = true,
@@ -139,11 +143,11 @@ fn run(engine: &std::sync::Arc<Engine>, c: &Case) -> Result<(), String> {
         .inputs
         .iter()
         .map(|p| {
-            let m = Message::new(topic.to_owned(), p.clone());
-            match &c.client_id {
-                Some(id) => m.with_client_id(id.clone()),
-                None => m,
-            }
+            let mut m = Message::new(topic.to_owned(), p.clone());
+            m.client_id = c.client_id.clone();
+            m.principal = c.principal.clone();
+            m.source_ip = c.source_ip.clone();
+            m
         })
         .collect();
     let (outputs, failures) = if matches(rule.topic_filter(), topic) {

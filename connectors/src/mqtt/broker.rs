@@ -41,6 +41,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type ConnId = u64;
 
+/// Who is on the other end of a connection, as rules see it.
+struct Peer {
+    client_id: String,
+    /// The MQTT username, if the client sent one.
+    principal: Option<String>,
+    source_ip: String,
+}
+
 struct Connection {
     client_id: String,
     tx: mpsc::Sender<Outgoing>,
@@ -235,11 +243,16 @@ impl Broker {
         self.inner.metrics.broker_connections.inc();
         tracing::debug!(%peer, client_id, "mqtt client connected");
         let mut filters = Vec::new();
+        let peer = Peer {
+            client_id: client_id.clone(),
+            principal: connect.login.as_ref().map(|l| l.username.clone()),
+            source_ip: peer.ip().to_string(),
+        };
         let result = self
             .session(
                 &mut framed,
                 id,
-                &client_id,
+                &peer,
                 connect.keep_alive,
                 &mut rx,
                 &mut filters,
@@ -262,7 +275,7 @@ impl Broker {
         &self,
         framed: &mut Framed<TcpStream, Codec>,
         id: ConnId,
-        client_id: &str,
+        peer: &Peer,
         keep_alive: u16,
         rx: &mut mpsc::Receiver<Outgoing>,
         my_filters: &mut Vec<String>,
@@ -270,6 +283,7 @@ impl Broker {
         cancel: &CancellationToken,
     ) -> Result<(), String> {
         use futures_util::{SinkExt, StreamExt};
+        let (client_id, principal, source_ip) = (&peer.client_id, &peer.principal, &peer.source_ip);
         framed
             .send(Packet::ConnAck(ConnAck::new(
                 ConnectReturnCode::Success,
@@ -319,6 +333,8 @@ impl Broker {
                                 let msg = Message {
                                     topic: p.topic.clone(),
                                     client_id: Some(client_id.to_owned()),
+                                    principal: principal.clone(),
+                                    source_ip: Some(source_ip.clone()),
                                     payload: p.payload.clone(),
                                     received_at_ms: now_ms(),
                                 };

@@ -293,6 +293,8 @@ impl ExternalBroker {
                         let msg = Message {
                             topic: p.topic,
                             client_id: None,
+                            principal: None,
+                            source_ip: None,
                             payload: p.payload,
                             received_at_ms: now_ms(),
                         };

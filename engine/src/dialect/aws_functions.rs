@@ -217,7 +217,7 @@ pub(super) fn unsupported(name: &str) -> Option<&'static str> {
         | "get_registry_data"
         | "machinelearning_predict" => Some("calls an AWS service, which weir does not do"),
         "get_thing_shadow" => Some("needs device shadows, which weir does not have yet"),
-        "principal" | "sourceip" | "traceid" | "get_mqtt_property" | "get_user_properties" => {
+        "traceid" | "get_mqtt_property" | "get_user_properties" => {
             Some("is not available yet: weir's ingress does not carry it")
         }
         _ => None,

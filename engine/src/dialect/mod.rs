@@ -50,6 +50,8 @@ pub mod meta {
     pub const TOPIC: &str = "__weir_topic";
     pub const CLIENT_ID: &str = "__weir_clientid";
     pub const TIMESTAMP: &str = "__weir_timestamp";
+    pub const PRINCIPAL: &str = "__weir_principal";
+    pub const SOURCE_IP: &str = "__weir_sourceip";
 
     /// Whether `name` is one of weir's own columns (all start with `__weir_`).
     pub fn is_meta(name: &str) -> bool {
@@ -169,6 +171,8 @@ pub struct MetaNeeds {
     pub topic: bool,
     pub client_id: bool,
     pub timestamp: bool,
+    pub principal: bool,
+    pub source_ip: bool,
     /// Field paths (`a.b`) whose JSON-null-ness the rule asks about (`isNull`,
     /// `isUndefined`): the batch gets a boolean column [`meta::json_null`] for each.
     pub json_null: std::collections::BTreeSet<String>,
@@ -179,6 +183,8 @@ impl MetaNeeds {
         self.topic |= o.topic;
         self.client_id |= o.client_id;
         self.timestamp |= o.timestamp;
+        self.principal |= o.principal;
+        self.source_ip |= o.source_ip;
         self.json_null.extend(o.json_null);
     }
 }
@@ -657,6 +663,18 @@ fn rewrite(
                 }
                 meta.client_id = true;
                 Expr::Identifier(Ident::new(meta::CLIENT_ID))
+            }
+            "principal" | "sourceip" => {
+                if let Err(err) = arity(0) {
+                    return ControlFlow::Break(err);
+                }
+                if name == "principal" {
+                    meta.principal = true;
+                    Expr::Identifier(Ident::new(meta::PRINCIPAL))
+                } else {
+                    meta.source_ip = true;
+                    Expr::Identifier(Ident::new(meta::SOURCE_IP))
+                }
             }
             "isnull" | "isundefined" => {
                 if let Err(err) = arity(1) {
