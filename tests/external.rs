@@ -187,3 +187,61 @@ async fn a_persistent_session_delivers_what_was_published_while_weir_was_down() 
     }
     assert_eq!(got, [1, 2, 3]);
 }
+
+#[tokio::test]
+async fn replicas_in_one_share_group_split_the_stream() {
+    let broker = Mosquitto::start().await;
+    let url = format!("mqtt://{}", broker.addr);
+    let mut replicas = Vec::new();
+    for name in ["a", "b"] {
+        let dir = temp_dir(&format!("share-{name}"));
+        let id = format!("weir-{name}");
+        let args = [
+            "--broker",
+            url.as_str(),
+            "--broker-client-id",
+            &id,
+            "--broker-share-group",
+            "pool",
+        ];
+        let weir = Weir::start(&dir, &args).await;
+        let rule = json!({"sql": "SELECT n FROM 'work/+'", "actions": [{"republish": {"topic": format!("done/{name}")}}]});
+        assert_eq!(weir.put_rule("work", rule).await.0, 201);
+        replicas.push(weir);
+    }
+    let mut watcher = Mqtt::connect(broker.addr, "watcher").await;
+    watcher.subscribe("done/#").await;
+    let device = Mqtt::connect(broker.addr, "device").await;
+    // Both replicas subscribed once a probe has come back from each.
+    let mut seen = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while seen.len() < 2 {
+        device.publish("work/probe", r#"{"n": -1}"#).await;
+        while let Some((topic, _)) = watcher.next(1).await {
+            seen.insert(topic);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replicas did not both subscribe: {seen:?}"
+        );
+    }
+    let mut counts = std::collections::HashMap::new();
+    let mut numbers = Vec::new();
+    for n in 0..40 {
+        device
+            .publish("work/item", format!(r#"{{"n": {n}}}"#))
+            .await;
+    }
+    while numbers.len() < 40 {
+        let (topic, v) = watcher.next(10).await.expect("every message once");
+        *counts.entry(topic).or_insert(0) += 1;
+        numbers.push(v["n"].as_i64().unwrap());
+    }
+    assert!(
+        watcher.next(1).await.is_none(),
+        "a message was processed twice"
+    );
+    numbers.sort();
+    assert_eq!(numbers, (0..40).collect::<Vec<i64>>());
+    assert_eq!(counts.len(), 2, "both replicas took a share: {counts:?}");
+}
