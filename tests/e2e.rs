@@ -677,3 +677,39 @@ async fn basic_ingest_topics_reach_only_the_named_rule() {
     assert!(watcher.next(1).await.is_none());
     weir.wait_metric("weir_ingress_unmatched_total", 2.0).await;
 }
+
+#[tokio::test]
+async fn replacing_a_rule_loses_none_of_its_open_file() {
+    let dir = temp_dir("replace-file");
+    let (mut weir, out_dir, device) = file_rule_with_rows(&dir, 2).await;
+    // Replace the rule (same action): the old version drains into its own file.
+    let url = format!("file://{}", out_dir.display());
+    let rule = json!({"sql": "SELECT n FROM 'f'", "actions": [{"object_store": {"url": url, "max_age": "1h"}}]});
+    assert_eq!(weir.put_rule("files", rule).await.0, 200);
+    for n in 2..4 {
+        device.publish("f", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    weir.wait_metric(
+        r#"weir_action_success_total{action="0-object_store",rule="files"}"#,
+        4.0,
+    )
+    .await;
+    assert!(weir.terminate().success());
+    let mut lines: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [r#"{"n":0}"#, r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]
+    );
+}

@@ -146,7 +146,10 @@ impl FileSink {
                 }
             })
             .collect();
-        recover(&dir, &safe).await;
+        // Files this process opened belong to running sinks (a rule being replaced still
+        // drains into its file): only earlier runs' files are completed here.
+        let started = *PROCESS_START.get_or_init(weir_engine::now_ms);
+        recover(&dir, &safe, started).await;
         Ok(Self {
             dir,
             prefix: format!("{safe}-{}", weir_engine::now_ms()),
@@ -235,8 +238,11 @@ impl FileSink {
     }
 }
 
-/// Completes in-progress files that an earlier run of this action left behind.
-async fn recover(dir: &Path, prefix: &str) {
+/// When the first file sink of this process opened (ms since the epoch).
+static PROCESS_START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
+/// Completes in-progress files of `prefix` that runs started before `started` left behind.
+async fn recover(dir: &Path, prefix: &str, started: i64) {
     let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
         return;
     };
@@ -249,6 +255,15 @@ async fn recover(dir: &Path, prefix: &str) {
         else {
             continue;
         };
+        // `<prefix>-<start ms>-<seq>.jsonl`
+        let opened: Option<i64> = name[prefix.len()..]
+            .trim_start_matches('-')
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse().ok());
+        if opened.is_none_or(|ms| ms >= started) {
+            continue;
+        }
         let path = entry.path();
         let Ok(data) = tokio::fs::read(&path).await else {
             continue;
