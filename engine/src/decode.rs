@@ -236,15 +236,15 @@ pub fn group_by_number_kinds(
 
 /// Builds the payload part of a batch from projected rows. Returns the fields and columns
 /// (the caller adds metadata columns).
-pub fn rows_to_batch(rows: &[Value], tree: &FieldTree) -> Result<RecordBatch, String> {
-    let inferred = infer_json_schema_from_iterator(rows.iter().map(Ok::<_, _>))
+pub fn rows_to_batch(rows: &[Row], tree: &FieldTree) -> Result<RecordBatch, String> {
+    let inferred = infer_json_schema_from_iterator(rows.iter().map(|(_, v)| Ok::<_, _>(v)))
         .map_err(|e| format!("fields have conflicting types: {e}"))?;
     // arrow-json widens numbers mixed with strings to Utf8; that would turn the numbers of
     // every message in the batch into strings. Refuse the batch instead, so that the rule
     // runs such messages one by one, each with its own type.
     for f in inferred.fields() {
         if f.data_type() == &DataType::Utf8
-            && rows.iter().any(|r| {
+            && rows.iter().any(|(_, r)| {
                 r.get(f.name())
                     .is_some_and(|v| !v.is_string() && !v.is_null())
             })
@@ -261,8 +261,10 @@ pub fn rows_to_batch(rows: &[Value], tree: &FieldTree) -> Result<RecordBatch, St
         .with_batch_size(rows.len().max(1))
         .build_decoder()
         .map_err(|e| e.to_string())?;
+    // The payloads, without copying them out of the rows.
+    let values: Vec<&Value> = rows.iter().map(|(_, v)| v).collect();
     decoder
-        .serialize(rows)
+        .serialize(&values)
         .map_err(|e| format!("field has an unexpected type: {e}"))?;
     Ok(decoder
         .flush()
@@ -375,6 +377,7 @@ mod tests {
             serde_json::json!({"i": 1, "f": 1, "s": "x", "g": {"lat": 1.5}}),
             serde_json::json!({"i": 2, "f": 2.5, "s": null}),
         ];
+        let rows: Vec<Row> = rows.into_iter().enumerate().collect();
         let b = rows_to_batch(&rows, &t).unwrap();
         let s = b.schema();
         assert_eq!(
@@ -406,7 +409,10 @@ mod tests {
 
     #[test]
     fn mixed_number_and_string_refuses_the_batch() {
-        let rows = vec![serde_json::json!({"s": "x"}), serde_json::json!({"s": 3})];
+        let rows = vec![
+            (0, serde_json::json!({"s": "x"})),
+            (1, serde_json::json!({"s": 3})),
+        ];
         let err = rows_to_batch(&rows, &tree(&["s"])).unwrap_err();
         assert!(err.contains("mixed types"), "{err}");
     }

@@ -227,8 +227,7 @@ impl Rule {
         rows: &[(usize, Value)],
         outcome: &mut Outcome,
     ) -> Result<(), RunError> {
-        let values: Vec<Value> = rows.iter().map(|(_, v)| v.clone()).collect();
-        let payload = decode::rows_to_batch(&values, &self.fields).map_err(RunError::Data)?;
+        let payload = decode::rows_to_batch(rows, &self.fields).map_err(RunError::Data)?;
         let batch = self
             .add_meta_columns(payload, msgs, rows)
             .map_err(RunError::Data)?;
