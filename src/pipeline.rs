@@ -167,7 +167,9 @@ impl Pipeline {
 
     /// Compiles a rule and builds its actions.
     pub async fn prepare(&self, name: &str, spec: &RuleSpec) -> Result<Prepared, RuleError> {
-        self.check(spec)?;
+        // `check` compiles the rule with the actions' template expressions in the order in
+        // which `Action::build` registers them below, so its rule is the one to run.
+        let rule = self.check(spec)?;
         let mut exprs = TemplateExprs::default();
         let mut actions = Vec::with_capacity(spec.actions.len());
         for (i, config) in spec.actions.iter().enumerate() {
@@ -196,9 +198,7 @@ impl Pipeline {
                 Some((action, ctx, config.retry()))
             }
         };
-        let rule = Rule::compile(&self.engine, &spec.sql, exprs.as_slice())
-            .map(Arc::new)
-            .map_err(RuleError::Sql)?;
+        debug_assert_eq!(exprs.as_slice().len(), rule.template_count());
         Ok(Prepared {
             rule,
             actions,
