@@ -276,8 +276,28 @@ impl Rule {
         let encoded = self
             .encode(&plan, columns, selected.len())
             .map_err(RunError::Eval)?;
+        // Pass-through fields that were JSON null: (output name, null flags of the selected rows).
+        let nulls: Vec<(&str, &BooleanArray)> = self
+            .parsed
+            .passthrough
+            .iter()
+            .filter_map(|(i, path)| {
+                let flags = batch
+                    .column_by_name(&meta::json_null(path))?
+                    .as_boolean_opt()?;
+                Some((self.parsed.columns[*i].name.as_str(), flags))
+            })
+            .collect();
         for (k, (row, json)) in selected.iter().zip(encoded).enumerate() {
             let index = rows[*row].0;
+            let json = if nulls.iter().any(|(_, f)| f.value(k)) {
+                with_nulls(
+                    &json,
+                    nulls.iter().filter(|(_, f)| f.value(k)).map(|(n, _)| *n),
+                )
+            } else {
+                json
+            };
             let payload = if self.parsed.star {
                 splice(&msgs[index].borrow().payload, &json)
             } else if self.parsed.value {
@@ -506,6 +526,24 @@ fn failure(index: usize, e: RunError) -> Failure {
         reason,
         message,
     }
+}
+
+/// The encoded object with `"name":null` members added.
+fn with_nulls<'a>(json: &Bytes, names: impl Iterator<Item = &'a str>) -> Bytes {
+    let mut out = json[..json.len() - 1].to_vec();
+    for name in names {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(
+            serde_json::to_string(name)
+                .expect("a string serialises")
+                .as_bytes(),
+        );
+        out.extend_from_slice(b":null");
+    }
+    out.push(b'}');
+    Bytes::from(out)
 }
 
 /// `SELECT VALUE e`: the value in the encoded `{"v":<value>}` (the dialect names the one

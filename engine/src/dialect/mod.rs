@@ -209,6 +209,9 @@ pub struct ParsedRule {
     pub condition: Option<Expr>,
     pub fields: FieldTree,
     pub meta: MetaNeeds,
+    /// Output columns that pass a payload field through (`SELECT a.b AS x`): their
+    /// position and the field's path. A JSON `null` there is output as `null`, as AWS does.
+    pub passthrough: Vec<(usize, String)>,
 }
 
 /// An expression from outside a rule's SELECT (a `${...}` template), rewritten like one.
@@ -296,11 +299,29 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
         condition: select.selection,
         fields: FieldTree::default(),
         meta: MetaNeeds::default(),
+        passthrough: Vec::new(),
     };
     let mut fields = FieldTree::default();
     let mut meta = MetaNeeds::default();
-    for col in &mut rule.columns {
+    for (i, col) in rule.columns.iter_mut().enumerate() {
         rewrite(engine, &mut col.expr, &mut fields, &mut meta)?;
+        let path = match &col.expr {
+            Expr::Identifier(id) if !meta::is_meta(&id.value) => Some(id.value.clone()),
+            Expr::CompoundIdentifier(parts) => Some(
+                parts
+                    .iter()
+                    .map(|p| p.value.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            ),
+            _ => None,
+        };
+        if let Some(path) = path
+            && !rule.value
+        {
+            meta.json_null.insert(path.clone());
+            rule.passthrough.push((i, path));
+        }
     }
     if let Some(cond) = &mut rule.condition {
         rewrite(engine, cond, &mut fields, &mut meta)?;
