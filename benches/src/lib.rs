@@ -4,14 +4,7 @@ use bytes::Bytes;
 use weir_engine::Message;
 
 /// The rule of the walkthrough: three fields, one comparison, arithmetic, nested fields.
-pub const SEED_RULE: &str = "SELECT
-    thingName() AS deviceIdentifier,
-    currentAmbientTemperature AS celsiusReading,
-    (currentAmbientTemperature * 1.8 + 32) AS fahrenheitReading,
-    geoCoordinates.latitude AS lat,
-    geoCoordinates.longitude AS lon
-FROM 'enterprise/facilities/+/metrics'
-WHERE currentAmbientTemperature > 85.0";
+pub const SEED_RULE: &str = include_str!("../../queries/high_temperature.sql");
 
 /// `n` messages of about 250 bytes, half of which pass the seed rule's WHERE clause.
 pub fn telemetry(n: usize) -> Vec<Message> {

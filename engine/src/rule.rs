@@ -576,14 +576,8 @@ fn splice(payload: &Bytes, extra: &Bytes) -> Bytes {
 mod tests {
     use super::*;
 
-    const SEED: &str = "SELECT
-    thingName() AS deviceIdentifier,
-    currentAmbientTemperature AS celsiusReading,
-    (currentAmbientTemperature * 1.8 + 32) AS fahrenheitReading,
-    geoCoordinates.latitude AS lat,
-    geoCoordinates.longitude AS lon
-FROM 'enterprise/facilities/+/metrics'
-WHERE currentAmbientTemperature > 85.0";
+    /// The walkthrough rule, as shipped.
+    const SEED: &str = include_str!("../../queries/high_temperature.sql");
 
     fn json(b: &Bytes) -> Value {
         serde_json::from_slice(b).unwrap()

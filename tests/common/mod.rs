@@ -500,14 +500,8 @@ pub fn make_certs() -> PathBuf {
     dir
 }
 
-pub const SEED_SQL: &str = "SELECT
-    thingName() AS deviceIdentifier,
-    currentAmbientTemperature AS celsiusReading,
-    (currentAmbientTemperature * 1.8 + 32) AS fahrenheitReading,
-    geoCoordinates.latitude AS lat,
-    geoCoordinates.longitude AS lon
-FROM 'enterprise/facilities/+/metrics'
-WHERE currentAmbientTemperature > 85.0";
+/// The walkthrough rule, as shipped (its `-- action:` lines are SQL comments).
+pub const SEED_SQL: &str = include_str!("../../queries/high_temperature.sql");
 
 pub const HOT: &str = r#"{"currentAmbientTemperature": 90.5, "geoCoordinates": {"latitude": 52.1, "longitude": 4.3}}"#;
 pub const COLD: &str = r#"{"currentAmbientTemperature": 20.0, "geoCoordinates": {"latitude": 52.1, "longitude": 4.3}}"#;

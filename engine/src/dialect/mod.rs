@@ -305,18 +305,7 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
     let mut meta = MetaNeeds::default();
     for (i, col) in rule.columns.iter_mut().enumerate() {
         rewrite(engine, &mut col.expr, &mut fields, &mut meta)?;
-        let path = match &col.expr {
-            Expr::Identifier(id) if !meta::is_meta(&id.value) => Some(id.value.clone()),
-            Expr::CompoundIdentifier(parts) => Some(
-                parts
-                    .iter()
-                    .map(|p| p.value.as_str())
-                    .collect::<Vec<_>>()
-                    .join("."),
-            ),
-            _ => None,
-        };
-        if let Some(path) = path
+        if let Some(path) = field_path(&col.expr)
             && !rule.value
         {
             meta.json_null.insert(path.clone());
@@ -534,6 +523,21 @@ pub(crate) fn default_name(expr: &Expr, position: usize) -> String {
     }
 }
 
+/// The payload field an expression is, as `a.b.c`, if it is just a field.
+fn field_path(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(i) if !meta::is_meta(&i.value) => Some(i.value.clone()),
+        Expr::CompoundIdentifier(parts) => Some(
+            parts
+                .iter()
+                .map(|p| p.value.as_str())
+                .collect::<Vec<_>>()
+                .join("."),
+        ),
+        _ => None,
+    }
+}
+
 /// Rewrites the context functions, checks every other function and collects field paths.
 fn rewrite(
     engine: &Engine,
@@ -701,17 +705,7 @@ fn rewrite(
                 if let Err(err) = arity(1) {
                     return ControlFlow::Break(err);
                 }
-                let path = match &args[0] {
-                    Expr::Identifier(i) if !meta::is_meta(&i.value) => Some(i.value.clone()),
-                    Expr::CompoundIdentifier(parts) => Some(
-                        parts
-                            .iter()
-                            .map(|p| p.value.as_str())
-                            .collect::<Vec<_>>()
-                            .join("."),
-                    ),
-                    _ => None,
-                };
+                let path = field_path(&args[0]);
                 let is_json_null =
                     |path: &str| Expr::Identifier(Ident::with_quote('`', meta::json_null(path)));
                 let literal_null =
@@ -856,14 +850,8 @@ mod tests {
         parse_rule(&Engine::new(), sql)
     }
 
-    const SEED: &str = "SELECT
-    thingName() AS deviceIdentifier,
-    currentAmbientTemperature AS celsiusReading,
-    (currentAmbientTemperature * 1.8 + 32) AS fahrenheitReading,
-    geoCoordinates.latitude AS lat,
-    geoCoordinates.longitude AS lon
-FROM 'enterprise/facilities/+/metrics'
-WHERE currentAmbientTemperature > 85.0";
+    /// The walkthrough rule, as shipped.
+    const SEED: &str = include_str!("../../../queries/high_temperature.sql");
 
     #[test]
     fn seed_rule_parses_and_rewrites() {
