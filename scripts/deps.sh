@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Installs what building and testing weir needs and this machine lacks: a Rust toolchain,
-# a C compiler, and Mosquitto (the tests run their own Mosquitto on a free port).
+# Installs what building and testing weir needs and this machine lacks:
+# - a C toolchain, OpenSSL and zlib headers (librdkafka is built from source by rdkafka),
+#   Mosquitto and openssl (the tests run their own Mosquitto on a free port);
+# - the servers the connector tests talk to, cached under $WEIR_TOOLS
+#   (default ~/.cache/weir/tools) so that they are built once per machine:
+#   tansu, a Kafka-protocol broker (cargo install, ~9 min the first time), and
+#   moto, an S3 API server, with boto3 and pyarrow to read back what weir wrote (PyPI).
 set -euo pipefail
+
+TOOLS="${WEIR_TOOLS:-$HOME/.cache/weir/tools}"
+TANSU_VERSION="${TANSU_VERSION:-}"   # empty: the newest release
 
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
+command -v make >/dev/null || need_apt+=(make)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+[ -f /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -17,4 +31,21 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
   exit 1
+fi
+
+mkdir -p "$TOOLS"
+if [ ! -x "$TOOLS/bin/tansu" ]; then
+  echo "building tansu (a Kafka-protocol broker for the tests) into $TOOLS; once per machine"
+  version_arg=()
+  [ -n "$TANSU_VERSION" ] && version_arg=(--version "$TANSU_VERSION")
+  # Its own target dir, so that weir's builds and this one do not invalidate each other.
+  CARGO_TARGET_DIR="$TOOLS/target" cargo install tansu "${version_arg[@]}" --locked \
+    --features dynostore,libsql --root "$TOOLS"
+  rm -rf "$TOOLS/target"
+fi
+if [ ! -x "$TOOLS/venv/bin/moto_server" ] || ! "$TOOLS/venv/bin/python" -c 'import boto3, pyarrow' 2>/dev/null; then
+  echo "installing moto (an S3 API server), boto3 and pyarrow into $TOOLS/venv"
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check \
+    'moto[server]==5.2.5' 'boto3==1.44.8' 'pyarrow==26.0.1'
 fi

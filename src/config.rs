@@ -93,6 +93,9 @@ pub struct ServeArgs {
     /// Outputs queued per action before the rule waits [default: 1024].
     #[arg(long, env = "WEIR_ACTION_QUEUE")]
     pub action_queue: Option<usize>,
+    /// Size limit of each action's disk buffer, in bytes [default: 1073741824 (1 GiB)].
+    #[arg(long, env = "WEIR_ACTION_BUFFER_MAX_BYTES")]
+    pub action_buffer_max_bytes: Option<u64>,
     /// Log filter, e.g. info or weir=debug [default: info].
     #[arg(long, env = "WEIR_LOG")]
     pub log: Option<String>,
@@ -130,6 +133,7 @@ impl ServeArgs {
                 batch_max_rows,
                 batch_linger,
                 action_queue,
+                action_buffer_max_bytes,
                 log,
             ]
         )
@@ -148,6 +152,7 @@ pub struct Settings {
     pub batch_max_rows: usize,
     pub batch_linger: Duration,
     pub action_queue: usize,
+    pub action_buffer_max_bytes: u64,
     pub log: String,
 }
 
@@ -226,6 +231,7 @@ impl Settings {
                 Duration::from_millis(1),
             )?,
             action_queue,
+            action_buffer_max_bytes: a.action_buffer_max_bytes.unwrap_or(1 << 30),
             log: a.log.clone().unwrap_or_else(|| "info".to_owned()),
         })
     }

@@ -112,6 +112,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             linger: settings.batch_linger,
             action_queue: settings.action_queue,
             output_dir: settings.output_dir.clone(),
+            state_dir: settings.data_dir.join("actions"),
+            buffer_max_bytes: settings.action_buffer_max_bytes,
         },
     );
 

@@ -23,11 +23,13 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
+use weir_connectors::actions::WorkerSettings;
 use weir_connectors::actions::{
     self, Action, ActionConfig, ActionContext, Delivery, Undeliverable,
 };
 use weir_connectors::metrics::Metrics;
 use weir_connectors::mqtt::{ExternalBroker, Publisher};
+use weir_connectors::retry::RetryPolicy;
 use weir_engine::template::TemplateExprs;
 use weir_engine::topic::{TopicTrie, basic_ingest};
 use weir_engine::{Engine, FailureReason, Message, Rule, SqlError, now_ms};
@@ -55,6 +57,10 @@ pub struct BatchSettings {
     pub action_queue: usize,
     /// Where file outputs go when their action names no URL.
     pub output_dir: std::path::PathBuf,
+    /// Root of the actions' state: `<state_dir>/<rule>/<action label>/` holds an action's
+    /// disk buffer (`buffer/`) and staging files (`staging/`).
+    pub state_dir: std::path::PathBuf,
+    pub buffer_max_bytes: u64,
 }
 
 /// A running rule: its topic filter and its worker's channel.
@@ -77,8 +83,8 @@ struct Routes {
 /// A rule that compiled and whose actions were built, ready to start.
 pub struct Prepared {
     rule: Arc<Rule>,
-    actions: Vec<(Action, ActionContext, weir_connectors::retry::RetryPolicy)>,
-    error_action: Option<(Action, ActionContext, weir_connectors::retry::RetryPolicy)>,
+    actions: Vec<(Action, ActionContext, RetryPolicy)>,
+    error_action: Option<(Action, ActionContext, RetryPolicy)>,
 }
 
 pub struct Pipeline {
@@ -93,6 +99,8 @@ pub struct Pipeline {
     routes: RwLock<Arc<Routes>>,
     /// Every worker task, so that shutdown can wait for them to drain.
     tasks: TaskTracker,
+    /// Cancelled when shutdown begins.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Pipeline {
@@ -117,6 +125,7 @@ impl Pipeline {
             running: Mutex::new(HashMap::new()),
             routes: RwLock::new(Arc::new(Routes::default())),
             tasks: TaskTracker::new(),
+            stop: Default::default(),
         })
     }
 
@@ -127,10 +136,25 @@ impl Pipeline {
     fn context(&self, rule: &str, label: String) -> ActionContext {
         ActionContext {
             rule: rule.to_owned(),
-            label,
             publisher: self.publisher.clone(),
             http: self.http.clone(),
             output_dir: self.settings.output_dir.clone(),
+            state_dir: self
+                .settings
+                .state_dir
+                .join(safe_name(rule))
+                .join(safe_name(&label)),
+            label,
+        }
+    }
+
+    fn worker_settings(&self, ctx: &ActionContext, policy: RetryPolicy) -> WorkerSettings {
+        WorkerSettings {
+            policy,
+            batch: self.settings.max_rows,
+            buffer_dir: ctx.state_dir.join("buffer"),
+            buffer_max_bytes: self.settings.buffer_max_bytes,
+            stop: self.stop.clone(),
         }
     }
 
@@ -213,10 +237,11 @@ impl Pipeline {
 
         let error_tx = prepared.error_action.map(|(action, ctx, policy)| {
             let (etx, erx) = mpsc::channel(self.settings.action_queue);
-            tokio::spawn(actions::run_worker(
+            let settings = self.worker_settings(&ctx, policy);
+            self.tasks.spawn(actions::run_worker(
                 action,
                 erx,
-                policy,
+                settings,
                 ctx,
                 self.metrics.clone(),
                 None,
@@ -245,10 +270,11 @@ impl Pipeline {
         let mut action_txs = Vec::with_capacity(prepared.actions.len());
         for (action, ctx, policy) in prepared.actions {
             let (atx, arx) = mpsc::channel(self.settings.action_queue);
+            let settings = self.worker_settings(&ctx, policy);
             self.tasks.spawn(actions::run_worker(
                 action,
                 arx,
-                policy,
+                settings,
                 ctx,
                 self.metrics.clone(),
                 Some(failed_tx.clone()),
@@ -284,6 +310,7 @@ impl Pipeline {
     /// Stops every rule and waits up to `grace` for the workers to finish what they hold
     /// (so that files are rolled and queued deliveries made).
     pub async fn shutdown(&self, grace: Duration) {
+        self.stop.cancel();
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             running.clear();
@@ -359,6 +386,19 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// A name usable as one path component.
+fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn check_action(
@@ -453,6 +493,8 @@ async fn rule_worker(mut w: RuleWorker) {
         for m in &batch {
             latency.observe((now - m.received_at_ms).max(0) as f64 / 1000.0);
         }
+        // Let go of the messages now: one that no action holds is acknowledged.
+        batch.clear();
     }
     tracing::debug!(rule = name, "rule worker finished");
 }

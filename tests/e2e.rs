@@ -89,12 +89,12 @@ async fn seed_rule_reaches_every_action() {
         1.0
     );
     weir.wait_metric(
-        r#"weir_action_success_total{action="1-webhook",rule="hot"}"#,
+        r#"weir_action_delivered_total{action="1-webhook",rule="hot"}"#,
         1.0,
     )
     .await;
     assert_eq!(
-        weir.metric(r#"weir_action_success_total{action="0-republish",rule="hot"}"#)
+        weir.metric(r#"weir_action_delivered_total{action="0-republish",rule="hot"}"#)
             .await,
         1.0
     );
@@ -203,13 +203,13 @@ async fn webhook_retries_5xx_and_sends_4xx_to_the_error_action() {
         2.0
     );
     assert_eq!(
-        weir.metric(r#"weir_action_success_total{action="0-webhook",rule="fwd"}"#)
+        weir.metric(r#"weir_action_delivered_total{action="0-webhook",rule="fwd"}"#)
             .await,
         1.0
     );
     assert_eq!(
         weir.metric(
-            r#"weir_action_failure_total{action="0-webhook",reason="http_status",rule="fwd"}"#
+            r#"weir_action_dead_lettered_total{action="0-webhook",reason="http_status",rule="fwd"}"#
         )
         .await,
         1.0
@@ -460,7 +460,7 @@ async fn rule_files_are_loaded_at_start() {
     assert_seed_output(&v, Some("plant-sensor-1"));
     // Its file action names no URL: the output lands in <data dir>/out/<rule>/.
     weir.wait_metric(
-        r#"weir_action_success_total{action="1-object_store",rule="high_temperature"}"#,
+        r#"weir_action_delivered_total{action="1-object_store",rule="high_temperature"}"#,
         1.0,
     )
     .await;
@@ -511,21 +511,31 @@ async fn shutdown_rolls_open_files() {
     let dir = temp_dir("shutdown");
     let (mut weir, out_dir, _device) = file_rule_with_rows(&dir, 3).await;
     let listing = || -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&out_dir)
-            .unwrap()
+        let Ok(entries) = std::fs::read_dir(&out_dir) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = entries
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         v.sort();
         v
     };
-    // Still open: only the hidden in-progress file exists.
-    let before = listing();
-    assert_eq!(before.len(), 1, "{before:?}");
-    assert!(
-        before[0].starts_with('.') && before[0].ends_with(".jsonl.tmp"),
-        "{before:?}"
-    );
+    // Still open: the rows are in a staging file in the data directory, nothing is in the
+    // output directory yet.
+    assert!(listing().is_empty(), "{:?}", listing());
+    let staging = dir.join("actions/files/0-object_store/staging");
+    let staged: Vec<String> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".jsonl"))
+        .collect();
+    assert_eq!(staged.len(), 1, "{staged:?}");
     assert!(weir.terminate().success());
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "the staging file is removed once uploaded"
+    );
     let after = listing();
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(
@@ -574,7 +584,7 @@ async fn file_rule_with_rows(dir: &std::path::Path, rows: u32) -> (Weir, std::pa
         device.publish("f", format!(r#"{{"n": {n}}}"#)).await;
     }
     weir.wait_metric(
-        r#"weir_action_success_total{action="0-object_store",rule="files"}"#,
+        r#"weir_action_delivered_total{action="0-object_store",rule="files"}"#,
         f64::from(rows),
     )
     .await;
@@ -690,7 +700,7 @@ async fn replacing_a_rule_loses_none_of_its_open_file() {
         device.publish("f", format!(r#"{{"n": {n}}}"#)).await;
     }
     weir.wait_metric(
-        r#"weir_action_success_total{action="0-object_store",rule="files"}"#,
+        r#"weir_action_delivered_total{action="0-object_store",rule="files"}"#,
         4.0,
     )
     .await;

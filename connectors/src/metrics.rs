@@ -3,9 +3,10 @@
 //! (`<position>-<type>`, e.g. `0-webhook`, or `error-<type>` for the error action) and a
 //! reason from a fixed list. Topics and device ids are never labels.
 
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder, core::Collector,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -28,9 +29,20 @@ pub struct Metrics {
     pub rule_failed: IntCounterVec,
     /// Time from receipt of a message to its outputs being handed to the actions.
     pub rule_latency: HistogramVec,
-    pub action_success: IntCounterVec,
-    pub action_failure: IntCounterVec,
+    /// Outputs an action delivered (the sink acknowledged them).
+    pub action_delivered: IntCounterVec,
+    /// Outputs an action gave up on and sent to the rule's error action, by reason.
+    pub action_dead_lettered: IntCounterVec,
+    /// Delivery attempts that failed and were retried.
     pub action_retries: IntCounterVec,
+    /// Outputs waiting in an action's queue (memory).
+    pub action_queued: IntGaugeVec,
+    /// Outputs being delivered right now.
+    pub action_in_flight: IntGaugeVec,
+    /// Bytes in an action's disk buffer, not yet delivered.
+    pub action_buffered_bytes: IntGaugeVec,
+    /// Outputs in an action's disk buffer, not yet delivered.
+    pub action_buffered: IntGaugeVec,
 }
 
 impl Metrics {
@@ -49,6 +61,14 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
             c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), &["rule", "action"]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
         };
         let broker_connections = IntGauge::new(
             "weir_broker_connections",
@@ -111,20 +131,36 @@ impl Metrics {
                 &["rule", "reason"],
             ),
             rule_latency,
-            action_success: vec(
-                "weir_action_success_total",
-                "Messages an action delivered.",
+            action_delivered: vec(
+                "weir_action_delivered_total",
+                "Outputs an action delivered (the sink acknowledged them).",
                 &["rule", "action"],
             ),
-            action_failure: vec(
-                "weir_action_failure_total",
-                "Messages an action gave up on (sent to the error action), by reason.",
+            action_dead_lettered: vec(
+                "weir_action_dead_lettered_total",
+                "Outputs an action gave up on and sent to the rule's error action, by reason.",
                 &["rule", "action", "reason"],
             ),
             action_retries: vec(
                 "weir_action_retries_total",
-                "Delivery attempts an action retried.",
+                "Delivery attempts that failed and were retried.",
                 &["rule", "action"],
+            ),
+            action_queued: gauge(
+                "weir_action_queued",
+                "Outputs waiting in an action's in-memory queue.",
+            ),
+            action_in_flight: gauge(
+                "weir_action_in_flight",
+                "Outputs an action is delivering right now.",
+            ),
+            action_buffered_bytes: gauge(
+                "weir_action_buffered_bytes",
+                "Bytes in an action's disk buffer, not yet delivered.",
+            ),
+            action_buffered: gauge(
+                "weir_action_buffered",
+                "Outputs in an action's disk buffer, not yet delivered.",
             ),
             registry,
         }
@@ -142,33 +178,43 @@ impl Metrics {
 
     /// Forgets a deleted rule's series so that they stop being exported.
     pub fn forget_rule(&self, rule: &str) {
-        let drop = |v: &IntCounterVec| {
-            for fam in v.collect() {
-                for m in fam.get_metric() {
-                    let labels: std::collections::HashMap<&str, &str> = m
-                        .get_label()
-                        .iter()
-                        .map(|l| (l.name(), l.value()))
-                        .collect();
-                    if labels.get("rule") == Some(&rule) {
-                        // Removing a series that is already gone is not an error worth a line.
-                        let _ = v.remove(&labels);
-                    }
-                }
-            }
-        };
         for v in [
             &self.rule_matched,
             &self.rule_passed,
             &self.rule_filtered,
             &self.rule_failed,
-            &self.action_success,
-            &self.action_failure,
+            &self.action_delivered,
+            &self.action_dead_lettered,
             &self.action_retries,
         ] {
-            drop(v);
+            forget(v, rule);
+        }
+        for v in [
+            &self.action_queued,
+            &self.action_in_flight,
+            &self.action_buffered_bytes,
+            &self.action_buffered,
+        ] {
+            forget(v, rule);
         }
         let _ = self.rule_latency.remove_label_values(&[rule]);
+    }
+}
+
+/// Removes a rule's series from a metric family.
+fn forget<P: MetricVecBuilder>(v: &MetricVec<P>, rule: &str) {
+    for fam in v.collect() {
+        for m in fam.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("rule") == Some(&rule) {
+                // Removing a series that is already gone is not an error worth a line.
+                let _ = v.remove(&labels);
+            }
+        }
     }
 }
 

@@ -15,9 +15,10 @@ pub struct RetryPolicy {
     /// Longest delay between two attempts.
     #[serde(with = "humantime_serde_compat")]
     pub max_backoff: Duration,
-    /// Attempts in all, the first included.
+    /// Attempts in all, the first included; 0 for no limit (the deadline still applies).
     pub max_attempts: u32,
-    /// Give up when this much time has passed since the first attempt.
+    /// Give up (dead-letter the output) when this much time has passed since its first
+    /// failed attempt. Outputs wait in the action's disk buffer meanwhile.
     #[serde(with = "humantime_serde_compat")]
     pub deadline: Duration,
 }
@@ -27,13 +28,18 @@ impl Default for RetryPolicy {
         Self {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
-            max_attempts: 10,
-            deadline: Duration::from_secs(60),
+            max_attempts: 0,
+            deadline: Duration::from_secs(3600),
         }
     }
 }
 
 impl RetryPolicy {
+    /// Whether an output that failed `attempts` times, first `age` ago, may be tried again.
+    pub fn may_retry(&self, attempts: u32, age: Duration) -> bool {
+        (self.max_attempts == 0 || attempts < self.max_attempts) && age < self.deadline
+    }
+
     /// The delay before attempt `attempt + 1` (`attempt` counts from 1): a random duration
     /// up to `initial * 2^(attempt-1)`, capped at `max_backoff` ("full jitter").
     pub fn backoff(&self, attempt: u32) -> Duration {

@@ -34,6 +34,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+/// The Arrow version the engine (DataFusion) uses, for crates that build batches too.
+pub use datafusion::arrow;
 pub use dialect::SqlError;
 pub use rule::{Failure, FailureReason, Outcome, Output, Rule};
 
@@ -50,6 +52,52 @@ pub struct Message {
     pub payload: Bytes,
     /// When weir received the message, in milliseconds since the Unix epoch.
     pub received_at_ms: i64,
+    /// Acknowledges the message to its source once every holder has let go of it.
+    pub ack: Ack,
+}
+
+/// Acknowledges a message to its source (an external MQTT broker) when the last clone of
+/// it is dropped: every rule that matched it is done with it, and every action has either
+/// delivered its output or written it to its disk buffer. Cloning shares the one
+/// acknowledgement. The default acknowledges nothing.
+#[derive(Clone, Default)]
+pub struct Ack(Option<Arc<AckOnDrop>>);
+
+struct AckOnDrop(std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl Drop for AckOnDrop {
+    fn drop(&mut self) {
+        let f = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(f) = f {
+            f();
+        }
+    }
+}
+
+impl Ack {
+    /// An acknowledgement that runs `f` when the last clone is dropped.
+    pub fn on_drop(f: impl FnOnce() + Send + 'static) -> Self {
+        Self(Some(Arc::new(AckOnDrop(std::sync::Mutex::new(Some(
+            Box::new(f),
+        ))))))
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Ack(pending)"
+        } else {
+            "Ack(none)"
+        })
+    }
+}
+
+/// Acknowledgements do not take part in comparing messages.
+impl PartialEq for Ack {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Message {
@@ -61,6 +109,7 @@ impl Message {
             source_ip: None,
             payload: payload.into(),
             received_at_ms: now_ms(),
+            ack: Ack::default(),
         }
     }
 

@@ -299,13 +299,15 @@ async fn poll(
 }
 
 /// A real HTTP server that records the bodies POSTed to it and answers with the statuses
-/// it is told to (200 once the script runs out).
+/// it is told to (200 once the script runs out). A scripted 0 is a request that hangs
+/// for 3 seconds and is then answered 503 (the client has timed out by then).
 #[derive(Clone)]
 pub struct Receiver {
     pub addr: SocketAddr,
     pub bodies: Arc<Mutex<Vec<Value>>>,
     script: Arc<Mutex<Vec<u16>>>,
     pub hits: Arc<Mutex<u32>>,
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl Receiver {
@@ -319,6 +321,7 @@ impl Receiver {
             bodies: Default::default(),
             script: Arc::new(Mutex::new(script.into_iter().rev().collect())),
             hits: Default::default(),
+            delay: Default::default(),
         };
         let state = r.clone();
         let app = axum::Router::new().route(
@@ -327,7 +330,15 @@ impl Receiver {
                 let state = state.clone();
                 async move {
                     *state.hits.lock().unwrap() += 1;
+                    let delay = *state.delay.lock().unwrap();
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     let status = state.script.lock().unwrap().pop().unwrap_or(200);
+                    if status == 0 {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
                     if status == 200 {
                         state
                             .bodies
@@ -345,6 +356,11 @@ impl Receiver {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Makes every answer wait this long (a slow sink).
+    pub fn set_delay(&self, d: Duration) {
+        *self.delay.lock().unwrap() = d;
     }
 
     /// Waits until `n` bodies have arrived; returns them.
@@ -519,4 +535,292 @@ pub fn assert_seed_output(v: &Value, device: Option<&str>) {
     );
     assert_eq!(v["lat"], 52.1, "{v}");
     assert_eq!(v["lon"], 4.3, "{v}");
+}
+
+/// Where `scripts/deps.sh` installs the test servers: `$WEIR_TOOLS`, or
+/// `~/.cache/weir/tools`.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("WEIR_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/weir/tools")
+        })
+}
+
+fn tool(rel: &str) -> PathBuf {
+    let p = tools_dir().join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash scripts/deps.sh` (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+async fn wait_listening(addr: SocketAddr, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {addr}; its log ({}):\n{}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A server process the tests start and stop, logging to `<dir>/<name>.log`.
+struct Process {
+    child: Option<Child>,
+    dir: PathBuf,
+    name: &'static str,
+}
+
+impl Process {
+    fn new(name: &'static str) -> Process {
+        Process {
+            child: None,
+            dir: temp_dir(name),
+            name,
+        }
+    }
+
+    /// (Re)starts the process and waits until it listens on `port`.
+    async fn start(&mut self, cmd: &mut Command, port: u16) {
+        self.stop();
+        let log_path = self.dir.join(format!("{}.log", self.name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = cmd
+            .current_dir(&self.dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", self.name));
+        self.child = Some(child);
+        wait_listening(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            self.name,
+            &log_path,
+        )
+        .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A real S3 API server (moto, from PyPI) on a free port. Stopped on drop; `stop` and
+/// `restart` keep the port. moto keeps its objects in memory, so a restarted server
+/// starts empty.
+pub struct S3Server {
+    process: Process,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let mut s = S3Server {
+            process: Process::new("moto"),
+            port: free_port(),
+        };
+        s.restart().await;
+        s
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let port = self.port.to_string();
+        self.process
+            .start(
+                Command::new(tool("venv/bin/moto_server")).args(["-H", "127.0.0.1", "-p", &port]),
+                self.port,
+            )
+            .await;
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Runs tests/tools/s3.py (boto3 and pyarrow): `<command> <endpoint> <args...>`.
+    fn python(&self, command: &str, args: &[&str]) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/s3.py");
+        let out = Command::new(tool("venv/bin/python"))
+            .args([script, command])
+            .arg(self.endpoint())
+            .args(args)
+            .output()
+            .expect("python runs");
+        assert!(
+            out.status.success(),
+            "s3.py {command} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        self.python("create-bucket", &[bucket]);
+    }
+
+    /// Every object under `prefix` with its rows, read with boto3 (and pyarrow for Parquet).
+    pub fn objects(&self, bucket: &str, prefix: &str) -> Vec<Value> {
+        let out: Value = serde_json::from_str(&self.python("read", &[bucket, prefix])).unwrap();
+        out["objects"].as_array().unwrap().clone()
+    }
+
+    /// The options an object_store action needs to reach this server.
+    pub fn options(&self) -> Value {
+        serde_json::json!({
+            "endpoint": self.endpoint(),
+            "region": "us-east-1",
+            "access_key_id": "test",
+            "secret_access_key": "test",
+            "allow_http": "true",
+        })
+    }
+}
+
+/// A real Kafka-protocol broker (tansu) on a free port, with SQLite storage, which
+/// survives `stop` and `restart`. Stopped on drop.
+pub struct Kafka {
+    process: Process,
+    pub port: u16,
+}
+
+impl Kafka {
+    pub async fn start() -> Kafka {
+        let mut k = Kafka {
+            process: Process::new("tansu"),
+            port: free_port(),
+        };
+        k.restart().await;
+        k
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        self.process
+            .start(
+                Command::new(tool("bin/tansu"))
+                    .args([
+                        "broker",
+                        "--listener-url",
+                        &url,
+                        "--advertised-listener-url",
+                        &url,
+                    ])
+                    // A path relative to the working directory, the process's own.
+                    .args(["--storage-engine", "sqlite://tansu.db"])
+                    .env("RUST_LOG", "warn"),
+                self.port,
+            )
+            .await;
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Creates a topic with one partition, with an independent admin client.
+    pub async fn create_topic(&self, topic: &str) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("admin client");
+        let r = admin
+            .create_topics(
+                &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .expect("create_topics answers");
+        for t in r {
+            if let Err((name, code)) = t {
+                assert!(
+                    code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                    "creating {name}: {code:?}"
+                );
+            }
+        }
+    }
+
+    /// Reads every record of partition 0 of `topic` from the start with an independent
+    /// consumer, until `n` arrived or `secs` passed: (key, payload as JSON, headers).
+    pub fn consume(&self, topic: &str, n: usize, secs: u64) -> Vec<KafkaRecord> {
+        use rdkafka::Message as _;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Headers;
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("group.id", format!("test-{}", weir_engine::now_ms()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(KafkaRecord {
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: serde_json::from_slice(m.payload().unwrap_or_default())
+                            .unwrap_or(Value::Null),
+                        headers,
+                    });
+                }
+                Some(Err(e)) => eprintln!("consumer: {e}"),
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaRecord {
+    pub key: Option<String>,
+    pub value: Value,
+    pub headers: Vec<(String, String)>,
 }

@@ -3,13 +3,16 @@
 //! Each action is a config type (what the user writes in the rule's `actions` list, checked
 //! by a pure [`ActionConfig::validate`] that the HTTP API calls before accepting a rule)
 //! and a runtime value built from it ([`Action::build`]) that delivers one output per
-//! attempt. [`run_worker`] drives one action: a bounded queue in front, the shared
-//! [`RetryPolicy`] around each delivery, and the rule's error action for what still fails.
+//! attempt. [`run_worker`] drives one action: a bounded queue in front, batches handed to
+//! the sink, a disk buffer ([`spool`]) for what the sink did not take, retries with the
+//! shared [`RetryPolicy`], and the rule's error action for what still fails.
 //!
 //! Adding a sink means one variant here, one module beside this one, and nothing else.
 
-pub mod file;
+pub mod kafka;
 pub mod republish;
+pub mod spool;
+pub mod store;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -25,13 +28,14 @@ use crate::mqtt::Publisher;
 use crate::retry::RetryPolicy;
 
 /// An action as written in a rule: `{"republish": {...}}`, `{"webhook": {...}}`,
-/// `{"object_store": {...}}`.
+/// `{"object_store": {...}}`, `{"kafka": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionConfig {
     Republish(republish::RepublishConfig),
     Webhook(webhook::WebhookConfig),
-    ObjectStore(file::ObjectStoreConfig),
+    ObjectStore(store::ObjectStoreConfig),
+    Kafka(kafka::KafkaConfig),
 }
 
 /// Why an action configuration was refused.
@@ -62,15 +66,13 @@ impl ActionConfig {
             Self::Republish(_) => "republish",
             Self::Webhook(_) => "webhook",
             Self::ObjectStore(_) => "object_store",
+            Self::Kafka(_) => "kafka",
         }
     }
 
     /// Checks the configuration without touching the network or the disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match self {
-            Self::ObjectStore(c) => c.validate(),
-            _ => self.collect_templates(&mut TemplateExprs::default()),
-        }
+        self.collect_templates(&mut TemplateExprs::default())
     }
 
     /// Adds the expressions of the action's `${...}` templates to `exprs`, in the order in
@@ -97,14 +99,29 @@ impl ActionConfig {
                 );
                 out
             }
-            Self::ObjectStore(_) => Vec::new(),
+            Self::ObjectStore(c) => c
+                .validate(exprs)?
+                .map(|t| ("path".to_owned(), t))
+                .into_iter()
+                .collect(),
+            Self::Kafka(c) => {
+                let t = c.validate(exprs)?;
+                let mut out = vec![("topic".to_owned(), t.topic)];
+                out.extend(t.key.map(|k| ("key".to_owned(), k)));
+                out.extend(
+                    t.headers
+                        .into_iter()
+                        .map(|(k, v)| (format!("headers.{k}"), v)),
+                );
+                out
+            }
         })
     }
 
     /// The retry policy the action asked for, or the default.
     pub fn retry(&self) -> RetryPolicy {
         match self {
-            Self::Republish(_) | Self::ObjectStore(_) => RetryPolicy::default(),
+            Self::Republish(_) | Self::ObjectStore(_) | Self::Kafka(_) => RetryPolicy::default(),
             Self::Webhook(c) => c.retry.clone().unwrap_or_default(),
         }
     }
@@ -120,6 +137,8 @@ pub struct ActionContext {
     pub http: reqwest::Client,
     /// Where file outputs go when their action names no URL.
     pub output_dir: std::path::PathBuf,
+    /// The action's own directory for state that must survive a restart (staging files).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// One output on its way to an action.
@@ -163,7 +182,8 @@ impl DeliveryError {
 pub enum Action {
     Republish(republish::Republish),
     Webhook(webhook::Webhook),
-    File(Box<file::FileSink>),
+    Store(Box<store::ObjectSink>),
+    Kafka(Box<kafka::Kafka>),
 }
 
 impl Action {
@@ -180,8 +200,9 @@ impl Action {
             }
             ActionConfig::Webhook(c) => Self::Webhook(webhook::Webhook::new(c, exprs, ctx)?),
             ActionConfig::ObjectStore(c) => {
-                Self::File(Box::new(file::FileSink::open(c, ctx).await?))
+                Self::Store(Box::new(store::ObjectSink::open(c, exprs, ctx).await?))
             }
+            ActionConfig::Kafka(c) => Self::Kafka(Box::new(kafka::Kafka::new(c, exprs, ctx)?)),
         })
     }
 
@@ -190,23 +211,42 @@ impl Action {
         match self {
             Self::Republish(a) => a.deliver(d).await,
             Self::Webhook(a) => a.deliver(d).await,
-            Self::File(a) => a.deliver(d).await,
+            Self::Store(a) => a.deliver_batch(std::slice::from_ref(d)).await.remove(0),
+            Self::Kafka(a) => a.deliver_batch(std::slice::from_ref(d)).await.remove(0),
         }
     }
 
-    /// Periodic housekeeping (rolling files by age).
+    /// One attempt at each delivery of a batch, in order; one result per delivery.
+    pub async fn deliver_batch(&mut self, batch: &[Delivery]) -> Vec<Result<(), DeliveryError>> {
+        match self {
+            Self::Kafka(a) => return a.deliver_batch(batch).await,
+            Self::Store(a) => return a.deliver_batch(batch).await,
+            _ => {}
+        }
+        // One at a time; after a retry-worthy failure the rest are not tried (the sink is
+        // in trouble, and trying them would reorder the outputs).
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            let r = self.deliver(d).await;
+            let stop = matches!(&r, Err(e) if e.retryable);
+            out.push(r);
+            if stop {
+                break;
+            }
+        }
+        while out.len() < batch.len() {
+            out.push(Err(DeliveryError::retryable(
+                NOT_ATTEMPTED,
+                "not attempted: an earlier output of the batch failed",
+            )));
+        }
+        out
+    }
+
+    /// Periodic housekeeping (rolling files by age, retrying uploads).
     async fn tick(&mut self) -> Result<(), DeliveryError> {
         match self {
-            Self::File(a) => a.roll_if_old().await,
-            _ => Ok(()),
-        }
-    }
-
-    /// Called when the queue is momentarily empty: hand buffered data to the OS, so that a
-    /// crash of weir (not of the machine) loses none of it.
-    async fn flush(&mut self) -> Result<(), DeliveryError> {
-        match self {
-            Self::File(a) => a.flush().await,
+            Self::Store(a) => a.tick().await,
             _ => Ok(()),
         }
     }
@@ -214,11 +254,37 @@ impl Action {
     /// Called when the action stops: make everything delivered visible.
     async fn close(&mut self) -> Result<(), DeliveryError> {
         match self {
-            Self::File(a) => a.roll().await,
+            Self::Store(a) => a.close().await,
+            Self::Kafka(a) => {
+                a.close().await;
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
 }
+
+/// Files (buffer segments, staging files) that some action of this process owns, so that
+/// a sink adopting what earlier runs left never takes a file a running sink writes.
+pub(crate) fn claimed() -> &'static std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>
+{
+    static CLAIMED: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>,
+    > = std::sync::OnceLock::new();
+    CLAIMED.get_or_init(Default::default)
+}
+
+/// A name prefix unique to this process and caller, sortable by the process's start time.
+pub(crate) fn unique_owner() -> String {
+    static PROCESS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let started = *PROCESS.get_or_init(weir_engine::now_ms);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{started:013}-{n:06}")
+}
+
+/// The reason of outputs a batch left untried after an earlier one failed.
+const NOT_ATTEMPTED: &str = "not_attempted";
 
 /// Renders a template with a delivery's values.
 pub(crate) fn render(t: &Template, d: &Delivery) -> String {
@@ -233,88 +299,312 @@ pub struct Undeliverable {
     pub error: DeliveryError,
 }
 
-/// Runs one action until its queue closes: deliver each output with retries, send what
-/// still fails to `failed`.
+/// How a worker runs, besides its action.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub policy: RetryPolicy,
+    /// Outputs handed to the action at once.
+    pub batch: usize,
+    /// The action's disk buffer directory.
+    pub buffer_dir: std::path::PathBuf,
+    /// The disk buffer's size limit; beyond it outputs are dead-lettered.
+    pub buffer_max_bytes: u64,
+    /// Cancelled when weir stops: a worker whose queue has closed stops draining its disk
+    /// buffer then (the buffer waits for the next start).
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+/// Per-action metric handles.
+struct WorkerMetrics {
+    delivered: prometheus::IntCounter,
+    retries: prometheus::IntCounter,
+    queued: prometheus::IntGauge,
+    in_flight: prometheus::IntGauge,
+    buffered_bytes: prometheus::IntGauge,
+    buffered: prometheus::IntGauge,
+}
+
+/// Runs one action until its queue closes: deliver outputs in batches; what fails with a
+/// retry-worthy error goes to the action's disk buffer (and every output after it, so the
+/// sink sees them in order) and is retried from there with backoff; what fails for good,
+/// outlives the retry deadline or does not fit in the buffer goes to `failed` (the rule's
+/// error action). When the queue closes the worker delivers what is queued, then stops;
+/// what is still buffered stays on disk for the next start (or the next worker of the same
+/// action) to deliver.
 pub async fn run_worker(
     mut action: Action,
     mut queue: mpsc::Receiver<Delivery>,
-    policy: RetryPolicy,
+    settings: WorkerSettings,
     ctx: ActionContext,
     metrics: Arc<Metrics>,
     failed: Option<mpsc::Sender<Undeliverable>>,
 ) {
-    let success = metrics
-        .action_success
-        .with_label_values(&[&ctx.rule, &ctx.label]);
-    let retries = metrics
-        .action_retries
-        .with_label_values(&[&ctx.rule, &ctx.label]);
+    let labels = [ctx.rule.as_str(), ctx.label.as_str()];
+    let m = WorkerMetrics {
+        delivered: metrics.action_delivered.with_label_values(&labels),
+        retries: metrics.action_retries.with_label_values(&labels),
+        queued: metrics.action_queued.with_label_values(&labels),
+        in_flight: metrics.action_in_flight.with_label_values(&labels),
+        buffered_bytes: metrics.action_buffered_bytes.with_label_values(&labels),
+        buffered: metrics.action_buffered.with_label_values(&labels),
+    };
+    let dead = DeadLetters {
+        metrics: metrics.clone(),
+        ctx: ctx.clone(),
+        failed,
+    };
+    let mut spool = match spool::Spool::open(settings.buffer_dir.clone(), settings.buffer_max_bytes)
+        .await
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(rule = %ctx.rule, action = %ctx.label, dir = %settings.buffer_dir.display(), error = %e, "cannot open the action's disk buffer; failed outputs are retried in memory");
+            None
+        }
+    };
+    let batch_max = settings.batch.max(1);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch: Vec<Delivery> = Vec::with_capacity(batch_max);
+    // Retry state of the buffer's head.
+    let mut head_attempts: u32 = 0;
+    let mut next_attempt = tokio::time::Instant::now();
+    let mut open = true;
     loop {
-        let delivery = tokio::select! {
-            d = queue.recv() => match d {
-                Some(d) => d,
-                None => break,
-            },
+        let buffered = spool.as_ref().is_some_and(|s| !s.is_empty());
+        // A closed queue (the rule was replaced, deleted or weir is stopping) ends the
+        // worker once the buffer is drained, or at once when weir is stopping.
+        if !open && (!buffered || settings.stop.is_cancelled()) {
+            break;
+        }
+        batch.clear();
+        tokio::select! {
+            n = queue.recv_many(&mut batch, batch_max), if open => {
+                if n == 0 {
+                    open = false;
+                    continue;
+                }
+            }
+            _ = settings.stop.cancelled(), if !open => continue,
+            _ = tokio::time::sleep_until(next_attempt), if buffered => {
+                let sp = spool.as_mut().expect("buffered");
+                drain_head(&mut action, sp, &settings.policy, &m, &dead, &mut head_attempts, &mut next_attempt).await;
+                m.buffered_bytes.set(sp.bytes() as i64);
+                m.buffered.set(sp.len() as i64);
+                continue;
+            }
             _ = tick.tick() => {
                 if let Err(e) = action.tick().await {
                     tracing::warn!(rule = %ctx.rule, action = %ctx.label, error = %e, "action housekeeping failed");
                 }
                 continue;
             }
-        };
-        let started = tokio::time::Instant::now();
-        let mut attempt = 1;
-        let result = loop {
-            match action.deliver(&delivery).await {
-                Ok(()) => break Ok(()),
-                Err(e)
-                    if e.retryable
-                        && attempt < policy.max_attempts
-                        && started.elapsed() < policy.deadline =>
-                {
-                    let wait = policy.backoff(attempt);
-                    tracing::debug!(rule = %ctx.rule, action = %ctx.label, attempt, error = %e, ?wait, "delivery failed, retrying");
-                    retries.inc();
-                    attempt += 1;
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        if queue.is_empty()
-            && let Err(e) = action.flush().await
-        {
-            tracing::warn!(rule = %ctx.rule, action = %ctx.label, error = %e, "flushing the action failed");
         }
-        match result {
-            Ok(()) => success.inc(),
-            Err(error) => {
-                metrics
-                    .action_failure
-                    .with_label_values(&[&ctx.rule, &ctx.label, error.reason])
-                    .inc();
-                tracing::warn!(rule = %ctx.rule, action = %ctx.label, attempts = attempt, error = %error, "delivery failed");
-                let u = Undeliverable {
-                    delivery,
-                    label: ctx.label.clone(),
-                    error,
-                };
-                match &failed {
-                    Some(tx) => {
-                        if tx.send(u).await.is_err() {
-                            tracing::error!(rule = %ctx.rule, action = %ctx.label, "error action is gone; output lost");
-                        }
+        m.queued.set(queue.len() as i64);
+        if let Some(sp) = spool.as_mut().filter(|s| !s.is_empty()) {
+            // Behind a backlog: keep the order.
+            let now = weir_engine::now_ms();
+            let items: Vec<(&Delivery, i64)> = batch.iter().map(|d| (d, now)).collect();
+            spill(sp, &items, &dead).await;
+            m.buffered_bytes.set(sp.bytes() as i64);
+            m.buffered.set(sp.len() as i64);
+            continue;
+        }
+        m.in_flight.set(batch.len() as i64);
+        let results = action.deliver_batch(&batch).await;
+        m.in_flight.set(0);
+        let mut retry: Vec<usize> = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(()) => m.delivered.inc(),
+                Err(e) if e.retryable => {
+                    if e.reason != NOT_ATTEMPTED {
+                        m.retries.inc();
                     }
-                    None => {
-                        tracing::error!(rule = %ctx.rule, action = %ctx.label, "no error action; output lost")
+                    if retry.is_empty() {
+                        tracing::warn!(rule = %ctx.rule, action = %ctx.label, error = %e, "delivery failed; buffering and retrying");
                     }
+                    retry.push(i);
+                }
+                Err(e) => dead.send(batch[i].clone(), e, 1).await,
+            }
+        }
+        if !retry.is_empty() {
+            head_attempts = 1;
+            next_attempt = tokio::time::Instant::now() + settings.policy.backoff(1);
+            match spool.as_mut() {
+                Some(sp) => {
+                    let now = weir_engine::now_ms();
+                    let items: Vec<(&Delivery, i64)> =
+                        retry.iter().map(|&i| (&batch[i], now)).collect();
+                    spill(sp, &items, &dead).await;
+                    m.buffered_bytes.set(sp.bytes() as i64);
+                    m.buffered.set(sp.len() as i64);
+                }
+                None => {
+                    let pending: Vec<Delivery> = retry.iter().map(|&i| batch[i].clone()).collect();
+                    retry_in_memory(&mut action, pending, &settings.policy, &m, &dead).await;
                 }
             }
         }
     }
+    if let Some(sp) = spool {
+        if !sp.is_empty() {
+            tracing::info!(rule = %ctx.rule, action = %ctx.label, outputs = sp.len(), bytes = sp.bytes(), "action stopped with outputs in its disk buffer; they are delivered at the next start");
+        }
+        sp.release();
+    }
     if let Err(e) = action.close().await {
         tracing::error!(rule = %ctx.rule, action = %ctx.label, error = %e, "closing the action failed");
+    }
+}
+
+/// Where an action's undeliverable outputs go, counted and logged.
+struct DeadLetters {
+    metrics: Arc<Metrics>,
+    ctx: ActionContext,
+    failed: Option<mpsc::Sender<Undeliverable>>,
+}
+
+impl DeadLetters {
+    async fn send(&self, delivery: Delivery, error: DeliveryError, attempts: u32) {
+        let ctx = &self.ctx;
+        self.metrics
+            .action_dead_lettered
+            .with_label_values(&[&ctx.rule, &ctx.label, error.reason])
+            .inc();
+        tracing::warn!(rule = %ctx.rule, action = %ctx.label, attempts, error = %error, "delivery failed; output dead-lettered");
+        let u = Undeliverable {
+            delivery,
+            label: ctx.label.clone(),
+            error,
+        };
+        match &self.failed {
+            Some(tx) => {
+                if tx.send(u).await.is_err() {
+                    tracing::error!(rule = %ctx.rule, action = %ctx.label, "error action is gone; output lost");
+                }
+            }
+            None => {
+                tracing::error!(rule = %ctx.rule, action = %ctx.label, "no error action; output lost")
+            }
+        }
+    }
+}
+
+/// Appends outputs to the disk buffer; what does not fit, or cannot be written, is
+/// dead-lettered.
+async fn spill(sp: &mut spool::Spool, items: &[(&Delivery, i64)], dead: &DeadLetters) {
+    let (taken, error) = match sp.append(items).await {
+        Ok(n) => (
+            n,
+            DeliveryError::fatal(
+                "buffer_full",
+                format!("the action's disk buffer is full ({} bytes)", sp.bytes()),
+            ),
+        ),
+        Err(e) => (
+            0,
+            DeliveryError::fatal("buffer_io", format!("cannot write the disk buffer: {e}")),
+        ),
+    };
+    for (d, _) in &items[taken..] {
+        dead.send((*d).clone(), error.clone(), 1).await;
+    }
+}
+
+/// One attempt at the head of the disk buffer: deliver what is due, drop what expired.
+async fn drain_head(
+    action: &mut Action,
+    sp: &mut spool::Spool,
+    policy: &RetryPolicy,
+    m: &WorkerMetrics,
+    dead: &DeadLetters,
+    head_attempts: &mut u32,
+    next_attempt: &mut tokio::time::Instant,
+) {
+    let head = match sp.peek(256).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(rule = %dead.ctx.rule, action = %dead.ctx.label, error = %e, "cannot read the disk buffer");
+            *next_attempt = tokio::time::Instant::now() + policy.max_backoff;
+            return;
+        }
+    };
+    let batch: Vec<Delivery> = head.iter().map(|s| s.delivery.clone()).collect();
+    m.in_flight.set(batch.len() as i64);
+    let results = action.deliver_batch(&batch).await;
+    m.in_flight.set(0);
+    let now = weir_engine::now_ms();
+    // Outputs are removed from the head in order: up to the first one to try again.
+    let mut done = 0;
+    let mut retry_error = None;
+    for (s, r) in head.iter().zip(results) {
+        match r {
+            Ok(()) => m.delivered.inc(),
+            Err(e) if e.retryable => {
+                let age = std::time::Duration::from_millis((now - s.spooled_at_ms).max(0) as u64);
+                if policy.may_retry(*head_attempts + 1, age) {
+                    retry_error = Some(e);
+                    break;
+                }
+                let why = DeliveryError::fatal(
+                    e.reason,
+                    format!(
+                        "gave up after {} attempts over {age:?}: {}",
+                        *head_attempts + 1,
+                        e.message
+                    ),
+                );
+                dead.send(s.delivery.clone(), why, *head_attempts + 1).await;
+            }
+            Err(e) => dead.send(s.delivery.clone(), e, *head_attempts + 1).await,
+        }
+        done += 1;
+    }
+    if done > 0 {
+        if let Err(e) = sp.pop(done).await {
+            tracing::error!(rule = %dead.ctx.rule, action = %dead.ctx.label, error = %e, "cannot record progress in the disk buffer");
+        }
+        *head_attempts = 0;
+    }
+    match retry_error {
+        Some(e) => {
+            *head_attempts += 1;
+            m.retries.inc();
+            let wait = policy.backoff(*head_attempts);
+            tracing::debug!(rule = %dead.ctx.rule, action = %dead.ctx.label, attempts = *head_attempts, error = %e, ?wait, "buffered delivery failed, retrying");
+            *next_attempt = tokio::time::Instant::now() + wait;
+        }
+        None => *next_attempt = tokio::time::Instant::now(),
+    }
+}
+
+/// Without a disk buffer: retry in place, holding the queue (and so the rule) back.
+async fn retry_in_memory(
+    action: &mut Action,
+    mut pending: Vec<Delivery>,
+    policy: &RetryPolicy,
+    m: &WorkerMetrics,
+    dead: &DeadLetters,
+) {
+    let started = tokio::time::Instant::now();
+    let mut attempts = 1;
+    while !pending.is_empty() {
+        tokio::time::sleep(policy.backoff(attempts)).await;
+        attempts += 1;
+        let results = action.deliver_batch(&pending).await;
+        let mut still = Vec::new();
+        for (d, r) in pending.into_iter().zip(results) {
+            match r {
+                Ok(()) => m.delivered.inc(),
+                Err(e) if e.retryable && policy.may_retry(attempts, started.elapsed()) => {
+                    m.retries.inc();
+                    still.push(d);
+                }
+                Err(e) => dead.send(d, e, attempts).await,
+            }
+        }
+        pending = still;
     }
 }

@@ -337,6 +337,8 @@ impl Broker {
                                     source_ip: Some(source_ip.clone()),
                                     payload: p.payload.clone(),
                                     received_at_ms: now_ms(),
+                                    // Acknowledged on receipt, below.
+                                    ack: Default::default(),
                                 };
                                 if self.inner.ingress.send(msg).await.is_err() {
                                     return Err("weir is shutting down".to_owned());

@@ -19,7 +19,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use weir_engine::{Message, now_ms};
+use weir_engine::{Ack, Message, now_ms};
 
 use super::Publisher;
 use crate::metrics::Metrics;
@@ -154,6 +154,9 @@ impl ExternalConfig {
         let mut o = MqttOptions::new(self.client_id.clone(), ep.host, ep.port);
         o.set_keep_alive(self.keep_alive);
         o.set_clean_session(self.clean_session);
+        // A message is acknowledged once every action has it (delivered or on disk), not
+        // on receipt: see `weir_engine::Ack`.
+        o.set_manual_acks(self.qos > 0);
         o.set_max_packet_size(1024 * 1024, 1024 * 1024);
         if let (Some(u), p) = (&self.username, &self.password) {
             o.set_credentials(u.clone(), p.clone().unwrap_or_default());
@@ -274,6 +277,17 @@ impl ExternalBroker {
             }
         });
 
+        // Acknowledgements come from whichever task lets go of a message last; one task
+        // hands them to the client in the order they arrive.
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<rumqttc::mqttbytes::v4::Publish>();
+        let ack_client = client.clone();
+        tokio::spawn(async move {
+            while let Some(p) = ack_rx.recv().await {
+                if ack_client.ack(&p).await.is_err() {
+                    return;
+                }
+            }
+        });
         let url = config.url.clone();
         tokio::spawn(async move {
             let mut failures: u32 = 0;
@@ -290,6 +304,22 @@ impl ExternalBroker {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         metrics.ingress_messages.inc();
+                        let ack = if p.qos == QoS::AtMostOnce {
+                            Ack::default()
+                        } else {
+                            let mut token =
+                                rumqttc::mqttbytes::v4::Publish::new("", p.qos, Vec::new());
+                            token.pkid = p.pkid;
+                            let tx = ack_tx.clone();
+                            let cancel = cancel.clone();
+                            Ack::on_drop(move || {
+                                // After shutdown began, nothing more is acknowledged: what
+                                // is dropped then was not delivered.
+                                if !cancel.is_cancelled() {
+                                    let _ = tx.send(token);
+                                }
+                            })
+                        };
                         let msg = Message {
                             topic: p.topic,
                             client_id: None,
@@ -297,6 +327,7 @@ impl ExternalBroker {
                             source_ip: None,
                             payload: p.payload,
                             received_at_ms: now_ms(),
+                            ack,
                         };
                         if ingress.send(msg).await.is_err() {
                             return;

@@ -1,0 +1,264 @@
+//! Delivery under faults, with real servers: every published message is delivered at
+//! least once, duplicates are counted, nothing is lost.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// How many times each `n` arrived; asserts that every one of `0..total` did.
+fn account(values: impl IntoIterator<Item = Value>, total: i64) -> BTreeMap<i64, u32> {
+    let mut seen: BTreeMap<i64, u32> = BTreeMap::new();
+    for v in values {
+        *seen
+            .entry(v["n"].as_i64().expect("n is a number"))
+            .or_default() += 1;
+    }
+    let missing: Vec<i64> = (0..total).filter(|n| !seen.contains_key(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} messages: {missing:?}",
+        missing.len()
+    );
+    assert_eq!(seen.len() as i64, total, "unexpected values: {seen:?}");
+    let duplicates: u32 = seen.values().map(|c| c - 1).sum();
+    eprintln!("{total} messages delivered, {duplicates} duplicates");
+    seen
+}
+
+#[tokio::test]
+async fn kafka_broker_stopped_mid_stream_and_restarted() {
+    let mut kafka = Kafka::start().await;
+    kafka.create_topic("out").await;
+    let dir = temp_dir("fault-kafka");
+    let weir = Weir::start(&dir, &[]).await;
+    let rule = json!({
+        "sql": "SELECT n FROM 'k'",
+        "actions": [{"kafka": {"bootstrap_servers": kafka.bootstrap(), "topic": "out",
+            "properties": {"message.timeout.ms": "2000", "linger.ms": "1"}}}]
+    });
+    assert_eq!(weir.put_rule("k", rule).await.0, 201);
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    for n in 0..100 {
+        device.publish("k", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    weir.wait_metric(
+        r#"weir_action_delivered_total{action="0-kafka",rule="k"}"#,
+        100.0,
+    )
+    .await;
+    kafka.stop();
+    for n in 100..200 {
+        device.publish("k", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    // The broker is away: the outputs wait in the action's disk buffer.
+    let series = r#"weir_action_buffered{action="0-kafka",rule="k"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while weir.metric(series).await < 100.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outputs were not buffered: {}",
+            weir.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        weir.metric(r#"weir_action_buffered_bytes{action="0-kafka",rule="k"}"#)
+            .await
+            > 0.0
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kafka.restart().await;
+    weir.wait_metric(
+        r#"weir_action_delivered_total{action="0-kafka",rule="k"}"#,
+        200.0,
+    )
+    .await;
+    assert_eq!(weir.metric(series).await, 0.0);
+    let records = kafka.consume("out", 400, 20);
+    account(records.into_iter().map(|r| r.value), 200);
+    assert_eq!(
+        weir.metric(
+            r#"weir_action_dead_lettered_total{action="0-kafka",reason="timeout",rule="k"}"#
+        )
+        .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn s3_server_stopped_and_restarted() {
+    let mut s3 = S3Server::start().await;
+    s3.create_bucket("lake");
+    let dir = temp_dir("fault-s3");
+    let weir = Weir::start(&dir, &[]).await;
+    let rule = json!({
+        "sql": "SELECT n FROM 's'",
+        "actions": [{"object_store": {"url": "s3://lake/f", "max_rows": 10, "options": s3.options()}}]
+    });
+    assert_eq!(weir.put_rule("s", rule).await.0, 201);
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    for n in 0..30 {
+        device.publish("s", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    let mut before = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while before.len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{before:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        before = s3.objects("lake", "f/");
+    }
+    // moto keeps objects in memory: read them before the server goes.
+    s3.stop();
+    for n in 30..60 {
+        device.publish("s", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    // The rows are durable in the staging files: the action has them.
+    weir.wait_metric(
+        r#"weir_action_delivered_total{action="0-object_store",rule="s"}"#,
+        60.0,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s3.restart().await;
+    s3.create_bucket("lake");
+    let mut after = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while after.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "objects after the restart: {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        after = s3.objects("lake", "f/");
+    }
+    let rows = before
+        .iter()
+        .chain(after.iter())
+        .flat_map(|o| o["rows"].as_array().unwrap().clone());
+    account(rows, 60);
+}
+
+#[tokio::test]
+async fn webhook_answering_503_then_timing_out_then_recovering() {
+    // Five 503s, then three requests that hang past the timeout, then 200s.
+    let hook = Receiver::start(vec![503, 503, 503, 503, 503, 0, 0, 0]).await;
+    let dir = temp_dir("fault-webhook");
+    let weir = Weir::start(&dir, &["--batch-linger", "0ms"]).await;
+    let rule = json!({
+        "sql": "SELECT n FROM 'w'",
+        "actions": [{"webhook": {"url": hook.url("/in"), "timeout": "500ms",
+            "retry": {"initial_backoff": "20ms", "max_backoff": "200ms"}}}]
+    });
+    assert_eq!(weir.put_rule("w", rule).await.0, 201);
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    for n in 0..30 {
+        device.publish("w", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    weir.wait_metric(
+        r#"weir_action_delivered_total{action="0-webhook",rule="w"}"#,
+        30.0,
+    )
+    .await;
+    let bodies = hook.wait_for(30).await;
+    let seen = account(bodies, 30);
+    // Order is kept: the buffer drains oldest first.
+    let order: Vec<i64> = hook
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(order, (0..30).collect::<Vec<_>>());
+    assert!(seen.values().all(|c| *c == 1));
+    assert!(
+        weir.metric(r#"weir_action_retries_total{action="0-webhook",rule="w"}"#)
+            .await
+            >= 8.0
+    );
+    assert_eq!(*hook.hits.lock().unwrap(), 38);
+}
+
+#[tokio::test]
+async fn weir_killed_mid_stream_and_restarted_on_the_same_session() {
+    let broker = Mosquitto::start().await;
+    let hook = Receiver::start(Vec::new()).await;
+    hook.set_delay(Duration::from_millis(10));
+    let dir = temp_dir("fault-kill");
+    let url = format!("mqtt://{}", broker.addr);
+    let args = [
+        "--broker",
+        &url,
+        "--broker-client-id",
+        "weir-kill",
+        "--broker-qos",
+        "1",
+        "--batch-linger",
+        "0ms",
+    ];
+    let mut weir = Weir::start(&dir, &args).await;
+    let rule = json!({"sql": "SELECT n FROM 'kill/#'", "actions": [{"webhook": {"url": hook.url("/in")}}]});
+    assert_eq!(weir.put_rule("kill", rule).await.0, 201);
+    // Wait for the subscription.
+    let device = Mqtt::connect(broker.addr, "device").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        device.publish("kill/probe", r#"{"n": -1}"#).await;
+        if !hook.bodies.lock().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "weir did not subscribe"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let total = 300;
+    for n in 0..total {
+        device.publish("kill/x", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    // Kill weir while it is working through them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while hook.bodies.lock().unwrap().len() < 60 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "weir made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    weir.kill();
+    let at_kill = hook.bodies.lock().unwrap().len();
+    assert!(
+        at_kill < total as usize,
+        "weir finished before it was killed ({at_kill})"
+    );
+    let (http, mqtt) = (weir.http, weir.mqtt);
+    let _weir = Weir::start_on(&dir, http, mqtt, &args).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: Vec<Value> = hook
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b["n"].as_i64() >= Some(0))
+            .cloned()
+            .collect();
+        let distinct: std::collections::BTreeSet<i64> =
+            got.iter().map(|b| b["n"].as_i64().unwrap()).collect();
+        if distinct.len() == total as usize {
+            account(got, total);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {total} arrived after the restart",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
