@@ -77,6 +77,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         Embedded(Broker, TcpListener),
         External(Arc<ExternalBroker>),
     }
+    // Stops the external publisher after the pipeline has drained.
+    let publisher_stop = CancellationToken::new();
     let (publisher, ingress, mqtt_addr) = match &settings.broker {
         None => {
             let listener = bind(
@@ -95,7 +97,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             let ext = ExternalBroker::new(config.clone())
                 .with_context(|| format!("external broker {}", config.url))?;
             let ext = Arc::new(ext);
-            (ext.publisher(), Ingress::External(ext), None)
+            let publisher = ext
+                .publisher(publisher_stop.clone())
+                .with_context(|| format!("external broker {}", config.url))?;
+            (publisher, Ingress::External(ext), None)
         }
     };
     let external = match &ingress {
@@ -153,6 +158,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         .context("HTTP server")?;
     state.pipeline.shutdown(SHUTDOWN_GRACE).await;
+    // Republish deliveries made while draining still reach the broker.
+    publisher_stop.cancel();
     tracing::info!("weir stopped");
     Ok(())
 }

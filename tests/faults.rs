@@ -262,3 +262,46 @@ async fn weir_killed_mid_stream_and_restarted_on_the_same_session() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_stalled_sink_makes_weir_stop_reading_instead_of_growing_memory() {
+    let hook = Receiver::start(Vec::new()).await;
+    hook.set_delay(Duration::from_secs(4));
+    let dir = temp_dir("backpressure");
+    let weir = Weir::start(&dir, &["--action-queue", "8", "--batch-max-rows", "8"]).await;
+    let rule = json!({"sql": "SELECT n FROM 'bp'", "actions": [{"webhook": {"url": hook.url("/in"), "timeout": "30s"}}]});
+    assert_eq!(weir.put_rule("bp", rule).await.0, 201);
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    let total = 3000;
+    let publisher = tokio::spawn(async move {
+        for n in 0..total {
+            device.publish("bp", format!(r#"{{"n": {n}}}"#)).await;
+        }
+        device
+    });
+    // The sink answers one request every 4 s: weir takes what its bounded queues hold,
+    // then stops reading (the rest waits in the connection, on the device's side).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let taken = weir.metric("weir_ingress_messages_total").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = weir.metric("weir_ingress_messages_total").await;
+    assert!(
+        taken > 0.0 && taken < f64::from(total) / 2.0,
+        "weir took {taken} of {total}"
+    );
+    assert_eq!(taken, later, "weir kept reading while its sink was stalled");
+    assert!(
+        weir.metric(r#"weir_action_queued{action="0-webhook",rule="bp"}"#)
+            .await
+            <= 8.0
+    );
+    // The sink recovers: everything arrives, nothing was dropped.
+    hook.set_delay(Duration::ZERO);
+    let _device = publisher.await.unwrap();
+    weir.wait_metric(
+        r#"weir_action_delivered_total{action="0-webhook",rule="bp"}"#,
+        f64::from(total),
+    )
+    .await;
+    account(hook.wait_for(total as usize).await, i64::from(total));
+}

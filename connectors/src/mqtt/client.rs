@@ -355,8 +355,17 @@ impl ExternalBroker {
         self.filters.send_replace(filters);
     }
 
-    pub fn publisher(&self) -> Publisher {
-        Publisher::External(self.client.clone())
+    /// A publisher on the same broker, on its own connection (client id `<id>-pub`, clean
+    /// session) that confirms each publish: see [`super::publisher`].
+    pub fn publisher(&self, cancel: CancellationToken) -> Result<Publisher, ExternalError> {
+        let mut config = (*self.config).clone();
+        config.client_id = format!("{}-pub", config.client_id);
+        config.share_group = None;
+        let mut options = config.options()?;
+        options.set_manual_acks(false);
+        Ok(Publisher::External(
+            super::publisher::ConfirmedPublisher::start(options, cancel),
+        ))
     }
 }
 

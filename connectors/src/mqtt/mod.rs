@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod publisher;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
@@ -10,11 +11,12 @@ use rumqttc::mqttbytes::QoS;
 pub use broker::Broker;
 pub use client::{ExternalBroker, ExternalConfig};
 
-/// Where republished messages go: the broker weir reads from.
+/// Where republished messages go: the broker weir reads from. On an external broker a
+/// publish returns once the broker acknowledged it.
 #[derive(Clone)]
 pub enum Publisher {
     Embedded(Broker),
-    External(rumqttc::AsyncClient),
+    External(publisher::ConfirmedPublisher),
 }
 
 impl Publisher {
@@ -24,10 +26,7 @@ impl Publisher {
                 b.publish(topic, payload, qos);
                 Ok(())
             }
-            Self::External(c) => c
-                .publish_bytes(topic, qos, false, payload)
-                .await
-                .map_err(|e| e.to_string()),
+            Self::External(p) => p.publish(topic, payload, qos).await,
         }
     }
 }
