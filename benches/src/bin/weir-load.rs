@@ -1,0 +1,519 @@
+//! weir-load: the end-to-end load harness. Starts Mosquitto (or uses `--broker`) and weir,
+//! publishes a workload, collects the rules' outputs and reports throughput, latency, and
+//! weir's CPU and peak memory, beside the ceiling: a plain subscriber on the same broker
+//! and topics that only counts, measured in the same run.
+//!
+//! Every message carries its publish time; the rule republishes what passes its WHERE
+//! clause to `out/<device>`, where a subscriber takes the time of arrival.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::Mutex;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "weir-load",
+    about = "End-to-end load test of weir through a real MQTT broker, beside the broker's ceiling"
+)]
+struct Args {
+    /// The weir binary to start.
+    #[arg(long, default_value = "target/release/weir")]
+    weir: PathBuf,
+    /// Use this broker (host:port) instead of starting a Mosquitto.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Messages to publish in each run.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Devices; each publishes to load/<device>/metrics.
+    #[arg(long, default_value_t = 100)]
+    devices: u64,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 4)]
+    publishers: u64,
+    /// Approximate payload size in bytes.
+    #[arg(long, default_value_t = 250)]
+    payload_bytes: usize,
+    /// QoS of the publishes and of weir's subscription (0 or 1).
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// Total publish rate in messages/s; 0 publishes as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Rules installed, each with its own topic filter; one matches the workload.
+    #[arg(long, default_value_t = 1)]
+    rules: u64,
+    /// Fraction of messages the matching rule's WHERE clause passes (0.0 to 1.0).
+    #[arg(long, default_value_t = 1.0)]
+    selectivity: f64,
+    /// Skip the plain-subscriber ceiling run.
+    #[arg(long)]
+    skip_ceiling: bool,
+}
+
+fn qos(q: u8) -> QoS {
+    if q == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+async fn wait_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_mosquitto(port: u16, dir: &std::path::Path) -> Killed {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_inflight_messages 1000\nmax_queued_messages 1000000\n"
+        ),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/mosquitto", "mosquitto"]
+        .into_iter()
+        .find(|b| std::path::Path::new(b).exists() || *b == "mosquitto")
+        .unwrap();
+    Killed(
+        Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts (scripts/deps.sh installs it)"),
+    )
+}
+
+/// What a counting subscriber saw.
+#[derive(Default)]
+struct Seen {
+    count: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    latencies_us: Vec<u64>,
+}
+
+/// Subscribes to `filter` and records every message's arrival and latency.
+async fn subscriber(
+    broker: SocketAddr,
+    filter: &str,
+    q: QoS,
+    seen: Arc<Mutex<Seen>>,
+) -> AsyncClient {
+    let mut o = MqttOptions::new(
+        format!("load-sub-{}", free_port()),
+        broker.ip().to_string(),
+        broker.port(),
+    );
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(o, 1000);
+    client.subscribe(filter, q).await.unwrap();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let at = Instant::now();
+                    let sent = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                        .ok()
+                        .and_then(|v| v["ts"].as_u64());
+                    let mut s = seen.lock().await;
+                    if let Some(ts) = sent {
+                        if ts == 0 {
+                            continue; // a probe
+                        }
+                        s.latencies_us.push(now_us().saturating_sub(ts));
+                    }
+                    s.count += 1;
+                    s.first.get_or_insert(at);
+                    s.last = Some(at);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("subscriber: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    ready_rx.await.unwrap();
+    client
+}
+
+/// Publishes the workload over `args.publishers` connections; returns when all is sent.
+async fn publish(broker: SocketAddr, args: &Args) -> Duration {
+    let started = Instant::now();
+    let per = args.messages / args.publishers;
+    let pad = "x".repeat(args.payload_bytes.saturating_sub(180));
+    let mut tasks = Vec::new();
+    for p in 0..args.publishers {
+        let args = args.clone();
+        let pad = pad.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut o = MqttOptions::new(format!("load-pub-{p}-{}", free_port()), broker.ip().to_string(), broker.port());
+            o.set_keep_alive(Duration::from_secs(30));
+            o.set_inflight(1000);
+            let (client, mut el) = AsyncClient::new(o, 1000);
+            let driver = tokio::spawn(async move {
+                loop {
+                    if el.poll().await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            });
+            let rate_per = if args.rate == 0 { 0 } else { (args.rate / args.publishers).max(1) };
+            let t0 = Instant::now();
+            for i in 0..per {
+                let n = p * per + i;
+                let device = n % args.devices;
+                let v = n % 100;
+                let payload = format!(
+                    r#"{{"ts":{},"n":{n},"v":{v},"device":"dev-{device}","temp":{}.5,"humidity":{},"geo":{{"lat":52.1,"lon":4.3}},"status":"ok","pad":"{pad}"}}"#,
+                    now_us(),
+                    20 + v % 60,
+                    30 + v % 50
+                );
+                client
+                    .publish(format!("load/dev-{device}/metrics"), qos(args.qos), false, payload)
+                    .await
+                    .unwrap();
+                if rate_per > 0 {
+                    let due = t0 + Duration::from_secs_f64((i + 1) as f64 / rate_per as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+            }
+            // Let the event loop write what is queued.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            driver.abort();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed()
+}
+
+/// Waits until `expected` messages arrived or nothing arrived for `idle`.
+async fn drain(seen: &Arc<Mutex<Seen>>, expected: u64, idle: Duration) {
+    let mut last_count = 0;
+    let mut last_change = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let c = seen.lock().await.count;
+        if c >= expected {
+            return;
+        }
+        if c != last_count {
+            last_count = c;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > idle {
+            return;
+        }
+    }
+}
+
+struct Report {
+    count: u64,
+    rate: f64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
+}
+
+async fn report(seen: &Arc<Mutex<Seen>>) -> Report {
+    let mut s = seen.lock().await;
+    let secs = match (s.first, s.last) {
+        (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    s.latencies_us.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if s.latencies_us.is_empty() {
+            return 0;
+        }
+        let i = ((s.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        s.latencies_us[i]
+    };
+    Report {
+        count: s.count,
+        rate: s.count as f64 / secs,
+        p50: pct(0.5),
+        p90: pct(0.9),
+        p99: pct(0.99),
+        max: s.latencies_us.last().copied().unwrap_or(0),
+    }
+}
+
+fn print(name: &str, r: &Report) {
+    println!(
+        "{name:<22} {:>9} msgs {:>12.0} msg/s   latency p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+        r.count,
+        r.rate,
+        r.p50 as f64 / 1000.0,
+        r.p90 as f64 / 1000.0,
+        r.p99 as f64 / 1000.0,
+        r.max as f64 / 1000.0
+    );
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Peak resident memory of a process in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// PUT a rule over plain HTTP/1.1; panics unless weir answers 2xx.
+fn put_rule(http: SocketAddr, name: &str, body: &serde_json::Value) {
+    let body = body.to_string();
+    let mut s = TcpStream::connect(http).unwrap();
+    write!(
+        s,
+        "PUT /v1/rules/{name} HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 20"), "PUT {name}: {answer}");
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    assert!(args.qos <= 1, "--qos must be 0 or 1");
+    let dir = std::env::temp_dir().join(format!("weir-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut _mosquitto = None;
+    let broker: SocketAddr = match &args.broker {
+        Some(b) => b.parse().expect("--broker is host:port"),
+        None => {
+            let port = free_port();
+            _mosquitto = Some(start_mosquitto(port, &dir));
+            format!("127.0.0.1:{port}").parse().unwrap()
+        }
+    };
+    wait_port(broker).await;
+    println!(
+        "workload: {} messages, {} devices, {} publishers, ~{} B payloads, QoS {}, rate {}, {} rules, selectivity {}",
+        args.messages,
+        args.devices,
+        args.publishers,
+        args.payload_bytes,
+        args.qos,
+        if args.rate == 0 {
+            "max".to_owned()
+        } else {
+            format!("{}/s", args.rate)
+        },
+        args.rules,
+        args.selectivity
+    );
+
+    let mut ceiling = None;
+    if !args.skip_ceiling {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let _sub = subscriber(broker, "load/#", qos(args.qos), seen.clone()).await;
+        publish(broker, &args).await;
+        drain(&seen, args.messages, Duration::from_secs(3)).await;
+        let r = report(&seen).await;
+        print("ceiling (subscriber)", &r);
+        ceiling = Some(r);
+    }
+
+    // weir, reading from the broker and republishing what passes to out/<device>.
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let queries = dir.join("no-queries");
+    let weir = Killed(
+        Command::new(&args.weir)
+            .args(["serve", "--broker"])
+            .arg(format!("mqtt://{broker}"))
+            .args([
+                "--broker-client-id",
+                "weir-load",
+                "--broker-clean-session",
+                "true",
+            ])
+            .args(["--broker-qos", &args.qos.to_string()])
+            .args(["--http-listen", &http.to_string()])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--queries-dir")
+            .arg(&queries)
+            .args(["--log", "warn"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (build it: cargo build --release)",
+                    args.weir.display()
+                )
+            }),
+    );
+    let pid = weir.0.id();
+    wait_port(http).await;
+    let threshold = (args.selectivity * 100.0).round() as u64;
+    for i in 1..args.rules {
+        put_rule(
+            http,
+            &format!("idle_{i}"),
+            &serde_json::json!({
+                "sql": format!("SELECT * FROM 'other/{i}/metrics' WHERE v < {threshold}"),
+                "actions": [{"republish": {"topic": "out/idle", "qos": args.qos}}]
+            }),
+        );
+    }
+    put_rule(
+        http,
+        "load",
+        &serde_json::json!({
+            "sql": format!("SELECT ts, n, device, temp, (temp * 1.8 + 32) AS fahrenheit, geo.lat AS lat FROM 'load/+/metrics' WHERE v < {threshold}"),
+            "actions": [{"republish": {"topic": "out/${topic(2)}", "qos": args.qos}}]
+        }),
+    );
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let _sub = subscriber(broker, "out/#", QoS::AtMostOnce, seen.clone()).await;
+    // Wait until weir's subscription routes: probes (ts 0, not counted) reach the rule.
+    {
+        let mut o = MqttOptions::new("load-probe", broker.ip().to_string(), broker.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        let (c, mut el) = AsyncClient::new(o, 10);
+        let driver = tokio::spawn(async move {
+            loop {
+                if el.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while weir_processed(http) == 0 {
+            assert!(Instant::now() < deadline, "weir did not start processing");
+            c.publish(
+                "load/probe/metrics",
+                QoS::AtLeastOnce,
+                false,
+                r#"{"ts":0,"n":-1,"v":0}"#,
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        driver.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    publish(broker, &args).await;
+    let expected = (args.messages as f64 * threshold as f64 / 100.0).round() as u64;
+    drain(&seen, expected, Duration::from_secs(5)).await;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let r = report(&seen).await;
+    // Throughput in input messages: outputs divided by the share that passes.
+    let input_rate = r.rate * 100.0 / threshold.max(1) as f64;
+    print("weir (outputs)", &r);
+    println!(
+        "weir: {:.0} input msg/s, CPU {:.2} cores ({:.1} s over {:.1} s), peak RSS {} MiB, {} of {} expected outputs",
+        input_rate,
+        cpu / wall,
+        cpu,
+        wall,
+        peak_rss_kib(pid) / 1024,
+        r.count,
+        expected
+    );
+    if let Some(c) = ceiling {
+        println!("ratio weir / ceiling: {:.2}", input_rate / c.rate);
+    }
+    drop(weir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// weir_rule_messages_matched_total of the load rule, over HTTP.
+fn weir_processed(http: SocketAddr) -> u64 {
+    let Ok(mut s) = TcpStream::connect(http) else {
+        return 0;
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find(|l| l.starts_with("weir_rule_messages_matched_total{rule=\"load\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
