@@ -5,7 +5,8 @@
 # - the servers the connector tests talk to, cached under $WEIR_TOOLS
 #   (default ~/.cache/weir/tools) so that they are built once per machine:
 #   tansu, a Kafka-protocol broker (cargo install, ~9 min the first time), and
-#   moto, an S3 API server, with boto3 and pyarrow to read back what weir wrote (PyPI).
+#   moto, an S3 API server, with boto3, azure-storage-blob and pyarrow to read back what
+#   weir wrote (PyPI), and Azurite, an Azure Blob Storage API server (npm).
 set -euo pipefail
 
 TOOLS="${WEIR_TOOLS:-$HOME/.cache/weir/tools}"
@@ -22,6 +23,7 @@ command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -43,9 +45,15 @@ if [ ! -x "$TOOLS/bin/tansu" ]; then
     --features dynostore,libsql --root "$TOOLS"
   rm -rf "$TOOLS/target"
 fi
-if [ ! -x "$TOOLS/venv/bin/moto_server" ] || ! "$TOOLS/venv/bin/python" -c 'import boto3, pyarrow' 2>/dev/null; then
-  echo "installing moto (an S3 API server), boto3 and pyarrow into $TOOLS/venv"
+if [ ! -x "$TOOLS/venv/bin/moto_server" ] \
+   || ! "$TOOLS/venv/bin/python" -c 'import boto3, pyarrow, azure.storage.blob' 2>/dev/null; then
+  echo "installing moto (an S3 API server), boto3, azure-storage-blob and pyarrow into $TOOLS/venv"
   python3 -m venv "$TOOLS/venv"
   "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check \
-    'moto[server]==5.2.5' 'boto3==1.44.8' 'pyarrow==26.0.1'
+    'moto[server]==5.2.5' 'boto3==1.44.8' 'pyarrow==26.0.1' 'azure-storage-blob==12.31.1'
+fi
+if [ ! -x "$TOOLS/azurite/node_modules/.bin/azurite-blob" ]; then
+  echo "installing Azurite (an Azure Blob Storage API server) into $TOOLS/azurite"
+  mkdir -p "$TOOLS/azurite"
+  (cd "$TOOLS/azurite" && npm install --no-audit --no-fund --silent azurite@3.37.0)
 fi

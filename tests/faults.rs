@@ -305,3 +305,47 @@ async fn a_stalled_sink_makes_weir_stop_reading_instead_of_growing_memory() {
     .await;
     account(hook.wait_for(total as usize).await, i64::from(total));
 }
+
+#[tokio::test]
+async fn the_disk_buffer_survives_a_restart_and_drains_in_order() {
+    let hook = Receiver::start(vec![503; 100_000]).await;
+    let dir = temp_dir("buffer-restart");
+    let mut weir = Weir::start(&dir, &[]).await;
+    let rule =
+        json!({"sql": "SELECT n FROM 'r'", "actions": [{"webhook": {"url": hook.url("/in")}}]});
+    assert_eq!(weir.put_rule("r", rule).await.0, 201);
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    for n in 0..10 {
+        device.publish("r", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    let series = r#"weir_action_buffered{action="0-webhook",rule="r"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while weir.metric(series).await < 10.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not buffered: {}",
+            weir.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(weir.terminate().success());
+    drop(device);
+    assert!(hook.bodies.lock().unwrap().is_empty());
+    // The sink recovers while weir is down; the next start delivers the buffer.
+    hook.set_script(Vec::new());
+    let (http, mqtt) = (weir.http, weir.mqtt);
+    let weir = Weir::start_on(&dir, http, mqtt, &[]).await;
+    weir.wait_metric(
+        r#"weir_action_delivered_total{action="0-webhook",rule="r"}"#,
+        10.0,
+    )
+    .await;
+    let order: Vec<i64> = hook
+        .wait_for(10)
+        .await
+        .iter()
+        .map(|b| b["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(order, (0..10).collect::<Vec<_>>());
+    assert_eq!(weir.metric(series).await, 0.0);
+}

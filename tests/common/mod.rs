@@ -358,6 +358,11 @@ impl Receiver {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Replaces the statuses still to be answered.
+    pub fn set_script(&self, script: Vec<u16>) {
+        *self.script.lock().unwrap() = script.into_iter().rev().collect();
+    }
+
     /// Makes every answer wait this long (a slow sink).
     pub fn set_delay(&self, d: Duration) {
         *self.delay.lock().unwrap() = d;
@@ -694,6 +699,80 @@ impl S3Server {
             "region": "us-east-1",
             "access_key_id": "test",
             "secret_access_key": "test",
+            "allow_http": "true",
+        })
+    }
+}
+
+/// A real Azure Blob Storage API server (Azurite, from npm) on a free port, with its
+/// well-known development account. Stopped on drop.
+pub struct Azurite {
+    _process: Process,
+    pub port: u16,
+}
+
+impl Azurite {
+    pub const ACCOUNT: &'static str = "devstoreaccount1";
+    pub const KEY: &'static str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    pub async fn start() -> Azurite {
+        let mut process = Process::new("azurite");
+        let port = free_port();
+        let data = process.dir.join("data");
+        process
+            .start(
+                Command::new(tool("azurite/node_modules/.bin/azurite-blob"))
+                    .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                    .arg("--location")
+                    .arg(&data)
+                    .args(["--silent", "--skipApiVersionCheck", "--loose"]),
+                port,
+            )
+            .await;
+        Azurite {
+            _process: process,
+            port,
+        }
+    }
+
+    /// The account's blob endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{}", self.port, Self::ACCOUNT)
+    }
+
+    fn python(&self, command: &str, args: &[&str]) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/azure_blob.py");
+        let out = Command::new(tool("venv/bin/python"))
+            .args([script, command])
+            .arg(self.endpoint())
+            .args(args)
+            .output()
+            .expect("python runs");
+        assert!(
+            out.status.success(),
+            "azure_blob.py {command} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn create_container(&self, container: &str) {
+        self.python("create-container", &[container]);
+    }
+
+    /// Every blob under `prefix` with its rows, read with azure-storage-blob and pyarrow.
+    pub fn objects(&self, container: &str, prefix: &str) -> Vec<Value> {
+        let out: Value = serde_json::from_str(&self.python("read", &[container, prefix])).unwrap();
+        out["objects"].as_array().unwrap().clone()
+    }
+
+    /// The options an object_store action needs to reach this server.
+    pub fn options(&self) -> Value {
+        serde_json::json!({
+            "account_name": Self::ACCOUNT,
+            "access_key": Self::KEY,
+            "endpoint": self.endpoint(),
             "allow_http": "true",
         })
     }

@@ -362,6 +362,11 @@ pub async fn run_worker(
             None
         }
     };
+    if let Some(sp) = &spool {
+        // What an earlier run left is counted from the start.
+        m.buffered_bytes.set(sp.bytes() as i64);
+        m.buffered.set(sp.len() as i64);
+    }
     let batch_max = settings.batch.max(1);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
@@ -52,8 +54,9 @@ impl Format {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectStoreConfig {
-    /// `s3://bucket/prefix` or `file:///absolute/path`; the path may use `${...}`
-    /// templates to partition the files (`s3://lake/facility=${topic(3)}/`). Without a URL,
+    /// `s3://bucket/prefix` (also `gs://`, `az://`, `abfss://`) or `file:///absolute/path`;
+    /// the path may use `${...}` templates to partition the files
+    /// (`s3://lake/facility=${topic(3)}/`). Without a URL,
     /// files go to `<output dir>/<rule name>/` (`--output-dir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -68,9 +71,10 @@ pub struct ObjectStoreConfig {
     /// Roll the file when it is this old.
     #[serde(default = "default_max_age", with = "humantime_serde_compat")]
     pub max_age: Duration,
-    /// `object_store` settings for S3 (`endpoint`, `region`, `access_key_id`,
-    /// `secret_access_key`, `allow_http`, `virtual_hosted_style_request`, ...); the
-    /// standard `AWS_*` environment variables apply too. None apply to `file://`.
+    /// `object_store` settings of the store: for S3 `endpoint`, `region`,
+    /// `access_key_id`, `secret_access_key`, `allow_http`, `virtual_hosted_style_request`,
+    /// ...; for GCS and Azure their own keys. The standard `AWS_*`, `GOOGLE_*` and
+    /// `AZURE_*` environment variables apply too. None apply to `file://`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
 }
@@ -89,8 +93,103 @@ fn default_max_age() -> Duration {
 enum Target {
     /// A local directory (`file://` or the output directory).
     Local(PathBuf),
-    /// `s3://<bucket>`.
-    S3 { bucket: String },
+    /// A cloud store: `<scheme>://<bucket or container>`.
+    Cloud { kind: Cloud, base: String },
+}
+
+/// The cloud stores this build reaches, by URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cloud {
+    /// `s3://`, `s3a://`: Amazon S3 and S3-compatible stores.
+    S3,
+    /// `gs://`: Google Cloud Storage.
+    Gcs,
+    /// `az://`, `azure://`, `abfs://`, `abfss://`: Azure Blob Storage / ADLS Gen2.
+    Azure,
+}
+
+impl Cloud {
+    fn from_scheme(scheme: &str) -> Option<Self> {
+        match scheme {
+            "s3" | "s3a" => Some(Self::S3),
+            "gs" => Some(Self::Gcs),
+            "az" | "azure" | "abfs" | "abfss" => Some(Self::Azure),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::S3 => "S3",
+            Self::Gcs => "Google Cloud Storage",
+            Self::Azure => "Azure",
+        }
+    }
+
+    /// Whether `key` is one of this store's `object_store` settings.
+    fn knows(self, key: &str) -> bool {
+        let key = key.to_ascii_lowercase();
+        match self {
+            Self::S3 => key.parse::<AmazonS3ConfigKey>().is_ok(),
+            Self::Gcs => key.parse::<GoogleConfigKey>().is_ok(),
+            Self::Azure => key.parse::<AzureConfigKey>().is_ok(),
+        }
+    }
+
+    fn examples(self) -> &'static str {
+        match self {
+            Self::S3 => {
+                "endpoint, region, access_key_id, secret_access_key, allow_http, \
+                 virtual_hosted_style_request"
+            }
+            Self::Gcs => "service_account_path, service_account_key, application_credentials",
+            Self::Azure => "account_name, access_key, sas_key, use_emulator, endpoint",
+        }
+    }
+
+    /// The store for `base` (`<scheme>://<bucket>`), from the environment and `options`.
+    fn build(
+        self,
+        base: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn ObjectStore>, String> {
+        // weir retries failed uploads itself, with the files waiting on disk; the client
+        // only smooths over a blip.
+        let retry = object_store::RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let key = |k: &str| k.to_ascii_lowercase();
+        let unknown = |k: &str| format!("unknown {} option '{k}'", self.name());
+        Ok(match self {
+            Self::S3 => {
+                let mut b = AmazonS3Builder::from_env().with_url(base).with_retry(retry);
+                for (k, v) in options {
+                    b = b.with_config(key(k).parse().map_err(|_| unknown(k))?, v);
+                }
+                Arc::new(b.build().map_err(|e| e.to_string())?)
+            }
+            Self::Gcs => {
+                let mut b = GoogleCloudStorageBuilder::from_env()
+                    .with_url(base)
+                    .with_retry(retry);
+                for (k, v) in options {
+                    b = b.with_config(key(k).parse().map_err(|_| unknown(k))?, v);
+                }
+                Arc::new(b.build().map_err(|e| e.to_string())?)
+            }
+            Self::Azure => {
+                let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_url(base)
+                    .with_retry(retry);
+                for (k, v) in options {
+                    b = b.with_config(key(k).parse().map_err(|_| unknown(k))?, v);
+                }
+                Arc::new(b.build().map_err(|e| e.to_string())?)
+            }
+        })
+    }
 }
 
 struct Parsed {
@@ -131,34 +230,33 @@ impl ObjectStoreConfig {
                 path: path[fixed_end..].to_owned(),
             });
         }
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() || bucket.contains("${") {
-                return Err(bad(format!(
-                    "url '{url}': the bucket must be named literally: s3://bucket/prefix"
-                )));
-            }
-            for k in self.options.keys() {
-                k.to_ascii_lowercase()
-                    .parse::<AmazonS3ConfigKey>()
-                    .map_err(|_| {
-                        bad(format!(
-                            "unknown S3 option '{k}' (examples: endpoint, region, access_key_id, \
-                         secret_access_key, allow_http, virtual_hosted_style_request)"
-                        ))
-                    })?;
-            }
-            return Ok(Parsed {
-                target: Target::S3 {
-                    bucket: bucket.to_owned(),
-                },
-                path: path.to_owned(),
-            });
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let Some(kind) = Cloud::from_scheme(scheme) else {
+            return Err(bad(format!(
+                "url '{url}': scheme '{scheme}' is not supported; use s3://, gs://, az://, \
+                 abfss:// or file:///"
+            )));
+        };
+        let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() || bucket.contains("${") {
+            return Err(bad(format!(
+                "url '{url}': the bucket must be named literally: {scheme}://bucket/prefix"
+            )));
         }
-        let scheme = url.split("://").next().unwrap_or_default();
-        Err(bad(format!(
-            "url '{url}': scheme '{scheme}' is not supported; use s3://bucket/prefix or file:///dir"
-        )))
+        if let Some(k) = self.options.keys().find(|k| !kind.knows(k)) {
+            return Err(bad(format!(
+                "unknown {} option '{k}' (examples: {})",
+                kind.name(),
+                kind.examples()
+            )));
+        }
+        Ok(Parsed {
+            target: Target::Cloud {
+                kind,
+                base: format!("{scheme}://{bucket}"),
+            },
+            path: path.to_owned(),
+        })
     }
 
     /// Checks the configuration and registers the path's templates.
@@ -187,26 +285,9 @@ impl ObjectStoreConfig {
                         .map_err(|e| bad(format!("{}: {e}", dir.display())))?,
                 )
             }
-            Target::S3 { bucket } => {
-                // weir retries failed uploads itself, with the files waiting on disk; the
-                // client only smooths over a blip.
-                let retry = object_store::RetryConfig {
-                    max_retries: 2,
-                    retry_timeout: Duration::from_secs(10),
-                    ..Default::default()
-                };
-                let mut b = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_retry(retry);
-                for (k, v) in &self.options {
-                    let key: AmazonS3ConfigKey = k
-                        .to_ascii_lowercase()
-                        .parse()
-                        .map_err(|_| bad(format!("unknown S3 option '{k}'")))?;
-                    b = b.with_config(key, v);
-                }
-                Arc::new(b.build().map_err(|e| bad(format!("S3 store: {e}")))?)
-            }
+            Target::Cloud { kind, base } => kind
+                .build(base, &self.options)
+                .map_err(|e| bad(format!("{} store {base}: {e}", kind.name())))?,
         };
         Ok((store, parsed.path))
     }
@@ -689,8 +770,12 @@ mod tests {
         );
         for (json, needle) in [
             (
-                serde_json::json!({"url": "gs://b/p"}),
-                "scheme 'gs' is not supported",
+                serde_json::json!({"url": "ftp://b/p"}),
+                "scheme 'ftp' is not supported",
+            ),
+            (
+                serde_json::json!({"url": "gs://b/p", "options": {"region": "x"}}),
+                "unknown Google Cloud Storage option 'region'",
             ),
             (
                 serde_json::json!({"url": "file://rel/dir"}),
