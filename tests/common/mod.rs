@@ -629,6 +629,26 @@ impl Drop for Process {
     }
 }
 
+/// Runs one of the independent clients in tests/tools with the tools' Python:
+/// `<script> <command> <endpoint> <args...>`; returns what it printed.
+fn client_script(script: &str, command: &str, endpoint: &str, args: &[&str]) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/tools")
+        .join(script);
+    let out = Command::new(tool("venv/bin/python"))
+        .arg(&path)
+        .args([command, endpoint])
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{script} {command} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A real S3 API server (moto, from PyPI) on a free port. Stopped on drop; `stop` and
 /// `restart` keep the port. moto keeps its objects in memory, so a restarted server
 /// starts empty.
@@ -667,19 +687,7 @@ impl S3Server {
 
     /// Runs tests/tools/s3.py (boto3 and pyarrow): `<command> <endpoint> <args...>`.
     fn python(&self, command: &str, args: &[&str]) -> String {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/s3.py");
-        let out = Command::new(tool("venv/bin/python"))
-            .args([script, command])
-            .arg(self.endpoint())
-            .args(args)
-            .output()
-            .expect("python runs");
-        assert!(
-            out.status.success(),
-            "s3.py {command} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        client_script("s3.py", command, &self.endpoint(), args)
     }
 
     pub fn create_bucket(&self, bucket: &str) {
@@ -741,20 +749,9 @@ impl Azurite {
         format!("http://127.0.0.1:{}/{}", self.port, Self::ACCOUNT)
     }
 
+    /// Runs tests/tools/azure_blob.py: `<command> <endpoint> <args...>`.
     fn python(&self, command: &str, args: &[&str]) -> String {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/azure_blob.py");
-        let out = Command::new(tool("venv/bin/python"))
-            .args([script, command])
-            .arg(self.endpoint())
-            .args(args)
-            .output()
-            .expect("python runs");
-        assert!(
-            out.status.success(),
-            "azure_blob.py {command} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        client_script("azure_blob.py", command, &self.endpoint(), args)
     }
 
     pub fn create_container(&self, container: &str) {
