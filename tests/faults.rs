@@ -77,7 +77,7 @@ async fn kafka_broker_stopped_mid_stream_and_restarted() {
         200.0,
     )
     .await;
-    assert_eq!(weir.metric(series).await, 0.0);
+    weir.wait_metric_eq(series, 0.0).await;
     let records = kafka.consume("out", 400, 20);
     account(records.into_iter().map(|r| r.value), 200);
     assert_eq!(
@@ -347,5 +347,5 @@ async fn the_disk_buffer_survives_a_restart_and_drains_in_order() {
         .map(|b| b["n"].as_i64().unwrap())
         .collect();
     assert_eq!(order, (0..10).collect::<Vec<_>>());
-    assert_eq!(weir.metric(series).await, 0.0);
+    weir.wait_metric_eq(series, 0.0).await;
 }

@@ -187,6 +187,23 @@ impl Weir {
         }
     }
 
+    /// Waits until `series` is exactly `value` (a gauge going down, say).
+    pub async fn wait_metric_eq(&self, series: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(series).await;
+            if v == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} is {v}, expected {value}\n{}",
+                self.metrics().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Asks weir to stop (SIGTERM) and waits for it.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
