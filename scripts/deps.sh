@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what building and testing weir needs and this machine lacks:
+# Installs what building and testing weir needs and this machine lacks (`--build-only`:
+# only what building and running weir needs, not the test servers):
 # - a C toolchain, OpenSSL and zlib headers (librdkafka is built from source by rdkafka),
 #   Mosquitto and openssl (the tests run their own Mosquitto on a free port);
 # - the servers the connector tests talk to, cached under $WEIR_TOOLS
@@ -18,12 +19,14 @@ command -v make >/dev/null || need_apt+=(make)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 [ -f /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
-command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
-command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
-command -v openssl >/dev/null || need_apt+=(openssl)
-command -v python3 >/dev/null || need_apt+=(python3)
-python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
-command -v npm >/dev/null || need_apt+=(nodejs npm)
+if [ "${1:-}" != "--build-only" ]; then
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+  command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
+  command -v openssl >/dev/null || need_apt+=(openssl)
+  command -v python3 >/dev/null || need_apt+=(python3)
+  python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+  command -v npm >/dev/null || need_apt+=(nodejs npm)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -34,6 +37,8 @@ if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
   exit 1
 fi
+
+[ "${1:-}" = "--build-only" ] && exit 0
 
 mkdir -p "$TOOLS"
 if [ ! -x "$TOOLS/bin/tansu" ]; then

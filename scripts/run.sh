@@ -4,6 +4,6 @@
 # Extra arguments go to `weir serve` (see `weir serve --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/deps.sh
+./scripts/deps.sh --build-only
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}"
 exec cargo run --locked --bin weir -- serve "$@"
