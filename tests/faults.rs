@@ -78,7 +78,7 @@ async fn kafka_broker_stopped_mid_stream_and_restarted() {
     )
     .await;
     weir.wait_metric_eq(series, 0.0).await;
-    let records = kafka.consume("out", 400, 20);
+    let records = kafka.consume("out", 400, 20).await;
     account(records.into_iter().map(|r| r.value), 200);
     assert_eq!(
         weir.metric(
@@ -92,7 +92,7 @@ async fn kafka_broker_stopped_mid_stream_and_restarted() {
 #[tokio::test]
 async fn s3_server_stopped_and_restarted() {
     let mut s3 = S3Server::start().await;
-    s3.create_bucket("lake");
+    s3.create_bucket("lake").await;
     let dir = temp_dir("fault-s3");
     let weir = Weir::start(&dir, &[]).await;
     let rule = json!({
@@ -109,7 +109,7 @@ async fn s3_server_stopped_and_restarted() {
     while before.len() < 3 {
         assert!(std::time::Instant::now() < deadline, "{before:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        before = s3.objects("lake", "f/");
+        before = s3.objects("lake", "f/").await;
     }
     // moto keeps objects in memory: read them before the server goes.
     s3.stop();
@@ -124,7 +124,7 @@ async fn s3_server_stopped_and_restarted() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     s3.restart().await;
-    s3.create_bucket("lake");
+    s3.create_bucket("lake").await;
     let mut after = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     while after.len() < 3 {
@@ -133,7 +133,7 @@ async fn s3_server_stopped_and_restarted() {
             "objects after the restart: {after:?}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
-        after = s3.objects("lake", "f/");
+        after = s3.objects("lake", "f/").await;
     }
     let rows = before
         .iter()

@@ -43,7 +43,7 @@ async fn outputs_become_records_with_templated_key_and_headers() {
         5.0,
     )
     .await;
-    let records = kafka.consume("telemetry", 5, 20);
+    let records = kafka.consume("telemetry", 5, 20).await;
     assert_eq!(records.len(), 5, "{records:?}");
     let mut temps: Vec<i64> = records
         .iter()
@@ -66,7 +66,7 @@ async fn outputs_become_records_with_templated_key_and_headers() {
         );
     }
     // Nothing extra arrives.
-    assert_eq!(kafka.consume("telemetry", 6, 2).len(), 5);
+    assert_eq!(kafka.consume("telemetry", 6, 2).await.len(), 5);
 }
 
 #[tokio::test]

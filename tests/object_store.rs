@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn parquet_files_partitioned_by_a_template() {
     let s3 = S3Server::start().await;
-    s3.create_bucket("lake");
+    s3.create_bucket("lake").await;
     let dir = temp_dir("s3-parquet");
     let weir = Weir::start(&dir, &[]).await;
     let (status, body) = weir
@@ -72,7 +72,7 @@ async fn parquet_files_partitioned_by_a_template() {
 #[tokio::test]
 async fn json_lines_rolled_by_age_and_at_shutdown() {
     let s3 = S3Server::start().await;
-    s3.create_bucket("logs");
+    s3.create_bucket("logs").await;
     let dir = temp_dir("s3-jsonl");
     let mut weir = Weir::start(&dir, &[]).await;
     let rule = json!({
@@ -102,7 +102,7 @@ async fn json_lines_rolled_by_age_and_at_shutdown() {
     )
     .await;
     assert!(weir.terminate().success());
-    let all = s3.objects("logs", "weir/");
+    let all = s3.objects("logs", "weir/").await;
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(rows(&all).len(), 4);
 }
@@ -120,7 +120,7 @@ pub fn rows(objects: &[Value]) -> Vec<Value> {
 async fn wait_objects(s3: &S3Server, bucket: &str, prefix: &str, n: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let objects = s3.objects(bucket, prefix);
+        let objects = s3.objects(bucket, prefix).await;
         if objects.len() >= n {
             return objects;
         }
@@ -137,7 +137,7 @@ async fn wait_objects(s3: &S3Server, bucket: &str, prefix: &str, n: usize) -> Ve
 async fn azure_blob_storage_through_the_same_action() {
     // Any store object_store reaches with configuration alone: here Azure, via Azurite.
     let azure = Azurite::start().await;
-    azure.create_container("lake");
+    azure.create_container("lake").await;
     let dir = temp_dir("azure");
     let weir = Weir::start(&dir, &[]).await;
     let rule = json!({
@@ -155,7 +155,7 @@ async fn azure_blob_storage_through_the_same_action() {
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let objects = loop {
-        let objects = azure.objects("lake", "raw/");
+        let objects = azure.objects("lake", "raw/").await;
         if objects.len() >= 2 {
             break objects;
         }

@@ -647,20 +647,27 @@ impl Drop for Process {
 }
 
 /// Runs one of the independent clients in tests/tools with the tools' Python:
-/// `<script> <command> <endpoint> <args...>`; returns what it printed.
-fn client_script(script: &str, command: &str, endpoint: &str, args: &[&str]) -> String {
+/// `<script> <command> <endpoint> <args...>`; returns what it printed. It runs on the
+/// blocking pool, so that the test's runtime keeps its MQTT connections alive meanwhile.
+async fn client_script(script: &str, command: &str, endpoint: &str, args: &[&str]) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/tools")
         .join(script);
-    let out = Command::new(tool("venv/bin/python"))
-        .arg(&path)
-        .args([command, endpoint])
-        .args(args)
-        .output()
-        .expect("python runs");
+    let mut argv: Vec<String> = vec![command.to_owned(), endpoint.to_owned()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let what = format!("{script} {argv:?}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(tool("venv/bin/python"))
+            .arg(&path)
+            .args(&argv)
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
     assert!(
         out.status.success(),
-        "{script} {command} {args:?}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
@@ -703,17 +710,18 @@ impl S3Server {
     }
 
     /// Runs tests/tools/s3.py (boto3 and pyarrow): `<command> <endpoint> <args...>`.
-    fn python(&self, command: &str, args: &[&str]) -> String {
-        client_script("s3.py", command, &self.endpoint(), args)
+    async fn python(&self, command: &str, args: &[&str]) -> String {
+        client_script("s3.py", command, &self.endpoint(), args).await
     }
 
-    pub fn create_bucket(&self, bucket: &str) {
-        self.python("create-bucket", &[bucket]);
+    pub async fn create_bucket(&self, bucket: &str) {
+        self.python("create-bucket", &[bucket]).await;
     }
 
     /// Every object under `prefix` with its rows, read with boto3 (and pyarrow for Parquet).
-    pub fn objects(&self, bucket: &str, prefix: &str) -> Vec<Value> {
-        let out: Value = serde_json::from_str(&self.python("read", &[bucket, prefix])).unwrap();
+    pub async fn objects(&self, bucket: &str, prefix: &str) -> Vec<Value> {
+        let out: Value =
+            serde_json::from_str(&self.python("read", &[bucket, prefix]).await).unwrap();
         out["objects"].as_array().unwrap().clone()
     }
 
@@ -767,17 +775,18 @@ impl Azurite {
     }
 
     /// Runs tests/tools/azure_blob.py: `<command> <endpoint> <args...>`.
-    fn python(&self, command: &str, args: &[&str]) -> String {
-        client_script("azure_blob.py", command, &self.endpoint(), args)
+    async fn python(&self, command: &str, args: &[&str]) -> String {
+        client_script("azure_blob.py", command, &self.endpoint(), args).await
     }
 
-    pub fn create_container(&self, container: &str) {
-        self.python("create-container", &[container]);
+    pub async fn create_container(&self, container: &str) {
+        self.python("create-container", &[container]).await;
     }
 
     /// Every blob under `prefix` with its rows, read with azure-storage-blob and pyarrow.
-    pub fn objects(&self, container: &str, prefix: &str) -> Vec<Value> {
-        let out: Value = serde_json::from_str(&self.python("read", &[container, prefix])).unwrap();
+    pub async fn objects(&self, container: &str, prefix: &str) -> Vec<Value> {
+        let out: Value =
+            serde_json::from_str(&self.python("read", &[container, prefix]).await).unwrap();
         out["objects"].as_array().unwrap().clone()
     }
 
@@ -863,12 +872,22 @@ impl Kafka {
 
     /// Reads every record of partition 0 of `topic` from the start with an independent
     /// consumer, until `n` arrived or `secs` passed: (key, payload as JSON, headers).
-    pub fn consume(&self, topic: &str, n: usize, secs: u64) -> Vec<KafkaRecord> {
+    pub async fn consume(&self, topic: &str, n: usize, secs: u64) -> Vec<KafkaRecord> {
+        let (bootstrap, topic) = (self.bootstrap(), topic.to_owned());
+        tokio::task::spawn_blocking(move || consume(&bootstrap, &topic, n, secs))
+            .await
+            .unwrap()
+    }
+}
+
+/// The blocking body of [`Kafka::consume`].
+fn consume(bootstrap: &str, topic: &str, n: usize, secs: u64) -> Vec<KafkaRecord> {
+    {
         use rdkafka::Message as _;
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::message::Headers;
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
+            .set("bootstrap.servers", bootstrap)
             .set("group.id", format!("test-{}", weir_engine::now_ms()))
             .set("enable.auto.commit", "false")
             .create()
