@@ -221,6 +221,7 @@ impl Action {
         match self {
             Self::Kafka(a) => return a.deliver_batch(batch).await,
             Self::Store(a) => return a.deliver_batch(batch).await,
+            Self::Republish(a) => return a.deliver_batch(batch).await,
             _ => {}
         }
         // One at a time; after a retry-worthy failure the rest are not tried (the sink is

@@ -62,7 +62,22 @@ impl Republish {
         })
     }
 
+    /// Publishes a whole batch at once and waits for every acknowledgement together, so
+    /// the broker's round trip is paid once per batch, not once per output. Publishes
+    /// leave in the batch's order.
+    pub(crate) async fn deliver_batch(
+        &mut self,
+        batch: &[Delivery],
+    ) -> Vec<Result<(), DeliveryError>> {
+        let this = &*self;
+        futures_util::future::join_all(batch.iter().map(|d| this.publish(d))).await
+    }
+
     pub(crate) async fn deliver(&mut self, d: &Delivery) -> Result<(), DeliveryError> {
+        self.publish(d).await
+    }
+
+    async fn publish(&self, d: &Delivery) -> Result<(), DeliveryError> {
         let topic = render(&self.topic, d);
         validate_topic(&topic).map_err(|e| {
             DeliveryError::fatal("invalid_topic", format!("republish to '{topic}': {e}"))
