@@ -349,3 +349,55 @@ async fn the_disk_buffer_survives_a_restart_and_drains_in_order() {
     assert_eq!(order, (0..10).collect::<Vec<_>>());
     weir.wait_metric_eq(series, 0.0).await;
 }
+
+#[tokio::test]
+async fn outputs_past_the_retry_deadline_or_the_buffer_limit_are_dead_lettered() {
+    let down = Receiver::start(vec![503; 100_000]).await;
+    let dead = Receiver::start(Vec::new()).await;
+    let dir = temp_dir("dead-letter");
+    // Room in the disk buffer for about two outputs.
+    let weir = Weir::start(&dir, &["--action-buffer-max-bytes", "200"]).await;
+    let rule = json!({
+        "sql": "SELECT n FROM 'dl'",
+        "actions": [{"webhook": {"url": down.url("/in"),
+            "retry": {"initial_backoff": "50ms", "max_backoff": "100ms", "deadline": "1s"}}}],
+        "error_action": {"webhook": {"url": dead.url("/dead")}}
+    });
+    assert_eq!(weir.put_rule("dl", rule).await.0, 201);
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    for n in 0..5 {
+        device.publish("dl", format!(r#"{{"n": {n}}}"#)).await;
+    }
+    // Every output ends in the error action: some because the buffer was full, the rest
+    // when their retry deadline passed.
+    let records = dead.wait_for(5).await;
+    let mut ns: Vec<i64> = records
+        .iter()
+        .map(|r| r["output"]["n"].as_i64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, [0, 1, 2, 3, 4], "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["action"] == "0-webhook" && r["rule"] == "dl"),
+        "{records:?}"
+    );
+    let full = weir
+        .metric(
+            r#"weir_action_dead_lettered_total{action="0-webhook",reason="buffer_full",rule="dl"}"#,
+        )
+        .await;
+    let expired = weir
+        .metric(
+            r#"weir_action_dead_lettered_total{action="0-webhook",reason="retries_exhausted",rule="dl"}"#,
+        )
+        .await;
+    assert!(
+        full >= 1.0 && expired >= 1.0,
+        "full {full}, expired {expired}"
+    );
+    assert_eq!(full + expired, 5.0);
+    weir.wait_metric_eq(r#"weir_action_buffered{action="0-webhook",rule="dl"}"#, 0.0)
+        .await;
+}

@@ -284,6 +284,10 @@ pub(crate) fn unique_owner() -> String {
     format!("{started:013}-{n:06}")
 }
 
+/// The reason of outputs given up on after their retry deadline or attempts ran out; the
+/// error record's message carries the last error.
+const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+
 /// The reason of outputs a batch left untried after an earlier one failed.
 const NOT_ATTEMPTED: &str = "not_attempted";
 
@@ -555,7 +559,7 @@ async fn drain_head(
                     break;
                 }
                 let why = DeliveryError::fatal(
-                    e.reason,
+                    RETRIES_EXHAUSTED,
                     format!(
                         "gave up after {} attempts over {age:?}: {}",
                         *head_attempts + 1,
@@ -607,6 +611,13 @@ async fn retry_in_memory(
                 Err(e) if e.retryable && policy.may_retry(attempts, started.elapsed()) => {
                     m.retries.inc();
                     still.push(d);
+                }
+                Err(e) if e.retryable => {
+                    let why = DeliveryError::fatal(
+                        RETRIES_EXHAUSTED,
+                        format!("gave up after {attempts} attempts: {}", e.message),
+                    );
+                    dead.send(d, why, attempts).await
                 }
                 Err(e) => dead.send(d, e, attempts).await,
             }
