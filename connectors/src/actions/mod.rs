@@ -206,45 +206,17 @@ impl Action {
         })
     }
 
-    /// One delivery attempt.
-    pub async fn deliver(&mut self, d: &Delivery) -> Result<(), DeliveryError> {
-        match self {
-            Self::Republish(a) => a.deliver(d).await,
-            Self::Webhook(a) => a.deliver(d).await,
-            Self::Store(a) => a.deliver_batch(std::slice::from_ref(d)).await.remove(0),
-            Self::Kafka(a) => a.deliver_batch(std::slice::from_ref(d)).await.remove(0),
-        }
-    }
-
     /// One attempt at each delivery of a batch, in order; one result per delivery.
     pub async fn deliver_batch(&mut self, batch: &[Delivery]) -> Vec<Result<(), DeliveryError>> {
         match self {
-            Self::Kafka(a) => return a.deliver_batch(batch).await,
-            Self::Store(a) => return a.deliver_batch(batch).await,
-            Self::Republish(a) => return a.deliver_batch(batch).await,
-            _ => {}
+            Self::Kafka(a) => a.deliver_batch(batch).await,
+            Self::Store(a) => a.deliver_batch(batch).await,
+            Self::Republish(a) => a.deliver_batch(batch).await,
+            Self::Webhook(a) => a.deliver_batch(batch).await,
         }
-        // One at a time; after a retry-worthy failure the rest are not tried (the sink is
-        // in trouble, and trying them would reorder the outputs).
-        let mut out = Vec::with_capacity(batch.len());
-        for d in batch {
-            let r = self.deliver(d).await;
-            let stop = matches!(&r, Err(e) if e.retryable);
-            out.push(r);
-            if stop {
-                break;
-            }
-        }
-        while out.len() < batch.len() {
-            out.push(Err(DeliveryError::retryable(
-                NOT_ATTEMPTED,
-                "not attempted: an earlier output of the batch failed",
-            )));
-        }
-        out
     }
 
-    /// Periodic housekeeping (rolling files by age, retrying uploads).
+    /// Periodic housekeeping (rolling files by age).
     async fn tick(&mut self) -> Result<(), DeliveryError> {
         match self {
             Self::Store(a) => a.tick().await,
@@ -289,7 +261,7 @@ pub(crate) fn unique_owner() -> String {
 const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 
 /// The reason of outputs a batch left untried after an earlier one failed.
-const NOT_ATTEMPTED: &str = "not_attempted";
+pub(crate) const NOT_ATTEMPTED: &str = "not_attempted";
 
 /// Renders a template with a delivery's values.
 pub(crate) fn render(t: &Template, d: &Delivery) -> String {
@@ -327,6 +299,14 @@ struct WorkerMetrics {
     in_flight: prometheus::IntGauge,
     buffered_bytes: prometheus::IntGauge,
     buffered: prometheus::IntGauge,
+}
+
+impl WorkerMetrics {
+    /// Shows what the disk buffer holds.
+    fn show_buffer(&self, sp: &spool::Spool) {
+        self.buffered_bytes.set(sp.bytes() as i64);
+        self.buffered.set(sp.len() as i64);
+    }
 }
 
 /// Runs one action until its queue closes: deliver outputs in batches; what fails with a
@@ -369,8 +349,7 @@ pub async fn run_worker(
     };
     if let Some(sp) = &spool {
         // What an earlier run left is counted from the start.
-        m.buffered_bytes.set(sp.bytes() as i64);
-        m.buffered.set(sp.len() as i64);
+        m.show_buffer(sp);
     }
     let batch_max = settings.batch.max(1);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -399,8 +378,7 @@ pub async fn run_worker(
             _ = tokio::time::sleep_until(next_attempt), if buffered => {
                 let sp = spool.as_mut().expect("buffered");
                 drain_head(&mut action, sp, &settings.policy, &m, &dead, &mut head_attempts, &mut next_attempt).await;
-                m.buffered_bytes.set(sp.bytes() as i64);
-                m.buffered.set(sp.len() as i64);
+                m.show_buffer(sp);
                 continue;
             }
             _ = tick.tick() => {
@@ -416,8 +394,7 @@ pub async fn run_worker(
             let now = weir_engine::now_ms();
             let items: Vec<(&Delivery, i64)> = batch.iter().map(|d| (d, now)).collect();
             spill(sp, &items, &dead).await;
-            m.buffered_bytes.set(sp.bytes() as i64);
-            m.buffered.set(sp.len() as i64);
+            m.show_buffer(sp);
             continue;
         }
         m.in_flight.set(batch.len() as i64);
@@ -448,8 +425,7 @@ pub async fn run_worker(
                     let items: Vec<(&Delivery, i64)> =
                         retry.iter().map(|&i| (&batch[i], now)).collect();
                     spill(sp, &items, &dead).await;
-                    m.buffered_bytes.set(sp.bytes() as i64);
-                    m.buffered.set(sp.len() as i64);
+                    m.show_buffer(sp);
                 }
                 None => {
                     let pending: Vec<Delivery> = retry.iter().map(|&i| batch[i].clone()).collect();

@@ -73,10 +73,6 @@ impl Republish {
         futures_util::future::join_all(batch.iter().map(|d| this.publish(d))).await
     }
 
-    pub(crate) async fn deliver(&mut self, d: &Delivery) -> Result<(), DeliveryError> {
-        self.publish(d).await
-    }
-
     async fn publish(&self, d: &Delivery) -> Result<(), DeliveryError> {
         let topic = render(&self.topic, d);
         validate_topic(&topic).map_err(|e| {

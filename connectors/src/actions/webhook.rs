@@ -9,7 +9,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
-use super::{ActionContext, ConfigError, Delivery, DeliveryError, render};
+use super::{ActionContext, ConfigError, Delivery, DeliveryError, NOT_ATTEMPTED, render};
 use crate::retry::{RetryPolicy, humantime_serde_compat};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,7 +90,31 @@ impl Webhook {
         })
     }
 
-    pub(crate) async fn deliver(&mut self, d: &Delivery) -> Result<(), DeliveryError> {
+    /// One request at a time; after a retry-worthy failure the rest are not tried (the
+    /// receiver is in trouble, and trying them would reorder the outputs).
+    pub(crate) async fn deliver_batch(
+        &mut self,
+        batch: &[Delivery],
+    ) -> Vec<Result<(), DeliveryError>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            let r = self.deliver(d).await;
+            let stop = matches!(&r, Err(e) if e.retryable);
+            out.push(r);
+            if stop {
+                break;
+            }
+        }
+        while out.len() < batch.len() {
+            out.push(Err(DeliveryError::retryable(
+                NOT_ATTEMPTED,
+                "not attempted: an earlier output of the batch failed",
+            )));
+        }
+        out
+    }
+
+    async fn deliver(&mut self, d: &Delivery) -> Result<(), DeliveryError> {
         let url = render(&self.url, d);
         let mut req = self
             .http
