@@ -133,7 +133,7 @@ impl Rule {
         let mut meta = parsed.meta.clone();
         let mut templates = Vec::with_capacity(template_exprs.len());
         for text in template_exprs {
-            let e = dialect::parse_expr(engine, text).map_err(|mut e| {
+            let e = dialect::parse_expr(engine, text, &parsed.variables).map_err(|mut e| {
                 e.message = format!("in template expression '${{{text}}}': {}", e.message);
                 e.line = None;
                 e.column = None;
@@ -465,7 +465,7 @@ impl Rule {
             let e = state
                 .create_logical_expr_from_sql_expr(
                     ExprWithAlias {
-                        expr: expr.clone(),
+                        expr: dialect::nested::resolve(expr.clone(), schema),
                         alias: None,
                     },
                     &df_schema,
@@ -706,6 +706,24 @@ mod tests {
             [Some("c".into()), Some("me".into()), Some("4".into())]
         );
         assert_eq!(out.outputs[1].params, [Some("d".into()), None, None]);
+    }
+
+    #[test]
+    fn templates_may_use_set_variables() {
+        let exprs = vec!["@level".to_owned(), "@geo.lat".to_owned()];
+        let rule = Rule::compile(
+            &Engine::new(),
+            "SET @level = CASE WHEN t > 50 THEN 'high' ELSE 'low' END, @geo = g SELECT t FROM 'a'",
+            &exprs,
+        )
+        .unwrap();
+        let out = rule.process(&[Message::new("a", &br#"{"t": 60, "g": {"lat": 1.5}}"#[..])]);
+        assert_eq!(
+            out.outputs[0].params,
+            [Some("high".into()), Some("1.5".into())]
+        );
+        let err = Rule::compile(&Engine::new(), "SELECT t FROM 'a'", &exprs).unwrap_err();
+        assert!(err.message.contains("unknown variable @level"), "{err}");
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>>
         }),
         "md5" => arity(1).map(|()| call("md5", vec![string(a(0))])),
         // weir's UDFs (dialect/hashes.rs), given strings as AWS converts.
-        "sha1" | "crc32" => arity(1).map(|()| call(&format!("__weir_{name}"), vec![string(a(0))])),
+        "sha1" | "crc32" | "md2" => arity(1).map(|()| call(&format!("__weir_{name}"), vec![string(a(0))])),
         "bitnot" => arity(1).map(|()| {
             // Two's complement: ~x = -x - 1.
             let x = int(a(0));
@@ -217,6 +217,7 @@ pub(super) fn unsupported(name: &str) -> Option<&'static str> {
         | "get_registry_data"
         | "machinelearning_predict" => Some("calls an AWS service, which weir does not do"),
         "get_thing_shadow" => Some("needs device shadows, which weir does not have yet"),
+        "accountid" => Some("names the AWS account that owns the rule, and weir has none"),
         "traceid" | "get_mqtt_property" | "get_user_properties" => {
             Some("is not available yet: weir's ingress does not carry it")
         }

@@ -20,8 +20,10 @@ pub fn all() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(TopicLevel::new()),
         ScalarUDF::from(super::time::ParseTime::new()),
+        ScalarUDF::from(super::time::TimeToEpoch::new()),
         ScalarUDF::from(super::hashes::Hash::sha1()),
         ScalarUDF::from(super::hashes::Hash::crc32()),
+        ScalarUDF::from(super::hashes::Hash::md2()),
         ScalarUDF::from(super::collections::EnrichArray::new()),
     ]
 }

@@ -1,5 +1,5 @@
-//! AWS IoT SQL hash functions that DataFusion lacks, as UDFs: `sha1` (hex string) and
-//! `crc32` (the checksum as an integer). Non-string arguments are hashed as their string
+//! AWS IoT SQL hash functions that DataFusion lacks, as UDFs: `sha1` and `md2` (hex
+//! strings) and `crc32` (the checksum as an integer). Non-string arguments are hashed as their string
 //! form, as AWS does (the dialect casts them).
 
 use std::sync::Arc;
@@ -25,6 +25,10 @@ impl Hash {
 
     pub(super) fn crc32() -> Self {
         Self::new("__weir_crc32")
+    }
+
+    pub(super) fn md2() -> Self {
+        Self::new("__weir_md2")
     }
 
     fn new(name: &'static str) -> Self {
@@ -75,9 +79,16 @@ impl ScalarUDFImpl for Hash {
             }
             Arc::new(b.finish())
         } else {
+            let digest = |s: &str| {
+                if self.name == "__weir_md2" {
+                    hex(&md2::Md2::digest(s.as_bytes()))
+                } else {
+                    hex(&sha1::Sha1::digest(s.as_bytes()))
+                }
+            };
             let mut b = StringBuilder::with_capacity(strings.len(), strings.len() * 40);
             for s in strings.iter() {
-                b.append_option(s.map(|s| hex(&sha1::Sha1::digest(s.as_bytes()))));
+                b.append_option(s.map(digest));
             }
             Arc::new(b.finish())
         };

@@ -24,7 +24,7 @@ mod aws_functions;
 mod collections;
 pub mod functions;
 mod hashes;
-mod nested;
+pub(crate) mod nested;
 pub mod time;
 pub mod types;
 
@@ -212,6 +212,16 @@ pub struct ParsedRule {
     /// Output columns that pass a payload field through (`SELECT a.b AS x`): their
     /// position and the field's path. A JSON `null` there is output as `null`, as AWS does.
     pub passthrough: Vec<(usize, String)>,
+    /// The variables of the rule's SET clause, in order; templates may use them too.
+    pub variables: Vec<Variable>,
+}
+
+/// A variable of a rule's `SET @name = <expr>` clause. Its expression has the earlier
+/// variables and nested SELECTs already rewritten; uses of `@name` are replaced by it.
+#[derive(Debug, Clone)]
+pub struct Variable {
+    pub name: String,
+    pub expr: Expr,
 }
 
 /// An expression from outside a rule's SELECT (a `${...}` template), rewritten like one.
@@ -232,8 +242,28 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
             line: Some(e.location.line),
             column: Some(e.location.column),
         })?;
+    let assignments = take_set_clause(&mut tokens)?;
+    undefined_as_unknown(&mut tokens);
     let topic_filter = take_topic_filter(&mut tokens)?;
     let value = take_select_value(&mut tokens);
+    let mut variables: Vec<Variable> = Vec::with_capacity(assignments.len());
+    for (name, mut expr) in assignments {
+        if variables.iter().any(|v| v.name == name.value) {
+            return Err(SqlError::at(
+                format!(
+                    "{} is assigned twice: a SET variable is assigned once",
+                    name.value
+                ),
+                name.span,
+            ));
+        }
+        rewrite_nested(&mut expr)?;
+        substitute_variables(&mut expr, &variables)?;
+        variables.push(Variable {
+            name: name.value,
+            expr,
+        });
+    }
 
     let mut statements = Parser::new(&dialect)
         .with_tokens_with_locations(tokens)
@@ -300,11 +330,18 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
         fields: FieldTree::default(),
         meta: MetaNeeds::default(),
         passthrough: Vec::new(),
+        variables,
     };
     let mut fields = FieldTree::default();
     let mut meta = MetaNeeds::default();
     for (i, col) in rule.columns.iter_mut().enumerate() {
-        rewrite(engine, &mut col.expr, &mut fields, &mut meta)?;
+        rewrite(
+            engine,
+            &mut col.expr,
+            &rule.variables,
+            &mut fields,
+            &mut meta,
+        )?;
         if let Some(path) = field_path(&col.expr)
             && !rule.value
         {
@@ -313,7 +350,7 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
         }
     }
     if let Some(cond) = &mut rule.condition {
-        rewrite(engine, cond, &mut fields, &mut meta)?;
+        rewrite(engine, cond, &rule.variables, &mut fields, &mut meta)?;
     }
     rule.fields = fields;
     rule.meta = meta;
@@ -339,10 +376,19 @@ pub fn topic_filter_of(sql: &str) -> Result<String, SqlError> {
     take_topic_filter(&mut tokens)
 }
 
-/// Parses and rewrites a standalone expression, such as the inside of `${...}`.
-pub fn parse_expr(engine: &Engine, text: &str) -> Result<ParsedExpr, SqlError> {
+/// Parses and rewrites a standalone expression, such as the inside of `${...}`, which may
+/// use the rule's SET variables.
+pub fn parse_expr(
+    engine: &Engine,
+    text: &str,
+    variables: &[Variable],
+) -> Result<ParsedExpr, SqlError> {
     let dialect = GenericDialect {};
-    let mut parser = Parser::new(&dialect).try_with_sql(text)?;
+    let mut tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::new(e.message))?;
+    undefined_as_unknown(&mut tokens);
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut expr = parser.parse_expr()?;
     if parser.peek_token().token != Token::EOF {
         return Err(SqlError::at(
@@ -355,14 +401,177 @@ pub fn parse_expr(engine: &Engine, text: &str) -> Result<ParsedExpr, SqlError> {
     }
     let mut fields = FieldTree::default();
     let mut meta = MetaNeeds::default();
-    rewrite(engine, &mut expr, &mut fields, &mut meta)?;
+    rewrite(engine, &mut expr, variables, &mut fields, &mut meta)?;
     Ok(ParsedExpr { expr, fields, meta })
 }
 
+type Tokens = Vec<datafusion::sql::sqlparser::tokenizer::TokenWithSpan>;
+
+/// Takes a leading `SET @a = <expr>[, @b = <expr>]` clause out of the tokens and returns
+/// its assignments, in order.
+fn take_set_clause(tokens: &mut Tokens) -> Result<Vec<(Ident, Expr)>, SqlError> {
+    let Some(start) = tokens
+        .iter()
+        .position(|t| !matches!(t.token, Token::Whitespace(_)))
+    else {
+        return Ok(Vec::new());
+    };
+    if !matches!(&tokens[start].token, Token::Word(w) if w.keyword == Keyword::SET) {
+        return Ok(Vec::new());
+    }
+    // The assignments end where the rule's SELECT begins (outside any parentheses).
+    let mut depth = 0i32;
+    let end = tokens[start + 1..]
+        .iter()
+        .position(|t| {
+            match &t.token {
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                Token::Word(w) if depth == 0 && w.keyword == Keyword::SELECT => return true,
+                _ => {}
+            }
+            false
+        })
+        .map(|i| i + start + 1)
+        .ok_or_else(|| {
+            SqlError::at(
+                "SET must be followed by the rule's SELECT",
+                tokens[start].span,
+            )
+        })?;
+    let mut parser =
+        Parser::new(&GenericDialect {}).with_tokens_with_locations(tokens[start + 1..end].to_vec());
+    let mut assignments = Vec::new();
+    loop {
+        let at = parser.peek_token();
+        let name = parser.parse_identifier()?;
+        let valid = name.quote_style.is_none()
+            && name.value.starts_with('@')
+            && (2..=65).contains(&name.value.len())
+            && name.value[1..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(SqlError::at(
+                format!(
+                    "SET assigns variables named @name (letters, digits and underscores, up to 64 characters); found {}",
+                    at.token
+                ),
+                at.span,
+            ));
+        }
+        parser.expect_token(&Token::Eq)?;
+        let expr = parser.parse_expr()?;
+        assignments.push((name, expr));
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    let next = parser.peek_token();
+    if next.token != Token::EOF {
+        return Err(SqlError::at(
+            format!(
+                "unexpected {} in SET: assignments are `@name = <expression>`, separated by commas",
+                next.token
+            ),
+            next.span,
+        ));
+    }
+    tokens.drain(start..end);
+    Ok(assignments)
+}
+
+/// `x IS [NOT] UNDEFINED` is not SQL: it is read as `x IS [NOT] UNKNOWN`, which the
+/// rewrite turns into `isUndefined(x)`.
+fn undefined_as_unknown(tokens: &mut Tokens) {
+    let word = |t: &Token, k: Keyword| matches!(t, Token::Word(w) if w.keyword == k);
+    let mut after_is = false;
+    for t in tokens.iter_mut() {
+        match &t.token {
+            Token::Whitespace(_) => continue,
+            Token::Word(w)
+                if after_is
+                    && w.quote_style.is_none()
+                    && w.value.eq_ignore_ascii_case("undefined") =>
+            {
+                t.token = Token::make_keyword("UNKNOWN");
+                after_is = false;
+            }
+            tok if word(tok, Keyword::IS) => after_is = true,
+            tok if after_is && word(tok, Keyword::NOT) => {}
+            _ => after_is = false,
+        }
+    }
+}
+
+/// Replaces every `@name` (and `@name.member`) with the variable's expression.
+fn substitute_variables(expr: &mut Expr, variables: &[Variable]) -> Result<(), SqlError> {
+    let outcome = visit_expressions_mut(expr, |e| {
+        let (name, members, span) = match &*e {
+            Expr::Identifier(i) if i.quote_style.is_none() && i.value.starts_with('@') => {
+                (i.value.clone(), Vec::new(), i.span)
+            }
+            Expr::CompoundIdentifier(parts)
+                if parts[0].quote_style.is_none() && parts[0].value.starts_with('@') =>
+            {
+                (parts[0].value.clone(), parts[1..].to_vec(), parts[0].span)
+            }
+            _ => return ControlFlow::Continue(()),
+        };
+        let Some(v) = variables.iter().find(|v| v.name == name) else {
+            return ControlFlow::Break(SqlError::at(
+                format!("unknown variable {name}: define it first with SET {name} = <expression>"),
+                span,
+            ));
+        };
+        let value = Expr::Nested(Box::new(v.expr.clone()));
+        *e = if members.is_empty() {
+            value
+        } else {
+            Expr::CompoundFieldAccess {
+                root: Box::new(value),
+                access_chain: members
+                    .into_iter()
+                    .map(|m| ast::AccessExpr::Dot(Expr::Identifier(m)))
+                    .collect(),
+            }
+        };
+        ControlFlow::Continue(())
+    });
+    match outcome {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// Nested SELECTs over array fields become array functions; `IS [NOT] UNDEFINED` becomes
+/// `isUndefined()`.
+fn rewrite_nested(expr: &mut Expr) -> Result<(), SqlError> {
+    let nested = visit_expressions_mut(expr, |e| {
+        match e {
+            Expr::Subquery(q) => match nested::rewrite(q) {
+                Ok(r) => *e = Expr::Nested(Box::new(r)),
+                Err(err) => return ControlFlow::Break(err),
+            },
+            Expr::IsUnknown(x) => *e = call("isUndefined", vec![(**x).clone()]),
+            Expr::IsNotUnknown(x) => {
+                *e = Expr::UnaryOp {
+                    op: ast::UnaryOperator::Not,
+                    expr: Box::new(call("isUndefined", vec![(**x).clone()])),
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    });
+    match nested {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
 /// Removes the `VALUE` of a top-level `SELECT VALUE` and says whether it was there.
-fn take_select_value(
-    tokens: &mut Vec<datafusion::sql::sqlparser::tokenizer::TokenWithSpan>,
-) -> bool {
+fn take_select_value(tokens: &mut Tokens) -> bool {
     let significant = |t: &Token| !matches!(t, Token::Whitespace(_));
     let mut words = tokens
         .iter()
@@ -514,7 +723,7 @@ fn is_message_table(name: &ObjectName) -> bool {
 /// the function's name for a call, `_<position>` otherwise.
 pub(crate) fn default_name(expr: &Expr, position: usize) -> String {
     match expr {
-        Expr::Identifier(i) => i.value.clone(),
+        Expr::Identifier(i) => i.value.strip_prefix('@').unwrap_or(&i.value).to_owned(),
         Expr::CompoundIdentifier(parts) => {
             parts.last().map(|i| i.value.clone()).unwrap_or_default()
         }
@@ -542,22 +751,12 @@ fn field_path(e: &Expr) -> Option<String> {
 fn rewrite(
     engine: &Engine,
     expr: &mut Expr,
+    variables: &[Variable],
     fields: &mut FieldTree,
     meta: &mut MetaNeeds,
 ) -> Result<(), SqlError> {
-    // Nested SELECTs over array fields become array functions.
-    let nested = visit_expressions_mut(expr, |e| {
-        if let Expr::Subquery(q) = e {
-            match nested::rewrite(q) {
-                Ok(r) => *e = Expr::Nested(Box::new(r)),
-                Err(err) => return ControlFlow::Break(err),
-            }
-        }
-        ControlFlow::Continue(())
-    });
-    if let ControlFlow::Break(e) = nested {
-        return Err(e);
-    }
+    rewrite_nested(expr)?;
+    substitute_variables(expr, variables)?;
 
     // Refuse what a rule cannot do, with its position.
     let refused = visit_expressions(expr, |e| {
@@ -743,6 +942,8 @@ fn rewrite(
                 Ok(e) => e,
                 Err(msg) => return ControlFlow::Break(SqlError::at(msg, span)),
             },
+            // Both forms of a nested SELECT: their calls are checked one by one.
+            _ if name == nested::SELECT_FROM => return ControlFlow::Continue(()),
             _ if name.starts_with("__weir") => {
                 return ControlFlow::Break(SqlError::at(
                     format!("unknown function '{}'", f.name),

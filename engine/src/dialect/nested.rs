@@ -10,8 +10,16 @@
 //!
 //! so the whole thing stays one vectorised expression. `SELECT VALUE x` yields the values
 //! themselves and `SELECT *` the elements.
+//!
+//! Over an object field, the inner SELECT runs once, on the object: names refer to its
+//! members, and the result is the object (or value) it selects, Undefined when its WHERE
+//! is false. Which of the two a field is becomes known only with the batch's schema, so
+//! the rewrite keeps both forms in a marker call, `__weir_select_from(e, array_form,
+//! object_form)`, and [`resolve`] picks one when the rule is planned for a schema.
 
 use std::ops::ControlFlow;
+
+use datafusion::arrow::datatypes::{DataType, Schema};
 
 use datafusion::sql::sqlparser::ast::{
     self, AccessExpr, Expr, Ident, LambdaFunction, LambdaFunctionParameter, LambdaSyntax,
@@ -20,6 +28,9 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use super::{SqlError, call};
+
+/// The marker call holding both forms of a nested SELECT (see the module docs).
+pub(super) const SELECT_FROM: &str = "__weir_select_from";
 
 /// The lambda parameter standing for the array element.
 pub(super) const ELEMENT: &str = "__weir_el"; // a meta name: never read as a payload field
@@ -49,19 +60,74 @@ fn lambda(body: Expr) -> Expr {
     })
 }
 
-/// Makes the names in an inner expression refer to the element's fields.
-fn on_element(mut e: Expr) -> Expr {
+/// Rebinds the names (field paths) in an inner expression with `to`. `@name` is a SET
+/// variable of the rule, not a name of the inner SELECT, and `"..."` is a string.
+fn rebind(mut e: Expr, to: impl Fn(&[Ident]) -> Expr) -> Expr {
     let _ = visit_expressions_mut(&mut e, |x| {
         match x {
-            Expr::Identifier(i) if i.quote_style != Some('"') => {
-                *x = element_field(std::slice::from_ref(i))
+            Expr::Identifier(i) if i.quote_style != Some('"') && !i.value.starts_with('@') => {
+                *x = to(std::slice::from_ref(i))
             }
-            Expr::CompoundIdentifier(parts) => *x = element_field(parts),
+            Expr::CompoundIdentifier(parts) if !parts[0].value.starts_with('@') => *x = to(parts),
             _ => {}
         }
         ControlFlow::<()>::Continue(())
     });
     e
+}
+
+/// Makes the names in an inner expression refer to the element's fields.
+fn on_element(e: Expr) -> Expr {
+    rebind(e, element_field)
+}
+
+/// Makes the names in an inner expression refer to the members of the object at `path`.
+fn on_object(e: Expr, path: &[Ident]) -> Expr {
+    rebind(e, |names| {
+        let mut full = path.to_vec();
+        full.extend_from_slice(names);
+        Expr::CompoundIdentifier(full)
+    })
+}
+
+/// Picks, in every nested SELECT of `expr`, the array or the object form, by the type of
+/// the field it reads in `schema`. A field that is neither (or absent) makes it Undefined.
+pub(crate) fn resolve(mut expr: Expr, schema: &Schema) -> Expr {
+    let _ = visit_expressions_mut(&mut expr, |e| {
+        let Expr::Function(f) = &*e else {
+            return ControlFlow::<()>::Continue(());
+        };
+        if f.name.to_string() != SELECT_FROM {
+            return ControlFlow::Continue(());
+        }
+        let Ok(args) = super::function_args(f) else {
+            return ControlFlow::Continue(());
+        };
+        let path: Vec<&str> = match &args[0] {
+            Expr::Identifier(i) => vec![i.value.as_str()],
+            Expr::CompoundIdentifier(parts) => parts.iter().map(|p| p.value.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        *e = match field_type(schema, &path) {
+            Some(DataType::List(_) | DataType::LargeList(_)) => args[1].clone(),
+            Some(DataType::Struct(_)) => args[2].clone(),
+            _ => Expr::value(Value::Null),
+        };
+        ControlFlow::Continue(())
+    });
+    expr
+}
+
+fn field_type<'a>(schema: &'a Schema, path: &[&str]) -> Option<&'a DataType> {
+    let (first, rest) = path.split_first()?;
+    let mut t = schema.field_with_name(first).ok()?.data_type();
+    for name in rest {
+        let DataType::Struct(fields) = t else {
+            return None;
+        };
+        t = fields.iter().find(|f| f.name() == name)?.data_type();
+    }
+    Some(t)
 }
 
 /// The rewrite of a nested SELECT, or an error saying what of it is not supported.
@@ -96,6 +162,62 @@ pub(super) fn rewrite(query: &ast::Query) -> Result<Expr, SqlError> {
         [one] => Expr::Identifier(one.clone()),
         _ => Expr::CompoundIdentifier(path.clone()),
     };
+    if path.is_empty() {
+        return refuse("this FROM", select.from[0].relation.span());
+    }
+    let array_form = array_form(select, array.clone())?;
+    let object_form = object_form(select, &path, array.clone())?;
+    Ok(call(SELECT_FROM, vec![array, array_form, object_form]))
+}
+
+/// The SELECT's items as `(name, expression)` pairs, or `None` for `SELECT *`; `VALUE x`
+/// (which sqlparser reads as the column `value` named `x`) is one pair named `None`.
+#[allow(clippy::type_complexity)]
+fn items(select: &ast::Select) -> Result<Option<Vec<(Option<String>, Expr)>>, SqlError> {
+    match select.projection.as_slice() {
+        [SelectItem::Wildcard(_)] => Ok(None),
+        [
+            SelectItem::ExprWithAlias {
+                expr: Expr::Identifier(v),
+                alias,
+            },
+        ] if v.quote_style.is_none() && v.value.eq_ignore_ascii_case("value") => {
+            Ok(Some(vec![(None, Expr::Identifier(alias.clone()))]))
+        }
+        items => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                SelectItem::UnnamedExpr(e) => Ok((Some(super::default_name(e, i + 1)), e.clone())),
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    Ok((Some(alias.value.clone()), expr.clone()))
+                }
+                other => Err(SqlError::at(
+                    "in a nested SELECT, this SELECT item is not supported",
+                    other.span(),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+    }
+}
+
+/// The items as one expression over `scope` (the element, or the object's members).
+fn projection(items: Vec<(Option<String>, Expr)>, scope: impl Fn(Expr) -> Expr) -> Expr {
+    if let [(None, value)] = items.as_slice() {
+        return scope(value.clone());
+    }
+    let mut args = Vec::with_capacity(items.len() * 2);
+    for (name, e) in items {
+        args.push(Expr::value(Value::SingleQuotedString(
+            name.unwrap_or_default(),
+        )));
+        args.push(scope(e));
+    }
+    call("named_struct", args)
+}
+
+fn array_form(select: &ast::Select, array: Expr) -> Result<Expr, SqlError> {
     let filtered = match &select.selection {
         None => array,
         Some(cond) => call(
@@ -103,31 +225,31 @@ pub(super) fn rewrite(query: &ast::Query) -> Result<Expr, SqlError> {
             vec![array, lambda(on_element(cond.clone()))],
         ),
     };
-    // The items: `*`, `VALUE x` (which sqlparser reads as the column `value` named `x`),
-    // or columns that make an object.
-    let projection = match select.projection.as_slice() {
-        [SelectItem::Wildcard(_)] => return Ok(filtered),
-        [
-            SelectItem::ExprWithAlias {
-                expr: Expr::Identifier(v),
-                alias,
-            },
-        ] if v.quote_style.is_none() && v.value.eq_ignore_ascii_case("value") => {
-            on_element(Expr::Identifier(alias.clone()))
-        }
-        items => {
-            let mut args = Vec::with_capacity(items.len() * 2);
-            for (i, item) in items.iter().enumerate() {
-                let (name, e) = match item {
-                    SelectItem::UnnamedExpr(e) => (super::default_name(e, i + 1), e),
-                    SelectItem::ExprWithAlias { expr, alias } => (alias.value.clone(), expr),
-                    other => return refuse("this SELECT item", other.span()),
-                };
-                args.push(Expr::value(Value::SingleQuotedString(name)));
-                args.push(on_element(e.clone()));
-            }
-            call("named_struct", args)
-        }
+    Ok(match items(select)? {
+        None => filtered,
+        Some(items) => call(
+            "array_transform",
+            vec![filtered, lambda(projection(items, on_element))],
+        ),
+    })
+}
+
+fn object_form(select: &ast::Select, path: &[Ident], object: Expr) -> Result<Expr, SqlError> {
+    let selected = match items(select)? {
+        None => object,
+        Some(items) => projection(items, |e| on_object(e, path)),
     };
-    Ok(call("array_transform", vec![filtered, lambda(projection)]))
+    Ok(match &select.selection {
+        None => selected,
+        Some(cond) => Expr::Case {
+            case_token: ast::helpers::attached_token::AttachedToken::empty(),
+            end_token: ast::helpers::attached_token::AttachedToken::empty(),
+            operand: None,
+            conditions: vec![ast::CaseWhen {
+                condition: on_object(cond.clone(), path),
+                result: selected,
+            }],
+            else_result: None,
+        },
+    })
 }

@@ -12,13 +12,19 @@
 //! * `+` on two strings concatenates them.
 //! * `AND`, `OR`, `NOT` accept the strings "true" and "false" (any case); so does `=`
 //!   against a boolean (the dialect writes `NOT x` as `x = false`).
+//! * A function given an argument of a type it does not take (`floor([1, 2])`) is
+//!   Undefined, not an error; a wrong number of arguments is still refused.
 //!
 //! Each rule becomes ordinary DataFusion expressions (`TRY_CAST`, `CASE`, `||`), so
 //! evaluation stays vectorised.
 
-use datafusion::arrow::datatypes::DataType;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::type_coercion::functions::fields_with_udf;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator, lit, try_cast, when};
 
 fn is_string(t: &DataType) -> bool {
@@ -96,9 +102,35 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
         Expr::Not(inner) if is_string(&inner.get_type(schema)?) => Ok(Transformed::yes(Expr::Not(
             Box::new(try_cast(inner.as_ref().clone(), DataType::Boolean)),
         ))),
+        Expr::ScalarFunction(f) if wrong_argument_types(f, schema)? => {
+            Ok(Transformed::yes(lit(ScalarValue::Null)))
+        }
         _ => Ok(Transformed::no(e)),
     })
     .map(|t| t.data)
+}
+
+/// Whether the function does not take its arguments' types although it takes that many
+/// arguments (of some number or string type).
+fn wrong_argument_types(f: &ScalarFunction, schema: &DFSchema) -> Result<bool> {
+    let fields: Vec<FieldRef> = f
+        .args
+        .iter()
+        .map(|a| a.to_field(schema).map(|(_, field)| field))
+        .collect::<Result<_>>()?;
+    if fields.is_empty() || fields_with_udf(&fields, f.func.as_ref()).is_ok() {
+        return Ok(false);
+    }
+    let takes_that_many = [DataType::Float64, DataType::Int64, DataType::Utf8]
+        .into_iter()
+        .any(|t| {
+            let plain: Vec<FieldRef> = fields
+                .iter()
+                .map(|_| Arc::new(Field::new("x", t.clone(), true)))
+                .collect();
+            fields_with_udf(&plain, f.func.as_ref()).is_ok()
+        });
+    Ok(takes_that_many)
 }
 
 /// A `WHERE` over a string field ("TRUE", "false") is a condition too.
