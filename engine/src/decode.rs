@@ -10,6 +10,8 @@
 //! planning error. Rules cache one plan per distinct schema. Before that,
 //! [`group_by_number_kinds`] splits a batch whose messages disagree on whether a number is
 //! an integer, so that `20` stays an Int and `20.5` a Decimal as AWS IoT SQL has it.
+//! An array whose elements mix JSON types has no Arrow type; it is carried as JSON text
+//! (a marked Utf8 column, see [`crate::dialect::json_values`]) and written back as JSON.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -236,9 +238,34 @@ pub fn group_by_number_kinds(
 
 /// Builds the payload part of a batch from projected rows. Returns the fields and columns
 /// (the caller adds metadata columns).
+///
+/// An array whose elements are of different JSON types (`[1, "a", {"b": 2}]`) has no
+/// Arrow type: when the batch fails for that reason, such arrays are carried as JSON text
+/// (see [`crate::dialect::json_values`]) and the batch is built again.
 pub fn rows_to_batch(rows: &[Row], tree: &FieldTree) -> Result<RecordBatch, String> {
-    let inferred = infer_json_schema_from_iterator(rows.iter().map(|(_, v)| Ok::<_, _>(v)))
+    match typed_batch(rows, tree, &[]) {
+        Ok(batch) => Ok(batch),
+        Err(e) => {
+            let mut rows = rows.to_vec();
+            let paths = mixed_arrays_as_text(&mut rows);
+            if paths.is_empty() {
+                return Err(e);
+            }
+            typed_batch(&rows, tree, &paths)
+        }
+    }
+}
+
+fn typed_batch(
+    rows: &[Row],
+    tree: &FieldTree,
+    json_text: &[Vec<String>],
+) -> Result<RecordBatch, String> {
+    let mut inferred = infer_json_schema_from_iterator(rows.iter().map(|(_, v)| Ok::<_, _>(v)))
         .map_err(|e| format!("fields have conflicting types: {e}"))?;
+    for path in json_text {
+        inferred = Schema::new(mark_json_text(inferred.fields(), path));
+    }
     // arrow-json widens numbers mixed with strings to Utf8; that would turn the numbers of
     // every message in the batch into strings. Refuse the batch instead, so that the rule
     // runs such messages one by one, each with its own type.
@@ -270,6 +297,106 @@ pub fn rows_to_batch(rows: &[Row], tree: &FieldTree) -> Result<RecordBatch, Stri
         .flush()
         .map_err(|e| format!("field has an unexpected type: {e}"))?
         .unwrap_or_else(|| RecordBatch::new_empty(schema)))
+}
+
+/// The kind of a JSON value, for telling whether an array mixes kinds.
+fn kind(v: &Value) -> u8 {
+    match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 2,
+        Value::String(_) => 3,
+        Value::Array(_) => 4,
+        Value::Object(_) => 5,
+    }
+}
+
+/// Whether an array's elements (or, within them, any array) mix JSON kinds.
+fn is_mixed(items: &[Value]) -> bool {
+    let mut seen = 0u8;
+    for item in items {
+        let k = kind(item);
+        if k != 0 && seen != 0 && k != seen {
+            return true;
+        }
+        if k != 0 {
+            seen = k;
+        }
+        let nested = match item {
+            Value::Array(a) => is_mixed(a),
+            Value::Object(m) => m
+                .values()
+                .any(|v| matches!(v, Value::Array(a) if is_mixed(a))),
+            _ => false,
+        };
+        if nested {
+            return true;
+        }
+    }
+    false
+}
+
+/// Finds the object paths holding mixed arrays in any row, and replaces the value at each
+/// such path, in every row, by its JSON text.
+fn mixed_arrays_as_text(rows: &mut [Row]) -> Vec<Vec<String>> {
+    fn find(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        let Value::Object(m) = v else { return };
+        for (k, child) in m {
+            prefix.push(k.clone());
+            match child {
+                Value::Array(items) if is_mixed(items) && !out.contains(prefix) => {
+                    out.push(prefix.clone());
+                }
+                Value::Object(_) => find(child, prefix, out),
+                _ => {}
+            }
+            prefix.pop();
+        }
+    }
+    let mut paths = Vec::new();
+    for (_, v) in rows.iter() {
+        find(v, &mut Vec::new(), &mut paths);
+    }
+    for (_, v) in rows.iter_mut() {
+        for path in &paths {
+            let slot = path.iter().try_fold(&mut *v, |v, k| v.get_mut(k));
+            if let Some(slot) = slot.filter(|s| !s.is_null()) {
+                *slot = Value::String(slot.to_string());
+            }
+        }
+    }
+    paths
+}
+
+/// `fields` with the field at `path` made a JSON text string.
+fn mark_json_text(fields: &Fields, path: &[String]) -> Fields {
+    let Some((first, rest)) = path.split_first() else {
+        return fields.clone();
+    };
+    let marked: Vec<Field> = fields
+        .iter()
+        .map(|f| {
+            let f = f.as_ref().clone();
+            if f.name() != first {
+                return f;
+            }
+            match (f.data_type(), rest.is_empty()) {
+                (_, true) => Field::new(f.name(), DataType::Utf8, true).with_metadata(
+                    [(
+                        crate::dialect::json_values::JSON_TEXT.to_owned(),
+                        "true".to_owned(),
+                    )]
+                    .into(),
+                ),
+                (DataType::Struct(children), false) => {
+                    let children = mark_json_text(children, rest);
+                    f.with_data_type(DataType::Struct(children))
+                }
+                _ => f,
+            }
+        })
+        .collect();
+    Fields::from(marked)
 }
 
 /// The schema of a batch in which no payload has any field: every path the rule reads,
@@ -415,6 +542,39 @@ mod tests {
         ];
         let err = rows_to_batch(&rows, &tree(&["s"])).unwrap_err();
         assert!(err.contains("mixed types"), "{err}");
+    }
+
+    #[test]
+    fn mixed_arrays_become_json_text() {
+        let rows = vec![
+            (
+                0,
+                serde_json::json!({"m": [1, "a"], "g": {"n": [{"x": 1}, 2]}, "ok": [1, 2]}),
+            ),
+            (
+                1,
+                serde_json::json!({"m": [3], "g": {"n": null}, "ok": [3]}),
+            ),
+        ];
+        let b = rows_to_batch(&rows, &tree(&["m", "g", "ok"])).unwrap();
+        let m = b.schema().field_with_name("m").unwrap().clone();
+        assert_eq!(m.data_type(), &DataType::Utf8);
+        assert!(
+            m.metadata()
+                .contains_key(crate::dialect::json_values::JSON_TEXT)
+        );
+        let texts = b.column_by_name("m").unwrap().as_string::<i32>();
+        assert_eq!(texts.value(0), r#"[1,"a"]"#);
+        assert_eq!(texts.value(1), "[3]");
+        let DataType::Struct(g) = b.schema().field_with_name("g").unwrap().data_type().clone()
+        else {
+            panic!("g is a struct")
+        };
+        assert_eq!(g[0].data_type(), &DataType::Utf8);
+        assert!(matches!(
+            b.schema().field_with_name("ok").unwrap().data_type(),
+            DataType::List(_)
+        ));
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::borrow::Borrow;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, StringArray,
+};
 use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::{LineDelimitedWriter, WriterBuilder, writer::LineDelimited};
@@ -179,7 +181,16 @@ impl Rule {
     pub fn process<M: Borrow<Message>>(&self, msgs: &[M]) -> Outcome {
         let mut outcome = Outcome::default();
         let mut rows = Vec::with_capacity(msgs.len());
+        // A rule that reads no field of the payload (`SELECT *`, `encode(*, 'base64')`,
+        // `topic()`) takes any bytes, JSON or not, as AWS does with binary payloads;
+        // `SELECT *, <more>` needs a JSON object to add to.
+        let adds_to_payload = self.parsed.star && !self.parsed.columns.is_empty();
+        let raw_only = self.fields.is_empty() && !adds_to_payload;
         for (index, m) in msgs.iter().enumerate() {
+            if raw_only {
+                rows.push((index, Value::Object(serde_json::Map::new())));
+                continue;
+            }
             match decode::project(&m.borrow().payload, &self.fields) {
                 Ok(map) => rows.push((index, Value::Object(map))),
                 Err(e) => outcome.failures.push(Failure {
@@ -346,6 +357,7 @@ impl Rule {
             RecordBatch::try_new(plan.output_schema.clone(), columns).map_err(|e| e.to_string())?;
         let mut writer: LineDelimitedWriter<Vec<u8>> = WriterBuilder::new()
             .with_explicit_nulls(false)
+            .with_encoder_factory(Arc::new(dialect::json_values::Encoders))
             .build::<_, LineDelimited>(Vec::new());
         writer.write(&batch).map_err(|e| e.to_string())?;
         writer.finish().map_err(|e| e.to_string())?;
@@ -384,6 +396,9 @@ impl Rule {
         if self.meta.source_ip {
             fields.push(Field::new(meta::SOURCE_IP, DataType::Utf8, true));
         }
+        if self.meta.payload {
+            fields.push(Field::new(meta::PAYLOAD, DataType::Binary, false));
+        }
         for path in &self.meta.json_null {
             fields.push(Field::new(meta::json_null(path), DataType::Boolean, false));
         }
@@ -418,6 +433,10 @@ impl Rule {
         }
         if self.meta.source_ip {
             let a: StringArray = (0..n).map(|i| msg(i).source_ip.as_deref()).collect();
+            columns.push(Arc::new(a));
+        }
+        if self.meta.payload {
+            let a: BinaryArray = (0..n).map(|i| Some(msg(i).payload.as_ref())).collect();
             columns.push(Arc::new(a));
         }
         for path in &self.meta.json_null {
@@ -498,8 +517,12 @@ impl Rule {
         let mut fields = Vec::with_capacity(self.parsed.columns.len());
         for col in &self.parsed.columns {
             let p = physical(&col.expr)?;
-            let ty = p.data_type(schema).map_err(|e| e.to_string())?;
-            fields.push(Field::new(&col.name, ty, true));
+            // The metadata says how to encode the value (see `json_values`).
+            let field = p.return_field(schema).map_err(|e| e.to_string())?;
+            fields.push(
+                Field::new(&col.name, field.data_type().clone(), true)
+                    .with_metadata(field.metadata().clone()),
+            );
             columns.push(p);
         }
         let templates = self
@@ -556,11 +579,12 @@ fn unwrap_value(json: &Bytes) -> Option<Bytes> {
 
 /// `SELECT *, extra AS x`: the payload object with the extra members appended.
 fn splice(payload: &Bytes, extra: &Bytes) -> Bytes {
-    let trimmed = payload.trim_ascii();
     let extra_inner = &extra[1..extra.len() - 1];
     if extra_inner.is_empty() {
-        return Bytes::copy_from_slice(trimmed);
+        // `SELECT *` alone: the payload as received, whatever its bytes.
+        return payload.clone();
     }
+    let trimmed = payload.trim_ascii();
     let body = trimmed[..trimmed.len() - 1].trim_ascii_end();
     let mut out = Vec::with_capacity(body.len() + extra.len() + 1);
     out.extend_from_slice(body);

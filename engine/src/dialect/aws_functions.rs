@@ -9,7 +9,7 @@ use datafusion::sql::sqlparser::ast::{
     self, BinaryOperator, CaseWhen, CastKind, DataType, Expr, Value,
 };
 
-use super::call;
+use super::{call, json_values, meta};
 
 /// `CAST(e AS VARCHAR)`: AWS string functions convert their arguments to strings.
 fn string(e: Expr) -> Expr {
@@ -143,13 +143,24 @@ pub(super) fn rewrite(name: &str, args: &[Expr]) -> Option<Result<Expr, String>>
             )
         }),
         // Conversions and hashes: AWS returns hex strings where DataFusion returns bytes.
-        "decode" => arity(2).map(|()| string(call("decode", vec![string(a(0)), a(1)]))),
+        // A decoded JSON document is that document (`80` is a number), other text a string.
+        "decode" => arity(2).map(|()| {
+            call(json_values::MARK, vec![string(call("decode", vec![string(a(0)), a(1)]))])
+        }),
         "encode" => arity(2).map(|()| {
-            let e = call("encode", vec![string(a(0)), a(1)]);
+            // `encode(*, ...)` encodes the payload's bytes as received.
+            let is_payload = matches!(&args[0], Expr::Identifier(i) if i.value == meta::PAYLOAD);
+            let e = call("encode", vec![if is_payload { a(0) } else { string(a(0)) }, a(1)]);
             // DataFusion's base64 has no padding; AWS's (standard base64) has.
             let is_base64 = matches!(&args[1], Expr::Value(v)
                 if matches!(&v.value, Value::SingleQuotedString(s) if s.eq_ignore_ascii_case("base64")));
             if is_base64 { pad_base64(e) } else { e }
+        }),
+        // concat() is Undefined, concat(x) is x; with an array among the values, an array.
+        "concat" => Ok(match args.len() {
+            0 => Expr::value(Value::Null),
+            1 => a(0),
+            _ => call(json_values::CONCAT, args.to_vec()),
         }),
         "sha224" | "sha256" | "sha384" | "sha512" => arity(1).map(|()| {
             call(

@@ -25,7 +25,17 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(super::hashes::Hash::crc32()),
         ScalarUDF::from(super::hashes::Hash::md2()),
         ScalarUDF::from(super::collections::EnrichArray::new()),
+        ScalarUDF::from(super::json_values::Mark::new()),
+        ScalarUDF::from(super::json_values::Concat::new()),
     ]
+}
+
+/// A UDF's arguments as arrays of the batch's length (literals repeated).
+pub(super) fn arg_arrays(args: &ScalarFunctionArgs) -> Result<Vec<ArrayRef>> {
+    args.args
+        .iter()
+        .map(|a| a.to_array(args.number_rows))
+        .collect()
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

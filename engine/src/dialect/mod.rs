@@ -24,6 +24,7 @@ mod aws_functions;
 mod collections;
 pub mod functions;
 mod hashes;
+pub mod json_values;
 pub(crate) mod nested;
 pub mod time;
 pub mod types;
@@ -52,6 +53,8 @@ pub mod meta {
     pub const TIMESTAMP: &str = "__weir_timestamp";
     pub const PRINCIPAL: &str = "__weir_principal";
     pub const SOURCE_IP: &str = "__weir_sourceip";
+    /// The raw payload (`*` as a function argument, as in `encode(*, 'base64')`).
+    pub const PAYLOAD: &str = "__weir_payload";
 
     /// Whether `name` is one of weir's own columns (all start with `__weir_`).
     pub fn is_meta(name: &str) -> bool {
@@ -173,6 +176,8 @@ pub struct MetaNeeds {
     pub timestamp: bool,
     pub principal: bool,
     pub source_ip: bool,
+    /// The raw payload bytes: a rule that reads only them takes any payload, JSON or not.
+    pub payload: bool,
     /// Field paths (`a.b`) whose JSON-null-ness the rule asks about (`isNull`,
     /// `isUndefined`): the batch gets a boolean column [`meta::json_null`] for each.
     pub json_null: std::collections::BTreeSet<String>,
@@ -185,6 +190,7 @@ impl MetaNeeds {
         self.timestamp |= o.timestamp;
         self.principal |= o.principal;
         self.source_ip |= o.source_ip;
+        self.payload |= o.payload;
         self.json_null.extend(o.json_null);
     }
 }
@@ -989,6 +995,7 @@ fn rewrite(
     // Collect the payload paths the expression reads.
     let _ = visit_expressions(expr, |e| {
         match e {
+            Expr::Identifier(i) if i.value == meta::PAYLOAD => meta.payload = true,
             Expr::Identifier(i) if !meta::is_meta(&i.value) => {
                 fields.add(std::slice::from_ref(&i.value))
             }
@@ -1017,6 +1024,10 @@ fn function_args(f: &ast::Function) -> Result<Vec<Expr>, String> {
             .iter()
             .map(|a| match a {
                 FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
+                // `encode(*, 'base64')`: the payload as received.
+                FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => {
+                    Ok(Expr::Identifier(Ident::new(meta::PAYLOAD)))
+                }
                 _ => Err(format!("unsupported argument to {}()", f.name)),
             })
             .collect(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Builder, StringBuilder};
+use datafusion::arrow::array::{Array, AsArray, Int64Builder, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::logical_expr::{
@@ -151,11 +151,7 @@ impl ScalarUDFImpl for ParseTime {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
-        let arrays: Vec<ArrayRef> = args
-            .args
-            .iter()
-            .map(|a| a.to_array(n))
-            .collect::<Result<_>>()?;
+        let arrays = super::functions::arg_arrays(&args)?;
         let patterns = arrays[0].as_string::<i32>();
         let times = arrays[1].as_primitive::<Int64Type>();
         let zones = arrays.get(2).map(|z| z.as_string::<i32>());
@@ -442,11 +438,7 @@ impl ScalarUDFImpl for TimeToEpoch {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
-        let arrays: Vec<ArrayRef> = args
-            .args
-            .iter()
-            .map(|a| a.to_array(n))
-            .collect::<Result<_>>()?;
+        let arrays = super::functions::arg_arrays(&args)?;
         let (texts, patterns) = (arrays[0].as_string::<i32>(), arrays[1].as_string::<i32>());
         let mut out = Int64Builder::with_capacity(n);
         for i in 0..n {
