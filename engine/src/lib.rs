@@ -52,6 +52,9 @@ pub struct Message {
     pub payload: Bytes,
     /// When weir received the message, in milliseconds since the Unix epoch.
     pub received_at_ms: i64,
+    /// A number unique to this message within this weir process ([`next_seq`]); the
+    /// message's `traceid()` derives from it.
+    pub seq: u64,
     /// Acknowledges the message to its source once every holder has let go of it.
     pub ack: Ack,
 }
@@ -109,14 +112,48 @@ impl Message {
             source_ip: None,
             payload: payload.into(),
             received_at_ms: now_ms(),
+            seq: next_seq(),
             ack: Ack::default(),
         }
+    }
+
+    /// The message's trace id, as AWS's `traceid()` gives it: a UUID (version 4 layout)
+    /// made of a number drawn once per process and the message's [`Message::seq`].
+    pub fn trace_id(&self) -> String {
+        trace_id(self.seq)
     }
 
     pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
         self.client_id = Some(client_id.into());
         self
     }
+}
+
+/// The next message sequence number (see [`Message::seq`]).
+pub fn next_seq() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The trace id of the message with sequence number `seq`.
+pub fn trace_id(seq: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let nonce = *NONCE.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    });
+    let hi = (nonce & !0xf000) | 0x4000; // version 4
+    let lo = (seq & !(0b11 << 62)) | (0b10 << 62); // RFC 4122 variant
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    )
 }
 
 /// Milliseconds since the Unix epoch.

@@ -399,6 +399,9 @@ impl Rule {
         if self.meta.payload {
             fields.push(Field::new(meta::PAYLOAD, DataType::Binary, false));
         }
+        if self.meta.trace_id {
+            fields.push(Field::new(meta::TRACE_ID, DataType::Utf8, false));
+        }
         for path in &self.meta.json_null {
             fields.push(Field::new(meta::json_null(path), DataType::Boolean, false));
         }
@@ -437,6 +440,10 @@ impl Rule {
         }
         if self.meta.payload {
             let a: BinaryArray = (0..n).map(|i| Some(msg(i).payload.as_ref())).collect();
+            columns.push(Arc::new(a));
+        }
+        if self.meta.trace_id {
+            let a: StringArray = (0..n).map(|i| Some(msg(i).trace_id())).collect();
             columns.push(Arc::new(a));
         }
         for path in &self.meta.json_null {
@@ -748,6 +755,28 @@ mod tests {
         );
         let err = Rule::compile(&Engine::new(), "SELECT t FROM 'a'", &exprs).unwrap_err();
         assert!(err.message.contains("unknown variable @level"), "{err}");
+    }
+
+    #[test]
+    fn trace_ids_name_the_message_across_rules() {
+        let e = Engine::new();
+        let a = Rule::compile(&e, "SELECT traceid() AS t FROM 'a'", &[]).unwrap();
+        let b = Rule::compile(&e, "SELECT v FROM 'a'", &["traceid()".to_owned()]).unwrap();
+        let msgs = [
+            Message::new("a", &br#"{"v": 1}"#[..]),
+            Message::new("a", &br#"{"v": 2}"#[..]),
+        ];
+        let (out_a, out_b) = (a.process(&msgs), b.process(&msgs));
+        let ids: Vec<String> = out_a
+            .outputs
+            .iter()
+            .map(|o| json(&o.payload)["t"].as_str().unwrap().to_owned())
+            .collect();
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(ids[0].len(), 36);
+        assert_eq!(&ids[0][14..15], "4", "{}", ids[0]);
+        assert_eq!(out_b.outputs[0].params[0].as_deref(), Some(ids[0].as_str()));
+        assert_eq!(out_b.outputs[1].params[0].as_deref(), Some(ids[1].as_str()));
     }
 
     #[test]

@@ -454,6 +454,7 @@ fn decode(body: &[u8]) -> Option<(Delivery, i64)> {
         source_ip,
         payload: msg_payload,
         received_at_ms,
+        seq: weir_engine::next_seq(),
         ack: Default::default(),
     };
     Some((

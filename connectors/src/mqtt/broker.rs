@@ -337,6 +337,7 @@ impl Broker {
                                     source_ip: Some(source_ip.clone()),
                                     payload: p.payload.clone(),
                                     received_at_ms: now_ms(),
+                                    seq: weir_engine::next_seq(),
                                     // Acknowledged on receipt, below.
                                     ack: Default::default(),
                                 };

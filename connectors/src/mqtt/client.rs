@@ -327,6 +327,7 @@ impl ExternalBroker {
                             source_ip: None,
                             payload: p.payload,
                             received_at_ms: now_ms(),
+                            seq: weir_engine::next_seq(),
                             ack,
                         };
                         if ingress.send(msg).await.is_err() {

@@ -53,6 +53,7 @@ pub mod meta {
     pub const TIMESTAMP: &str = "__weir_timestamp";
     pub const PRINCIPAL: &str = "__weir_principal";
     pub const SOURCE_IP: &str = "__weir_sourceip";
+    pub const TRACE_ID: &str = "__weir_traceid";
     /// The raw payload (`*` as a function argument, as in `encode(*, 'base64')`).
     pub const PAYLOAD: &str = "__weir_payload";
 
@@ -176,6 +177,7 @@ pub struct MetaNeeds {
     pub timestamp: bool,
     pub principal: bool,
     pub source_ip: bool,
+    pub trace_id: bool,
     /// The raw payload bytes: a rule that reads only them takes any payload, JSON or not.
     pub payload: bool,
     /// Field paths (`a.b`) whose JSON-null-ness the rule asks about (`isNull`,
@@ -191,6 +193,7 @@ impl MetaNeeds {
         self.principal |= o.principal;
         self.source_ip |= o.source_ip;
         self.payload |= o.payload;
+        self.trace_id |= o.trace_id;
         self.json_null.extend(o.json_null);
     }
 }
@@ -943,6 +946,13 @@ fn rewrite(
                 }
                 meta.timestamp = true;
                 Expr::Identifier(Ident::new(meta::TIMESTAMP))
+            }
+            "traceid" => {
+                if let Err(err) = arity(0) {
+                    return ControlFlow::Break(err);
+                }
+                meta.trace_id = true;
+                Expr::Identifier(Ident::new(meta::TRACE_ID))
             }
             _ if let Some(rewritten) = aws_functions::rewrite(&name, &args) => match rewritten {
                 Ok(e) => e,
