@@ -19,6 +19,14 @@
 //! * [`rule`]: a compiled rule: plans cached per input schema, evaluated per batch.
 //! * [`template`]: `${...}` substitution templates in action parameters.
 //!
+//! **JSON's dynamic types on Arrow's static ones.** A batch's column types come from its
+//! messages: a field that is always a number is an Int64 or Float64 column and runs
+//! vectorised. Messages that disagree (an Int in one, a Decimal in another; a number in one,
+//! a string in another) are split into batches that agree, down to one message at a time,
+//! so each keeps its own types ([`decode`]). A value that has no Arrow type at all (an
+//! array mixing element types, `decode()` of a JSON document) is carried as JSON text
+//! (see [`dialect::json_values`]) and written back as JSON.
+//!
 //! DataFusion plans and evaluates every expression; the engine owns no expression
 //! interpreter. A rule is one SELECT over one message, so it is planned as a set of
 //! physical expressions (one predicate, one per output column) evaluated directly on each
