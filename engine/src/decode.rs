@@ -267,15 +267,14 @@ fn typed_batch(
         inferred = Schema::new(mark_json_text(inferred.fields(), path));
     }
     // arrow-json widens numbers mixed with strings to Utf8; that would turn the numbers of
-    // every message in the batch into strings. Refuse the batch instead, so that the rule
-    // runs such messages one by one, each with its own type.
-    for f in inferred.fields() {
-        if f.data_type() == &DataType::Utf8
-            && rows.iter().any(|(_, r)| {
-                r.get(f.name())
-                    .is_some_and(|v| !v.is_string() && !v.is_null())
-            })
-        {
+    // every message in the batch (or of an array) into strings. Refuse the batch instead,
+    // so that the rule runs such messages one by one, each with its own types, and an
+    // array that mixes them is carried as JSON text.
+    for f in inferred.fields().iter().filter(|f| has_utf8(f.data_type())) {
+        if rows.iter().any(|(_, r)| {
+            r.get(f.name())
+                .is_some_and(|v| stringified(f.data_type(), v))
+        }) {
             return Err(format!("field '{}' has mixed types in one batch", f.name()));
         }
     }
@@ -297,6 +296,30 @@ fn typed_batch(
         .flush()
         .map_err(|e| format!("field has an unexpected type: {e}"))?
         .unwrap_or_else(|| RecordBatch::new_empty(schema)))
+}
+
+fn has_utf8(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 => true,
+        DataType::List(f) | DataType::LargeList(f) => has_utf8(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_utf8(f.data_type())),
+        _ => false,
+    }
+}
+
+/// Whether reading `v` as `t` would turn a number or boolean into a string.
+fn stringified(t: &DataType, v: &Value) -> bool {
+    match (t, v) {
+        (DataType::Utf8, v) => !v.is_string() && !v.is_null(),
+        (DataType::List(f) | DataType::LargeList(f), Value::Array(items)) => {
+            items.iter().any(|i| stringified(f.data_type(), i))
+        }
+        (DataType::Struct(fields), Value::Object(m)) => fields.iter().any(|f| {
+            m.get(f.name())
+                .is_some_and(|c| stringified(f.data_type(), c))
+        }),
+        _ => false,
+    }
 }
 
 /// The kind of a JSON value, for telling whether an array mixes kinds.
