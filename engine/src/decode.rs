@@ -246,11 +246,12 @@ pub fn rows_to_batch(rows: &[Row], tree: &FieldTree) -> Result<RecordBatch, Stri
     match typed_batch(rows, tree, &[]) {
         Ok(batch) => Ok(batch),
         Err(e) => {
-            let mut rows = rows.to_vec();
-            let paths = mixed_arrays_as_text(&mut rows);
+            let paths = mixed_array_paths(rows);
             if paths.is_empty() {
                 return Err(e);
             }
+            let mut rows = rows.to_vec();
+            as_json_text(&mut rows, &paths);
             typed_batch(&rows, tree, &paths)
         }
     }
@@ -359,9 +360,8 @@ fn is_mixed(items: &[Value]) -> bool {
     false
 }
 
-/// Finds the object paths holding mixed arrays in any row, and replaces the value at each
-/// such path, in every row, by its JSON text.
-fn mixed_arrays_as_text(rows: &mut [Row]) -> Vec<Vec<String>> {
+/// The object paths that hold an array mixing JSON kinds in any row.
+fn mixed_array_paths(rows: &[Row]) -> Vec<Vec<String>> {
     fn find(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
         let Value::Object(m) = v else { return };
         for (k, child) in m {
@@ -377,18 +377,22 @@ fn mixed_arrays_as_text(rows: &mut [Row]) -> Vec<Vec<String>> {
         }
     }
     let mut paths = Vec::new();
-    for (_, v) in rows.iter() {
+    for (_, v) in rows {
         find(v, &mut Vec::new(), &mut paths);
     }
+    paths
+}
+
+/// Replaces the value at each of `paths`, in every row, by its JSON text.
+fn as_json_text(rows: &mut [Row], paths: &[Vec<String>]) {
     for (_, v) in rows.iter_mut() {
-        for path in &paths {
+        for path in paths {
             let slot = path.iter().try_fold(&mut *v, |v, k| v.get_mut(k));
             if let Some(slot) = slot.filter(|s| !s.is_null()) {
                 *slot = Value::String(slot.to_string());
             }
         }
     }
-    paths
 }
 
 /// `fields` with the field at `path` made a JSON text string.
@@ -404,13 +408,7 @@ fn mark_json_text(fields: &Fields, path: &[String]) -> Fields {
                 return f;
             }
             match (f.data_type(), rest.is_empty()) {
-                (_, true) => Field::new(f.name(), DataType::Utf8, true).with_metadata(
-                    [(
-                        crate::dialect::json_values::JSON_TEXT.to_owned(),
-                        "true".to_owned(),
-                    )]
-                    .into(),
-                ),
+                (_, true) => crate::dialect::json_values::json_text_field(f.name()),
                 (DataType::Struct(children), false) => {
                     let children = mark_json_text(children, rest);
                     f.with_data_type(DataType::Struct(children))

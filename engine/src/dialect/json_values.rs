@@ -33,11 +33,10 @@ pub(super) const MARK: &str = "__weir_json";
 /// `__weir_concat(a, b, ...)`: AWS's `concat` of two or more values.
 pub(super) const CONCAT: &str = "__weir_concat";
 
-fn json_text_field(nullable: bool) -> FieldRef {
-    Arc::new(
-        Field::new("json", DataType::Utf8, nullable)
-            .with_metadata([(JSON_TEXT.to_owned(), "true".to_owned())].into()),
-    )
+/// A nullable string field named `name`, marked as JSON text.
+pub fn json_text_field(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+        .with_metadata([(JSON_TEXT.to_owned(), "true".to_owned())].into())
 }
 
 fn is_json_text(f: &Field) -> bool {
@@ -84,7 +83,7 @@ impl ScalarUDFImpl for Mark {
     }
 
     fn return_field_from_args(&self, _args: ReturnFieldArgs) -> Result<FieldRef> {
-        Ok(json_text_field(true))
+        Ok(Arc::new(json_text_field("json")))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -147,7 +146,7 @@ impl ScalarUDFImpl for Concat {
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         Ok(if args.arg_fields.iter().any(|f| is_list_or_text(f)) {
-            json_text_field(true)
+            Arc::new(json_text_field("json"))
         } else {
             Arc::new(Field::new(CONCAT, DataType::Utf8, true))
         })
@@ -254,9 +253,8 @@ mod tests {
     use super::*;
 
     fn encode(texts: &[Option<&str>]) -> String {
-        let field = json_text_field(true);
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
-            field.as_ref().clone().with_name("v"),
+            json_text_field("v"),
         ]));
         let array: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(texts.to_vec()));
         let batch = RecordBatch::try_new(schema, vec![array]).unwrap();

@@ -251,8 +251,8 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
             line: Some(e.location.line),
             column: Some(e.location.column),
         })?;
-    let assignments = take_set_clause(&mut tokens)?;
     undefined_as_unknown(&mut tokens);
+    let assignments = take_set_clause(&mut tokens)?;
     let topic_filter = take_topic_filter(&mut tokens)?;
     let value = take_select_value(&mut tokens);
     let mut variables: Vec<Variable> = Vec::with_capacity(assignments.len());
@@ -266,7 +266,7 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
                 name.span,
             ));
         }
-        rewrite_nested(&mut expr)?;
+        desugar(&mut expr)?;
         substitute_variables(&mut expr, &variables)?;
         variables.push(Variable {
             name: name.value,
@@ -547,16 +547,14 @@ fn substitute_variables(expr: &mut Expr, variables: &[Variable]) -> Result<(), S
         };
         ControlFlow::Continue(())
     });
-    match outcome {
-        ControlFlow::Break(e) => Err(e),
-        ControlFlow::Continue(()) => Ok(()),
-    }
+    done(outcome)
 }
 
-/// Nested SELECTs over array fields become array functions; `IS [NOT] UNDEFINED` becomes
-/// `isUndefined()`.
-fn rewrite_nested(expr: &mut Expr) -> Result<(), SqlError> {
-    let nested = visit_expressions_mut(expr, |e| {
+/// The AWS forms that SQL lacks, in SQL: a nested SELECT becomes array or object
+/// expressions ([`nested`]), `IS [NOT] UNKNOWN` (read from `IS [NOT] UNDEFINED`)
+/// becomes `isUndefined()`.
+fn desugar(expr: &mut Expr) -> Result<(), SqlError> {
+    let outcome = visit_expressions_mut(expr, |e| {
         match e {
             Expr::Subquery(q) => match nested::rewrite(q) {
                 Ok(r) => *e = Expr::Nested(Box::new(r)),
@@ -573,7 +571,12 @@ fn rewrite_nested(expr: &mut Expr) -> Result<(), SqlError> {
         }
         ControlFlow::Continue(())
     });
-    match nested {
+    done(outcome)
+}
+
+/// A visit that stopped at an error, as a `Result`.
+fn done(outcome: ControlFlow<SqlError>) -> Result<(), SqlError> {
+    match outcome {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
     }
@@ -764,7 +767,7 @@ fn rewrite(
     fields: &mut FieldTree,
     meta: &mut MetaNeeds,
 ) -> Result<(), SqlError> {
-    rewrite_nested(expr)?;
+    desugar(expr)?;
     substitute_variables(expr, variables)?;
 
     // Refuse what a rule cannot do, with its position.
@@ -779,9 +782,7 @@ fn rewrite(
             e.span(),
         ))
     });
-    if let ControlFlow::Break(e) = refused {
-        return Err(e);
-    }
+    done(refused)?;
 
     // AWS IoT SQL: "..." is a string (identifiers are quoted with backticks); CAST takes
     // the AWS type names.
@@ -998,9 +999,7 @@ fn rewrite(
         *e = replacement;
         ControlFlow::Continue(())
     });
-    if let ControlFlow::Break(err) = outcome {
-        return Err(err);
-    }
+    done(outcome)?;
 
     // Collect the payload paths the expression reads.
     let _ = visit_expressions(expr, |e| {
