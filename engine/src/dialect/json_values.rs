@@ -115,8 +115,10 @@ fn to_json(array: &ArrayRef) -> Result<Vec<Option<Value>>> {
         true,
     )]));
     let batch = RecordBatch::try_new(schema, vec![array.clone()])?;
+    // An object may hold JSON text (a mixed array): written as the JSON it is.
     let mut writer = WriterBuilder::new()
         .with_explicit_nulls(false)
+        .with_encoder_factory(Arc::new(Encoders))
         .build::<_, LineDelimited>(Vec::new());
     writer.write(&batch)?;
     writer.finish()?;
