@@ -314,6 +314,10 @@ struct TestMessage {
     payload_raw: Option<String>,
     #[serde(default)]
     clientid: Option<String>,
+    /// MQTT 5 properties of the PUBLISH (see `weir_engine::MqttProperties::from_json`);
+    /// without them the message came over MQTT 3.1.1.
+    #[serde(default)]
+    mqtt_properties: Option<Value>,
 }
 
 /// Runs a rule on sample messages without deploying it: per message, the outputs and the
@@ -356,6 +360,16 @@ async fn test_rule(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Respon
         };
         let mut msg = weir_engine::Message::new(m.topic.clone(), payload);
         msg.client_id = m.clientid;
+        if let Some(p) = &m.mqtt_properties {
+            let p = weir_engine::MqttProperties::from_json(p).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_rule",
+                    format!("messages[{i}].mqtt_properties: {e}"),
+                )
+            })?;
+            msg.properties = Some(Arc::new(p));
+        }
         let mut result = serde_json::Map::new();
         result.insert("topic".to_owned(), json!(m.topic));
         if !weir_engine::topic::matches(rule.topic_filter(), &msg.topic) {

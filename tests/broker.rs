@@ -1,4 +1,5 @@
-//! The embedded broker, seen from MQTT clients: QoS, subscriptions, takeover, protocol.
+//! The embedded broker, seen from MQTT clients: QoS, subscriptions, takeover, MQTT 3.1.1
+//! and MQTT 5.
 
 mod common;
 
@@ -83,25 +84,144 @@ async fn a_second_connection_with_the_same_client_id_takes_over() {
     assert!(closed.is_ok(), "the first connection was not closed");
 }
 
-#[tokio::test]
-async fn an_mqtt5_client_is_told_the_protocol_is_not_supported() {
-    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
-    let dir = temp_dir("broker-v5");
-    let weir = Weir::start(&dir, &[]).await;
-    let opts = Options5::new("v5-client", weir.mqtt.ip().to_string(), weir.mqtt.port());
-    let (_client, mut el) = Client5::new(opts, 10);
-    let outcome = tokio::time::timeout(Duration::from_secs(10), el.poll())
+/// An MQTT 5 client of weir's embedded broker, and what it received.
+struct Mqtt5 {
+    client: rumqttc::v5::AsyncClient,
+    rx: tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
+    connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+}
+
+impl Mqtt5 {
+    async fn connect(addr: std::net::SocketAddr, client_id: &str) -> Self {
+        use rumqttc::v5::mqttbytes::v5::Packet as P5;
+        use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+        let opts = Options5::new(client_id, addr.ip().to_string(), addr.port());
+        let (client, mut el) = Client5::new(opts, 10);
+        let connack = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match el.poll().await {
+                    Ok(Event5::Incoming(P5::ConnAck(c))) => return c,
+                    Ok(_) => {}
+                    Err(e) => panic!("MQTT 5 connection refused: {e}"),
+                }
+            }
+        })
         .await
-        .expect("an answer");
-    match outcome {
-        Ok(Event5::Incoming(p)) => panic!("an MQTT 5 connection was accepted: {p:?}"),
-        Ok(other) => panic!("unexpected event {other:?}"),
-        Err(e) => {
-            let text = e.to_string();
-            assert!(!text.is_empty());
+        .expect("a CONNACK");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(ev) = el.poll().await {
+                if let Event5::Incoming(P5::Publish(p)) = ev {
+                    let _ = tx.send(p);
+                }
+            }
+        });
+        Self {
+            client,
+            rx,
+            connack,
         }
     }
-    // weir is still serving MQTT 3.1.1 clients.
+
+    async fn next(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+            .await
+            .expect("a message within 10s")
+            .expect("the connection is open")
+    }
+}
+
+#[tokio::test]
+async fn mqtt5_properties_reach_the_rules_and_mqtt5_subscribers() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let dir = temp_dir("broker-v5");
+    let weir = Weir::start(&dir, &[]).await;
+    let rule = json!({
+        "sql": "SELECT v, get_mqtt_property('content_type') AS ct, get_mqtt_property('format_indicator') AS f, \
+                get_mqtt_property('response_topic') AS rt, get_mqtt_property('correlation_data') AS cd, \
+                get_user_properties('tag') AS tags, get_user_properties() AS all, clientid() AS c FROM 'v5/in'",
+        "actions": [{"republish": {"topic": "v5/out/${get_user_properties('site')[0]}"}}]
+    });
+    let (status, body) = weir.put_rule("v5", rule).await;
+    assert_eq!(status, 201, "{body}");
+    // An MQTT 3.1.1 watcher sees the rule's output; an MQTT 5 one sees the input with its
+    // properties, forwarded by the broker.
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe("v5/out/#").await;
+    let mut sub5 = Mqtt5::connect(weir.mqtt, "sub5").await;
+    sub5.client
+        .subscribe("v5/in", QoS5::AtLeastOnce)
+        .await
+        .unwrap();
+    let device = Mqtt5::connect(weir.mqtt, "dev-5").await;
+    // A sent-back SUBACK is not visible here: wait until the subscription routes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let props = PublishProperties {
+        payload_format_indicator: Some(1),
+        content_type: Some("application/json".to_owned()),
+        response_topic: Some("v5/reply".to_owned()),
+        correlation_data: Some(bytes::Bytes::from_static(b"req-7")),
+        user_properties: vec![
+            ("tag".to_owned(), "a".to_owned()),
+            ("site".to_owned(), "north".to_owned()),
+            ("tag".to_owned(), "b".to_owned()),
+        ],
+        ..Default::default()
+    };
+    device
+        .client
+        .publish_with_properties(
+            "v5/in",
+            QoS5::AtLeastOnce,
+            false,
+            r#"{"v": 1}"#,
+            props.clone(),
+        )
+        .await
+        .unwrap();
+
+    let (topic, v) = watcher.next(10).await.expect("the rule's output");
+    assert_eq!(topic, "v5/out/north");
+    assert_eq!(
+        v,
+        json!({
+            "v": 1, "ct": "application/json", "f": "UTF8_DATA", "rt": "v5/reply",
+            "cd": "cmVxLTc=", "tags": ["a", "b"], "c": "dev-5",
+            "all": [{"tag": "a"}, {"site": "north"}, {"tag": "b"}]
+        })
+    );
+    let forwarded = sub5.next().await;
+    assert_eq!(&forwarded.topic[..], b"v5/in");
+    let got = forwarded.properties.expect("properties forwarded");
+    assert_eq!(got.content_type, props.content_type);
+    assert_eq!(got.user_properties, props.user_properties);
+    assert_eq!(got.correlation_data, props.correlation_data);
+
+    // A message without properties: format_indicator says so, the rest is Undefined.
+    device
+        .client
+        .publish("v5/in", QoS5::AtLeastOnce, false, r#"{"v": 2}"#)
+        .await
+        .unwrap();
+    // No `site` user property: the republish topic's template is empty.
+    let (topic, v) = watcher.next(10).await.expect("the rule's output");
+    assert_eq!(topic, "v5/out/");
+    assert_eq!(v, json!({"v": 2, "f": "UNSPECIFIED_BYTES", "c": "dev-5"}));
+}
+
+#[tokio::test]
+async fn an_mqtt5_client_without_a_client_id_is_given_one() {
+    let dir = temp_dir("broker-v5-anon");
+    let weir = Weir::start(&dir, &[]).await;
+    let anon = Mqtt5::connect(weir.mqtt, "").await;
+    let props = anon.connack.properties.expect("CONNACK properties");
+    let assigned = props.assigned_client_identifier.expect("an assigned id");
+    assert!(assigned.starts_with("weir-anon-"), "{assigned}");
+    // What the broker does not offer, it says.
+    assert_eq!(props.shared_subscription_available, Some(0));
+    assert_eq!(props.topic_alias_max, None);
+    // MQTT 3.1.1 clients are still served on the same port.
     Mqtt::connect(weir.mqtt, "v4-client").await;
 }
 

@@ -609,15 +609,8 @@ async fn a_rule_can_be_tested_on_sample_messages_without_deploying_it() {
             {"topic": "enterprise/facilities/plant-01/metrics", "payload_raw": "not json"}
         ]
     });
-    let r = weir
-        .client
-        .post(weir.url("/v1/test"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = weir.test_rule(&body).await;
+    assert_eq!(status, 200);
     let res = v["results"].as_array().unwrap();
     assert_eq!(res[0]["status"], "output", "{v}");
     assert_eq!(res[0]["outputs"][0]["deviceIdentifier"], "dev-1");
@@ -641,19 +634,40 @@ async fn a_rule_can_be_tested_on_sample_messages_without_deploying_it() {
     assert_eq!(list["rules"], json!([]));
     // Bad SQL: a 400 that says where.
     let bad = json!({"sql": "SELECT a FROM 'x' WHERE", "messages": []});
-    let r = weir
-        .client
-        .post(weir.url("/v1/test"))
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let e: serde_json::Value = r.json().await.unwrap();
+    let (status, e) = weir.test_rule(&bad).await;
+    assert_eq!(status, 400);
     assert_eq!(
         (e["error"]["code"].as_str(), e["error"]["line"].as_u64()),
         (Some("invalid_sql"), Some(1))
     );
+
+    // Sample messages may carry MQTT 5 properties.
+    let body = json!({
+        "sql": "SELECT get_mqtt_property('content_type') AS ct, get_user_properties('tag') AS tags FROM 'v5'",
+        "actions": [{"republish": {"topic": "out/${get_user_properties('tag')[1]}"}}],
+        "messages": [
+            {"topic": "v5", "payload": {}, "mqtt_properties": {"content_type": "text/plain",
+             "user_properties": [{"tag": "a"}, {"tag": "b"}]}},
+            {"topic": "v5", "payload": {}},
+            {"topic": "v5", "payload": {}, "mqtt_properties": {"format_indicator": "UTF9"}}
+        ]
+    });
+    let (status, e) = weir.test_rule(&body).await;
+    assert_eq!(status, 400, "a bad format_indicator is refused");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("messages[2].mqtt_properties"), "{message}");
+    let mut body = body;
+    body["messages"].as_array_mut().unwrap().pop();
+    let (status, v) = weir.test_rule(&body).await;
+    assert_eq!(status, 200);
+    let res = v["results"].as_array().unwrap();
+    assert_eq!(
+        res[0]["outputs"][0],
+        json!({"ct": "text/plain", "tags": ["a", "b"]})
+    );
+    assert_eq!(res[0]["actions"][0]["params"]["topic"], "out/b");
+    // Without properties (MQTT 3.1.1) both are Undefined.
+    assert_eq!(res[1]["outputs"][0], json!({}));
 }
 
 #[tokio::test]

@@ -245,3 +245,69 @@ async fn replicas_in_one_share_group_split_the_stream() {
     assert_eq!(numbers, (0..40).collect::<Vec<i64>>());
     assert_eq!(counts.len(), 2, "both replicas took a share: {counts:?}");
 }
+
+#[tokio::test]
+async fn rules_read_mqtt5_properties_through_an_external_broker() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::{AsyncClient as Client5, MqttOptions as Options5};
+    let broker = Mosquitto::start().await;
+    let dir = temp_dir("external-v5");
+    let url = format!("mqtt://{}", broker.addr);
+    let weir = Weir::start(
+        &dir,
+        &[
+            "--broker",
+            &url,
+            "--broker-client-id",
+            "weir-v5",
+            "--broker-qos",
+            "1",
+        ],
+    )
+    .await;
+    let rule = json!({
+        "sql": "SELECT n, get_mqtt_property('content_type') AS ct, get_user_properties('tag') AS tags FROM 'v5/in'",
+        "actions": [{"republish": {"topic": "v5/out"}}]
+    });
+    assert_eq!(weir.put_rule("v5", rule).await.0, 201);
+    let mut watcher = Mqtt::connect(broker.addr, "watcher").await;
+    watcher.subscribe("v5/out").await;
+    let opts = Options5::new(
+        "device-v5",
+        broker.addr.ip().to_string(),
+        broker.addr.port(),
+    );
+    let (device, mut el) = Client5::new(opts, 10);
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let props = PublishProperties {
+        content_type: Some("application/json".to_owned()),
+        user_properties: vec![
+            ("tag".to_owned(), "a".to_owned()),
+            ("tag".to_owned(), "b".to_owned()),
+        ],
+        ..Default::default()
+    };
+    // weir subscribes when the rule is installed; publish until the broker routes to it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (_, v) = loop {
+        device
+            .publish_with_properties(
+                "v5/in",
+                QoS5::AtLeastOnce,
+                false,
+                r#"{"n": 1}"#,
+                props.clone(),
+            )
+            .await
+            .unwrap();
+        if let Some(got) = watcher.next(1).await {
+            break got;
+        }
+        assert!(std::time::Instant::now() < deadline, "no output");
+    };
+    assert_eq!(
+        v,
+        json!({"n": 1, "ct": "application/json", "tags": ["a", "b"]})
+    );
+}

@@ -63,6 +63,10 @@ pub struct Message {
     /// A number unique to this message within this weir process ([`next_seq`]); the
     /// message's `traceid()` derives from it.
     pub seq: u64,
+    /// The PUBLISH packet's MQTT 5 properties; `None` for a message that came over MQTT
+    /// 3.1.1 (or HTTP), where `get_mqtt_property()` and `get_user_properties()` are
+    /// Undefined.
+    pub properties: Option<Arc<MqttProperties>>,
     /// Acknowledges the message to its source once every holder has let go of it.
     pub ack: Ack,
 }
@@ -121,6 +125,7 @@ impl Message {
             payload: payload.into(),
             received_at_ms: now_ms(),
             seq: next_seq(),
+            properties: None,
             ack: Ack::default(),
         }
     }
@@ -134,6 +139,108 @@ impl Message {
     pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
         self.client_id = Some(client_id.into());
         self
+    }
+}
+
+/// The MQTT 5 properties of a PUBLISH that rules can read (`get_mqtt_property()`,
+/// `get_user_properties()`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttProperties {
+    /// 1: the payload is UTF-8 text; 0 or absent: unspecified bytes.
+    pub payload_format_indicator: Option<u8>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    /// In the order the publisher sent them; a key may repeat.
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl MqttProperties {
+    /// The value `get_mqtt_property(name)` gives, as AWS names them: `format_indicator`
+    /// (`UTF8_DATA` or `UNSPECIFIED_BYTES`), `content_type`, `response_topic` and
+    /// `correlation_data` (base64). `None` is Undefined.
+    pub fn get(&self, name: &str) -> Option<String> {
+        use base64::Engine as _;
+        match name {
+            "format_indicator" => Some(
+                if self.payload_format_indicator == Some(1) {
+                    "UTF8_DATA"
+                } else {
+                    "UNSPECIFIED_BYTES"
+                }
+                .to_owned(),
+            ),
+            "content_type" => self.content_type.clone(),
+            "response_topic" => self.response_topic.clone(),
+            "correlation_data" => self
+                .correlation_data
+                .as_ref()
+                .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+            _ => None,
+        }
+    }
+
+    /// The names [`Self::get`] knows.
+    pub const NAMES: [&str; 4] = [
+        "content_type",
+        "format_indicator",
+        "response_topic",
+        "correlation_data",
+    ];
+
+    /// Reads the JSON form that the rule test endpoint and the golden tests take:
+    /// `{"content_type": "...", "format_indicator": "UTF8_DATA", "response_topic": "...",
+    /// "correlation_data": "<base64>", "user_properties": [{"key": "value"}, ...]}`.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, String> {
+        use base64::Engine as _;
+        let obj = v
+            .as_object()
+            .ok_or("MQTT properties must be a JSON object")?;
+        let mut p = Self::default();
+        let text = |key: &str, v: &serde_json::Value| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or(format!("{key} must be a string"))
+        };
+        for (key, value) in obj {
+            match key.as_str() {
+                "content_type" => p.content_type = Some(text(key, value)?),
+                "response_topic" => p.response_topic = Some(text(key, value)?),
+                "format_indicator" => {
+                    p.payload_format_indicator = Some(match text(key, value)?.as_str() {
+                        "UTF8_DATA" => 1,
+                        "UNSPECIFIED_BYTES" => 0,
+                        other => {
+                            return Err(format!(
+                                "format_indicator must be UTF8_DATA or UNSPECIFIED_BYTES, not '{other}'"
+                            ));
+                        }
+                    })
+                }
+                "correlation_data" => {
+                    let b = base64::engine::general_purpose::STANDARD
+                        .decode(text(key, value)?)
+                        .map_err(|e| format!("correlation_data is not base64: {e}"))?;
+                    p.correlation_data = Some(Bytes::from(b));
+                }
+                "user_properties" => {
+                    let bad = || "user_properties must be an array of {\"key\": \"value\"} objects";
+                    for item in value.as_array().ok_or_else(bad)? {
+                        for (k, v) in item.as_object().ok_or_else(bad)? {
+                            p.user_properties
+                                .push((k.clone(), v.as_str().ok_or_else(bad)?.to_owned()));
+                        }
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown MQTT property '{other}' (known: {}, user_properties)",
+                        Self::NAMES.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(p)
     }
 }
 

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, StringArray,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, ListBuilder, StringArray,
+    StringBuilder,
 };
 use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -405,6 +406,20 @@ impl Rule {
         for path in &self.meta.json_null {
             fields.push(Field::new(meta::json_null(path), DataType::Boolean, false));
         }
+        for name in &self.meta.mqtt {
+            fields.push(Field::new(meta::mqtt_property(name), DataType::Utf8, true));
+        }
+        for key in &self.meta.user_properties {
+            let name = meta::user_properties(key.as_deref());
+            fields.push(match key {
+                Some(_) => Field::new(
+                    name,
+                    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                    true,
+                ),
+                None => dialect::json_values::json_text_field(&name),
+            });
+        }
         Schema::new(fields)
     }
 
@@ -458,6 +473,48 @@ impl Rule {
                 })
                 .collect();
             columns.push(Arc::new(a));
+        }
+        let props = |i: usize| msg(i).properties.as_deref();
+        for name in &self.meta.mqtt {
+            let a: StringArray = (0..n).map(|i| props(i).and_then(|p| p.get(name))).collect();
+            columns.push(Arc::new(a));
+        }
+        for key in &self.meta.user_properties {
+            let pairs = |i: usize| {
+                props(i)
+                    .map(|p| p.user_properties.as_slice())
+                    .unwrap_or(&[])
+            };
+            match key {
+                Some(key) => {
+                    let mut b = ListBuilder::new(StringBuilder::new());
+                    for i in 0..n {
+                        let mut any = false;
+                        for (_, v) in pairs(i).iter().filter(|(k, _)| k == key) {
+                            b.values().append_value(v);
+                            any = true;
+                        }
+                        // A key the message does not carry is Undefined.
+                        b.append(any);
+                    }
+                    columns.push(Arc::new(b.finish()));
+                }
+                None => {
+                    let a: StringArray = (0..n)
+                        .map(|i| {
+                            let all = pairs(i);
+                            (!all.is_empty()).then(|| {
+                                let objects: Vec<Value> = all
+                                    .iter()
+                                    .map(|(k, v)| serde_json::json!({ k: v }))
+                                    .collect();
+                                Value::Array(objects).to_string()
+                            })
+                        })
+                        .collect();
+                    columns.push(Arc::new(a));
+                }
+            }
         }
         RecordBatch::try_new_with_options(
             schema,

@@ -20,6 +20,7 @@ struct Case {
     client_id: Option<String>,
     principal: Option<String>,
     source_ip: Option<String>,
+    mqtt: Option<std::sync::Arc<weir_engine::MqttProperties>>,
     inputs: Vec<Vec<u8>>,
     outputs: Vec<Expected>,
     no_output: bool,
@@ -89,6 +90,11 @@ fn parse(path: &Path) -> Vec<Case> {
             "clientid" => c.client_id = Some(value.to_owned()),
             "principal" => c.principal = Some(value.to_owned()),
             "sourceip" => c.source_ip = Some(value.to_owned()),
+            "mqtt" => {
+                let p = weir_engine::MqttProperties::from_json(&json(value))
+                    .unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1));
+                c.mqtt = Some(std::sync::Arc::new(p));
+            }
             "in" => c.inputs.push(serde_json::to_vec(&json(value)).unwrap()),
             "in-raw" => c.inputs.push(value.as_bytes().to_vec()),
             "out" if value == "none" => c.no_output = true,
@@ -147,6 +153,7 @@ fn run(engine: &std::sync::Arc<Engine>, c: &Case) -> Result<(), String> {
             m.client_id = c.client_id.clone();
             m.principal = c.principal.clone();
             m.source_ip = c.source_ip.clone();
+            m.properties = c.mqtt.clone();
             m
         })
         .collect();

@@ -129,10 +129,26 @@ impl Weir {
     }
 
     pub async fn put_rule(&self, name: &str, body: Value) -> (StatusCode, Value) {
+        self.send_json(reqwest::Method::PUT, &format!("/v1/rules/{name}"), &body)
+            .await
+    }
+
+    /// `POST /v1/test`: a rule tried on sample messages.
+    pub async fn test_rule(&self, body: &Value) -> (StatusCode, Value) {
+        self.send_json(reqwest::Method::POST, "/v1/test", body)
+            .await
+    }
+
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
         let r = self
             .client
-            .put(self.url(&format!("/v1/rules/{name}")))
-            .json(&body)
+            .request(method, self.url(path))
+            .json(body)
             .send()
             .await
             .unwrap();

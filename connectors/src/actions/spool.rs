@@ -455,6 +455,9 @@ fn decode(body: &[u8]) -> Option<(Delivery, i64)> {
         payload: msg_payload,
         received_at_ms,
         seq: weir_engine::next_seq(),
+        // Not kept on disk: a spooled output's templates were rendered before it was
+        // written, and the error action reports no MQTT 5 properties.
+        properties: None,
         ack: Default::default(),
     };
     Some((

@@ -1,11 +1,14 @@
 //! The embedded MQTT broker: weir's zero-setup default, so devices can publish to weir
 //! itself with no other server.
 //!
-//! It speaks MQTT 3.1.1 over TCP (the packet codec is rumqttc's) and keeps what a rules
-//! engine's front door needs: QoS 0, 1 and 2 in (QoS 2 exactly once per connection), QoS 0
-//! and 1 out, subscriptions with `+`/`#` wildcards so other clients can read what the rules
-//! republish, keep-alive, and client-id takeover. Sessions are not persisted and retained
-//! messages are not stored: for those, point weir at a full broker with `--broker`.
+//! It speaks MQTT 3.1.1 and MQTT 5 over TCP, whichever each client's CONNECT asks for (see
+//! [`super::wire`]; the packet codecs are rumqttc's), and keeps what a rules engine's front
+//! door needs: QoS 0, 1 and 2 in (QoS 2 exactly once per connection), QoS 0 and 1 out,
+//! subscriptions with `+`/`#` wildcards so other clients can read what the rules
+//! republish, keep-alive, client-id takeover, and a PUBLISH's MQTT 5 properties passed to
+//! the rules and to MQTT 5 subscribers. Sessions are not persisted, retained messages are
+//! not stored, and MQTT 5's topic aliases, shared subscriptions and subscription
+//! identifiers are not offered: for those, point weir at a full broker with `--broker`.
 //!
 //! Every PUBLISH is handed to weir's pipeline with the publisher's client id (so
 //! `clientid()` works) before it is acknowledged, and the hand-off waits when the pipeline
@@ -19,16 +22,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{
-    Codec, ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck,
-    SubscribeReasonCode, UnsubAck,
-};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use weir_engine::topic::{TopicTrie, validate_filter, validate_topic};
-use weir_engine::{Message, now_ms};
+use weir_engine::{Message, MqttProperties, now_ms};
+
+use super::wire::{Inbound, Outbound, Refusal, Wire};
 
 use crate::metrics::Metrics;
 
@@ -61,7 +61,17 @@ enum Outgoing {
         topic: Arc<str>,
         payload: Bytes,
         qos: QoS,
+        /// The publisher's MQTT 5 properties, forwarded to MQTT 5 subscribers.
+        properties: Option<Arc<MqttProperties>>,
     },
+}
+
+fn qos_of(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
 }
 
 /// A handle to the embedded broker: publish into it from inside weir.
@@ -120,10 +130,16 @@ impl Broker {
     /// Delivers a message to the broker's subscribers (as a republish action does). It
     /// does not go back into weir's own pipeline. Returns how many subscribers got it.
     pub fn publish(&self, topic: &str, payload: Bytes, qos: QoS) -> usize {
-        self.route(topic, payload, qos)
+        self.route(topic, payload, qos, None)
     }
 
-    fn route(&self, topic: &str, payload: Bytes, qos: QoS) -> usize {
+    fn route(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        properties: Option<Arc<MqttProperties>>,
+    ) -> usize {
         let mut targets: HashMap<ConnId, u8> = HashMap::new();
         {
             let subs = self
@@ -156,6 +172,7 @@ impl Broker {
                 } else {
                     QoS::AtMostOnce
                 },
+                properties: properties.clone(),
             };
             match c.tx.try_send(out) {
                 Ok(()) => delivered += 1,
@@ -171,46 +188,19 @@ impl Broker {
         peer: SocketAddr,
         cancel: CancellationToken,
     ) -> Result<(), String> {
-        use futures_util::{SinkExt, StreamExt};
-        let mut framed = Framed::new(
-            stream,
-            Codec {
-                max_incoming_size: MAX_PACKET,
-                max_outgoing_size: MAX_PACKET,
-            },
-        );
-        let connect = match tokio::time::timeout(CONNECT_TIMEOUT, framed.next()).await {
-            Ok(Some(Ok(Packet::Connect(c)))) => c,
-            Ok(Some(Ok(other))) => return Err(format!("expected CONNECT, got {other:?}")),
-            Ok(Some(Err(e))) => {
-                // An MQTT 5 or 3.1 client: say which protocol this broker speaks.
-                if matches!(e, rumqttc::mqttbytes::Error::InvalidProtocolLevel(_)) {
-                    let _ = framed
-                        .send(Packet::ConnAck(ConnAck::new(
-                            ConnectReturnCode::RefusedProtocolVersion,
-                            false,
-                        )))
-                        .await;
-                }
-                return Err(format!("bad CONNECT: {e}"));
-            }
-            Ok(None) => return Err("closed before CONNECT".to_owned()),
-            Err(_) => return Err("no CONNECT within 10s".to_owned()),
-        };
+        let (mut wire, connect) = Wire::accept(stream, MAX_PACKET, CONNECT_TIMEOUT).await?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let client_id = if connect.client_id.is_empty() {
-            if !connect.clean_session {
-                let _ = framed
-                    .send(Packet::ConnAck(ConnAck::new(
-                        ConnectReturnCode::BadClientId,
-                        false,
-                    )))
-                    .await;
+        let (client_id, assigned) = if connect.client_id.is_empty() {
+            // MQTT 3.1.1 allows an empty id only with a clean session; MQTT 5 always, and
+            // the CONNACK tells the client the id it got.
+            if !connect.clean_start && !wire.is_v5() {
+                wire.refuse(Refusal::ClientId).await;
                 return Err("empty client id needs a clean session".to_owned());
             }
-            format!("weir-anon-{id}")
+            let assigned = format!("weir-anon-{id}");
+            (assigned.clone(), wire.is_v5().then_some(assigned))
         } else {
-            connect.client_id.clone()
+            (connect.client_id.clone(), None)
         };
         let (tx, mut rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let kicked = CancellationToken::new();
@@ -241,16 +231,20 @@ impl Broker {
             );
         }
         self.inner.metrics.broker_connections.inc();
-        tracing::debug!(%peer, client_id, "mqtt client connected");
+        tracing::debug!(%peer, client_id, v5 = wire.is_v5(), "mqtt client connected");
         let mut filters = Vec::new();
         let peer = Peer {
             client_id: client_id.clone(),
-            principal: connect.login.as_ref().map(|l| l.username.clone()),
+            principal: connect.username.clone(),
             source_ip: peer.ip().to_string(),
         };
-        let result = self
-            .session(
-                &mut framed,
+        let result = async {
+            wire.send(Outbound::ConnAck {
+                assigned_client_id: assigned,
+            })
+            .await?;
+            self.session(
+                &mut wire,
                 id,
                 &peer,
                 connect.keep_alive,
@@ -259,7 +253,9 @@ impl Broker {
                 &kicked,
                 &cancel,
             )
-            .await;
+            .await
+        }
+        .await;
         self.inner.metrics.broker_connections.dec();
         self.inner
             .connections
@@ -273,7 +269,7 @@ impl Broker {
     #[allow(clippy::too_many_arguments)]
     async fn session(
         &self,
-        framed: &mut Framed<TcpStream, Codec>,
+        wire: &mut Wire,
         id: ConnId,
         peer: &Peer,
         keep_alive: u16,
@@ -282,15 +278,7 @@ impl Broker {
         kicked: &CancellationToken,
         cancel: &CancellationToken,
     ) -> Result<(), String> {
-        use futures_util::{SinkExt, StreamExt};
         let (client_id, principal, source_ip) = (&peer.client_id, &peer.principal, &peer.source_ip);
-        framed
-            .send(Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::Success,
-                false,
-            )))
-            .await
-            .map_err(|e| e.to_string())?;
         // MQTT 3.1.1 §3.1.2.10: close after 1.5 keep-alive periods of silence.
         let idle = if keep_alive == 0 {
             Duration::from_secs(u64::MAX / 4)
@@ -304,95 +292,104 @@ impl Broker {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = kicked.cancelled() => return Err("taken over by a new connection with the same client id".to_owned()),
                 out = rx.recv() => {
-                    let Some(Outgoing::Publish { topic, payload, qos }) = out else { return Ok(()) };
-                    let mut p = Publish::from_bytes(topic.as_ref(), qos, payload);
+                    let Some(Outgoing::Publish { topic, payload, qos, properties }) = out else { return Ok(()) };
+                    let mut pkid = 0;
                     if qos != QoS::AtMostOnce {
                         next_pkid = next_pkid.checked_add(1).unwrap_or(1);
-                        p.pkid = next_pkid;
+                        pkid = next_pkid;
                     }
-                    framed.send(Packet::Publish(p)).await.map_err(|e| e.to_string())?;
+                    let sent = wire.send(Outbound::Publish {
+                        topic: &topic,
+                        pkid,
+                        qos: qos as u8,
+                        payload,
+                        properties: properties.as_deref(),
+                    }).await?;
+                    if !sent {
+                        self.inner.metrics.broker_dropped.inc();
+                    }
                 }
-                incoming = tokio::time::timeout(idle, framed.next()) => {
+                incoming = tokio::time::timeout(idle, wire.recv()) => {
                     let packet = match incoming {
                         Err(_) => return Err("keep-alive timeout".to_owned()),
                         Ok(None) => return Ok(()),
-                        Ok(Some(Err(e))) => return Err(e.to_string()),
+                        Ok(Some(Err(e))) => return Err(e),
                         Ok(Some(Ok(p))) => p,
                     };
                     match packet {
-                        Packet::Publish(p) => {
-                            if validate_topic(&p.topic).is_err() {
-                                return Err(format!("invalid topic name '{}'", p.topic));
+                        Inbound::Publish { topic, pkid, qos, payload, properties } => {
+                            if validate_topic(&topic).is_err() {
+                                return Err(format!("invalid topic name '{topic}'"));
                             }
-                            let fresh = match p.qos {
-                                QoS::ExactlyOnce => qos2_inflight.insert(p.pkid),
+                            let fresh = match qos {
+                                2 => qos2_inflight.insert(pkid),
                                 _ => true,
                             };
                             if fresh {
                                 self.inner.metrics.broker_received.inc();
                                 let msg = Message {
-                                    topic: p.topic.clone(),
+                                    topic: topic.clone(),
                                     client_id: Some(client_id.to_owned()),
                                     principal: principal.clone(),
                                     source_ip: Some(source_ip.clone()),
-                                    payload: p.payload.clone(),
+                                    payload: payload.clone(),
                                     received_at_ms: now_ms(),
                                     seq: weir_engine::next_seq(),
+                                    properties: properties.clone(),
                                     // Acknowledged on receipt, below.
                                     ack: Default::default(),
                                 };
                                 if self.inner.ingress.send(msg).await.is_err() {
                                     return Err("weir is shutting down".to_owned());
                                 }
-                                self.route(&p.topic, p.payload, p.qos);
+                                self.route(&topic, payload, qos_of(qos), properties);
                             }
-                            match p.qos {
-                                QoS::AtMostOnce => {}
-                                QoS::AtLeastOnce => framed.send(Packet::PubAck(PubAck::new(p.pkid))).await.map_err(|e| e.to_string())?,
-                                QoS::ExactlyOnce => framed.send(Packet::PubRec(PubRec::new(p.pkid))).await.map_err(|e| e.to_string())?,
+                            match qos {
+                                0 => {}
+                                1 => { wire.send(Outbound::PubAck(pkid)).await?; }
+                                _ => { wire.send(Outbound::PubRec(pkid)).await?; }
                             }
                         }
-                        Packet::PubRel(r) => {
-                            qos2_inflight.remove(&r.pkid);
-                            framed.send(Packet::PubComp(PubComp::new(r.pkid))).await.map_err(|e| e.to_string())?;
+                        Inbound::PubRel(pkid) => {
+                            qos2_inflight.remove(&pkid);
+                            wire.send(Outbound::PubComp(pkid)).await?;
                         }
-                        Packet::Subscribe(s) => {
-                            let mut codes = Vec::with_capacity(s.filters.len());
-                            for f in s.filters {
-                                if validate_filter(&f.path).is_err() {
-                                    codes.push(SubscribeReasonCode::Failure);
+                        Inbound::Subscribe { pkid, filters } => {
+                            let mut granted_all = Vec::with_capacity(filters.len());
+                            for (path, asked) in filters {
+                                if validate_filter(&path).is_err() {
+                                    granted_all.push(None);
                                     continue;
                                 }
-                                let granted = (f.qos as u8).min(1);
+                                let granted = asked.min(1);
                                 let mut subs = self.inner.subscriptions.write().unwrap_or_else(|p| p.into_inner());
                                 // Re-subscribing replaces the earlier subscription's QoS.
                                 for q in 0..=1u8 {
-                                    subs.remove(&f.path, &(id, q));
+                                    subs.remove(&path, &(id, q));
                                 }
-                                subs.insert(&f.path, (id, granted));
-                                my_filters.retain(|x| x != &f.path);
-                                my_filters.push(f.path);
-                                codes.push(SubscribeReasonCode::Success(if granted == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce }));
+                                subs.insert(&path, (id, granted));
+                                my_filters.retain(|x| x != &path);
+                                my_filters.push(path);
+                                granted_all.push(Some(granted));
                             }
-                            framed.send(Packet::SubAck(SubAck::new(s.pkid, codes))).await.map_err(|e| e.to_string())?;
+                            wire.send(Outbound::SubAck { pkid, granted: granted_all }).await?;
                         }
-                        Packet::Unsubscribe(u) => {
+                        Inbound::Unsubscribe { pkid, filters } => {
                             {
                                 let mut subs = self.inner.subscriptions.write().unwrap_or_else(|p| p.into_inner());
-                                for f in &u.topics {
+                                for f in &filters {
                                     for q in 0..=1u8 {
                                         subs.remove(f, &(id, q));
                                     }
                                     my_filters.retain(|x| x != f);
                                 }
                             }
-                            framed.send(Packet::UnsubAck(UnsubAck::new(u.pkid))).await.map_err(|e| e.to_string())?;
+                            wire.send(Outbound::UnsubAck { pkid, count: filters.len() }).await?;
                         }
-                        Packet::PingReq => framed.send(Packet::PingResp).await.map_err(|e| e.to_string())?,
-                        Packet::Disconnect => return Ok(()),
+                        Inbound::PingReq => { wire.send(Outbound::PingResp).await?; }
+                        Inbound::Disconnect => return Ok(()),
                         // Acknowledgements of what we sent: QoS 1 out is fire-and-forget here.
-                        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
-                        other => return Err(format!("unexpected packet {other:?}")),
+                        Inbound::Ack => {}
                     }
                 }
             }

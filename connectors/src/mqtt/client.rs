@@ -1,5 +1,5 @@
-//! Ingress from an external MQTT broker (Mosquitto, EMQX, HiveMQ, ...), as an MQTT 3.1.1
-//! client: plain TCP or TLS (with client certificates), credentials, client id, clean or
+//! Ingress from an external MQTT broker (Mosquitto, EMQX, HiveMQ, ...), as an MQTT 5
+//! client (so that rules can read the messages' MQTT 5 properties): plain TCP or TLS (with client certificates), credentials, client id, clean or
 //! persistent session, QoS, and an optional `$share/<group>/` prefix so that several weir
 //! replicas split one stream.
 //!
@@ -13,13 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::Packet;
-use rumqttc::{AsyncClient, Event, MqttOptions, TlsConfiguration, Transport};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::{self, AsyncClient, Event};
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use weir_engine::{Ack, Message, now_ms};
+use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
 use super::Publisher;
 use crate::metrics::Metrics;
@@ -148,48 +149,82 @@ impl ExternalConfig {
         }
     }
 
+    /// Options for weir's publishing connection (MQTT 3.1.1).
     fn options(&self) -> Result<MqttOptions, ExternalError> {
         self.validate()?;
         let ep = parse_url(&self.url)?;
-        let mut o = MqttOptions::new(self.client_id.clone(), ep.host, ep.port);
+        let mut o = MqttOptions::new(self.client_id.clone(), ep.host.clone(), ep.port);
         o.set_keep_alive(self.keep_alive);
         o.set_clean_session(self.clean_session);
-        // A message is acknowledged once every action has it (delivered or on disk), not
-        // on receipt: see `weir_engine::Ack`.
-        o.set_manual_acks(self.qos > 0);
-        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        o.set_max_packet_size(MAX_PACKET as usize, MAX_PACKET as usize);
         if let (Some(u), p) = (&self.username, &self.password) {
             o.set_credentials(u.clone(), p.clone().unwrap_or_default());
         }
-        if ep.tls {
-            let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|source| ExternalError::File {
-                    path: p.clone(),
-                    source,
-                })
-            };
-            let client_auth = match (&self.client_cert, &self.client_key) {
-                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-                _ => None,
-            };
-            let tls = match &self.ca_file {
-                Some(ca) => TlsConfiguration::Simple {
-                    ca: read(ca)?,
-                    alpn: None,
-                    client_auth,
-                },
-                None if client_auth.is_some() => {
-                    return Err(ExternalError::Invalid(
-                        "mutual TLS needs the broker's CA file too (--broker-ca-file)".to_owned(),
-                    ));
-                }
-                None => TlsConfiguration::default(),
-            };
-            o.set_transport(Transport::Tls(tls));
+        if let Some(t) = self.transport(&ep)? {
+            o.set_transport(t);
         }
         Ok(o)
     }
+
+    /// Options for weir's subscribing connection (MQTT 5, so that rules can read the
+    /// messages' properties).
+    fn ingress_options(&self) -> Result<v5::MqttOptions, ExternalError> {
+        self.validate()?;
+        let ep = parse_url(&self.url)?;
+        let mut o = v5::MqttOptions::new(self.client_id.clone(), ep.host.clone(), ep.port);
+        o.set_keep_alive(self.keep_alive);
+        o.set_clean_start(self.clean_session);
+        // MQTT 3.1.1's persistent session lasts until the client cleans it; in MQTT 5 it
+        // ends with the connection unless it is given an expiry (u32::MAX: never).
+        if !self.clean_session {
+            o.set_session_expiry_interval(Some(u32::MAX));
+        }
+        // A message is acknowledged once every action has it (delivered or on disk), not
+        // on receipt: see `weir_engine::Ack`.
+        o.set_manual_acks(self.qos > 0);
+        o.set_max_packet_size(Some(MAX_PACKET));
+        if let (Some(u), p) = (&self.username, &self.password) {
+            o.set_credentials(u.clone(), p.clone().unwrap_or_default());
+        }
+        if let Some(t) = self.transport(&ep)? {
+            o.set_transport(t);
+        }
+        Ok(o)
+    }
+
+    fn transport(&self, ep: &Endpoint) -> Result<Option<Transport>, ExternalError> {
+        if !ep.tls {
+            return Ok(None);
+        }
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| ExternalError::File {
+                path: p.clone(),
+                source,
+            })
+        };
+        let client_auth = match (&self.client_cert, &self.client_key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        let tls = match &self.ca_file {
+            Some(ca) => TlsConfiguration::Simple {
+                ca: read(ca)?,
+                alpn: None,
+                client_auth,
+            },
+            None if client_auth.is_some() => {
+                return Err(ExternalError::Invalid(
+                    "mutual TLS needs the broker's CA file too (--broker-ca-file)".to_owned(),
+                ));
+            }
+            None => TlsConfiguration::default(),
+        };
+        Ok(Some(Transport::Tls(tls)))
+    }
 }
+
+/// Largest packet weir sends or accepts on an external broker connection.
+const MAX_PACKET: u32 = 1024 * 1024;
 
 fn qos(q: u8) -> QoS {
     match q {
@@ -203,7 +238,7 @@ fn qos(q: u8) -> QoS {
 pub struct ExternalBroker {
     filters: watch::Sender<BTreeSet<String>>,
     client: AsyncClient,
-    pending: std::sync::Mutex<Option<(rumqttc::EventLoop, watch::Receiver<BTreeSet<String>>)>>,
+    pending: std::sync::Mutex<Option<(v5::EventLoop, watch::Receiver<BTreeSet<String>>)>>,
     config: Arc<ExternalConfig>,
 }
 
@@ -211,7 +246,7 @@ impl ExternalBroker {
     /// Prepares the client without connecting: the publisher can be handed out (to the
     /// rules' actions) before [`Self::start`] begins reading messages.
     pub fn new(config: ExternalConfig) -> Result<Self, ExternalError> {
-        let options = config.options()?;
+        let options = config.ingress_options()?;
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let (filters, filters_rx) = watch::channel(BTreeSet::<String>::new());
         Ok(Self {
@@ -279,7 +314,7 @@ impl ExternalBroker {
 
         // Acknowledgements come from whichever task lets go of a message last; one task
         // hands them to the client in the order they arrive.
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<rumqttc::mqttbytes::v4::Publish>();
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();
         let ack_client = client.clone();
         tokio::spawn(async move {
             while let Some(p) = ack_rx.recv().await {
@@ -304,11 +339,17 @@ impl ExternalBroker {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         metrics.ingress_messages.inc();
+                        let Ok(topic) = String::from_utf8(p.topic.to_vec()) else {
+                            tracing::warn!(broker = %url, "a message with a topic that is not UTF-8 was skipped");
+                            if p.qos != QoS::AtMostOnce {
+                                let _ = ack_tx.send(p);
+                            }
+                            continue;
+                        };
                         let ack = if p.qos == QoS::AtMostOnce {
                             Ack::default()
                         } else {
-                            let mut token =
-                                rumqttc::mqttbytes::v4::Publish::new("", p.qos, Vec::new());
+                            let mut token = Publish::new("", p.qos, Vec::new(), None);
                             token.pkid = p.pkid;
                             let tx = ack_tx.clone();
                             let cancel = cancel.clone();
@@ -320,14 +361,27 @@ impl ExternalBroker {
                                 }
                             })
                         };
+                        let properties = p.properties.map(|props| {
+                            Arc::new(MqttProperties {
+                                payload_format_indicator: props.payload_format_indicator,
+                                content_type: props.content_type,
+                                response_topic: props.response_topic,
+                                correlation_data: props.correlation_data,
+                                user_properties: props.user_properties,
+                            })
+                        });
                         let msg = Message {
-                            topic: p.topic,
+                            topic,
                             client_id: None,
                             principal: None,
                             source_ip: None,
                             payload: p.payload,
                             received_at_ms: now_ms(),
                             seq: weir_engine::next_seq(),
+                            // An MQTT 5 broker leaves the properties out when the publisher
+                            // set none, or spoke MQTT 3.1.1: then they are all Undefined
+                            // but for format_indicator.
+                            properties: Some(properties.unwrap_or_default()),
                             ack,
                         };
                         if ingress.send(msg).await.is_err() {

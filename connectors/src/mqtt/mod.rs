@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod client;
 pub mod publisher;
+mod wire;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;

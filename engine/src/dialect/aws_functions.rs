@@ -229,9 +229,6 @@ pub(super) fn unsupported(name: &str) -> Option<&'static str> {
         | "machinelearning_predict" => Some("calls an AWS service, which weir does not do"),
         "get_thing_shadow" => Some("needs device shadows, which weir does not have yet"),
         "accountid" => Some("names the AWS account that owns the rule, and weir has none"),
-        "get_mqtt_property" | "get_user_properties" => {
-            Some("reads MQTT 5 properties, and weir's ingress speaks MQTT 3.1.1, which has none")
-        }
         _ => None,
     }
 }

@@ -67,6 +67,20 @@ pub mod meta {
     pub fn json_null(path: &str) -> String {
         format!("__weir_null:{path}")
     }
+
+    /// The column holding the MQTT 5 property `name` (`get_mqtt_property(name)`).
+    pub fn mqtt_property(name: &str) -> String {
+        format!("__weir_mqtt:{name}")
+    }
+
+    /// The column holding the values of the MQTT 5 user property `key`
+    /// (`get_user_properties(key)`), or all user properties as JSON text (`None`).
+    pub fn user_properties(key: Option<&str>) -> String {
+        match key {
+            Some(k) => format!("__weir_user_property:{k}"),
+            None => "__weir_user_properties".to_owned(),
+        }
+    }
 }
 
 /// A rule or expression that could not be accepted, with its position in the SQL text
@@ -183,6 +197,11 @@ pub struct MetaNeeds {
     /// Field paths (`a.b`) whose JSON-null-ness the rule asks about (`isNull`,
     /// `isUndefined`): the batch gets a boolean column [`meta::json_null`] for each.
     pub json_null: std::collections::BTreeSet<String>,
+    /// MQTT 5 properties the rule reads (`get_mqtt_property`), by AWS's names.
+    pub mqtt: std::collections::BTreeSet<String>,
+    /// MQTT 5 user properties the rule reads (`get_user_properties`): a key, or `None`
+    /// for all of them.
+    pub user_properties: std::collections::BTreeSet<Option<String>>,
 }
 
 impl MetaNeeds {
@@ -195,6 +214,8 @@ impl MetaNeeds {
         self.payload |= o.payload;
         self.trace_id |= o.trace_id;
         self.json_null.extend(o.json_null);
+        self.mqtt.extend(o.mqtt);
+        self.user_properties.extend(o.user_properties);
     }
 }
 
@@ -759,6 +780,17 @@ fn field_path(e: &Expr) -> Option<String> {
     }
 }
 
+/// The text of a string literal.
+fn string_literal(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Rewrites the context functions, checks every other function and collects field paths.
 fn rewrite(
     engine: &Engine,
@@ -954,6 +986,42 @@ fn rewrite(
                 }
                 meta.trace_id = true;
                 Expr::Identifier(Ident::new(meta::TRACE_ID))
+            }
+            "get_mqtt_property" => {
+                if let Err(err) = arity(1) {
+                    return ControlFlow::Break(err);
+                }
+                let known = crate::MqttProperties::NAMES;
+                match string_literal(&args[0]) {
+                    Some(p) if known.contains(&p) => {
+                        meta.mqtt.insert(p.to_owned());
+                        Expr::Identifier(Ident::with_quote('`', meta::mqtt_property(p)))
+                    }
+                    _ => {
+                        return ControlFlow::Break(SqlError::at(
+                            format!(
+                                "get_mqtt_property() takes one of the names '{}'",
+                                known.join("', '")
+                            ),
+                            span,
+                        ));
+                    }
+                }
+            }
+            "get_user_properties" => {
+                let key = match args.as_slice() {
+                    [] => None,
+                    [k] if let Some(k) = string_literal(k) => Some(k.to_owned()),
+                    _ => {
+                        return ControlFlow::Break(SqlError::at(
+                            "get_user_properties() takes no argument (all user properties) or a user property key as a string literal",
+                            span,
+                        ));
+                    }
+                };
+                let column = meta::user_properties(key.as_deref());
+                meta.user_properties.insert(key);
+                Expr::Identifier(Ident::with_quote('`', column))
             }
             _ if let Some(rewritten) = aws_functions::rewrite(&name, &args) => match rewritten {
                 Ok(e) => e,
