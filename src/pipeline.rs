@@ -442,7 +442,8 @@ async fn rule_worker(mut w: RuleWorker) {
             )
         })
         .collect();
-    let mut batch: Vec<Arc<Message>> = Vec::with_capacity(w.max_rows);
+    // Grows with the first messages and is reused: an idle rule holds no batch memory.
+    let mut batch: Vec<Arc<Message>> = Vec::new();
     loop {
         batch.clear();
         let Some(first) = w.rx.recv().await else {

@@ -1,6 +1,9 @@
 //! Engine micro-benchmarks. Each group has a baseline measured in the same run: serde_json
 //! parsing the same payloads into a `Value` and doing nothing else. The figure that matters
 //! is weir's throughput divided by the baseline's (criterion prints both in elements/s).
+//!
+//! Groups: `seed_rule` (one rule over a batch: decode, filter, project, encode),
+//! `topic_matching` (1, 1,000 and 10,000 rules), `encoding` (outputs to JSON and Parquet).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -57,5 +60,54 @@ fn topic_matching(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, seed_rule, topic_matching);
+/// Result encoding: the seed rule's outputs as JSON objects (how every action gets them)
+/// and as a Parquet file (the object_store action's `format: parquet`, from JSON lines).
+fn encoding(c: &mut Criterion) {
+    use weir_engine::arrow::json::ReaderBuilder;
+    use weir_engine::arrow::json::reader::infer_json_schema_from_seekable;
+    // Twenty batches' worth of outputs, as one file would hold them.
+    let msgs = telemetry(BATCH * 20);
+    let rule = Rule::compile(&Engine::new(), SEED_RULE, &[]).expect("the seed rule compiles");
+    let outputs: Vec<bytes::Bytes> = msgs
+        .chunks(BATCH)
+        .flat_map(|chunk| rule.process(chunk).outputs)
+        .map(|o| o.payload)
+        .collect();
+    let rows = outputs.len();
+    let mut lines = Vec::new();
+    for o in &outputs {
+        lines.extend_from_slice(o);
+        lines.push(b'\n');
+    }
+    let (schema, _) = infer_json_schema_from_seekable(std::io::Cursor::new(&lines), None).unwrap();
+    let batch = ReaderBuilder::new(std::sync::Arc::new(schema))
+        .with_batch_size(rows)
+        .build(std::io::Cursor::new(&lines))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let mut g = c.benchmark_group("encoding");
+    g.throughput(Throughput::Elements(rows as u64));
+    g.bench_function("baseline_serde_json_parse", |b| {
+        b.iter(|| {
+            for m in &msgs[..rows] {
+                black_box(serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap());
+            }
+        })
+    });
+    g.bench_function("json_objects", |b| {
+        b.iter(|| {
+            let out = weir_engine::rule::encode_json_rows(black_box(&batch)).unwrap();
+            assert_eq!(out.len(), rows);
+            out
+        })
+    });
+    g.bench_function("parquet_file", |b| {
+        b.iter(|| weir_connectors::actions::store::to_parquet(black_box(&lines)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, seed_rule, topic_matching, encoding);
 criterion_main!(benches);

@@ -356,23 +356,7 @@ impl Rule {
         }
         let batch =
             RecordBatch::try_new(plan.output_schema.clone(), columns).map_err(|e| e.to_string())?;
-        let mut writer: LineDelimitedWriter<Vec<u8>> = WriterBuilder::new()
-            .with_explicit_nulls(false)
-            .with_encoder_factory(Arc::new(dialect::json_values::Encoders))
-            .build::<_, LineDelimited>(Vec::new());
-        writer.write(&batch).map_err(|e| e.to_string())?;
-        writer.finish().map_err(|e| e.to_string())?;
-        let buf = Bytes::from(writer.into_inner());
-        // JSON strings escape newlines, so every '\n' ends a row.
-        let mut out = Vec::with_capacity(rows);
-        let mut start = 0;
-        for (i, b) in buf.iter().enumerate() {
-            if *b == b'\n' {
-                out.push(buf.slice(start..i));
-                start = i + 1;
-            }
-        }
-        Ok(out)
+        encode_json_rows(&batch)
     }
 
     fn with_meta_fields(&self, payload: Schema) -> Schema {
@@ -658,6 +642,30 @@ fn splice(payload: &Bytes, extra: &Bytes) -> Bytes {
     out.extend_from_slice(extra_inner);
     out.push(b'}');
     Bytes::from(out)
+}
+
+/// Encodes a batch as one JSON object per row, as rules write their outputs: null
+/// (undefined) values are left out, and JSON text columns are written as the JSON they
+/// hold (see `dialect::json_values`).
+pub fn encode_json_rows(batch: &RecordBatch) -> Result<Vec<Bytes>, String> {
+    let rows = batch.num_rows();
+    let mut writer: LineDelimitedWriter<Vec<u8>> = WriterBuilder::new()
+        .with_explicit_nulls(false)
+        .with_encoder_factory(Arc::new(dialect::json_values::Encoders))
+        .build::<_, LineDelimited>(Vec::new());
+    writer.write(batch).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    let buf = Bytes::from(writer.into_inner());
+    // JSON strings escape newlines, so every '\n' ends a row.
+    let mut out = Vec::with_capacity(rows);
+    let mut start = 0;
+    for (i, b) in buf.iter().enumerate() {
+        if *b == b'\n' {
+            out.push(buf.slice(start..i));
+            start = i + 1;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -5,6 +5,10 @@
 //!
 //! Every message carries its publish time; the rule republishes what passes its WHERE
 //! clause to `out/<device>`, where a subscriber takes the time of arrival.
+//!
+//! It also measures rule changes (from a PUT's answer to the new rule's first output) and,
+//! with `--rules N`, runs the workload again on a fresh weir holding N-1 idle rules with
+//! distinct filters: memory per idle rule, and cost per message beside the one-rule run.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -47,9 +51,16 @@ struct Args {
     /// Total publish rate in messages/s; 0 publishes as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// Rules installed, each with its own topic filter; one matches the workload.
+    /// Rules installed, each with its own topic filter; one matches the workload. Above
+    /// 1, the workload runs twice: with the one rule, then on a fresh weir with the others
+    /// installed too, to report the memory per idle rule and the cost per message beside
+    /// the single-rule run.
     #[arg(long, default_value_t = 1)]
     rules: u64,
+    /// Rule-change latency samples: a new rule is submitted while a device publishes to
+    /// its topic every millisecond, and the time to its first output is taken.
+    #[arg(long, default_value_t = 5)]
+    rule_changes: u32,
     /// Fraction of messages the matching rule's WHERE clause passes (0.0 to 1.0).
     #[arg(long, default_value_t = 1.0)]
     selectivity: f64,
@@ -348,6 +359,223 @@ fn put_rule(http: SocketAddr, name: &str, body: &serde_json::Value) {
     assert!(answer.starts_with("HTTP/1.1 20"), "PUT {name}: {answer}");
 }
 
+/// Resident memory of a process in KiB now (VmRSS).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A weir process reading from the broker.
+struct WeirProcess {
+    _child: Killed,
+    pid: u32,
+    http: SocketAddr,
+    dir: PathBuf,
+}
+
+fn start_weir(args: &Args, broker: SocketAddr, dir: &std::path::Path) -> WeirProcess {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Killed(
+        Command::new(&args.weir)
+            .args(["serve", "--broker"])
+            .arg(format!("mqtt://{broker}"))
+            .args([
+                "--broker-client-id",
+                &format!("weir-load-{}", free_port()),
+                "--broker-clean-session",
+                "true",
+            ])
+            .args(["--broker-qos", &args.qos.to_string()])
+            .args(["--http-listen", &http.to_string()])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--queries-dir")
+            .arg(dir.join("no-queries"))
+            .args(["--log", "warn"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (build it: cargo build --release)",
+                    args.weir.display()
+                )
+            }),
+    );
+    WeirProcess {
+        pid: child.0.id(),
+        _child: child,
+        http,
+        dir: dir.to_owned(),
+    }
+}
+
+/// Installs `n` idle rules (distinct filters no message matches) from a few threads;
+/// returns how long it took.
+fn install_idle_rules(http: SocketAddr, n: u64, qos: u8) -> Duration {
+    let t0 = Instant::now();
+    let threads = 4;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                for i in (t..n).step_by(threads as usize) {
+                    put_rule(
+                        http,
+                        &format!("idle_{i}"),
+                        &serde_json::json!({
+                            "sql": format!("SELECT * FROM 'other/{i}/metrics' WHERE v < 50"),
+                            "actions": [{"republish": {"topic": "out/idle", "qos": qos}}]
+                        }),
+                    );
+                }
+            });
+        }
+    });
+    t0.elapsed()
+}
+
+/// What one workload run through weir measured.
+struct WeirRun {
+    input_rate: f64,
+    /// weir's CPU seconds per input message.
+    cpu_per_msg: f64,
+}
+
+/// Installs the load rule, waits until it processes, publishes the workload and reports.
+async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &str) -> WeirRun {
+    let http = weir.http;
+    let threshold = (args.selectivity * 100.0).round() as u64;
+    put_rule(
+        http,
+        "load",
+        &serde_json::json!({
+            "sql": format!("SELECT ts, n, device, temp, (temp * 1.8 + 32) AS fahrenheit, geo.lat AS lat FROM 'load/+/metrics' WHERE v < {threshold}"),
+            "actions": [{"republish": {"topic": "out/${topic(2)}", "qos": args.qos}}]
+        }),
+    );
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let _sub = subscriber(broker, "out/#", QoS::AtMostOnce, seen.clone()).await;
+    // Wait until weir's subscription routes: probes (ts 0, not counted) reach the rule.
+    {
+        let (c, driver) = client(broker, "load-probe").await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while weir_processed(http) == 0 {
+            assert!(Instant::now() < deadline, "weir did not start processing");
+            c.publish(
+                "load/probe/metrics",
+                QoS::AtLeastOnce,
+                false,
+                r#"{"ts":0,"n":-1,"v":0}"#,
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        driver.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = weir.pid;
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    publish(broker, args).await;
+    let expected = (args.messages as f64 * threshold as f64 / 100.0).round() as u64;
+    drain(&seen, expected, Duration::from_secs(5)).await;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let r = report(&seen).await;
+    // Throughput in input messages: outputs divided by the share that passes.
+    let input_rate = r.rate * 100.0 / threshold.max(1) as f64;
+    print(label, &r);
+    println!(
+        "{label}: {:.0} input msg/s, CPU {:.2} cores ({:.1} s over {:.1} s, {:.2} µs per message), peak RSS {} MiB, {} of {} expected outputs",
+        input_rate,
+        cpu / wall,
+        cpu,
+        wall,
+        cpu * 1e6 / args.messages as f64,
+        peak_rss_kib(pid) / 1024,
+        r.count,
+        expected
+    );
+    WeirRun {
+        input_rate,
+        cpu_per_msg: cpu / args.messages as f64,
+    }
+}
+
+/// A connected MQTT client and the task driving it.
+async fn client(broker: SocketAddr, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let mut o = MqttOptions::new(
+        format!("{id}-{}", free_port()),
+        broker.ip().to_string(),
+        broker.port(),
+    );
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, mut el) = AsyncClient::new(o, 100);
+    let driver = tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    (c, driver)
+}
+
+/// Rule changes: from the answer to a PUT of a new rule to its first output, while a
+/// device publishes to the rule's topic every millisecond. Returns the times in ms.
+async fn rule_change_latency(broker: SocketAddr, http: SocketAddr, times: u32) -> Vec<f64> {
+    let mut out = Vec::new();
+    for k in 0..times {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let _sub = subscriber(
+            broker,
+            &format!("late-out/{k}"),
+            QoS::AtMostOnce,
+            seen.clone(),
+        )
+        .await;
+        let (device, driver) = client(broker, "load-late").await;
+        let publishing = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            loop {
+                tick.tick().await;
+                let _ = device
+                    .publish(format!("late/{k}/m"), QoS::AtMostOnce, false, r#"{"v":1}"#)
+                    .await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rule = serde_json::json!({
+            "sql": format!("SELECT v FROM 'late/{k}/m'"),
+            "actions": [{"republish": {"topic": format!("late-out/{k}")}}]
+        });
+        tokio::task::spawn_blocking(move || put_rule(http, &format!("late_{k}"), &rule))
+            .await
+            .unwrap();
+        let submitted = Instant::now();
+        let deadline = submitted + Duration::from_secs(10);
+        let first = loop {
+            if let Some(first) = seen.lock().await.first {
+                break first;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rule late_{k} produced nothing within 10 s"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        publishing.abort();
+        driver.abort();
+        out.push(first.saturating_duration_since(submitted).as_secs_f64() * 1000.0);
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -392,111 +620,57 @@ async fn main() {
     }
 
     // weir, reading from the broker and republishing what passes to out/<device>.
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let queries = dir.join("no-queries");
-    let weir = Killed(
-        Command::new(&args.weir)
-            .args(["serve", "--broker"])
-            .arg(format!("mqtt://{broker}"))
-            .args([
-                "--broker-client-id",
-                "weir-load",
-                "--broker-clean-session",
-                "true",
-            ])
-            .args(["--broker-qos", &args.qos.to_string()])
-            .args(["--http-listen", &http.to_string()])
-            .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--queries-dir")
-            .arg(&queries)
-            .args(["--log", "warn"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{}: {e} (build it: cargo build --release)",
-                    args.weir.display()
-                )
-            }),
-    );
-    let pid = weir.0.id();
-    wait_port(http).await;
-    let threshold = (args.selectivity * 100.0).round() as u64;
-    for i in 1..args.rules {
-        put_rule(
-            http,
-            &format!("idle_{i}"),
-            &serde_json::json!({
-                "sql": format!("SELECT * FROM 'other/{i}/metrics' WHERE v < {threshold}"),
-                "actions": [{"republish": {"topic": "out/idle", "qos": args.qos}}]
-            }),
+    let one = start_weir(&args, broker, &dir.join("one"));
+    wait_port(one.http).await;
+    let single = run_weir(&args, broker, &one, "weir (outputs)").await;
+    if let Some(c) = &ceiling {
+        println!("ratio weir / ceiling: {:.2}", single.input_rate / c.rate);
+    }
+    if args.rule_changes > 0 {
+        let mut ms = rule_change_latency(broker, one.http, args.rule_changes).await;
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "rule changes: from PUT answered to first output, over {} rules: median {:.1} ms, max {:.1} ms",
+            ms.len(),
+            ms[ms.len() / 2],
+            ms[ms.len() - 1]
         );
     }
-    put_rule(
-        http,
-        "load",
-        &serde_json::json!({
-            "sql": format!("SELECT ts, n, device, temp, (temp * 1.8 + 32) AS fahrenheit, geo.lat AS lat FROM 'load/+/metrics' WHERE v < {threshold}"),
-            "actions": [{"republish": {"topic": "out/${topic(2)}", "qos": args.qos}}]
-        }),
-    );
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let _sub = subscriber(broker, "out/#", QoS::AtMostOnce, seen.clone()).await;
-    // Wait until weir's subscription routes: probes (ts 0, not counted) reach the rule.
-    {
-        let mut o = MqttOptions::new("load-probe", broker.ip().to_string(), broker.port());
-        o.set_keep_alive(Duration::from_secs(30));
-        let (c, mut el) = AsyncClient::new(o, 10);
-        let driver = tokio::spawn(async move {
-            loop {
-                if el.poll().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while weir_processed(http) == 0 {
-            assert!(Instant::now() < deadline, "weir did not start processing");
-            c.publish(
-                "load/probe/metrics",
-                QoS::AtLeastOnce,
-                false,
-                r#"{"ts":0,"n":-1,"v":0}"#,
-            )
-            .await
-            .unwrap();
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        driver.abort();
+    let _ = std::fs::remove_dir_all(&one.dir);
+    drop(one);
+
+    // The same workload with many idle rules installed beside the load rule.
+    if args.rules > 1 {
+        let idle = args.rules - 1;
+        let many = start_weir(&args, broker, &dir.join("many"));
+        wait_port(many.http).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = rss_kib(many.pid);
+        let took = tokio::task::spawn_blocking({
+            let (http, qos) = (many.http, args.qos);
+            move || install_idle_rules(http, idle, qos)
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss_kib(many.pid);
+        println!(
+            "idle rules: {idle} installed in {:.1} s ({:.0} rules/s); weir's RSS {} MiB -> {} MiB, {:.1} KB per idle rule",
+            took.as_secs_f64(),
+            idle as f64 / took.as_secs_f64(),
+            before / 1024,
+            after / 1024,
+            after.saturating_sub(before) as f64 * 1.024 / idle as f64
+        );
+        let crowded = run_weir(&args, broker, &many, &format!("weir, {} rules", args.rules)).await;
+        println!(
+            "cost per message with {} rules / with 1 rule: {:.2} (CPU per message), throughput ratio {:.2}",
+            args.rules,
+            crowded.cpu_per_msg / single.cpu_per_msg,
+            crowded.input_rate / single.input_rate
+        );
+        let _ = std::fs::remove_dir_all(&many.dir);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let cpu0 = cpu_seconds(pid);
-    let t0 = Instant::now();
-    publish(broker, &args).await;
-    let expected = (args.messages as f64 * threshold as f64 / 100.0).round() as u64;
-    drain(&seen, expected, Duration::from_secs(5)).await;
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu0;
-    let r = report(&seen).await;
-    // Throughput in input messages: outputs divided by the share that passes.
-    let input_rate = r.rate * 100.0 / threshold.max(1) as f64;
-    print("weir (outputs)", &r);
-    println!(
-        "weir: {:.0} input msg/s, CPU {:.2} cores ({:.1} s over {:.1} s), peak RSS {} MiB, {} of {} expected outputs",
-        input_rate,
-        cpu / wall,
-        cpu,
-        wall,
-        peak_rss_kib(pid) / 1024,
-        r.count,
-        expected
-    );
-    if let Some(c) = ceiling {
-        println!("ratio weir / ceiling: {:.2}", input_rate / c.rate);
-    }
-    drop(weir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

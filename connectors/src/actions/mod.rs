@@ -354,7 +354,8 @@ pub async fn run_worker(
     let batch_max = settings.batch.max(1);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch: Vec<Delivery> = Vec::with_capacity(batch_max);
+    // Grows with the first outputs and is reused: an idle action holds no batch memory.
+    let mut batch: Vec<Delivery> = Vec::new();
     // Retry state of the buffer's head.
     let mut head_attempts: u32 = 0;
     let mut next_attempt = tokio::time::Instant::now();

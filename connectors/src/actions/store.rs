@@ -714,8 +714,9 @@ fn store_err(key: &str, e: object_store::Error) -> DeliveryError {
     DeliveryError::retryable("store", format!("writing {key}: {e}"))
 }
 
-/// JSON lines to a Parquet file: the schema is inferred from all the rows.
-fn to_parquet(lines: &[u8]) -> Result<bytes::Bytes, DeliveryError> {
+/// JSON lines to a Parquet file: the schema is inferred from all the rows. Public for the
+/// encoding benchmark.
+pub fn to_parquet(lines: &[u8]) -> Result<bytes::Bytes, DeliveryError> {
     use weir_engine::arrow::json::ReaderBuilder;
     use weir_engine::arrow::json::reader::infer_json_schema_from_seekable;
     let fail = |m: String| DeliveryError::fatal("parquet", m);
