@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use weir_engine::topic::{TopicTrie, validate_filter, validate_topic};
 use weir_engine::{Message, MqttProperties, now_ms};
 
-use super::wire::{Inbound, Outbound, Refusal, Wire};
+use super::wire::{Inbound, Outbound, Refusal, Wire, qos_v4};
 
 use crate::metrics::Metrics;
 
@@ -64,14 +64,6 @@ enum Outgoing {
         /// The publisher's MQTT 5 properties, forwarded to MQTT 5 subscribers.
         properties: Option<Arc<MqttProperties>>,
     },
-}
-
-fn qos_of(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
 }
 
 /// A handle to the embedded broker: publish into it from inside weir.
@@ -342,7 +334,7 @@ impl Broker {
                                 if self.inner.ingress.send(msg).await.is_err() {
                                     return Err("weir is shutting down".to_owned());
                                 }
-                                self.route(&topic, payload, qos_of(qos), properties);
+                                self.route(&topic, payload, qos_v4(qos), properties);
                             }
                             match qos {
                                 0 => {}

@@ -1,7 +1,7 @@
 //! Ingress from an external MQTT broker (Mosquitto, EMQX, HiveMQ, ...), as an MQTT 5
-//! client (so that rules can read the messages' MQTT 5 properties): plain TCP or TLS (with client certificates), credentials, client id, clean or
-//! persistent session, QoS, and an optional `$share/<group>/` prefix so that several weir
-//! replicas split one stream.
+//! client (so that rules can read the messages' MQTT 5 properties): plain TCP or TLS (with
+//! client certificates), credentials, client id, clean or persistent session, QoS, and an
+//! optional `$share/<group>/` prefix so that several weir replicas split one stream.
 //!
 //! weir subscribes to exactly the topic filters of its enabled rules, and follows rule
 //! changes: [`ExternalBroker::set_filters`] subscribes to new filters and unsubscribes from
@@ -20,9 +20,10 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use weir_engine::{Ack, Message, MqttProperties, now_ms};
+use weir_engine::{Ack, Message, now_ms};
 
 use super::Publisher;
+use super::wire::{properties_from_v5, qos_v5};
 use crate::metrics::Metrics;
 
 /// How weir connects to an external broker.
@@ -226,14 +227,6 @@ impl ExternalConfig {
 /// Largest packet weir sends or accepts on an external broker connection.
 const MAX_PACKET: u32 = 1024 * 1024;
 
-fn qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 /// A connection to an external broker.
 pub struct ExternalBroker {
     filters: watch::Sender<BTreeSet<String>>,
@@ -295,7 +288,10 @@ impl ExternalBroker {
                     .filter(|f| resubscribe_all || !subscribed.contains(*f))
                 {
                     let sub = sub_config.subscription(f);
-                    match sub_client.subscribe(sub.clone(), qos(sub_config.qos)).await {
+                    match sub_client
+                        .subscribe(sub.clone(), qos_v5(sub_config.qos))
+                        .await
+                    {
                         Ok(()) => {
                             tracing::info!(filter = %sub, broker = %sub_config.url, "subscribed")
                         }
@@ -361,15 +357,7 @@ impl ExternalBroker {
                                 }
                             })
                         };
-                        let properties = p.properties.map(|props| {
-                            Arc::new(MqttProperties {
-                                payload_format_indicator: props.payload_format_indicator,
-                                content_type: props.content_type,
-                                response_topic: props.response_topic,
-                                correlation_data: props.correlation_data,
-                                user_properties: props.user_properties,
-                            })
-                        });
+                        let properties = p.properties.map(properties_from_v5).unwrap_or_default();
                         let msg = Message {
                             topic,
                             client_id: None,
@@ -381,7 +369,7 @@ impl ExternalBroker {
                             // An MQTT 5 broker leaves the properties out when the publisher
                             // set none, or spoke MQTT 3.1.1: then they are all Undefined
                             // but for format_indicator.
-                            properties: Some(properties.unwrap_or_default()),
+                            properties: Some(Arc::new(properties)),
                             ack,
                         };
                         if ingress.send(msg).await.is_err() {

@@ -314,7 +314,8 @@ impl Wire {
     }
 }
 
-fn qos_v4(q: u8) -> rumqttc::mqttbytes::QoS {
+/// A QoS number (0, 1, 2) as the MQTT 3.1.1 codec's type.
+pub(super) fn qos_v4(q: u8) -> rumqttc::mqttbytes::QoS {
     match q {
         0 => rumqttc::mqttbytes::QoS::AtMostOnce,
         1 => rumqttc::mqttbytes::QoS::AtLeastOnce,
@@ -322,11 +323,23 @@ fn qos_v4(q: u8) -> rumqttc::mqttbytes::QoS {
     }
 }
 
-fn qos_v5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+/// A QoS number (0, 1, 2) as the MQTT 5 codec's type.
+pub(super) fn qos_v5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
     match q {
         0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
         1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
         _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// The properties of a received MQTT 5 PUBLISH that rules can read.
+pub(super) fn properties_from_v5(p: v5::PublishProperties) -> MqttProperties {
+    MqttProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
     }
 }
 
@@ -374,13 +387,7 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, String> {
                 pkid: p.pkid,
                 qos: p.qos as u8,
                 payload: p.payload,
-                properties: Some(Arc::new(MqttProperties {
-                    payload_format_indicator: props.payload_format_indicator,
-                    content_type: props.content_type,
-                    response_topic: props.response_topic,
-                    correlation_data: props.correlation_data,
-                    user_properties: props.user_properties,
-                })),
+                properties: Some(Arc::new(properties_from_v5(props))),
             }
         }
         v5::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
