@@ -105,6 +105,8 @@ pub struct Rule {
     templates: Vec<SqlExpr>,
     fields: FieldTree,
     meta: MetaNeeds,
+    /// The fast decoding path's layout of `fields`, when the rule can take it.
+    shape: Option<decode::Shape>,
     plans: Mutex<Vec<(SchemaRef, Arc<Plan>)>>,
 }
 
@@ -146,12 +148,14 @@ impl Rule {
             meta.merge(e.meta.clone());
             templates.push(e.expr);
         }
+        let shape = decode::Shape::new(&fields, meta.json_null.iter().map(String::as_str));
         let rule = Self {
             engine: engine.clone(),
             parsed,
             templates,
             fields,
             meta,
+            shape,
             plans: Mutex::new(Vec::new()),
         };
         let schema = rule.with_meta_fields(decode::reference_schema(&rule.fields));
@@ -180,6 +184,29 @@ impl Rule {
 
     /// Runs the rule over a batch of messages whose topics matched its filter.
     pub fn process<M: Borrow<Message>>(&self, msgs: &[M]) -> Outcome {
+        if let Some(shape) = &self.shape {
+            let payloads = msgs.iter().map(|m| m.borrow().payload.as_ref());
+            if let Some(columns) = shape.decode(payloads) {
+                let mut outcome = Outcome::default();
+                let indices: Vec<usize> = (0..msgs.len()).collect();
+                let run = self.run(
+                    msgs,
+                    &indices,
+                    columns.batch,
+                    columns.json_null,
+                    &mut outcome,
+                );
+                if run.is_ok() {
+                    return outcome;
+                }
+            }
+        }
+        self.process_general(msgs)
+    }
+
+    /// [`Rule::process`] without the fast decoding path: the reference it is tested against.
+    #[doc(hidden)]
+    pub fn process_general<M: Borrow<Message>>(&self, msgs: &[M]) -> Outcome {
         let mut outcome = Outcome::default();
         let mut rows = Vec::with_capacity(msgs.len());
         // A rule that reads no field of the payload (`SELECT *`, `encode(*, 'base64')`,
@@ -213,12 +240,12 @@ impl Rule {
         let groups = decode::group_by_number_kinds(rows, &self.fields);
         let several = groups.len() > 1;
         for rows in groups {
-            match self.run(msgs, &rows, &mut outcome) {
+            match self.run_rows(msgs, &rows, &mut outcome) {
                 Ok(()) => {}
                 Err(_) if rows.len() > 1 => {
                     // Find the culprits: one message at a time.
                     for row in rows.chunks(1) {
-                        if let Err(e) = self.run(msgs, row, &mut outcome) {
+                        if let Err(e) = self.run_rows(msgs, row, &mut outcome) {
                             outcome.failures.push(failure(row[0].0, e));
                         }
                     }
@@ -233,15 +260,48 @@ impl Rule {
         outcome
     }
 
-    fn run<M: Borrow<Message>>(
+    /// Runs the rule over projected payloads (the general decoding path).
+    fn run_rows<M: Borrow<Message>>(
         &self,
         msgs: &[M],
         rows: &[(usize, Value)],
         outcome: &mut Outcome,
     ) -> Result<(), RunError> {
         let payload = decode::rows_to_batch(rows, &self.fields).map_err(RunError::Data)?;
+        let json_null = self
+            .meta
+            .json_null
+            .iter()
+            .map(|path| {
+                let flags: BooleanArray = rows
+                    .iter()
+                    .map(|(_, v)| {
+                        Some(
+                            path.split('.')
+                                .try_fold(v, |v, k| v.get(k))
+                                .is_some_and(Value::is_null),
+                        )
+                    })
+                    .collect();
+                Arc::new(flags) as ArrayRef
+            })
+            .collect();
+        let indices: Vec<usize> = rows.iter().map(|(i, _)| *i).collect();
+        self.run(msgs, &indices, payload, json_null, outcome)
+    }
+
+    /// Runs the rule over the payload columns of the messages at `indices` in `msgs`, with
+    /// a JSON-null flag column per path of `meta.json_null`.
+    fn run<M: Borrow<Message>>(
+        &self,
+        msgs: &[M],
+        indices: &[usize],
+        payload: RecordBatch,
+        json_null: Vec<ArrayRef>,
+        outcome: &mut Outcome,
+    ) -> Result<(), RunError> {
         let batch = self
-            .add_meta_columns(payload, msgs, rows)
+            .add_meta_columns(payload, msgs, indices, json_null)
             .map_err(RunError::Data)?;
         let plan = self.plan_for(&batch.schema()).map_err(RunError::Data)?;
         let n = batch.num_rows();
@@ -301,7 +361,7 @@ impl Rule {
             })
             .collect();
         for (k, (row, json)) in selected.iter().zip(encoded).enumerate() {
-            let index = rows[*row].0;
+            let index = indices[*row];
             let json = if nulls.iter().any(|(_, f)| f.value(k)) {
                 with_nulls(
                     &json,
@@ -411,12 +471,13 @@ impl Rule {
         &self,
         payload: RecordBatch,
         msgs: &[M],
-        rows: &[(usize, Value)],
+        indices: &[usize],
+        json_null: Vec<ArrayRef>,
     ) -> Result<RecordBatch, String> {
         let schema = Arc::new(self.with_meta_fields(payload.schema().as_ref().clone()));
         let (_, mut columns, _) = payload.into_parts();
-        let msg = |i: usize| msgs[rows[i].0].borrow();
-        let n = rows.len();
+        let msg = |i: usize| msgs[indices[i]].borrow();
+        let n = indices.len();
         if self.meta.topic {
             let a: StringArray = (0..n).map(|i| Some(msg(i).topic.as_str())).collect();
             columns.push(Arc::new(a));
@@ -445,19 +506,7 @@ impl Rule {
             let a: StringArray = (0..n).map(|i| Some(msg(i).trace_id())).collect();
             columns.push(Arc::new(a));
         }
-        for path in &self.meta.json_null {
-            let a: BooleanArray = rows
-                .iter()
-                .map(|(_, v)| {
-                    Some(
-                        path.split('.')
-                            .try_fold(v, |v, k| v.get(k))
-                            .is_some_and(Value::is_null),
-                    )
-                })
-                .collect();
-            columns.push(Arc::new(a));
-        }
+        columns.extend(json_null);
         let props = |i: usize| msg(i).properties.as_deref();
         for name in &self.meta.mqtt {
             let a: StringArray = (0..n).map(|i| props(i).and_then(|p| p.get(name))).collect();
@@ -880,5 +929,129 @@ mod tests {
             Bytes::from(r#"{ "b" : 2,"a":1}"#)
         );
         assert_eq!(s(r#"{"b":2}"#, "{}"), Bytes::from(r#"{"b":2}"#));
+    }
+
+    #[test]
+    fn scalar_batches_take_the_fast_path_and_others_do_not() {
+        let rule = Rule::compile(&Engine::new(), SEED, &[]).unwrap();
+        let shape = rule.shape.as_ref().expect("the seed rule has a fast path");
+        let fast = |payloads: &[&str]| {
+            shape
+                .decode(payloads.iter().map(|p| p.as_bytes()))
+                .is_some()
+        };
+        assert!(fast(&[
+            r#"{"currentAmbientTemperature": 90.5, "geoCoordinates": {"latitude": 52.1}, "x": [1]}"#,
+            r#"{"currentAmbientTemperature": null, "geoCoordinates": null}"#,
+            r#"{"other": {"deep": [1, {"a": "b"}]}}"#,
+        ]));
+        // An Int after a Decimal, a string after a number, an object where a scalar is
+        // read, a scalar where an object is read into, a duplicate key, bad JSON.
+        assert!(!fast(&[
+            r#"{"currentAmbientTemperature": 90.5}"#,
+            r#"{"currentAmbientTemperature": 90}"#
+        ]));
+        assert!(!fast(&[
+            r#"{"currentAmbientTemperature": 90.5}"#,
+            r#"{"currentAmbientTemperature": "hot"}"#
+        ]));
+        assert!(!fast(&[r#"{"currentAmbientTemperature": {"c": 1}}"#]));
+        assert!(!fast(&[r#"{"geoCoordinates": 5}"#]));
+        assert!(!fast(&[
+            r#"{"currentAmbientTemperature": 1, "currentAmbientTemperature": 2}"#
+        ]));
+        assert!(!fast(&[r#"{"currentAmbientTemperature": 1"#]));
+        assert!(!fast(&["[1]"]));
+        // A rule that reads the whole payload never does.
+        let star = Rule::compile(&Engine::new(), "SELECT * FROM 't'", &[]).unwrap();
+        assert!(star.shape.is_none());
+    }
+
+    mod fast_path {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn scalar() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("null".to_owned()),
+                Just("true".to_owned()),
+                Just("false".to_owned()),
+                (-5i64..5).prop_map(|i| i.to_string()),
+                (-50i64..50).prop_map(|i| format!("{}.5", i)),
+                Just("\"a\"".to_owned()),
+                Just("\"b\\\"c\"".to_owned()),
+                Just("18446744073709551615".to_owned()),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => scalar(),
+                1 => prop::collection::vec(scalar(), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
+                2 => prop::collection::vec((prop_oneof![Just("x"), Just("y"), Just("z")], scalar()), 0..3)
+                    .prop_map(|kv| {
+                        let members: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                        format!("{{{}}}", members.join(","))
+                    }),
+            ]
+        }
+
+        fn payload() -> impl Strategy<Value = String> {
+            prop_oneof![
+                20 => prop::collection::vec((prop_oneof![Just("a"), Just("b"), Just("g"), Just("o")], value()), 0..5)
+                    .prop_map(|kv| {
+                        let members: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                        format!("{{{}}}", members.join(","))
+                    }),
+                1 => Just("not json".to_owned()),
+                1 => Just("[1]".to_owned()),
+            ]
+        }
+
+        /// Batches that agree on their types, so that most of them take the fast path.
+        fn uniform() -> impl Strategy<Value = Vec<String>> {
+            (scalar(), scalar(), 1usize..6).prop_map(|(a, x, n)| {
+                (0..n)
+                    .map(|i| match i % 3 {
+                        0 => format!(r#"{{"a": {a}, "g": {{"x": {x}, "y": 1}}, "o": [1]}}"#),
+                        1 => format!(r#"{{"b": "s{i}", "g": null}}"#),
+                        _ => format!(r#"{{"a": null, "g": {{"x": {x}}}}}"#),
+                    })
+                    .collect()
+            })
+        }
+
+        const RULES: [&str; 6] = [
+            "SELECT a, b, g.x AS x FROM 't'",
+            "SELECT a + 1 AS n, g.x AS x, g.y AS y FROM 't' WHERE g.x <> 0 OR a > 0",
+            "SELECT isUndefined(a) AS u, isNull(g.x) AS n, g.x FROM 't'",
+            "SELECT VALUE g.x FROM 't' WHERE NOT isUndefined(g.x)",
+            "SELECT g, a FROM 't'",
+            "SELECT *, a AS aa FROM 't'",
+        ];
+
+        fn check(payloads: &[String]) -> Result<(), TestCaseError> {
+            let msgs: Vec<Message> = payloads
+                .iter()
+                .map(|p| Message::new("t", p.as_bytes().to_vec()))
+                .collect();
+            for sql in RULES {
+                let rule = Rule::compile(&Engine::new(), sql, &[]).unwrap();
+                prop_assert_eq!(rule.process(&msgs), rule.process_general(&msgs), "{}", sql);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn agrees_with_the_general_path(payloads in prop::collection::vec(payload(), 1..6)) {
+                check(&payloads)?;
+            }
+
+            #[test]
+            fn agrees_on_uniform_batches(payloads in uniform()) {
+                check(&payloads)?;
+            }
+        }
     }
 }

@@ -159,6 +159,13 @@ fn run(engine: &std::sync::Arc<Engine>, c: &Case) -> Result<(), String> {
         .collect();
     let (outputs, failures) = if matches(rule.topic_filter(), topic) {
         let out = rule.process(&msgs);
+        // The fast decoding path must agree with the general one on every case.
+        let general = rule.process_general(&msgs);
+        if out != general {
+            return Err(format!(
+                "the fast path gave {out:?}, the general path {general:?}"
+            ));
+        }
         (out.outputs, out.failures)
     } else {
         (Vec::new(), Vec::new())

@@ -1,5 +1,10 @@
 //! JSON payloads to Arrow, decoding only the fields a rule reads.
 //!
+//! Most rules read only scalar fields, and most batches agree on their types: such a batch
+//! takes the fast path ([`Shape`], in `columns.rs`), which parses each payload straight into
+//! typed Arrow builders. Everything else takes the general path described here, which the
+//! fast path falls back to for a whole batch.
+//!
 //! Each payload is parsed once, by a serde visitor that materialises the top-level keys the
 //! rule's [`FieldTree`] names and skips everything else without allocating (it is still
 //! validated, so a malformed payload is caught here). A batch of such projected rows then
@@ -25,6 +30,9 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::dialect::FieldTree;
+
+mod columns;
+pub use columns::{Columns, Shape};
 
 /// Why a payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
