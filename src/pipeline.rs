@@ -63,13 +63,38 @@ pub struct BatchSettings {
     pub buffer_max_bytes: u64,
 }
 
-/// A running rule: its topic filter and its worker's channel.
-type RunningRule = (String, mpsc::Sender<Arc<Message>>);
+/// A running rule: its topic filter and its worker.
+type RunningRule = (String, Arc<Worker>);
 
 struct Route {
     name: Arc<str>,
     filter: String,
-    tx: mpsc::Sender<Arc<Message>>,
+    worker: Arc<Worker>,
+}
+
+/// A rule's worker and its actions' workers, started when the rule's first message
+/// arrives (or at once, when an action has work from an earlier run or keeps state of its
+/// own). Until then the rule holds no task, channel or metric series: 10,000 rules that
+/// never match cost only their compiled form.
+struct Worker {
+    name: Arc<str>,
+    tx: std::sync::OnceLock<mpsc::Sender<Arc<Message>>>,
+    pending: Mutex<Option<Prepared>>,
+}
+
+impl Worker {
+    /// The rule worker's channel, starting the workers if they are not running yet.
+    fn sender(&self, pipeline: &Pipeline) -> &mpsc::Sender<Arc<Message>> {
+        self.tx.get_or_init(|| {
+            let prepared = self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .expect("a worker that has not started holds its prepared rule");
+            pipeline.spawn(&self.name, prepared)
+        })
+    }
 }
 
 #[derive(Default)]
@@ -85,6 +110,21 @@ pub struct Prepared {
     rule: Arc<Rule>,
     actions: Vec<(Action, ActionContext, RetryPolicy)>,
     error_action: Option<(Action, ActionContext, RetryPolicy)>,
+}
+
+impl Prepared {
+    /// Whether the rule's workers must start now rather than with its first message: an
+    /// action keeps state of its own (files to upload, a Kafka producer), or a disk
+    /// buffer holds outputs from an earlier run.
+    fn has_work(&self) -> bool {
+        self.actions
+            .iter()
+            .chain(&self.error_action)
+            .any(|(action, ctx, _)| {
+                !action.is_stateless()
+                    || actions::spool::has_segments(&ctx.state_dir.join("buffer"))
+            })
+    }
 }
 
 pub struct Pipeline {
@@ -232,8 +272,26 @@ impl Pipeline {
 
     /// Starts (or replaces) a rule. The old version, if any, drains and stops.
     pub fn start(&self, name: &str, prepared: Prepared) {
-        let (tx, rx) = mpsc::channel::<Arc<Message>>(self.settings.max_rows.max(64) * 2);
         let filter = prepared.rule.topic_filter().to_owned();
+        let eager = prepared.has_work();
+        let worker = Arc::new(Worker {
+            name: name.into(),
+            tx: Default::default(),
+            pending: Mutex::new(Some(prepared)),
+        });
+        if eager {
+            worker.sender(self);
+        }
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.insert(name.to_owned(), (filter, worker));
+        self.publish_routes(&running);
+        tracing::info!(rule = name, "rule started");
+    }
+
+    /// Spawns a rule's worker and its actions' workers; returns the rule worker's channel.
+    fn spawn(&self, name: &str, prepared: Prepared) -> mpsc::Sender<Arc<Message>> {
+        tracing::debug!(rule = name, "starting the rule's workers");
+        let (tx, rx) = mpsc::channel::<Arc<Message>>(self.settings.max_rows.max(64) * 2);
 
         let error_tx = prepared.error_action.map(|(action, ctx, policy)| {
             let (etx, erx) = mpsc::channel(self.settings.action_queue);
@@ -248,9 +306,11 @@ impl Pipeline {
             ));
             etx
         });
-        // Outputs an action gives up on become error records.
+        // Outputs an action gives up on become error records. Without an error action
+        // there is nothing to forward them to: the actions log and count them.
         let (failed_tx, mut failed_rx) = mpsc::channel::<Undeliverable>(self.settings.action_queue);
-        {
+        let failed_tx = error_tx.is_some().then_some(failed_tx);
+        if failed_tx.is_some() {
             let error_tx = error_tx.clone();
             let rule_name = name.to_owned();
             self.tasks.spawn(async move {
@@ -277,7 +337,7 @@ impl Pipeline {
                 settings,
                 ctx,
                 self.metrics.clone(),
-                Some(failed_tx.clone()),
+                failed_tx.clone(),
             ));
             action_txs.push(atx);
         }
@@ -292,10 +352,7 @@ impl Pipeline {
             max_rows: self.settings.max_rows,
             linger: self.settings.linger,
         }));
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.insert(name.to_owned(), (filter, tx));
-        self.publish_routes(&running);
-        tracing::info!(rule = name, "rule started");
+        tx
     }
 
     /// Stops a rule (deleted or disabled). Its queued messages are still processed.
@@ -330,14 +387,14 @@ impl Pipeline {
 
     fn publish_routes(&self, running: &HashMap<String, RunningRule>) {
         let mut routes = Routes::default();
-        for (name, (filter, tx)) in running {
+        for (name, (filter, worker)) in running {
             let name: Arc<str> = name.as_str().into();
             routes.trie.insert(filter, routes.rules.len());
             routes.by_name.insert(name.clone(), routes.rules.len());
             routes.rules.push(Route {
                 name,
                 filter: filter.clone(),
-                tx: tx.clone(),
+                worker: worker.clone(),
             });
         }
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
@@ -379,7 +436,7 @@ impl Pipeline {
             let msg = Arc::new(msg);
             for &i in &targets {
                 let route = &routes.rules[i];
-                if route.tx.send(msg.clone()).await.is_err() {
+                if route.worker.sender(&self).send(msg.clone()).await.is_err() {
                     // The rule was replaced or stopped between the lookup and the send.
                     tracing::debug!(rule = %route.name, "rule stopped while routing");
                 }
@@ -429,19 +486,10 @@ struct RuleWorker {
 
 async fn rule_worker(mut w: RuleWorker) {
     let name: &str = &w.name;
-    let matched = w.metrics.rule_matched.with_label_values(&[name]);
-    let passed = w.metrics.rule_passed.with_label_values(&[name]);
-    let filtered = w.metrics.rule_filtered.with_label_values(&[name]);
-    let latency = w.metrics.rule_latency.with_label_values(&[name]);
-    let failed: HashMap<FailureReason, _> = FailureReason::ALL
-        .iter()
-        .map(|r| {
-            (
-                *r,
-                w.metrics.rule_failed.with_label_values(&[name, r.as_str()]),
-            )
-        })
-        .collect();
+    // The rule's series appear with its first message, and a failure reason's with its
+    // first failure: an idle rule should cost little.
+    let mut series = None;
+    let mut failed: HashMap<FailureReason, prometheus::IntCounter> = HashMap::new();
     // Grows with the first messages and is reused: an idle rule holds no batch memory.
     let mut batch: Vec<Arc<Message>> = Vec::new();
     loop {
@@ -450,23 +498,24 @@ async fn rule_worker(mut w: RuleWorker) {
             break;
         };
         batch.push(first);
-        // Take what is already queued, then wait up to the linger time for more.
+        // Take what is already queued; unless that fills the batch, sleep out the linger
+        // time and take what came meanwhile. Sleeping rather than waiting on the queue
+        // wakes the worker once per batch instead of once per message.
         let deadline = tokio::time::Instant::now() + w.linger;
-        while batch.len() < w.max_rows {
-            match w.rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    if w.linger.is_zero() {
-                        break;
-                    }
-                    match tokio::time::timeout_at(deadline, w.rx.recv()).await {
-                        Ok(Some(m)) => batch.push(m),
-                        _ => break,
-                    }
-                }
-            }
+        take_queued(&mut w.rx, &mut batch, w.max_rows);
+        if batch.len() < w.max_rows && !w.linger.is_zero() && !w.rx.is_closed() {
+            tokio::time::sleep_until(deadline).await;
+            take_queued(&mut w.rx, &mut batch, w.max_rows);
         }
+        let (matched, passed, filtered, latency) = series.get_or_insert_with(|| {
+            let m = &w.metrics;
+            (
+                m.rule_matched.with_label_values(&[name]),
+                m.rule_passed.with_label_values(&[name]),
+                m.rule_filtered.with_label_values(&[name]),
+                m.rule_latency.with_label_values(&[name]),
+            )
+        });
         matched.inc_by(batch.len() as u64);
         let outcome = w.rule.process(&batch);
         filtered.inc_by(outcome.filtered_out as u64);
@@ -484,11 +533,18 @@ async fn rule_worker(mut w: RuleWorker) {
             }
         }
         for f in outcome.failures {
-            failed[&f.reason].inc();
+            failed
+                .entry(f.reason)
+                .or_insert_with(|| {
+                    w.metrics
+                        .rule_failed
+                        .with_label_values(&[name, f.reason.as_str()])
+                })
+                .inc();
             let msg = &batch[f.index];
             tracing::debug!(rule = name, topic = %msg.topic, reason = f.reason.as_str(), error = %f.message, "message failed");
             let record = error_record(name, None, f.reason.as_str(), &f.message, msg, None);
-            send_error(&w.error_tx, name, record, msg.clone()).await;
+            Box::pin(send_error(&w.error_tx, name, record, msg.clone())).await;
         }
         let now = now_ms();
         for m in &batch {
@@ -498,6 +554,16 @@ async fn rule_worker(mut w: RuleWorker) {
         batch.clear();
     }
     tracing::debug!(rule = name, "rule worker finished");
+}
+
+/// Moves queued messages into `batch` until it holds `max` or the queue is empty.
+fn take_queued(rx: &mut mpsc::Receiver<Arc<Message>>, batch: &mut Vec<Arc<Message>>, max: usize) {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => break,
+        }
+    }
 }
 
 async fn send_error(

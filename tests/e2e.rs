@@ -737,3 +737,44 @@ async fn replacing_a_rule_loses_none_of_its_open_file() {
         [r#"{"n":0}"#, r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]
     );
 }
+
+#[tokio::test]
+async fn a_rule_starts_its_workers_with_its_first_message() {
+    let dir = temp_dir("lazy");
+    let weir = Weir::start(&dir, &[]).await;
+    for name in ["used", "idle"] {
+        let rule = json!({
+            "sql": format!("SELECT v FROM '{name}/+'"),
+            "actions": [{"republish": {"topic": format!("out/{name}")}}]
+        });
+        assert_eq!(weir.put_rule(name, rule).await.0, 201);
+    }
+    // Neither rule has seen a message: neither has workers, so neither has series.
+    let text = weir.metrics().await;
+    assert!(!text.contains(r#"rule="used""#), "{text}");
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe("out/#").await;
+    let device = Mqtt::connect(weir.mqtt, "device").await;
+    device.publish("used/a", r#"{"v": 1}"#).await;
+    assert_eq!(
+        watcher.next(10).await.unwrap(),
+        ("out/used".to_owned(), json!({"v": 1}))
+    );
+    weir.wait_metric(
+        r#"weir_action_delivered_total{action="0-republish",rule="used"}"#,
+        1.0,
+    )
+    .await;
+    let text = weir.metrics().await;
+    assert!(
+        text.contains(r#"weir_rule_messages_matched_total{rule="used"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains(r#"rule="idle""#), "{text}");
+    // The idle rule still works when its first message comes.
+    device.publish("idle/a", r#"{"v": 2}"#).await;
+    assert_eq!(
+        watcher.next(10).await.unwrap(),
+        ("out/idle".to_owned(), json!({"v": 2}))
+    );
+}

@@ -216,6 +216,19 @@ impl Action {
         }
     }
 
+    /// Whether the action keeps nothing between runs but its disk buffer, so that its
+    /// worker can wait to be started until there is something to deliver. The object
+    /// store stages files (and may have some from an earlier run to upload); Kafka runs a
+    /// producer.
+    pub fn is_stateless(&self) -> bool {
+        matches!(self, Self::Republish(_) | Self::Webhook(_))
+    }
+
+    /// Whether the action needs [`Self::tick`]: the others are not woken every second.
+    fn housekeeps(&self) -> bool {
+        matches!(self, Self::Store(_))
+    }
+
     /// Periodic housekeeping (rolling files by age).
     async fn tick(&mut self) -> Result<(), DeliveryError> {
         match self {
@@ -291,8 +304,34 @@ pub struct WorkerSettings {
     pub stop: tokio_util::sync::CancellationToken,
 }
 
-/// Per-action metric handles.
+/// Per-action metric handles, made on first use: the series of an action that has not
+/// delivered anything yet do not exist, so an idle rule costs less.
 struct WorkerMetrics {
+    metrics: Arc<Metrics>,
+    rule: String,
+    label: String,
+    series: std::sync::OnceLock<Series>,
+}
+
+impl std::ops::Deref for WorkerMetrics {
+    type Target = Series;
+    fn deref(&self) -> &Series {
+        self.series.get_or_init(|| {
+            let labels = [self.rule.as_str(), self.label.as_str()];
+            let m = &self.metrics;
+            Series {
+                delivered: m.action_delivered.with_label_values(&labels),
+                retries: m.action_retries.with_label_values(&labels),
+                queued: m.action_queued.with_label_values(&labels),
+                in_flight: m.action_in_flight.with_label_values(&labels),
+                buffered_bytes: m.action_buffered_bytes.with_label_values(&labels),
+                buffered: m.action_buffered.with_label_values(&labels),
+            }
+        })
+    }
+}
+
+struct Series {
     delivered: prometheus::IntCounter,
     retries: prometheus::IntCounter,
     queued: prometheus::IntGauge,
@@ -301,7 +340,7 @@ struct WorkerMetrics {
     buffered: prometheus::IntGauge,
 }
 
-impl WorkerMetrics {
+impl Series {
     /// Shows what the disk buffer holds.
     fn show_buffer(&self, sp: &spool::Spool) {
         self.buffered_bytes.set(sp.bytes() as i64);
@@ -324,22 +363,24 @@ pub async fn run_worker(
     metrics: Arc<Metrics>,
     failed: Option<mpsc::Sender<Undeliverable>>,
 ) {
-    let labels = [ctx.rule.as_str(), ctx.label.as_str()];
     let m = WorkerMetrics {
-        delivered: metrics.action_delivered.with_label_values(&labels),
-        retries: metrics.action_retries.with_label_values(&labels),
-        queued: metrics.action_queued.with_label_values(&labels),
-        in_flight: metrics.action_in_flight.with_label_values(&labels),
-        buffered_bytes: metrics.action_buffered_bytes.with_label_values(&labels),
-        buffered: metrics.action_buffered.with_label_values(&labels),
+        metrics: metrics.clone(),
+        rule: ctx.rule.clone(),
+        label: ctx.label.clone(),
+        series: Default::default(),
     };
     let dead = DeadLetters {
         metrics: metrics.clone(),
         ctx: ctx.clone(),
         failed,
     };
-    let mut spool = match spool::Spool::open(settings.buffer_dir.clone(), settings.buffer_max_bytes)
-        .await
+    // The futures of what an idle worker is not doing are boxed, so that a waiting
+    // worker (one per action of every rule) holds only its queue's `recv_many`.
+    let mut spool = match Box::pin(spool::Spool::open(
+        settings.buffer_dir.clone(),
+        settings.buffer_max_bytes,
+    ))
+    .await
     {
         Ok(s) => Some(s),
         Err(e) => {
@@ -347,11 +388,12 @@ pub async fn run_worker(
             None
         }
     };
-    if let Some(sp) = &spool {
+    if let Some(sp) = spool.as_ref().filter(|sp| !sp.is_empty()) {
         // What an earlier run left is counted from the start.
         m.show_buffer(sp);
     }
     let batch_max = settings.batch.max(1);
+    let housekeeps = action.housekeeps();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Grows with the first outputs and is reused: an idle action holds no batch memory.
@@ -378,12 +420,12 @@ pub async fn run_worker(
             _ = settings.stop.cancelled(), if !open => continue,
             _ = tokio::time::sleep_until(next_attempt), if buffered => {
                 let sp = spool.as_mut().expect("buffered");
-                drain_head(&mut action, sp, &settings.policy, &m, &dead, &mut head_attempts, &mut next_attempt).await;
+                Box::pin(drain_head(&mut action, sp, &settings.policy, &m, &dead, &mut head_attempts, &mut next_attempt)).await;
                 m.show_buffer(sp);
                 continue;
             }
-            _ = tick.tick() => {
-                if let Err(e) = action.tick().await {
+            _ = tick.tick(), if housekeeps => {
+                if let Err(e) = Box::pin(action.tick()).await {
                     tracing::warn!(rule = %ctx.rule, action = %ctx.label, error = %e, "action housekeeping failed");
                 }
                 continue;
@@ -394,12 +436,12 @@ pub async fn run_worker(
             // Behind a backlog: keep the order.
             let now = weir_engine::now_ms();
             let items: Vec<(&Delivery, i64)> = batch.iter().map(|d| (d, now)).collect();
-            spill(sp, &items, &dead).await;
+            Box::pin(spill(sp, &items, &dead)).await;
             m.show_buffer(sp);
             continue;
         }
         m.in_flight.set(batch.len() as i64);
-        let results = action.deliver_batch(&batch).await;
+        let results = Box::pin(action.deliver_batch(&batch)).await;
         m.in_flight.set(0);
         let mut retry: Vec<usize> = Vec::new();
         for (i, r) in results.into_iter().enumerate() {
@@ -414,7 +456,7 @@ pub async fn run_worker(
                     }
                     retry.push(i);
                 }
-                Err(e) => dead.send(batch[i].clone(), e, 1).await,
+                Err(e) => Box::pin(dead.send(batch[i].clone(), e, 1)).await,
             }
         }
         if !retry.is_empty() {
@@ -425,12 +467,19 @@ pub async fn run_worker(
                     let now = weir_engine::now_ms();
                     let items: Vec<(&Delivery, i64)> =
                         retry.iter().map(|&i| (&batch[i], now)).collect();
-                    spill(sp, &items, &dead).await;
+                    Box::pin(spill(sp, &items, &dead)).await;
                     m.show_buffer(sp);
                 }
                 None => {
                     let pending: Vec<Delivery> = retry.iter().map(|&i| batch[i].clone()).collect();
-                    retry_in_memory(&mut action, pending, &settings.policy, &m, &dead).await;
+                    Box::pin(retry_in_memory(
+                        &mut action,
+                        pending,
+                        &settings.policy,
+                        &m,
+                        &dead,
+                    ))
+                    .await;
                 }
             }
         }
@@ -441,7 +490,7 @@ pub async fn run_worker(
         }
         sp.release();
     }
-    if let Err(e) = action.close().await {
+    if let Err(e) = Box::pin(action.close()).await {
         tracing::error!(rule = %ctx.rule, action = %ctx.label, error = %e, "closing the action failed");
     }
 }

@@ -284,6 +284,15 @@ async fn write_cursor(seg: &Path, read: u64) -> std::io::Result<()> {
     tokio::fs::rename(&tmp, &path).await
 }
 
+/// Whether `dir` holds buffer segments (outputs an earlier run could not deliver).
+pub fn has_segments(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "seg"))
+    })
+}
+
 async fn remove_segment(path: &Path) {
     if let Err(e) = tokio::fs::remove_file(path).await {
         tracing::warn!(segment = %path.display(), error = %e, "cannot remove a delivered buffer segment");
