@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("weir: a TLS crypto provider was already installed");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.worker_threads)
         .enable_all()
         .build()
     {

@@ -77,6 +77,14 @@ fn qos(q: u8) -> QoS {
     }
 }
 
+/// Nagle's algorithm off, as weir's own connections and the broker (`set_tcp_nodelay`)
+/// have it: otherwise a small write can wait up to 40 ms for a delayed ACK.
+fn no_delay() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -115,7 +123,7 @@ fn start_mosquitto(port: u16, dir: &std::path::Path) -> Killed {
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_inflight_messages 1000\nmax_queued_messages 1000000\n"
+             max_inflight_messages 1000\nmax_queued_messages 1000000\nset_tcp_nodelay true\n"
         ),
     )
     .unwrap();
@@ -143,13 +151,27 @@ struct Seen {
     latencies_us: Vec<u64>,
 }
 
+/// A subscription; dropping it closes its connection, so that a finished measurement
+/// (the ceiling's subscriber) does not keep the broker and this process busy during the
+/// next one.
+struct Subscriber {
+    _client: AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Subscribes to `filter` and records every message's arrival and latency.
 async fn subscriber(
     broker: SocketAddr,
     filter: &str,
     q: QoS,
     seen: Arc<Mutex<Seen>>,
-) -> AsyncClient {
+) -> Subscriber {
     let mut o = MqttOptions::new(
         format!("load-sub-{}", free_port()),
         broker.ip().to_string(),
@@ -158,9 +180,10 @@ async fn subscriber(
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut el) = AsyncClient::new(o, 1000);
+    el.set_network_options(no_delay());
     client.subscribe(filter, q).await.unwrap();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut ready = Some(ready_tx);
         loop {
             match el.poll().await {
@@ -194,7 +217,10 @@ async fn subscriber(
         }
     });
     ready_rx.await.unwrap();
-    client
+    Subscriber {
+        _client: client,
+        task,
+    }
 }
 
 /// Publishes the workload over `args.publishers` connections; returns when all is sent.
@@ -211,6 +237,7 @@ async fn publish(broker: SocketAddr, args: &Args) -> Duration {
             o.set_keep_alive(Duration::from_secs(30));
             o.set_inflight(1000);
             let (client, mut el) = AsyncClient::new(o, 1000);
+            el.set_network_options(no_delay());
             let driver = tokio::spawn(async move {
                 loop {
                     if el.poll().await.is_err() {
@@ -516,6 +543,7 @@ async fn client(broker: SocketAddr, id: &str) -> (AsyncClient, tokio::task::Join
     );
     o.set_keep_alive(Duration::from_secs(30));
     let (c, mut el) = AsyncClient::new(o, 100);
+    el.set_network_options(no_delay());
     let driver = tokio::spawn(async move {
         loop {
             if el.poll().await.is_err() {
@@ -611,9 +639,10 @@ async fn main() {
     let mut ceiling = None;
     if !args.skip_ceiling {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let _sub = subscriber(broker, "load/#", qos(args.qos), seen.clone()).await;
+        let sub = subscriber(broker, "load/#", qos(args.qos), seen.clone()).await;
         publish(broker, &args).await;
         drain(&seen, args.messages, Duration::from_secs(3)).await;
+        drop(sub);
         let r = report(&seen).await;
         print("ceiling (subscriber)", &r);
         ceiling = Some(r);

@@ -20,7 +20,7 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use weir_engine::{Ack, Message, now_ms};
+use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
 use super::Publisher;
 use super::wire::{properties_from_v5, qos_v5};
@@ -150,7 +150,8 @@ impl ExternalConfig {
         }
     }
 
-    /// Options for weir's publishing connection (MQTT 3.1.1).
+    /// Options for weir's publishing connection (MQTT 3.1.1). Its event loop needs
+    /// [`no_delay`] too.
     fn options(&self) -> Result<MqttOptions, ExternalError> {
         self.validate()?;
         let ep = parse_url(&self.url)?;
@@ -184,6 +185,7 @@ impl ExternalConfig {
         // on receipt: see `weir_engine::Ack`.
         o.set_manual_acks(self.qos > 0);
         o.set_max_packet_size(Some(MAX_PACKET));
+        o.set_network_options(no_delay());
         if let (Some(u), p) = (&self.username, &self.password) {
             o.set_credentials(u.clone(), p.clone().unwrap_or_default());
         }
@@ -233,6 +235,23 @@ pub struct ExternalBroker {
     client: AsyncClient,
     pending: std::sync::Mutex<Option<(v5::EventLoop, watch::Receiver<BTreeSet<String>>)>>,
     config: Arc<ExternalConfig>,
+}
+
+/// Network options with Nagle's algorithm off: weir writes each packet as soon as it has
+/// it, and with Nagle a small write waits for the previous one's ACK, which the broker's
+/// delayed ACK can hold back for up to 40 ms.
+pub fn no_delay() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
+/// The properties of a message that came without any: one shared value, not one
+/// allocation per message.
+fn no_properties() -> Arc<MqttProperties> {
+    static NONE: std::sync::OnceLock<Arc<MqttProperties>> = std::sync::OnceLock::new();
+    NONE.get_or_init(|| Arc::new(properties_from_v5(Default::default())))
+        .clone()
 }
 
 impl ExternalBroker {
@@ -357,7 +376,10 @@ impl ExternalBroker {
                                 }
                             })
                         };
-                        let properties = p.properties.map(properties_from_v5).unwrap_or_default();
+                        let properties = match p.properties {
+                            Some(props) => Arc::new(properties_from_v5(props)),
+                            None => no_properties(),
+                        };
                         let msg = Message {
                             topic,
                             client_id: None,
@@ -369,7 +391,7 @@ impl ExternalBroker {
                             // An MQTT 5 broker leaves the properties out when the publisher
                             // set none, or spoke MQTT 3.1.1: then they are all Undefined
                             // but for format_indicator.
-                            properties: Some(Arc::new(properties)),
+                            properties: Some(properties),
                             ack,
                         };
                         if ingress.send(msg).await.is_err() {

@@ -85,6 +85,7 @@ async fn run(options: MqttOptions, mut rx: mpsc::Receiver<Job>, cancel: Cancella
         options.broker_address().1
     );
     let (client, mut eventloop) = AsyncClient::new(options, WINDOW * 2);
+    eventloop.set_network_options(super::client::no_delay());
     // Handed to the client, not yet written, in order.
     let mut written: VecDeque<Reply> = VecDeque::new();
     // Written QoS 1 publishes by packet id.
