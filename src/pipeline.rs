@@ -63,6 +63,9 @@ pub struct BatchSettings {
     pub buffer_max_bytes: u64,
 }
 
+/// Most ingress messages routed against one snapshot of the routing table.
+const ROUTE_BATCH: usize = 256;
+
 /// A running rule: its topic filter and its worker.
 type RunningRule = (String, Arc<Worker>);
 
@@ -407,39 +410,48 @@ impl Pipeline {
     /// Routes ingress messages to the rules whose filters match, until the ingress closes.
     pub async fn route(self: Arc<Self>, mut ingress: mpsc::Receiver<Message>, embedded: bool) {
         let mut targets: Vec<usize> = Vec::new();
-        while let Some(msg) = ingress.recv().await {
+        let mut inbox: Vec<Message> = Vec::new();
+        // What is queued is routed together, against one snapshot of the routing table.
+        while ingress.recv_many(&mut inbox, ROUTE_BATCH).await > 0 {
             if embedded {
-                self.metrics.ingress_messages.inc();
+                self.metrics.ingress_messages.inc_by(inbox.len() as u64);
             }
             let routes = self
                 .routes
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            targets.clear();
-            let mut msg = msg;
-            if let Some((rule, topic)) = basic_ingest(&msg.topic) {
-                // Basic Ingest: only the named rule, and only if its filter matches.
-                if let Some(&i) = routes.by_name.get(rule)
-                    && weir_engine::topic::matches(&routes.rules[i].filter, topic)
-                {
-                    targets.push(i);
-                }
-                msg.topic = topic.to_owned();
-            } else {
-                routes.trie.for_each_match(&msg.topic, |i| targets.push(*i));
+            for msg in inbox.drain(..) {
+                self.route_one(&routes, msg, &mut targets).await;
             }
-            if targets.is_empty() {
-                self.metrics.ingress_unmatched.inc();
-                continue;
+        }
+    }
+
+    /// Sends one message to every rule whose filter matches its topic.
+    async fn route_one(&self, routes: &Routes, msg: Message, targets: &mut Vec<usize>) {
+        targets.clear();
+        let mut msg = msg;
+        if let Some((rule, topic)) = basic_ingest(&msg.topic) {
+            // Basic Ingest: only the named rule, and only if its filter matches.
+            if let Some(&i) = routes.by_name.get(rule)
+                && weir_engine::topic::matches(&routes.rules[i].filter, topic)
+            {
+                targets.push(i);
             }
-            let msg = Arc::new(msg);
-            for &i in &targets {
-                let route = &routes.rules[i];
-                if route.worker.sender(&self).send(msg.clone()).await.is_err() {
-                    // The rule was replaced or stopped between the lookup and the send.
-                    tracing::debug!(rule = %route.name, "rule stopped while routing");
-                }
+            msg.topic = topic.to_owned();
+        } else {
+            routes.trie.for_each_match(&msg.topic, |i| targets.push(*i));
+        }
+        if targets.is_empty() {
+            self.metrics.ingress_unmatched.inc();
+            return;
+        }
+        let msg = Arc::new(msg);
+        for &i in targets.iter() {
+            let route = &routes.rules[i];
+            if route.worker.sender(self).send(msg.clone()).await.is_err() {
+                // The rule was replaced or stopped between the lookup and the send.
+                tracing::debug!(rule = %route.name, "rule stopped while routing");
             }
         }
     }

@@ -286,8 +286,7 @@ impl<T: PartialEq + Clone> TopicTrie<T> {
     /// Calls `f` with every value whose filter matches `topic`.
     pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&T)) {
         let dollar = topic.starts_with('$');
-        let levels: Vec<&str> = topic.split('/').collect();
-        Self::walk(&self.root, &levels, dollar, &mut f);
+        Self::walk(&self.root, topic.split('/'), dollar, &mut f);
     }
 
     /// The values whose filter matches `topic`.
@@ -297,17 +296,25 @@ impl<T: PartialEq + Clone> TopicTrie<T> {
         out
     }
 
-    fn walk(node: &Node<T>, levels: &[&str], skip_wild: bool, f: &mut impl FnMut(&T)) {
+    /// `levels` is the rest of the topic (a `Split` is cheap to clone: no allocation per
+    /// message).
+    fn walk(
+        node: &Node<T>,
+        mut levels: std::str::Split<'_, char>,
+        skip_wild: bool,
+        f: &mut impl FnMut(&T),
+    ) {
         // `#` also matches the parent level: `a/#` matches `a`.
         if !skip_wild {
             node.hash.iter().for_each(&mut *f);
         }
-        let Some((level, rest)) = levels.split_first() else {
+        let Some(level) = levels.next() else {
             node.exact.iter().for_each(&mut *f);
             return;
         };
+        let rest = levels;
         if let Some(child) = node.children.get(level) {
-            Self::walk(child, rest, false, f);
+            Self::walk(child, rest.clone(), false, f);
         }
         if !skip_wild && let Some(plus) = &node.plus {
             Self::walk(plus, rest, false, f);
