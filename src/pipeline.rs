@@ -124,8 +124,7 @@ impl Prepared {
             .iter()
             .chain(&self.error_action)
             .any(|(action, ctx, _)| {
-                !action.is_stateless()
-                    || actions::spool::has_segments(&ctx.state_dir.join("buffer"))
+                !action.is_stateless() || actions::spool::has_segments(&buffer_dir(ctx))
             })
     }
 }
@@ -195,7 +194,7 @@ impl Pipeline {
         WorkerSettings {
             policy,
             batch: self.settings.max_rows,
-            buffer_dir: ctx.state_dir.join("buffer"),
+            buffer_dir: buffer_dir(ctx),
             buffer_max_bytes: self.settings.buffer_max_bytes,
             stop: self.stop.clone(),
         }
@@ -455,6 +454,11 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Where an action keeps its disk buffer.
+fn buffer_dir(ctx: &ActionContext) -> std::path::PathBuf {
+    ctx.state_dir.join("buffer")
 }
 
 /// A name usable as one path component.

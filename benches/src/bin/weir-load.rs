@@ -20,6 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::Mutex;
+// Nagle's algorithm off, as on weir's own connections and the broker (`set_tcp_nodelay`):
+// otherwise a small write can wait up to 40 ms for a delayed ACK.
+use weir_connectors::mqtt::client::no_delay;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -75,14 +78,6 @@ fn qos(q: u8) -> QoS {
     } else {
         QoS::AtLeastOnce
     }
-}
-
-/// Nagle's algorithm off, as weir's own connections and the broker (`set_tcp_nodelay`)
-/// have it: otherwise a small write can wait up to 40 ms for a delayed ACK.
-fn no_delay() -> rumqttc::NetworkOptions {
-    let mut n = rumqttc::NetworkOptions::new();
-    n.set_tcp_nodelay(true);
-    n
 }
 
 fn free_port() -> u16 {
