@@ -2,7 +2,7 @@
 # All the benchmarks, in release builds (the first build takes about 25 minutes):
 # 1. the engine micro-benchmarks (criterion), each beside its serde_json baseline;
 # 2. the end-to-end load harness (weir-load) through a Mosquitto it starts, QoS 0 and
-#    QoS 1, each beside the plain-subscriber ceiling measured in the same run, a QoS 0
+#    QoS 1, each in three rounds alternating with the plain-subscriber ceiling, a QoS 0
 #    run at half of the measured throughput for latency, and a run with 10,000 rules
 #    (memory per idle rule, cost per message beside one rule, rule-change latency).
 # Extra arguments go to every weir-load run (see `weir-load --help`).
@@ -23,10 +23,10 @@ weir="$CARGO_TARGET_DIR/release/weir"
 # broker work, so at most about half its rate); 0.1 is a filtering rule.
 for sel in 1 0.1; do
   echo "-- QoS 0, as fast as possible, selectivity $sel"
-  out=$("$load" --weir "$weir" --qos 0 --selectivity "$sel" --rule-changes 0 "$@" | tee /dev/stderr)
+  out=$("$load" --weir "$weir" --qos 0 --selectivity "$sel" --rule-changes 0 --repeat 3 "$@" | tee /dev/stderr)
   echo "-- QoS 1, as fast as possible, selectivity $sel"
-  "$load" --weir "$weir" --qos 1 --selectivity "$sel" --rule-changes 0 "$@"
-  rate=$(echo "$out" | sed -n 's/^weir (outputs): \([0-9]*\) input msg\/s.*/\1/p')
+  "$load" --weir "$weir" --qos 1 --selectivity "$sel" --rule-changes 0 --repeat 3 "$@"
+  rate=$(echo "$out" | sed -n 's/^weir (outputs): \([0-9]*\) input msg\/s.*/\1/p' | head -1)
   if [ -n "$rate" ] && [ "$rate" -gt 1 ]; then
     echo "-- QoS 0 at half of that ($((rate / 2)) msg/s), selectivity $sel, for latency"
     "$load" --weir "$weir" --qos 0 --selectivity "$sel" --rate $((rate / 2)) --skip-ceiling \

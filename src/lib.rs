@@ -97,9 +97,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             let ext = ExternalBroker::new(config.clone())
                 .with_context(|| format!("external broker {}", config.url))?;
             let ext = Arc::new(ext);
-            let publisher = ext
-                .publisher(publisher_stop.clone())
-                .with_context(|| format!("external broker {}", config.url))?;
+            let publisher = ext.publisher(publisher_stop.clone());
             (publisher, Ingress::External(ext), None)
         }
     };

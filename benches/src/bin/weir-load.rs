@@ -70,6 +70,10 @@ struct Args {
     /// Skip the plain-subscriber ceiling run.
     #[arg(long)]
     skip_ceiling: bool,
+    /// Measure the ceiling and weir this many times, alternately, and report each pair's
+    /// ratio and their median: on a shared machine one pair can be off by 15 %.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
 }
 
 fn qos(q: u8) -> QoS {
@@ -381,6 +385,21 @@ fn put_rule(http: SocketAddr, name: &str, body: &serde_json::Value) {
     assert!(answer.starts_with("HTTP/1.1 20"), "PUT {name}: {answer}");
 }
 
+fn delete_rule(http: SocketAddr, name: &str) {
+    let mut s = TcpStream::connect(http).unwrap();
+    write!(
+        s,
+        "DELETE /v1/rules/{name} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 204"),
+        "DELETE {name}: {answer}"
+    );
+}
+
 /// Resident memory of a process in KiB now (VmRSS).
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -471,9 +490,16 @@ struct WeirRun {
 async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &str) -> WeirRun {
     let http = weir.http;
     let threshold = (args.selectivity * 100.0).round() as u64;
+    // A new name per run: its metric series starts at 0, and deleting it afterwards
+    // unsubscribes weir, so that the next ceiling run has the broker to itself.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let rule = format!(
+        "load{}",
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     put_rule(
         http,
-        "load",
+        &rule,
         &serde_json::json!({
             "sql": format!("SELECT ts, n, device, temp, (temp * 1.8 + 32) AS fahrenheit, geo.lat AS lat FROM 'load/+/metrics' WHERE v < {threshold}"),
             "actions": [{"republish": {"topic": "out/${topic(2)}", "qos": args.qos}}]
@@ -485,7 +511,7 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
     {
         let (c, driver) = client(broker, "load-probe").await;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while weir_processed(http) == 0 {
+        while weir_processed(http, &rule) == 0 {
             assert!(Instant::now() < deadline, "weir did not start processing");
             c.publish(
                 "load/probe/metrics",
@@ -523,6 +549,7 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
         r.count,
         expected
     );
+    delete_rule(http, &rule);
     WeirRun {
         input_rate,
         cpu_per_msg: cpu / args.messages as f64,
@@ -631,24 +658,45 @@ async fn main() {
         args.selectivity
     );
 
-    let mut ceiling = None;
-    if !args.skip_ceiling {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let sub = subscriber(broker, "load/#", qos(args.qos), seen.clone()).await;
-        publish(broker, &args).await;
-        drain(&seen, args.messages, Duration::from_secs(3)).await;
-        drop(sub);
-        let r = report(&seen).await;
-        print("ceiling (subscriber)", &r);
-        ceiling = Some(r);
-    }
-
-    // weir, reading from the broker and republishing what passes to out/<device>.
+    // weir, reading from the broker and republishing what passes to out/<device>; the
+    // ceiling's subscriber is connected only while the ceiling is measured.
     let one = start_weir(&args, broker, &dir.join("one"));
     wait_port(one.http).await;
-    let single = run_weir(&args, broker, &one, "weir (outputs)").await;
-    if let Some(c) = &ceiling {
-        println!("ratio weir / ceiling: {:.2}", single.input_rate / c.rate);
+    let mut ratios = Vec::new();
+    let mut single = None;
+    for round in 1..=args.repeat.max(1) {
+        if args.repeat > 1 {
+            println!("-- round {round} of {}", args.repeat);
+        }
+        let mut ceiling = None;
+        if !args.skip_ceiling {
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let sub = subscriber(broker, "load/#", qos(args.qos), seen.clone()).await;
+            publish(broker, &args).await;
+            drain(&seen, args.messages, Duration::from_secs(3)).await;
+            drop(sub);
+            let r = report(&seen).await;
+            print("ceiling (subscriber)", &r);
+            ceiling = Some(r);
+        }
+        let run = run_weir(&args, broker, &one, "weir (outputs)").await;
+        if let Some(c) = &ceiling {
+            let ratio = run.input_rate / c.rate;
+            println!("ratio weir / ceiling: {ratio:.2}");
+            ratios.push(ratio);
+        }
+        single.get_or_insert(run);
+    }
+    let single = single.expect("at least one round");
+    if ratios.len() > 1 {
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "ratio weir / ceiling over {} rounds: median {:.2}, min {:.2}, max {:.2}",
+            ratios.len(),
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1]
+        );
     }
     if args.rule_changes > 0 {
         let mut ms = rule_change_latency(broker, one.http, args.rule_changes).await;
@@ -698,8 +746,8 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// weir_rule_messages_matched_total of the load rule, over HTTP.
-fn weir_processed(http: SocketAddr) -> u64 {
+/// weir_rule_messages_matched_total of `rule`, over HTTP.
+fn weir_processed(http: SocketAddr, rule: &str) -> u64 {
     let Ok(mut s) = TcpStream::connect(http) else {
         return 0;
     };
@@ -710,7 +758,11 @@ fn weir_processed(http: SocketAddr) -> u64 {
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     text.lines()
-        .find(|l| l.starts_with("weir_rule_messages_matched_total{rule=\"load\"}"))
+        .find(|l| {
+            l.starts_with(&format!(
+                "weir_rule_messages_matched_total{{rule=\"{rule}\"}}"
+            ))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0, |v| v as u64)

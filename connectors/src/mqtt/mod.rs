@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod client;
+mod link;
 pub mod publisher;
 mod wire;
 

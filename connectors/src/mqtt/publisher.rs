@@ -2,27 +2,30 @@
 //! counts as delivered only when the broker acknowledged it (PUBACK for QoS 1; for QoS 0,
 //! when it was written to the connection).
 //!
-//! rumqttc's client does not say which publish a PUBACK answers, so weir keeps its own
-//! connection for publishing, driven by one task that is the only one to hand publishes
-//! to the client. The client writes them in the order it received them, and reports each
-//! write with its packet id (`Outgoing::Publish(pkid)`), so the task matches writes to
-//! waiting callers in order, and PUBACKs to callers by packet id. When the connection
-//! fails, every waiting caller gets an error and the client's own retransmission queue is
-//! emptied: the action retries from its disk buffer instead, so no publish is both
-//! retried and retransmitted out of step with the callers.
+//! weir keeps its own MQTT 5 connection for publishing (client id `<id>-pub`, clean
+//! session), driven by one task. The task takes every publish that is waiting, encodes
+//! them into one buffer and writes them with one call: an action's batch of outputs costs
+//! one write, not one per output. QoS 0 publishes are confirmed once written, QoS 1
+//! publishes when their PUBACK comes. When the connection fails, every waiting caller
+//! gets an error and nothing is retransmitted: the action retries from its disk buffer
+//! instead, so no publish is both retried and retransmitted out of step with the callers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::Packet;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Request};
+use rumqttc::v5::mqttbytes::QoS as QoS5;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// Publishes in flight at most (written, not yet acknowledged).
-const WINDOW: usize = 100;
+use super::client::ExternalConfig;
+use super::link::{Backoff, Dialer, KeepAlive, Link, connect_packet, reason};
+
+/// Publishes in flight at most (taken from the queue, not yet confirmed).
+const WINDOW: usize = 1024;
 
 type Reply = oneshot::Sender<Result<(), String>>;
 
@@ -41,13 +44,26 @@ pub struct ConfirmedPublisher {
 }
 
 impl ConfirmedPublisher {
-    /// Connects with `options` (weir's broker settings, its own client id) and serves
+    /// Connects as `client_id` with the rest of `config` (a clean session) and serves
     /// publishes until `cancel` fires.
-    pub fn start(mut options: MqttOptions, cancel: CancellationToken) -> Self {
-        options.set_clean_session(true);
-        options.set_inflight(WINDOW as u16);
+    pub(super) fn start(
+        config: Arc<ExternalConfig>,
+        dialer: Arc<Dialer>,
+        client_id: String,
+        cancel: CancellationToken,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(WINDOW);
-        tokio::spawn(run(options, rx, cancel));
+        let task = Task {
+            config,
+            dialer,
+            client_id,
+            rx,
+            cancel,
+            unacked: HashMap::new(),
+            written: Vec::new(),
+            pkid: 0,
+        };
+        tokio::spawn(task.run());
         Self {
             tx,
             timeout: Duration::from_secs(30),
@@ -78,71 +94,145 @@ impl ConfirmedPublisher {
     }
 }
 
-async fn run(options: MqttOptions, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
-    let broker = format!(
-        "{}:{}",
-        options.broker_address().0,
-        options.broker_address().1
-    );
-    let (client, mut eventloop) = AsyncClient::new(options, WINDOW * 2);
-    eventloop.set_network_options(super::client::no_delay());
-    // Handed to the client, not yet written, in order.
-    let mut written: VecDeque<Reply> = VecDeque::new();
-    // Written QoS 1 publishes by packet id.
-    let mut unacked: HashMap<u16, Reply> = HashMap::new();
-    let mut connected = false;
-    let mut failures: u32 = 0;
-    loop {
-        let room = written.len() + unacked.len() < WINDOW;
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            job = rx.recv(), if connected && room => {
-                let Some(job) = job else { return };
-                match client.try_publish(job.topic, job.qos, false, job.payload.to_vec()) {
-                    Ok(()) => written.push_back(job.reply),
-                    Err(e) => { let _ = job.reply.send(Err(e.to_string())); }
+struct Task {
+    config: Arc<ExternalConfig>,
+    dialer: Arc<Dialer>,
+    client_id: String,
+    rx: mpsc::Receiver<Job>,
+    cancel: CancellationToken,
+    /// QoS 1 publishes written and waiting for their PUBACK, by packet id.
+    unacked: HashMap<u16, Reply>,
+    /// QoS 0 publishes queued for the next write: confirmed once it is written.
+    written: Vec<Reply>,
+    pkid: u16,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let (connect, login) = connect_packet(&self.config, &self.client_id, true);
+        let url = self.config.url.clone();
+        let mut backoff = Backoff::default();
+        loop {
+            let connected = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                c = self.dialer.connect(connect.clone(), login.clone()) => c,
+            };
+            let error = match connected {
+                Ok((link, _)) => {
+                    backoff.connected();
+                    tracing::info!(broker = %url, "publisher connected");
+                    match self.serve(link).await {
+                        Ok(()) => return,
+                        Err(e) => e,
+                    }
                 }
+                Err(e) => e,
+            };
+            // Everything not confirmed fails back to its action.
+            let why = format!("connection to {url} failed: {error}");
+            for reply in self
+                .written
+                .drain(..)
+                .chain(self.unacked.drain().map(|(_, r)| r))
+            {
+                let _ = reply.send(Err(why.clone()));
             }
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    connected = true;
-                    failures = 0;
-                    tracing::info!(broker = %broker, "publisher connected");
+            let wait = backoff.failed(&url, "publisher", &error);
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Serves one connection; `Ok` when weir is shutting down or every publisher handle
+    /// is gone, `Err` when the connection failed.
+    async fn serve(&mut self, mut link: Link) -> Result<(), String> {
+        let mut keep_alive = KeepAlive::new(self.config.keep_alive);
+        let mut jobs: Vec<Job> = Vec::new();
+        loop {
+            let room = WINDOW.saturating_sub(self.unacked.len());
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    link.goodbye().await;
+                    return Ok(());
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(reply) = written.pop_front() {
-                        if pkid == 0 {
-                            let _ = reply.send(Ok(()));
-                        } else {
-                            unacked.insert(pkid, reply);
+                read = link.read() => {
+                    if read? == 0 {
+                        return Err("the broker closed the connection".to_owned());
+                    }
+                    keep_alive.heard();
+                    while let Some(packet) = link.next_packet()? {
+                        match packet {
+                            Packet::PubAck(ack) => {
+                                if let Some(reply) = self.unacked.remove(&ack.pkid) {
+                                    let result = match ack.reason {
+                                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
+                                        refused => Err(format!("the broker refused the publish: {refused:?}")),
+                                    };
+                                    let _ = reply.send(result);
+                                }
+                            }
+                            Packet::PingResp(_) => keep_alive.answered(),
+                            Packet::Disconnect(d) => {
+                                return Err(format!(
+                                    "the broker disconnected weir's publisher: {:?}{}",
+                                    d.reason_code,
+                                    reason(d.properties.and_then(|p| p.reason_string))
+                                ));
+                            }
+                            _ => {}
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(reply) = unacked.remove(&ack.pkid) {
-                        let _ = reply.send(Ok(()));
+                n = self.rx.recv_many(&mut jobs, room), if room > 0 => {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    for job in jobs.drain(..) {
+                        self.queue(&mut link, job);
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    connected = false;
-                    failures += 1;
-                    // Everything not acknowledged fails back to its action; nothing is
-                    // retransmitted behind the callers' backs.
-                    eventloop.pending.retain(|r| !matches!(r, Request::Publish(_)));
-                    let why = format!("connection to {broker} failed: {e}");
-                    for reply in written.drain(..).chain(unacked.drain().map(|(_, r)| r)) {
-                        let _ = reply.send(Err(why.clone()));
-                    }
-                    if failures == 1 || failures.is_multiple_of(20) {
-                        tracing::warn!(broker = %broker, error = %e, "publisher connection failed");
-                    }
-                    let wait = Duration::from_millis(100 * u64::from(failures.min(50)));
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+                _ = tokio::time::sleep_until(keep_alive.due()), if keep_alive.enabled() => {
+                    keep_alive.ping(&mut link)?;
                 }
+            }
+            link.flush().await?;
+            for reply in self.written.drain(..) {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Encodes a publish into the write buffer.
+    fn queue(&mut self, link: &mut Link, job: Job) {
+        let qos = match job.qos {
+            QoS::AtMostOnce => QoS5::AtMostOnce,
+            _ => QoS5::AtLeastOnce,
+        };
+        let mut publish = Publish::new(job.topic, qos, job.payload, None);
+        if qos != QoS5::AtMostOnce {
+            publish.pkid = self.next_pkid();
+        }
+        if let Err(e) = link.queue(&Packet::Publish(publish)) {
+            let _ = job.reply.send(Err(e));
+            return;
+        }
+        if qos == QoS5::AtMostOnce {
+            self.written.push(job.reply);
+        } else {
+            let pkid = self.pkid;
+            self.unacked.insert(pkid, job.reply);
+        }
+    }
+
+    /// A packet id that no unacknowledged publish holds.
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.pkid = self.pkid.checked_add(1).unwrap_or(1);
+            if !self.unacked.contains_key(&self.pkid) {
+                return self.pkid;
             }
         }
     }
