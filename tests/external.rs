@@ -311,3 +311,76 @@ async fn rules_read_mqtt5_properties_through_an_external_broker() {
         json!({"n": 1, "ct": "application/json", "tags": ["a", "b"]})
     );
 }
+
+/// A burst of outputs reaches the publisher together and leaves in few writes, each
+/// confirmed by its own PUBACK, with the broker's Receive Maximum (Mosquitto's
+/// `max_inflight_messages`, here 5) as the window: every copy arrives, none is retried.
+#[tokio::test]
+async fn republishing_a_burst_keeps_within_the_brokers_receive_maximum() {
+    let port = free_port();
+    let broker = Mosquitto::start_with(
+        port,
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 5\n"),
+    )
+    .await;
+    let dir = temp_dir("external-burst");
+    let url = format!("mqtt://{}", broker.addr);
+    let weir = Weir::start(
+        &dir,
+        &[
+            "--broker",
+            &url,
+            "--broker-client-id",
+            "weir-burst",
+            "--broker-qos",
+            "1",
+        ],
+    )
+    .await;
+    let (status, body) = weir
+        .put_rule(
+            "burst",
+            json!({"sql": "SELECT n FROM 'burst/+'", "actions": [{"republish": {"topic": "copies/${topic(2)}", "qos": 1}}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut watcher = Mqtt::connect(broker.addr, "burst-watcher").await;
+    watcher.subscribe("copies/#").await;
+    let device = Mqtt::connect(broker.addr, "burst-device").await;
+    // Wait until the broker routes to weir.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        device.publish("burst/probe", r#"{"n":-1}"#).await;
+        if watcher.next(1).await.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no output through mosquitto"
+        );
+    }
+    while watcher.next(1).await.is_some() {}
+
+    const N: i64 = 400;
+    for n in 0..N {
+        device.publish("burst/d", format!(r#"{{"n":{n}}}"#)).await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < N as usize {
+        let Some((topic, v)) = watcher.next(20).await else {
+            panic!("{} of {N} copies arrived", seen.len());
+        };
+        assert_eq!(topic, "copies/d");
+        seen.insert(v["n"].as_i64().unwrap());
+    }
+    assert_eq!(seen.len(), N as usize);
+    // Every copy went through on the first attempt: the publisher was never cut off.
+    let retries: f64 = weir
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("weir_action_retries_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(retries, 0.0);
+}

@@ -1,7 +1,9 @@
 //! weir-load: the end-to-end load harness. Starts Mosquitto (or uses `--broker`) and weir,
 //! publishes a workload, collects the rules' outputs and reports throughput, latency, and
 //! weir's CPU and peak memory, beside the ceiling: a plain subscriber on the same broker
-//! and topics that only counts, measured in the same run.
+//! and topics that only counts, in a process of its own (as weir is), measured in the
+//! same run; with `--repeat N`, N ceiling and weir runs alternate and the median ratio
+//! is reported.
 //!
 //! Every message carries its publish time; the rule republishes what passes its WHERE
 //! clause to `out/<device>`, where a subscriber takes the time of arrival.
@@ -74,6 +76,11 @@ struct Args {
     /// ratio and their median: on a shared machine one pair can be off by 15 %.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Internal: be the ceiling's subscriber (a process of its own, as weir is) on
+    /// `--broker`, print "ready" once subscribed, then the report once `--messages`
+    /// arrived or nothing came for 3 s.
+    #[arg(long, hide = true)]
+    ceiling_subscriber: Option<String>,
 }
 
 fn qos(q: u8) -> QoS {
@@ -164,6 +171,15 @@ impl Drop for Subscriber {
     }
 }
 
+/// The publish time in a payload that starts with `{"ts":<microseconds>` (the workload's
+/// messages and the load rule's outputs both do): read without parsing the JSON, so
+/// that the ceiling's subscriber does little more than count.
+fn publish_time(payload: &[u8]) -> Option<u64> {
+    let digits = payload.strip_prefix(br#"{"ts":"#)?;
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
 /// Subscribes to `filter` and records every message's arrival and latency.
 async fn subscriber(
     broker: SocketAddr,
@@ -193,9 +209,7 @@ async fn subscriber(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let at = Instant::now();
-                    let sent = serde_json::from_slice::<serde_json::Value>(&p.payload)
-                        .ok()
-                        .and_then(|v| v["ts"].as_u64());
+                    let sent = publish_time(&p.payload);
                     let mut s = seen.lock().await;
                     if let Some(ts) = sent {
                         if ts == 0 {
@@ -438,7 +452,10 @@ fn start_weir(args: &Args, broker: SocketAddr, dir: &std::path::Path) -> WeirPro
             .arg("--queries-dir")
             .arg(dir.join("no-queries"))
             .args(["--log", "warn"])
-            .stdout(Stdio::null())
+            .stdout({
+                std::fs::create_dir_all(dir).unwrap();
+                std::fs::File::create(dir.join("weir.log")).unwrap()
+            })
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -549,6 +566,16 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
         r.count,
         expected
     );
+    if r.count < expected {
+        // weir logs its warnings (a lost connection, a failed delivery) to the run's
+        // directory; show them beside the shortfall.
+        let log = std::fs::read_to_string(weir.dir.join("weir.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        println!("{label}: outputs missing; the last lines of weir's log:");
+        for l in &lines[lines.len().saturating_sub(20)..] {
+            println!("  {l}");
+        }
+    }
     delete_rule(http, &rule);
     WeirRun {
         input_rate,
@@ -626,9 +653,79 @@ async fn rule_change_latency(broker: SocketAddr, http: SocketAddr, times: u32) -
     out
 }
 
+/// The ceiling: a plain subscriber to the workload's topics, in a process of its own (as
+/// weir is, so that neither shares threads with the publishers), while the workload is
+/// published.
+async fn measure_ceiling(args: &Args, broker: SocketAddr) -> Report {
+    use std::io::BufRead;
+    let mut child = Killed(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--broker",
+                &broker.to_string(),
+                "--ceiling-subscriber",
+                "load/#",
+            ])
+            .args(["--qos", &args.qos.to_string()])
+            .args(["--messages", &args.messages.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(rx.recv().await.as_deref(), Some("ready"));
+    publish(broker, args).await;
+    let line = rx.recv().await.expect("the ceiling's report");
+    let v: Vec<f64> = line
+        .split(' ')
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    Report {
+        count: v[0] as u64,
+        rate: v[1],
+        p50: v[2] as u64,
+        p90: v[3] as u64,
+        p99: v[4] as u64,
+        max: v[5] as u64,
+    }
+}
+
+/// The ceiling's subscriber process (`--ceiling-subscriber <filter>`).
+async fn ceiling_subscriber(args: &Args, filter: &str) {
+    let broker: SocketAddr = args
+        .broker
+        .as_deref()
+        .expect("--broker")
+        .parse()
+        .expect("--broker is host:port");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sub = subscriber(broker, filter, qos(args.qos), seen.clone()).await;
+    println!("ready");
+    drain(&seen, args.messages, Duration::from_secs(3)).await;
+    drop(sub);
+    let r = report(&seen).await;
+    println!(
+        "{} {} {} {} {} {}",
+        r.count, r.rate, r.p50, r.p90, r.p99, r.max
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(filter) = &args.ceiling_subscriber {
+        ceiling_subscriber(&args, filter).await;
+        return;
+    }
     assert!(args.qos <= 1, "--qos must be 0 or 1");
     let dir = std::env::temp_dir().join(format!("weir-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -670,12 +767,7 @@ async fn main() {
         }
         let mut ceiling = None;
         if !args.skip_ceiling {
-            let seen = Arc::new(Mutex::new(Seen::default()));
-            let sub = subscriber(broker, "load/#", qos(args.qos), seen.clone()).await;
-            publish(broker, &args).await;
-            drain(&seen, args.messages, Duration::from_secs(3)).await;
-            drop(sub);
-            let r = report(&seen).await;
+            let r = measure_ceiling(&args, broker).await;
             print("ceiling (subscriber)", &r);
             ceiling = Some(r);
         }

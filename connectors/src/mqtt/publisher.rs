@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use super::client::ExternalConfig;
 use super::link::{Backoff, Dialer, KeepAlive, Link, connect_packet, reason};
 
-/// Publishes in flight at most (taken from the queue, not yet confirmed).
+/// QoS 1 publishes in flight at most (written, not yet acknowledged), unless the broker
+/// allows fewer: its CONNACK's Receive Maximum (Mosquitto's `max_inflight_messages`, 20
+/// by default), which an MQTT 5 client must not exceed.
 const WINDOW: usize = 1024;
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -118,10 +120,14 @@ impl Task {
                 c = self.dialer.connect(connect.clone(), login.clone()) => c,
             };
             let error = match connected {
-                Ok((link, _)) => {
+                Ok((link, ack)) => {
                     backoff.connected();
                     tracing::info!(broker = %url, "publisher connected");
-                    match self.serve(link).await {
+                    let window = ack
+                        .properties
+                        .and_then(|p| p.receive_max)
+                        .map_or(WINDOW, |m| usize::from(m).clamp(1, WINDOW));
+                    match self.serve(link, window).await {
                         Ok(()) => return,
                         Err(e) => e,
                     }
@@ -147,11 +153,11 @@ impl Task {
 
     /// Serves one connection; `Ok` when weir is shutting down or every publisher handle
     /// is gone, `Err` when the connection failed.
-    async fn serve(&mut self, mut link: Link) -> Result<(), String> {
+    async fn serve(&mut self, mut link: Link, window: usize) -> Result<(), String> {
         let mut keep_alive = KeepAlive::new(self.config.keep_alive);
         let mut jobs: Vec<Job> = Vec::new();
         loop {
-            let room = WINDOW.saturating_sub(self.unacked.len());
+            let room = window.saturating_sub(self.unacked.len());
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
