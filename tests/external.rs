@@ -124,17 +124,9 @@ async fn mutual_tls_with_credentials() {
     let mut watcher = Mqtt::connect(broker.addr, "watcher").await;
     watcher.subscribe("secure-out/#").await;
     let device = Mqtt::connect(broker.addr, "device").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let got = loop {
-        device.publish("secure/a", r#"{"v": 7}"#).await;
-        if let Some(got) = watcher.next(1).await {
-            break got;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing came back over TLS"
-        );
-    };
+    let got = device
+        .publish_until_seen("secure/a", r#"{"v": 7}"#, &mut watcher)
+        .await;
     assert_eq!(got, ("secure-out/a".to_owned(), json!({"v": 7})));
 }
 
@@ -157,17 +149,9 @@ async fn a_persistent_session_delivers_what_was_published_while_weir_was_down() 
     let mut watcher = Mqtt::connect(broker.addr, "watcher").await;
     watcher.subscribe("q/out").await;
     let device = Mqtt::connect(broker.addr, "device").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        device.publish("q/in", r#"{"n": 0}"#).await;
-        if watcher.next(1).await.is_some() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "weir never subscribed"
-        );
-    }
+    device
+        .publish_until_seen("q/in", r#"{"n": 0}"#, &mut watcher)
+        .await;
     while watcher.next(1).await.is_some() {}
 
     let (http, mqtt) = (weir.http, weir.mqtt);
@@ -347,18 +331,9 @@ async fn republishing_a_burst_keeps_within_the_brokers_receive_maximum() {
     let mut watcher = Mqtt::connect(broker.addr, "burst-watcher").await;
     watcher.subscribe("copies/#").await;
     let device = Mqtt::connect(broker.addr, "burst-device").await;
-    // Wait until the broker routes to weir.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        device.publish("burst/probe", r#"{"n":-1}"#).await;
-        if watcher.next(1).await.is_some() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no output through mosquitto"
-        );
-    }
+    device
+        .publish_until_seen("burst/probe", r#"{"n":-1}"#, &mut watcher)
+        .await;
     while watcher.next(1).await.is_some() {}
 
     const N: i64 = 400;

@@ -299,6 +299,28 @@ impl Mqtt {
             .unwrap();
     }
 
+    /// Publishes `payload` to `topic` until `watcher` receives a message, within 10 s, and
+    /// returns that message: weir subscribes to an external broker when a rule is
+    /// installed, so the first publishes may find no subscriber.
+    pub async fn publish_until_seen(
+        &self,
+        topic: &str,
+        payload: &str,
+        watcher: &mut Mqtt,
+    ) -> (String, Value) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            self.publish(topic, payload).await;
+            if let Some(got) = watcher.next(1).await {
+                return got;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing on {topic} came back through the broker"
+            );
+        }
+    }
+
     /// The next message, within `secs` seconds.
     pub async fn next(&mut self, secs: u64) -> Option<(String, Value)> {
         let (topic, payload) = tokio::time::timeout(Duration::from_secs(secs), self.rx.recv())
