@@ -319,10 +319,8 @@ impl Session {
                 }
                 Err(e) => e,
             };
-            let wait = backoff.failed(&url, "broker", &error);
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            if !backoff.pause(&self.cancel, &url, "broker", &error).await {
+                return;
             }
         }
     }

@@ -26,6 +26,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::client::{Endpoint, ExternalConfig, ExternalError};
 
@@ -138,7 +139,7 @@ pub(super) fn connect_packet(
         ..ConnectProperties::new()
     };
     let connect = Connect {
-        keep_alive: config.keep_alive.as_secs().clamp(0, u64::from(u16::MAX)) as u16,
+        keep_alive: config.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16,
         client_id: client_id.to_owned(),
         clean_start,
         properties: Some(properties),
@@ -342,13 +343,24 @@ impl Backoff {
         self.failures = 0;
     }
 
-    pub(super) fn failed(&mut self, url: &str, what: &str, error: &str) -> Duration {
+    /// Logs a failed connection and waits before the next attempt; false if weir is
+    /// shutting down meanwhile.
+    pub(super) async fn pause(
+        &mut self,
+        cancel: &CancellationToken,
+        url: &str,
+        what: &str,
+        error: &str,
+    ) -> bool {
         self.failures += 1;
         let wait = Duration::from_millis(100 * u64::from(self.failures.min(50)));
         if self.failures == 1 || self.failures.is_multiple_of(20) {
             tracing::warn!(broker = %url, error = %error, retry_in = ?wait, "{what} connection failed");
         }
-        wait
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
     }
 }
 

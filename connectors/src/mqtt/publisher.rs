@@ -143,10 +143,8 @@ impl Task {
             {
                 let _ = reply.send(Err(why.clone()));
             }
-            let wait = backoff.failed(&url, "publisher", &error);
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            if !backoff.pause(&self.cancel, &url, "publisher", &error).await {
+                return;
             }
         }
     }
