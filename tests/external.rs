@@ -73,6 +73,10 @@ async fn seed_rule_through_mosquitto_with_a_shared_subscription() {
         .await;
     assert!(watcher.next(1).await.is_none());
     assert_eq!(weir.metric("weir_ingress_messages_total").await, before);
+    // The broker acknowledged both the SUBSCRIBE and the UNSUBSCRIBE.
+    let pending = "weir_external_subscription_changes_pending";
+    assert!(weir.metrics().await.contains(&format!("\n{pending} ")));
+    weir.wait_metric_eq(pending, 0.0).await;
 }
 
 #[tokio::test]

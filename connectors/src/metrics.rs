@@ -16,6 +16,8 @@ pub struct Metrics {
     /// Messages that matched no enabled rule.
     pub ingress_unmatched: IntCounter,
     pub broker_connections: IntGauge,
+    /// SUBSCRIBE and UNSUBSCRIBE packets the external broker has not acknowledged yet.
+    pub external_subscriptions_pending: IntGauge,
     pub broker_received: IntCounter,
     /// Messages the embedded broker could not queue for a slow subscriber.
     pub broker_dropped: IntCounter,
@@ -78,6 +80,14 @@ impl Metrics {
         registry
             .register(Box::new(broker_connections.clone()))
             .expect("unique metric");
+        let external_subscriptions_pending = IntGauge::new(
+            "weir_external_subscription_changes_pending",
+            "SUBSCRIBE and UNSUBSCRIBE packets sent to the external broker and not acknowledged yet.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(external_subscriptions_pending.clone()))
+            .expect("unique metric");
         let rule_latency = HistogramVec::new(
             HistogramOpts::new(
                 "weir_rule_processing_seconds",
@@ -102,6 +112,7 @@ impl Metrics {
                 "Messages that matched no enabled rule.",
             ),
             broker_connections,
+            external_subscriptions_pending,
             broker_received: counter(
                 "weir_broker_messages_received_total",
                 "PUBLISH packets the embedded broker received.",

@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    Filter, Packet, PubAck, PubComp, PubRec, Publish, SubAck, Subscribe, SubscribeReasonCode,
-    Unsubscribe,
+    Filter, Packet, PubAck, PubComp, PubRec, Publish, Subscribe, SubscribeReasonCode, Unsubscribe,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -286,10 +285,24 @@ struct Session {
 struct ConnectionState {
     /// The filters subscribed on this connection (without the share prefix).
     subscribed: BTreeSet<String>,
-    /// SUBSCRIBE packets waiting for their SUBACK: packet id → subscription.
-    subscribing: HashMap<u16, String>,
+    /// SUBSCRIBE and UNSUBSCRIBE packets waiting for their SUBACK or UNSUBACK, by packet id.
+    pending: HashMap<u16, Change>,
     pkid: u16,
 }
+
+/// A subscription change sent to the broker and not acknowledged yet.
+struct Change {
+    subscription: String,
+    subscribe: bool,
+    sent: std::time::Instant,
+}
+
+/// A broker that takes longer than this to acknowledge a subscription change is logged
+/// at warning level: until it does, a new rule receives nothing, and a deleted rule's
+/// messages keep coming (and are dropped). Mosquitto, for one, reads one packet per
+/// connection per turn of its loop, so under load weir's SUBSCRIBE can wait behind many
+/// PUBACKs.
+const SLOW_SUBSCRIPTION_CHANGE: Duration = Duration::from_secs(1);
 
 impl Session {
     async fn run(mut self) {
@@ -312,7 +325,10 @@ impl Session {
                 Ok((link, ack)) => {
                     backoff.connected();
                     tracing::info!(broker = %url, session_present = ack.session_present, "connected to broker");
-                    match self.serve(link, &ack_tx, &mut ack_rx).await {
+                    let served = self.serve(link, &ack_tx, &mut ack_rx).await;
+                    // A new connection subscribes afresh.
+                    self.metrics.external_subscriptions_pending.set(0);
+                    match served {
                         Ok(()) => return,
                         Err(e) => e,
                     }
@@ -384,7 +400,14 @@ impl Session {
                                 self.awaiting_release.remove(&r.pkid);
                                 link.queue(&Packet::PubComp(PubComp::new(r.pkid, None)))?;
                             }
-                            Packet::SubAck(ack) => self.subscribed(&mut state, &ack),
+                            Packet::SubAck(ack) => {
+                                let refused = match ack.return_codes.first() {
+                                    Some(SubscribeReasonCode::Success(_)) => None,
+                                    code => Some(format!("{code:?}")),
+                                };
+                                self.acknowledged(&mut state, ack.pkid, refused);
+                            }
+                            Packet::UnsubAck(ack) => self.acknowledged(&mut state, ack.pkid, None),
                             Packet::PingResp(_) => keep_alive.answered(),
                             Packet::Disconnect(d) => {
                                 return Err(format!(
@@ -393,8 +416,7 @@ impl Session {
                                     reason(d.properties.and_then(|p| p.reason_string))
                                 ));
                             }
-                            Packet::UnsubAck(_)
-                            | Packet::PubAck(_)
+                            Packet::PubAck(_)
                             | Packet::PubRec(_)
                             | Packet::PubComp(_) => {}
                             other => {
@@ -495,29 +517,62 @@ impl Session {
             let mut packet = Subscribe::new(Filter::new(sub.clone(), qos(self.config.qos)), None);
             packet.pkid = next_pkid(&mut state.pkid);
             link.queue(&Packet::Subscribe(packet.clone()))?;
-            state.subscribing.insert(packet.pkid, sub);
+            state.pending.insert(
+                packet.pkid,
+                Change {
+                    subscription: sub,
+                    subscribe: true,
+                    sent: std::time::Instant::now(),
+                },
+            );
         }
         for f in state.subscribed.difference(&wanted) {
-            let mut packet = Unsubscribe::new(self.config.subscription(f), None);
+            let sub = self.config.subscription(f);
+            let mut packet = Unsubscribe::new(sub.clone(), None);
             packet.pkid = next_pkid(&mut state.pkid);
-            link.queue(&Packet::Unsubscribe(packet))?;
+            link.queue(&Packet::Unsubscribe(packet.clone()))?;
+            state.pending.insert(
+                packet.pkid,
+                Change {
+                    subscription: sub,
+                    subscribe: false,
+                    sent: std::time::Instant::now(),
+                },
+            );
         }
         state.subscribed = wanted;
+        self.metrics
+            .external_subscriptions_pending
+            .set(state.pending.len() as i64);
         Ok(())
     }
 
-    /// Reports the broker's answer to a SUBSCRIBE.
-    fn subscribed(&self, state: &mut ConnectionState, ack: &SubAck) {
-        let Some(sub) = state.subscribing.remove(&ack.pkid) else {
+    /// Reports the broker's answer to a SUBSCRIBE or an UNSUBSCRIBE; `refused` holds the
+    /// reason code of a SUBACK that refused.
+    fn acknowledged(&self, state: &mut ConnectionState, pkid: u16, refused: Option<String>) {
+        let Some(change) = state.pending.remove(&pkid) else {
             return;
         };
-        let url = &self.config.url;
-        match ack.return_codes.first() {
-            Some(SubscribeReasonCode::Success(_)) => {
-                tracing::info!(filter = %sub, broker = %url, "subscribed")
+        self.metrics
+            .external_subscriptions_pending
+            .set(state.pending.len() as i64);
+        let (filter, broker) = (&change.subscription, &self.config.url);
+        let after_ms = change.sent.elapsed().as_millis() as u64;
+        match refused {
+            None => {
+                let what = if change.subscribe {
+                    "subscribed"
+                } else {
+                    "unsubscribed"
+                };
+                if change.sent.elapsed() > SLOW_SUBSCRIPTION_CHANGE {
+                    tracing::warn!(%filter, %broker, after_ms, "{what}, late: the broker was slow to acknowledge");
+                } else {
+                    tracing::info!(%filter, %broker, after_ms, "{what}");
+                }
             }
-            code => {
-                tracing::warn!(filter = %sub, broker = %url, reason = ?code, "the broker refused the subscription")
+            Some(reason) => {
+                tracing::warn!(%filter, %broker, %reason, "the broker refused the subscription")
             }
         }
     }
