@@ -234,7 +234,21 @@ impl ExternalBroker {
             filters_rx,
             awaiting_release: HashSet::new(),
         };
-        tokio::spawn(session.run());
+        // A thread of its own, with a runtime of its own: see `READ_PACE`.
+        let spawned = std::thread::Builder::new()
+            .name("weir-ingress".to_owned())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(session.run()),
+                    Err(e) => tracing::error!("the external broker client cannot start: {e}"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("the external broker client cannot start: {e}");
+        }
     }
     /// The topic filters weir should be subscribed to (those of the enabled rules).
     pub fn set_filters(&self, filters: BTreeSet<String>) {
@@ -259,6 +273,12 @@ impl ExternalBroker {
 /// the last one, and the rules get batches instead of trickles. At 200,000 messages a
 /// second, reading as soon as anything arrived cost one `recvfrom`, one `epoll_wait` and
 /// a context switch per 9 messages.
+///
+/// The pause is a sleep of the connection's own thread (it runs nothing else), not of
+/// its task: a thread parked in `epoll_wait` (as a tokio timer parks it) is woken by
+/// every segment that arrives on a socket registered there, and the broker pays for each
+/// wake-up on its side of the write. A thread in `nanosleep` is not woken; the next read
+/// finds what came meanwhile.
 const READ_PACE: Duration = Duration::from_millis(1);
 
 /// Packet ids of weir's SUBSCRIBE and UNSUBSCRIBE packets: 1 to 65535, then again.
@@ -357,9 +377,13 @@ impl Session {
         let mut keep_alive = KeepAlive::new(self.config.keep_alive);
         let mut batch: Vec<Message> = Vec::new();
         let mut acks: Vec<AckToken> = Vec::new();
-        let mut next_read = tokio::time::Instant::now();
+        let mut next_read = std::time::Instant::now();
         loop {
-            let paused = next_read > tokio::time::Instant::now();
+            // The thread sleeps, not the task: see `READ_PACE`.
+            let now = std::time::Instant::now();
+            if next_read > now {
+                std::thread::sleep(next_read - now);
+            }
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
@@ -378,8 +402,7 @@ impl Session {
                     let wanted = self.filters_rx.borrow_and_update().clone();
                     self.subscribe(&mut link, &mut state, wanted)?;
                 }
-                _ = tokio::time::sleep_until(next_read), if paused => {}
-                read = link.read(), if !paused => {
+                read = link.read() => {
                     let n = read?;
                     if n == 0 {
                         return Err("the broker closed the connection".to_owned());
@@ -387,7 +410,7 @@ impl Session {
                     keep_alive.heard();
                     // A read that took a good part of the buffer may have left more behind.
                     if n < READ_BUFFER / 4 {
-                        next_read = tokio::time::Instant::now() + READ_PACE;
+                        next_read = std::time::Instant::now() + READ_PACE;
                     }
                     // Everything in one read arrived at once.
                     let received_at_ms = now_ms();
