@@ -47,11 +47,31 @@ pub struct Weir {
 }
 
 impl Weir {
-    /// Starts weir with its embedded broker on free ports.
+    /// Starts weir with its embedded broker on free ports. A port found free can be taken
+    /// by another test's process before weir binds it: then weir stops at once, saying so,
+    /// and it is started again on other ports.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Weir {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Self::start_on(data_dir, http, mqtt, extra).await
+        for _ in 0..5 {
+            let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let log_path = data_dir.join("weir.log");
+            // The log is appended to: read only what this start wrote.
+            let logged_before = std::fs::metadata(&log_path).map_or(0, |m| m.len() as usize);
+            let mut w = Self::spawn(data_dir, http, mqtt, extra);
+            match w.wait_ready().await {
+                Ok(()) => return w,
+                Err(status) => {
+                    let log = std::fs::read(&log_path).unwrap_or_default();
+                    let this_start = String::from_utf8_lossy(&log[logged_before.min(log.len())..]);
+                    assert!(
+                        this_start.contains("Address already in use"),
+                        "weir exited during start: {status}; see {}",
+                        data_dir.join("weir.log").display()
+                    );
+                }
+            }
+        }
+        panic!("weir found no free ports in five tries");
     }
 
     pub async fn start_on(
@@ -60,6 +80,17 @@ impl Weir {
         mqtt: SocketAddr,
         extra: &[&str],
     ) -> Weir {
+        let mut w = Self::spawn(data_dir, http, mqtt, extra);
+        if let Err(status) = w.wait_ready().await {
+            panic!(
+                "weir exited during start: {status}; see {}",
+                data_dir.join("weir.log").display()
+            );
+        }
+        w
+    }
+
+    fn spawn(data_dir: &Path, http: SocketAddr, mqtt: SocketAddr, extra: &[&str]) -> Weir {
         init();
         let no_queries = data_dir.join("no-queries");
         let mut args: Vec<String> = vec![
@@ -90,30 +121,26 @@ impl Weir {
             .stderr(log)
             .spawn()
             .expect("weir starts");
-        let mut w = Weir {
+        Weir {
             child,
             http,
             mqtt,
             data_dir: data_dir.to_owned(),
             client: reqwest::Client::new(),
-        };
-        w.wait_ready().await;
-        w
+        }
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until weir answers /readyz; `Err` if it exited first.
+    async fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "weir exited during start: {status}; see {}",
-                    self.data_dir.join("weir.log").display()
-                );
+                return Err(status);
             }
             if let Ok(r) = self.client.get(self.url("/readyz")).send().await
                 && r.status().is_success()
             {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
