@@ -317,7 +317,8 @@ async fn publish(broker: SocketAddr, args: &Args) -> Duration {
     started.elapsed()
 }
 
-/// Waits until `expected` messages arrived or nothing arrived for `idle`.
+/// Waits until `expected` messages arrived, or nothing arrived for `idle` after the first
+/// one (or for two minutes before it).
 async fn drain(seen: &Arc<Mutex<Seen>>, expected: u64, idle: Duration) {
     let mut last_count = 0;
     let mut last_change = Instant::now();
@@ -327,10 +328,11 @@ async fn drain(seen: &Arc<Mutex<Seen>>, expected: u64, idle: Duration) {
         if c >= expected {
             return;
         }
+        let waited = last_change.elapsed();
         if c != last_count {
             last_count = c;
             last_change = Instant::now();
-        } else if last_change.elapsed() > idle {
+        } else if (c > 0 && waited > idle) || waited > Duration::from_secs(120) {
             return;
         }
     }
@@ -561,9 +563,10 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
             "actions": [action]
         }),
     );
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let _sub = match args.sink {
-        Sink::Mqtt => Some(subscriber(broker, "out/#", QoS::AtMostOnce, seen.clone()).await),
+    let expected = (args.messages as f64 * threshold as f64 / 100.0).round() as u64;
+    // The outputs' receiver, in a process of its own as the ceiling's subscriber is.
+    let outputs = match args.sink {
+        Sink::Mqtt => Some(Counter::start(broker, "out/#", 0, expected).await),
         Sink::File => None,
     };
     // Wait until weir's subscription routes: probes (ts 0, not counted) reach the rule.
@@ -590,18 +593,16 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
     let pid = weir.pid;
     let cpu0 = cpu_seconds(pid);
     let t0 = Instant::now();
-    let expected = (args.messages as f64 * threshold as f64 / 100.0).round() as u64;
-    let (r, input_rate) = match args.sink {
-        Sink::Mqtt => {
+    let (r, input_rate) = match outputs {
+        Some(outputs) => {
             publish(broker, args).await;
-            drain(&seen, expected, Duration::from_secs(5)).await;
-            let r = report(&seen).await;
+            let r = outputs.report().await;
             // Throughput in input messages: outputs divided by the share that passes.
             let input_rate = r.rate * 100.0 / threshold.max(1) as f64;
             print(label, &r);
             (r, input_rate)
         }
-        Sink::File => {
+        None => {
             let matched = tokio::spawn(matched_timeline(http, rule.clone(), probes, args.messages));
             publish(broker, args).await;
             let (input_rate, matched) = matched.await.unwrap();
@@ -722,50 +723,74 @@ async fn rule_change_latency(broker: SocketAddr, http: SocketAddr, times: u32) -
     out
 }
 
-/// The ceiling: a plain subscriber to the workload's topics, in a process of its own (as
-/// weir is, so that neither shares threads with the publishers), while the workload is
-/// published.
-async fn measure_ceiling(args: &Args, broker: SocketAddr) -> Report {
-    use std::io::BufRead;
-    let mut child = Killed(
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--broker",
-                &broker.to_string(),
-                "--ceiling-subscriber",
-                "load/#",
-            ])
-            .args(["--qos", &args.qos.to_string()])
-            .args(["--messages", &args.messages.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stdout = child.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
+/// A counting subscriber in a process of its own (this binary with the hidden
+/// `--ceiling-subscriber`), so that it shares threads with neither the publishers nor
+/// weir: the ceiling, and the receiver of weir's republished outputs.
+struct Counter {
+    _child: Killed,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Counter {
+    /// Starts one on `filter` that reports once `expected` messages arrived, or nothing
+    /// came for 3 s after the first; returns once it is subscribed.
+    async fn start(broker: SocketAddr, filter: &str, q: u8, expected: u64) -> Self {
+        use std::io::BufRead;
+        let mut child = Killed(
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--broker",
+                    &broker.to_string(),
+                    "--ceiling-subscriber",
+                    filter,
+                ])
+                .args(["--qos", &q.to_string()])
+                .args(["--messages", &expected.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let stdout = child.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
             }
+        });
+        assert_eq!(lines.recv().await.as_deref(), Some("ready"));
+        Self {
+            _child: child,
+            lines,
         }
-    });
-    assert_eq!(rx.recv().await.as_deref(), Some("ready"));
-    publish(broker, args).await;
-    let line = rx.recv().await.expect("the ceiling's report");
-    let v: Vec<f64> = line
-        .split(' ')
-        .map(|x| x.parse().expect("a number"))
-        .collect();
-    Report {
-        count: v[0] as u64,
-        rate: v[1],
-        p50: v[2] as u64,
-        p90: v[3] as u64,
-        p99: v[4] as u64,
-        max: v[5] as u64,
     }
+
+    /// What it counted, once it is done.
+    async fn report(mut self) -> Report {
+        let line = self.lines.recv().await.expect("the subscriber's report");
+        let v: Vec<f64> = line
+            .split(' ')
+            .map(|x| x.parse().expect("a number"))
+            .collect();
+        Report {
+            count: v[0] as u64,
+            rate: v[1],
+            p50: v[2] as u64,
+            p90: v[3] as u64,
+            p99: v[4] as u64,
+            max: v[5] as u64,
+        }
+    }
+}
+
+/// The ceiling: a plain subscriber to the workload's topics, in a process of its own (as
+/// weir is), while the workload is published.
+async fn measure_ceiling(args: &Args, broker: SocketAddr) -> Report {
+    let counter = Counter::start(broker, "load/#", args.qos, args.messages).await;
+    publish(broker, args).await;
+    counter.report().await
 }
 
 /// The ceiling's subscriber process (`--ceiling-subscriber <filter>`).
