@@ -317,6 +317,16 @@ struct Change {
     sent: std::time::Instant,
 }
 
+impl Change {
+    fn new(subscription: String, subscribe: bool) -> Self {
+        Self {
+            subscription,
+            subscribe,
+            sent: std::time::Instant::now(),
+        }
+    }
+}
+
 /// A broker that takes longer than this to acknowledge a subscription change is logged
 /// at warning level: until it does, a new rule receives nothing, and a deleted rule's
 /// messages keep coming (and are dropped). Mosquitto, for one, reads one packet per
@@ -540,28 +550,14 @@ impl Session {
             let mut packet = Subscribe::new(Filter::new(sub.clone(), qos(self.config.qos)), None);
             packet.pkid = next_pkid(&mut state.pkid);
             link.queue(&Packet::Subscribe(packet.clone()))?;
-            state.pending.insert(
-                packet.pkid,
-                Change {
-                    subscription: sub,
-                    subscribe: true,
-                    sent: std::time::Instant::now(),
-                },
-            );
+            state.pending.insert(packet.pkid, Change::new(sub, true));
         }
         for f in state.subscribed.difference(&wanted) {
             let sub = self.config.subscription(f);
             let mut packet = Unsubscribe::new(sub.clone(), None);
             packet.pkid = next_pkid(&mut state.pkid);
             link.queue(&Packet::Unsubscribe(packet.clone()))?;
-            state.pending.insert(
-                packet.pkid,
-                Change {
-                    subscription: sub,
-                    subscribe: false,
-                    sent: std::time::Instant::now(),
-                },
-            );
+            state.pending.insert(packet.pkid, Change::new(sub, false));
         }
         state.subscribed = wanted;
         self.metrics
