@@ -87,9 +87,10 @@ struct Args {
     /// ratio and their median: on a shared machine one pair can be off by 15 %.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
-    /// Internal: be the ceiling's subscriber (a process of its own, as weir is) on
-    /// `--broker`, print "ready" once subscribed, then the report once `--messages`
-    /// arrived or nothing came for 3 s.
+    /// Internal: be a counting subscriber (the ceiling's, or the receiver of weir's
+    /// outputs; a process of its own, as weir is) on `--broker`, print "ready" once
+    /// subscribed, then the report once `--messages` arrived or nothing came for 3 s after
+    /// the first.
     #[arg(long, hide = true)]
     ceiling_subscriber: Option<String>,
 }
