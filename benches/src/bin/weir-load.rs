@@ -594,14 +594,15 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
     let pid = weir.pid;
     let cpu0 = cpu_seconds(pid);
     let t0 = Instant::now();
-    let (r, input_rate) = match outputs {
+    // Outputs that arrived, and the throughput in input messages.
+    let (count, input_rate) = match outputs {
         Some(outputs) => {
             publish(broker, args).await;
             let r = outputs.report().await;
             // Throughput in input messages: outputs divided by the share that passes.
             let input_rate = r.rate * 100.0 / threshold.max(1) as f64;
             print(label, &r);
-            (r, input_rate)
+            (r.count, input_rate)
         }
         None => {
             let matched = tokio::spawn(matched_timeline(http, rule.clone(), probes, args.messages));
@@ -611,15 +612,7 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
             println!(
                 "{label:<22} {count:>9} msgs written to files, {matched} matched; latency not measured with --sink file"
             );
-            let r = Report {
-                count,
-                rate: input_rate,
-                p50: 0,
-                p90: 0,
-                p99: 0,
-                max: 0,
-            };
-            (r, input_rate)
+            (count, input_rate)
         }
     };
     let wall = t0.elapsed().as_secs_f64();
@@ -632,10 +625,10 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
         wall,
         cpu * 1e6 / args.messages as f64,
         peak_rss_kib(pid) / 1024,
-        r.count,
+        count,
         expected
     );
-    if r.count < expected {
+    if count < expected {
         // weir logs its warnings (a lost connection, a failed delivery) to the run's
         // directory; show them beside the shortfall.
         let log = std::fs::read_to_string(weir.dir.join("weir.log")).unwrap_or_default();
@@ -652,7 +645,7 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
         took.as_secs_f64() * 1000.0
     );
     WeirRun {
-        complete: r.count >= expected,
+        complete: count >= expected,
         input_rate,
         cpu_per_msg: cpu / args.messages as f64,
     }

@@ -576,7 +576,8 @@ impl Session {
             .external_subscriptions_pending
             .set(state.pending.len() as i64);
         let (filter, broker) = (&change.subscription, &self.config.url);
-        let after_ms = change.sent.elapsed().as_millis() as u64;
+        let took = change.sent.elapsed();
+        let after_ms = took.as_millis() as u64;
         match refused {
             None => {
                 let what = if change.subscribe {
@@ -584,7 +585,7 @@ impl Session {
                 } else {
                     "unsubscribed"
                 };
-                if change.sent.elapsed() > SLOW_SUBSCRIPTION_CHANGE {
+                if took > SLOW_SUBSCRIPTION_CHANGE {
                     tracing::warn!(%filter, %broker, after_ms, "{what}, late: the broker was slow to acknowledge");
                 } else {
                     tracing::info!(%filter, %broker, after_ms, "{what}");
