@@ -103,6 +103,12 @@ async fn seed_rule_reaches_every_action() {
             .await,
         2.0
     );
+    // One output delivered per action, each timed from its message's receipt.
+    assert_eq!(
+        weir.metric(r#"weir_action_delivery_seconds_count{action="1-webhook",rule="hot"}"#)
+            .await,
+        1.0
+    );
     assert_eq!(hook.bodies.lock().unwrap().len(), 1);
 }
 

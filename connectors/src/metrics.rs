@@ -33,6 +33,8 @@ pub struct Metrics {
     pub rule_latency: HistogramVec,
     /// Outputs an action delivered (the sink acknowledged them).
     pub action_delivered: IntCounterVec,
+    /// Time from receipt of a message to the sink acknowledging its output.
+    pub action_latency: HistogramVec,
     /// Outputs an action gave up on and sent to the rule's error action, by reason.
     pub action_dead_lettered: IntCounterVec,
     /// Delivery attempts that failed and were retried.
@@ -88,20 +90,19 @@ impl Metrics {
         registry
             .register(Box::new(external_subscriptions_pending.clone()))
             .expect("unique metric");
-        let rule_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "weir_rule_processing_seconds",
-                "Time from receipt of a message to its outputs being handed to the rule's actions.",
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+                labels,
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-            &["rule"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(rule_latency.clone()))
-            .expect("unique metric");
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
         Self {
             ingress_messages: counter(
                 "weir_ingress_messages_total",
@@ -141,7 +142,16 @@ impl Metrics {
                 "Messages the rule could not process, by reason.",
                 &["rule", "reason"],
             ),
-            rule_latency,
+            rule_latency: histogram(
+                "weir_rule_processing_seconds",
+                "Time from receipt of a message to its outputs being handed to the rule's actions.",
+                &["rule"],
+            ),
+            action_latency: histogram(
+                "weir_action_delivery_seconds",
+                "Time from receipt of a message to the action's sink acknowledging its output.",
+                &["rule", "action"],
+            ),
             action_delivered: vec(
                 "weir_action_delivered_total",
                 "Outputs an action delivered (the sink acknowledged them).",
@@ -209,6 +219,7 @@ impl Metrics {
             forget(v, rule);
         }
         let _ = self.rule_latency.remove_label_values(&[rule]);
+        forget(&self.action_latency, rule);
     }
 }
 
@@ -247,6 +258,9 @@ mod tests {
             .with_label_values(&["r1", "invalid_json"])
             .inc();
         m.rule_latency.with_label_values(&["r1"]).observe(0.001);
+        m.action_latency
+            .with_label_values(&["r1", "republish"])
+            .observe(0.002);
         let text = m.render();
         assert!(
             text.contains("weir_rule_messages_matched_total{rule=\"r1\"} 1"),
@@ -254,6 +268,12 @@ mod tests {
         );
         assert!(
             text.contains("weir_rule_messages_failed_total{reason=\"invalid_json\",rule=\"r1\"} 1")
+        );
+        assert!(
+            text.contains(
+                "weir_action_delivery_seconds_bucket{action=\"republish\",rule=\"r1\",le=\"0.0025\"} 1"
+            ),
+            "{text}"
         );
         m.forget_rule("r1");
         let text = m.render();

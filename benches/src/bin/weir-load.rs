@@ -87,6 +87,11 @@ struct Args {
     /// ratio and their median: on a shared machine one pair can be off by 15 %.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Write each of weir's republished outputs, as it arrives, to FILE: its publish time
+    /// and its latency, in microseconds, one line each (the last run's outputs). Shows
+    /// whether a latency tail is spread over the run or comes from a few stalls.
+    #[arg(long, value_name = "FILE")]
+    latency_trace: Option<PathBuf>,
     /// Internal: be a counting subscriber (the ceiling's, or the receiver of weir's
     /// outputs; a process of its own, as weir is) on `--broker`, print "ready" once
     /// subscribed, then the report once `--messages` arrived or nothing came for 3 s after
@@ -182,6 +187,8 @@ struct Seen {
     first: Option<Instant>,
     last: Option<Instant>,
     latencies_us: Vec<u64>,
+    /// Publish time and latency of every output, in arrival order, when traced.
+    trace: Option<Vec<(u64, u64)>>,
 }
 
 /// A subscription; dropping it closes its connection, so that a finished measurement
@@ -242,7 +249,11 @@ async fn subscriber(
                         if ts == 0 {
                             continue; // a probe
                         }
-                        s.latencies_us.push(now_us().saturating_sub(ts));
+                        let latency = now_us().saturating_sub(ts);
+                        s.latencies_us.push(latency);
+                        if let Some(t) = s.trace.as_mut() {
+                            t.push((ts, latency));
+                        }
                     }
                     s.count += 1;
                     s.first.get_or_insert(at);
@@ -567,7 +578,9 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
     let expected = (args.messages as f64 * threshold as f64 / 100.0).round() as u64;
     // The outputs' receiver, in a process of its own as the ceiling's subscriber is.
     let outputs = match args.sink {
-        Sink::Mqtt => Some(Counter::start(broker, "out/#", 0, expected).await),
+        Sink::Mqtt => {
+            Some(Counter::start(broker, "out/#", 0, expected, args.latency_trace.as_deref()).await)
+        }
         Sink::File => None,
     };
     // Wait until weir's subscription routes: probes (ts 0, not counted) reach the rule.
@@ -602,6 +615,7 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
             // Throughput in input messages: outputs divided by the share that passes.
             let input_rate = r.rate * 100.0 / threshold.max(1) as f64;
             print(label, &r);
+            print_weir_share(http, &rule);
             (r.count, input_rate)
         }
         None => {
@@ -728,22 +742,30 @@ struct Counter {
 impl Counter {
     /// Starts one on `filter` that reports once `expected` messages arrived, or nothing
     /// came for 3 s after the first; returns once it is subscribed.
-    async fn start(broker: SocketAddr, filter: &str, q: u8, expected: u64) -> Self {
+    /// With `trace`, it writes its outputs' latencies there (`--latency-trace`).
+    async fn start(
+        broker: SocketAddr,
+        filter: &str,
+        q: u8,
+        expected: u64,
+        trace: Option<&std::path::Path>,
+    ) -> Self {
         use std::io::BufRead;
-        let mut child = Killed(
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--broker",
-                    &broker.to_string(),
-                    "--ceiling-subscriber",
-                    filter,
-                ])
-                .args(["--qos", &q.to_string()])
-                .args(["--messages", &expected.to_string()])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args([
+                "--broker",
+                &broker.to_string(),
+                "--ceiling-subscriber",
+                filter,
+            ])
+            .args(["--qos", &q.to_string()])
+            .args(["--messages", &expected.to_string()])
+            .stdout(Stdio::piped());
+        if let Some(t) = trace {
+            command.arg("--latency-trace").arg(t);
+        }
+        let mut child = Killed(command.spawn().unwrap());
         let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
         let stdout = child.0.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -782,7 +804,7 @@ impl Counter {
 /// The ceiling: a plain subscriber to the workload's topics, in a process of its own (as
 /// weir is), while the workload is published.
 async fn measure_ceiling(args: &Args, broker: SocketAddr) -> Report {
-    let counter = Counter::start(broker, "load/#", args.qos, args.messages).await;
+    let counter = Counter::start(broker, "load/#", args.qos, args.messages, None).await;
     publish(broker, args).await;
     counter.report().await
 }
@@ -795,11 +817,21 @@ async fn ceiling_subscriber(args: &Args, filter: &str) {
         .expect("--broker")
         .parse()
         .expect("--broker is host:port");
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(Seen {
+        trace: args.latency_trace.as_ref().map(|_| Vec::new()),
+        ..Seen::default()
+    }));
     let sub = subscriber(broker, filter, qos(args.qos), seen.clone()).await;
     println!("ready");
     drain(&seen, args.messages, Duration::from_secs(3)).await;
     drop(sub);
+    if let (Some(path), Some(trace)) = (&args.latency_trace, &seen.lock().await.trace) {
+        let mut out = String::with_capacity(trace.len() * 24);
+        for (sent, latency) in trace {
+            out.push_str(&format!("{sent} {latency}\n"));
+        }
+        std::fs::write(path, out).expect("the latency trace is written");
+    }
     let r = report(&seen).await;
     println!(
         "{} {} {} {} {} {}",
@@ -931,6 +963,36 @@ async fn main() {
         let _ = std::fs::remove_dir_all(&many.dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// weir's own part of the outputs' latency, from its `weir_action_delivery_seconds`:
+/// receipt of a message to its output written to the broker (QoS 0) or acknowledged by
+/// it (QoS 1). What the harness saw beyond that was spent in the broker and the harness.
+fn print_weir_share(http: SocketAddr, rule: &str) {
+    let labels = format!(r#"action="0-republish",rule="{rule}""#);
+    let Some(count) = weir_metric(
+        http,
+        &format!("weir_action_delivery_seconds_count{{{labels}}}"),
+    )
+    .filter(|c| *c > 0.0) else {
+        return;
+    };
+    let shares: Vec<String> = ["0.001", "0.0025", "0.005", "0.01", "0.025"]
+        .iter()
+        .map(|le| {
+            let within = weir_metric(
+                http,
+                &format!(r#"weir_action_delivery_seconds_bucket{{{labels},le="{le}"}}"#),
+            )
+            .unwrap_or(f64::NAN);
+            let ms: f64 = le.parse::<f64>().unwrap_or(f64::NAN) * 1000.0;
+            format!("{ms} ms {:.2} %", within * 100.0 / count)
+        })
+        .collect();
+    println!(
+        "  weir's part (receipt to the broker taking the output), share within: {}",
+        shares.join(", ")
+    );
 }
 
 /// The value of the series `series` (name and labels) in weir's /metrics, over HTTP.

@@ -321,6 +321,7 @@ impl std::ops::Deref for WorkerMetrics {
             let m = &self.metrics;
             Series {
                 delivered: m.action_delivered.with_label_values(&labels),
+                latency: m.action_latency.with_label_values(&labels),
                 retries: m.action_retries.with_label_values(&labels),
                 queued: m.action_queued.with_label_values(&labels),
                 in_flight: m.action_in_flight.with_label_values(&labels),
@@ -333,6 +334,7 @@ impl std::ops::Deref for WorkerMetrics {
 
 struct Series {
     delivered: prometheus::IntCounter,
+    latency: prometheus::Histogram,
     retries: prometheus::IntCounter,
     queued: prometheus::IntGauge,
     in_flight: prometheus::IntGauge,
@@ -341,6 +343,14 @@ struct Series {
 }
 
 impl Series {
+    /// Counts an output the sink acknowledged at `now_ms`, and the time since its
+    /// message arrived.
+    fn delivered(&self, d: &Delivery, now_ms: i64) {
+        self.delivered.inc();
+        self.latency
+            .observe((now_ms - d.source.received_at_ms).max(0) as f64 / 1000.0);
+    }
+
     /// Shows what the disk buffer holds.
     fn show_buffer(&self, sp: &spool::Spool) {
         self.buffered_bytes.set(sp.bytes() as i64);
@@ -443,10 +453,11 @@ pub async fn run_worker(
         m.in_flight.set(batch.len() as i64);
         let results = Box::pin(action.deliver_batch(&batch)).await;
         m.in_flight.set(0);
+        let now = weir_engine::now_ms();
         let mut retry: Vec<usize> = Vec::new();
         for (i, r) in results.into_iter().enumerate() {
             match r {
-                Ok(()) => m.delivered.inc(),
+                Ok(()) => m.delivered(&batch[i], now),
                 Err(e) if e.retryable => {
                     if e.reason != NOT_ATTEMPTED {
                         m.retries.inc();
@@ -577,7 +588,7 @@ async fn drain_head(
     let mut retry_error = None;
     for (s, r) in head.iter().zip(results) {
         match r {
-            Ok(()) => m.delivered.inc(),
+            Ok(()) => m.delivered(&s.delivery, now),
             Err(e) if e.retryable => {
                 let age = std::time::Duration::from_millis((now - s.spooled_at_ms).max(0) as u64);
                 if policy.may_retry(*head_attempts + 1, age) {
@@ -630,10 +641,11 @@ async fn retry_in_memory(
         tokio::time::sleep(policy.backoff(attempts)).await;
         attempts += 1;
         let results = action.deliver_batch(&pending).await;
+        let now = weir_engine::now_ms();
         let mut still = Vec::new();
         for (d, r) in pending.into_iter().zip(results) {
             match r {
-                Ok(()) => m.delivered.inc(),
+                Ok(()) => m.delivered(&d, now),
                 Err(e) if e.retryable && policy.may_retry(attempts, started.elapsed()) => {
                     m.retries.inc();
                     still.push(d);
