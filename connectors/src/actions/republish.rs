@@ -63,24 +63,41 @@ impl Republish {
     }
 
     /// Publishes a whole batch at once and waits for every acknowledgement together, so
-    /// the broker's round trip is paid once per batch, not once per output. Publishes
-    /// leave in the batch's order.
+    /// the broker's round trip and the hand-off to the publisher are paid once per batch,
+    /// not once per output. Publishes leave in the batch's order.
     pub(crate) async fn deliver_batch(
         &mut self,
         batch: &[Delivery],
     ) -> Vec<Result<(), DeliveryError>> {
-        let this = &*self;
-        futures_util::future::join_all(batch.iter().map(|d| this.publish(d))).await
-    }
-
-    async fn publish(&self, d: &Delivery) -> Result<(), DeliveryError> {
-        let topic = render(&self.topic, d);
-        validate_topic(&topic).map_err(|e| {
-            DeliveryError::fatal("invalid_topic", format!("republish to '{topic}': {e}"))
-        })?;
-        self.publisher
-            .publish(&topic, d.payload.clone(), self.qos)
-            .await
-            .map_err(|e| DeliveryError::retryable("mqtt", format!("republish to '{topic}': {e}")))
+        let mut results: Vec<Result<(), DeliveryError>> = Vec::with_capacity(batch.len());
+        let mut publishes = Vec::with_capacity(batch.len());
+        // The batch's place of each publish.
+        let mut sent: Vec<usize> = Vec::with_capacity(batch.len());
+        for (i, d) in batch.iter().enumerate() {
+            let topic = render(&self.topic, d);
+            match validate_topic(&topic) {
+                Ok(()) => {
+                    results.push(Ok(()));
+                    sent.push(i);
+                    publishes.push((topic, d.payload.clone()));
+                }
+                Err(e) => results.push(Err(DeliveryError::fatal(
+                    "invalid_topic",
+                    format!("republish to '{topic}': {e}"),
+                ))),
+            }
+        }
+        let confirmed = self.publisher.publish_batch(publishes, self.qos).await;
+        for (i, r) in sent.into_iter().zip(confirmed) {
+            if let Err(e) = r {
+                // Rendered again only for the message: failures are rare, outputs many.
+                let topic = render(&self.topic, &batch[i]);
+                results[i] = Err(DeliveryError::retryable(
+                    "mqtt",
+                    format!("republish to '{topic}': {e}"),
+                ));
+            }
+        }
+        results
     }
 }

@@ -609,11 +609,10 @@ async fn deliver(ingress: &mpsc::Sender<Message>, batch: &mut Vec<Message>) -> b
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(url: &str) -> ExternalConfig {
-        ExternalConfig {
+impl ExternalConfig {
+    /// A plain connection to `url` with the defaults, for unit tests.
+    pub(crate) fn for_test(url: &str) -> Self {
+        Self {
             url: url.to_owned(),
             username: None,
             password: None,
@@ -626,6 +625,15 @@ mod tests {
             client_key: None,
             keep_alive: Duration::from_secs(30),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> ExternalConfig {
+        ExternalConfig::for_test(url)
     }
 
     #[test]

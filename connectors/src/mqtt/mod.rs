@@ -7,7 +7,6 @@ mod link;
 pub mod publisher;
 mod wire;
 
-use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 
 pub use broker::Broker;
@@ -22,13 +21,21 @@ pub enum Publisher {
 }
 
 impl Publisher {
-    pub async fn publish(&self, topic: &str, payload: Bytes, qos: QoS) -> Result<(), String> {
+    /// Publishes a batch in order; a result per publish, once each is confirmed.
+    pub async fn publish_batch(
+        &self,
+        publishes: Vec<publisher::Outgoing>,
+        qos: QoS,
+    ) -> Vec<Result<(), String>> {
         match self {
-            Self::Embedded(b) => {
-                b.publish(topic, payload, qos);
-                Ok(())
-            }
-            Self::External(p) => p.publish(topic, payload, qos).await,
+            Self::Embedded(b) => publishes
+                .into_iter()
+                .map(|(topic, payload)| {
+                    b.publish(&topic, payload, qos);
+                    Ok(())
+                })
+                .collect(),
+            Self::External(p) => p.publish_batch(publishes, qos).await,
         }
     }
 }
