@@ -30,7 +30,10 @@ use tokio_util::sync::CancellationToken;
 use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
 use super::Publisher;
-use super::link::{Backoff, Dialer, KeepAlive, Link, READ_BUFFER, connect_packet, qos, reason};
+use super::link::{
+    Backoff, Dialer, KeepAlive, Link, READ_BUFFER, READ_PACE, connect_packet, qos, reason,
+    spawn_thread,
+};
 use super::wire::properties_from_v5;
 use crate::metrics::Metrics;
 
@@ -235,21 +238,9 @@ impl ExternalBroker {
             awaiting_release: HashSet::new(),
         };
         // A thread of its own, with a runtime of its own: see `READ_PACE`.
-        let spawned = std::thread::Builder::new()
-            .name("weir-ingress".to_owned())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(session.run()),
-                    Err(e) => tracing::error!("the external broker client cannot start: {e}"),
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!("the external broker client cannot start: {e}");
-        }
+        spawn_thread("weir-ingress", "the external broker client", session.run());
     }
+
     /// The topic filters weir should be subscribed to (those of the enabled rules).
     pub fn set_filters(&self, filters: BTreeSet<String>) {
         self.filters.send_replace(filters);
@@ -266,20 +257,6 @@ impl ExternalBroker {
         ))
     }
 }
-
-/// The least time between two reads of the ingress connection. A message that arrives
-/// after a quiet spell is read at once; under load, each read takes what a millisecond
-/// brought (about 200 messages at 200,000 a second) instead of the few that came since
-/// the last one, and the rules get batches instead of trickles. At 200,000 messages a
-/// second, reading as soon as anything arrived cost one `recvfrom`, one `epoll_wait` and
-/// a context switch per 9 messages.
-///
-/// The pause is a sleep of the connection's own thread (it runs nothing else), not of
-/// its task: a thread parked in `epoll_wait` (as a tokio timer parks it) is woken by
-/// every segment that arrives on a socket registered there, and the broker pays for each
-/// wake-up on its side of the write. A thread in `nanosleep` is not woken; the next read
-/// finds what came meanwhile.
-const READ_PACE: Duration = Duration::from_millis(1);
 
 /// Packet ids of weir's SUBSCRIBE and UNSUBSCRIBE packets: 1 to 65535, then again.
 fn next_pkid(pkid: &mut u16) -> u16 {

@@ -3,7 +3,8 @@
 //! when it was written to the connection).
 //!
 //! weir keeps its own MQTT 5 connection for publishing (client id `<id>-pub`, clean
-//! session), driven by one task. An action hands over its whole batch of outputs as one
+//! session), driven by one task on a thread of its own, which reads the broker's PUBACKs
+//! at most once a millisecond. An action hands over its whole batch of outputs as one
 //! job and gets one answer, with a result per output, once every one of them is
 //! confirmed: one hand-off and one wake-up per batch, not per output. The task takes
 //! every job that is waiting, encodes their publishes into one buffer and writes them
@@ -24,7 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::client::ExternalConfig;
-use super::link::{Backoff, Dialer, KeepAlive, Link, connect_packet, reason};
+use super::link::{
+    Backoff, Dialer, KeepAlive, Link, READ_BUFFER, READ_PACE, connect_packet, reason, spawn_thread,
+};
 
 /// QoS 1 publishes in flight at most (written, not yet acknowledged), unless the broker
 /// allows fewer: its CONNACK's Receive Maximum (Mosquitto's `max_inflight_messages`, 20
@@ -75,7 +78,8 @@ impl ConfirmedPublisher {
             written: Vec::new(),
             pkid: 0,
         };
-        tokio::spawn(task.run());
+        // A thread of its own, with a runtime of its own: see `READ_PACE`.
+        spawn_thread("weir-publisher", "the publisher", task.run());
         Self {
             tx,
             timeout: Duration::from_secs(30),
@@ -207,7 +211,17 @@ impl Task {
     async fn serve(&mut self, mut link: Link, window: usize) -> Result<(), String> {
         let mut keep_alive = KeepAlive::new(self.config.keep_alive);
         let mut taken: Vec<Job> = Vec::new();
+        let mut next_read = std::time::Instant::now();
         loop {
+            // While PUBACKs are due, the thread sleeps between reads (see `READ_PACE`):
+            // the broker writes each one on its own, and each would wake the thread.
+            // Jobs that come meanwhile wait for the next turn.
+            if !self.unacked.is_empty() {
+                let now = std::time::Instant::now();
+                if next_read > now {
+                    std::thread::sleep(next_read - now);
+                }
+            }
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
@@ -215,8 +229,12 @@ impl Task {
                     return Ok(());
                 }
                 read = link.read() => {
-                    if read? == 0 {
+                    let n = read?;
+                    if n == 0 {
                         return Err("the broker closed the connection".to_owned());
+                    }
+                    if n < READ_BUFFER / 4 {
+                        next_read = std::time::Instant::now() + READ_PACE;
                     }
                     keep_alive.heard();
                     while let Some(packet) = link.next_packet()? {
