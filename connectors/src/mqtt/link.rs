@@ -36,11 +36,11 @@ pub(super) const READ_BUFFER: usize = 64 * 1024;
 /// The least time between two reads of the ingress connection, and of the publisher's
 /// while it waits for PUBACKs (each one, written by the broker on its own, would wake a
 /// thread parked in `epoll_wait`). A message that arrives after a quiet spell is read at
-/// once; under load, each read takes what a millisecond
-/// brought (about 200 messages at 200,000 a second) instead of the few that came since
-/// the last one, and the rules get batches instead of trickles. At 200,000 messages a
-/// second, reading as soon as anything arrived cost one `recvfrom`, one `epoll_wait` and
-/// a context switch per 9 messages.
+/// once; under load, each read takes what a millisecond brought (about 200 messages at
+/// 200,000 a second) instead of the few that came since the last one, and the rules get
+/// batches instead of trickles. At 200,000 messages a second, reading as soon as
+/// anything arrived cost one `recvfrom`, one `epoll_wait` and a context switch per 9
+/// messages.
 ///
 /// The pause is a sleep of the connection's own thread (it runs nothing else), not of
 /// its task: a thread parked in `epoll_wait` (as a tokio timer parks it) is woken by
