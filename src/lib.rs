@@ -1,17 +1,21 @@
 //! The weir service: loads settings, wires ingress → pipeline → actions, serves the HTTP API.
 //!
 //! * [`config`]: flags, environment and config file.
-//! * [`store`]: the rule store on disk and rule files.
+//! * [`rules`]: the rule service, where every rule change is checked, stored and started.
+//! * [`rule_store`]: the rules on disk.
 //! * [`pipeline`]: router, rule workers, action workers.
 //! * [`api`]: the HTTP API.
+//!
+//! [`run`] binds the listeners its settings name and serves; [`serve`] takes listeners the
+//! caller bound (tests bind port 0 and run weir in their own process).
 
 pub mod api;
 pub mod config;
 pub mod pipeline;
-pub mod store;
+pub mod rule_store;
+pub mod rules;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -21,11 +25,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_connectors::metrics::Metrics;
 use weir_connectors::mqtt::{Broker, ExternalBroker, Publisher};
-use weir_engine::{Engine, now_ms};
+use weir_engine::Engine;
 
 use crate::config::Settings;
 use crate::pipeline::{BatchSettings, Pipeline};
-use crate::store::{RuleStore, StoredRule, parse_rule_file};
+use crate::rule_store::RuleStore;
+use crate::rules::RuleService;
 
 /// Messages queued between the ingress and the router.
 const INGRESS_QUEUE: usize = 8192;
@@ -58,55 +63,88 @@ async fn bind(
     })
 }
 
+/// The sockets weir serves on.
+pub struct Listeners {
+    /// The HTTP API.
+    pub http: TcpListener,
+    /// The embedded MQTT broker; `None` with an external broker.
+    pub mqtt: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `settings` name: the HTTP API, and the embedded broker unless
+    /// weir reads from an external one.
+    pub async fn bind(settings: &Settings) -> Result<Self, BindError> {
+        let http = bind(
+            settings.http_listen,
+            "the HTTP API",
+            "--http-listen",
+            "WEIR_HTTP_LISTEN",
+        )
+        .await?;
+        let mqtt = match settings.broker {
+            Some(_) => None,
+            None => Some(
+                bind(
+                    settings.mqtt_listen,
+                    "the embedded MQTT broker",
+                    "--mqtt-listen",
+                    "WEIR_MQTT_LISTEN",
+                )
+                .await?,
+            ),
+        };
+        Ok(Self { http, mqtt })
+    }
+}
+
 /// Runs weir until `shutdown` fires.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let http_listener = bind(
-        settings.http_listen,
-        "the HTTP API",
-        "--http-listen",
-        "WEIR_HTTP_LISTEN",
-    )
-    .await?;
+    let listeners = Listeners::bind(&settings).await?;
+    serve(settings, listeners, shutdown).await
+}
+
+/// Runs weir on listeners the caller bound, until `shutdown` fires.
+///
+/// The HTTP API answers at once (`/readyz` says 503 until weir is ready); then the stored
+/// rules and rule files are loaded and started, then the ingress, and weir is ready. The
+/// ingress starts after the rules, so that nothing a broker has queued for weir arrives
+/// before the rule that wants it.
+pub async fn serve(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let engine = Engine::new();
     let metrics = Arc::new(Metrics::new());
     let (ingress_tx, ingress_rx) = mpsc::channel(INGRESS_QUEUE);
 
-    // The ingress is made here but started after the rules, so that nothing a broker
-    // has queued for weir arrives before the rule that wants it.
     enum Ingress {
         Embedded(Broker, TcpListener),
         External(Arc<ExternalBroker>),
     }
     // Stops the external publisher after the pipeline has drained.
     let publisher_stop = CancellationToken::new();
-    let (publisher, ingress, mqtt_addr) = match &settings.broker {
-        None => {
-            let listener = bind(
-                settings.mqtt_listen,
-                "the embedded MQTT broker",
-                "--mqtt-listen",
-                "WEIR_MQTT_LISTEN",
-            )
-            .await?;
-            let addr = listener.local_addr()?;
-            let broker = Broker::new(ingress_tx.clone(), metrics.clone());
-            let publisher = Publisher::Embedded(broker.clone());
-            (publisher, Ingress::Embedded(broker, listener), Some(addr))
-        }
-        Some(config) => {
+    let (publisher, ingress) = match (&settings.broker, listeners.mqtt) {
+        (Some(config), _) => {
             let ext = ExternalBroker::new(config.clone())
                 .with_context(|| format!("external broker {}", config.url))?;
             let ext = Arc::new(ext);
-            let publisher = ext.publisher(publisher_stop.clone());
-            (publisher, Ingress::External(ext), None)
+            let publisher = Publisher::External(ext.publisher(publisher_stop.clone()));
+            (publisher, Ingress::External(ext))
         }
+        (None, Some(listener)) => {
+            let broker = Broker::new(ingress_tx.clone(), metrics.clone());
+            let publisher = Publisher::Embedded(broker.clone());
+            (publisher, Ingress::Embedded(broker, listener))
+        }
+        (None, None) => anyhow::bail!("the embedded broker needs an MQTT listener"),
     };
     let external = match &ingress {
         Ingress::External(e) => Some(e.clone()),
         Ingress::Embedded(..) => None,
     };
     let pipeline = Pipeline::new(
-        engine,
         metrics.clone(),
         publisher,
         external,
@@ -119,27 +157,49 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             buffer_max_bytes: settings.action_buffer_max_bytes,
         },
     );
-
-    let mut store = RuleStore::open(&settings.data_dir)?;
-    load_rules(&pipeline, &mut store, &settings.queries_dir).await?;
-    tokio::spawn(
-        pipeline
-            .clone()
-            .route(ingress_rx, settings.broker.is_none()),
-    );
-    match ingress {
-        Ingress::Embedded(broker, listener) => {
-            tokio::spawn(broker.serve(listener, shutdown.clone()));
-        }
-        Ingress::External(ext) => ext.start(ingress_tx, metrics, shutdown.clone()),
-    }
+    let store = RuleStore::open(&settings.data_dir)?;
+    let rules = Arc::new(RuleService::new(engine, pipeline.clone(), store));
     let state = Arc::new(api::AppState {
-        pipeline,
-        store: tokio::sync::Mutex::new(store),
+        rules: rules.clone(),
         ready: Default::default(),
     });
-    let app = api::router(state.clone());
-    let http_addr = http_listener.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(
+        axum::serve(listeners.http, api::router(state.clone()))
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    let started = async {
+        rules.load(&settings.queries_dir).await?;
+        tokio::spawn(
+            pipeline
+                .clone()
+                .route(ingress_rx, settings.broker.is_none()),
+        );
+        let mqtt_addr = match ingress {
+            Ingress::Embedded(broker, listener) => {
+                let addr = listener.local_addr()?;
+                tokio::spawn(broker.serve(listener, shutdown.clone()));
+                Some(addr)
+            }
+            Ingress::External(ext) => {
+                ext.start(ingress_tx, metrics, shutdown.clone());
+                None
+            }
+        };
+        anyhow::Ok(mqtt_addr)
+    };
+    let mqtt_addr = match started.await {
+        Ok(addr) => addr,
+        Err(e) => {
+            http_stop.cancel();
+            let _ = http.await;
+            pipeline.shutdown(SHUTDOWN_GRACE).await;
+            return Err(e);
+        }
+    };
     state.ready.store(true, Ordering::Release);
     match mqtt_addr {
         Some(m) => {
@@ -151,62 +211,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             "weir is running (external broker)"
         ),
     }
-    axum::serve(http_listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("HTTP server")?;
-    state.pipeline.shutdown(SHUTDOWN_GRACE).await;
+    shutdown.cancelled().await;
+    state.ready.store(false, Ordering::Release);
+    http_stop.cancel();
+    http.await.context("HTTP server")?.context("HTTP server")?;
+    pipeline.shutdown(SHUTDOWN_GRACE).await;
     // Republish deliveries made while draining still reach the broker.
     publisher_stop.cancel();
     tracing::info!("weir stopped");
-    Ok(())
-}
-
-/// Starts the stored rules, after loading the rule files of `queries_dir` into the store
-/// (a file replaces a stored rule of the same name).
-async fn load_rules(
-    pipeline: &Pipeline,
-    store: &mut RuleStore,
-    queries_dir: &Path,
-) -> anyhow::Result<()> {
-    if let Ok(entries) = std::fs::read_dir(queries_dir) {
-        let mut files: Vec<_> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-            .collect();
-        files.sort();
-        for path in files {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let (name, spec) = parse_rule_file(&path, &text)?;
-            let created = store
-                .get(&name)
-                .map(|r| r.created_at_ms)
-                .unwrap_or_else(now_ms);
-            let rule = StoredRule {
-                name: name.clone(),
-                spec,
-                source: format!("file:{}", path.display()),
-                created_at_ms: created,
-                updated_at_ms: now_ms(),
-            };
-            api::apply(pipeline, store, rule)
-                .await
-                .map_err(|e| anyhow::anyhow!("rule file {}: {e:?}", path.display()))?;
-            tracing::info!(rule = %name, file = %path.display(), "loaded rule file");
-        }
-    }
-    let stored: Vec<StoredRule> = store.list().filter(|r| r.spec.enabled).cloned().collect();
-    for rule in stored {
-        if !rule.source.starts_with("file:") || !Path::new(&rule.source[5..]).exists() {
-            match pipeline.prepare(&rule.name, &rule.spec).await {
-                Ok(p) => pipeline.start(&rule.name, p),
-                Err(e) => {
-                    tracing::error!(rule = %rule.name, error = %e, "stored rule cannot start")
-                }
-            }
-        }
-    }
     Ok(())
 }

@@ -104,7 +104,7 @@ fn encoding(c: &mut Criterion) {
         })
     });
     g.bench_function("parquet_file", |b| {
-        b.iter(|| weir_connectors::actions::store::to_parquet(black_box(&lines)).unwrap())
+        b.iter(|| weir_connectors::sinks::object_store::to_parquet(black_box(&lines)).unwrap())
     });
     g.finish();
 }

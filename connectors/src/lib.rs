@@ -1,10 +1,15 @@
 //! weir's connectors: how messages get in (MQTT, from the embedded broker or an external
-//! one) and how rule outputs get out (the actions), plus the metrics both report.
+//! one) and how rule outputs get out (the sinks of the rules' actions), plus the metrics
+//! both report.
 //!
-//! Each connector lives in its own module with the same anatomy: a config type with a pure
-//! `validate()`, a constructor that connects, and a run loop.
+//! * [`mqtt`]: the embedded broker and the external-broker client.
+//! * [`sink`]: the contract every sink implements, and the worker, disk buffer and retry
+//!   policy they share.
+//! * [`sinks`]: one folder per sink (republish, webhook, kafka, object_store) and the
+//!   registry that lists them.
+//! * [`metrics`]: every metric weir exports.
 
-pub mod actions;
 pub mod metrics;
 pub mod mqtt;
-pub mod retry;
+pub mod sink;
+pub mod sinks;

@@ -5,18 +5,22 @@
 //!  Message ──▶ topic::TopicTrie ──▶ Rule::process(&[Message])
 //!  (topic,      (which rules'        │
 //!   client id,   FROM filter         ├─ decode: JSON payload → only the fields the rule reads
-//!   payload)     matches)            ├─ batch:  Arrow RecordBatch (+ topic/clientid/timestamp)
+//!   payload)     matches)            ├─ meta:   + topic/clientid/timestamp/... columns
 //!                                    ├─ plan:   DataFusion physical exprs, cached per schema
 //!                                    ├─ eval:   WHERE mask → filter → SELECT projections
 //!                                    └─ encode: JSON objects (+ `${...}` template values)
 //! ```
 //!
+//! * [`message`]: the message, its MQTT 5 properties and its acknowledgement.
 //! * [`topic`]: MQTT topic filters and the trie that routes a topic to rules.
 //! * [`dialect`]: the AWS IoT SQL dialect: parsing `SELECT ... FROM '<filter>' WHERE ...`,
-//!   validating it, and rewriting its functions (`topic()`, `clientid()`, ...) so that
-//!   DataFusion plans it.
+//!   validating it, and rewriting it so that DataFusion plans it; every SQL function
+//!   lives in [`dialect::functions`].
+//! * [`fields`]: the payload fields a rule reads; [`meta`]: the metadata columns
+//!   (topic, client id, ...) a rule reads beside them.
 //! * [`decode`]: JSON payloads to Arrow, decoding only the fields a rule reads.
 //! * [`rule`]: a compiled rule: plans cached per input schema, evaluated per batch.
+//! * [`json_text`]: values with no one Arrow type, carried as JSON text.
 //! * [`template`]: `${...}` substitution templates in action parameters.
 //!
 //! **JSON's dynamic types on Arrow's static ones.** A batch's column types come from its
@@ -25,7 +29,7 @@
 //! a string in another) are split into batches that agree, down to one message at a time,
 //! so each keeps its own types ([`decode`]). A value that has no Arrow type at all (an
 //! array mixing element types, `decode()` of a JSON document) is carried as JSON text
-//! (see [`dialect::json_values`]) and written back as JSON.
+//! (see [`json_text`]) and written back as JSON.
 //!
 //! DataFusion plans and evaluates every expression; the engine owns no expression
 //! interpreter. A rule is one SELECT over one message, so it is planned as a set of
@@ -34,250 +38,21 @@
 
 pub mod decode;
 pub mod dialect;
+pub mod fields;
+pub mod json_text;
+pub mod message;
+pub mod meta;
 pub mod rule;
 pub mod template;
 pub mod topic;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 /// The Arrow version the engine (DataFusion) uses, for crates that build batches too.
 pub use datafusion::arrow;
 pub use dialect::SqlError;
+pub use message::{Ack, Message, MqttProperties, next_seq, now_ms, trace_id};
 pub use rule::{Failure, FailureReason, Outcome, Output, Rule};
-
-/// One message as the ingress received it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub topic: String,
-    /// The publishing client's MQTT client id, where the ingress knows it.
-    pub client_id: Option<String>,
-    /// Who the publisher authenticated as (the MQTT username), where the ingress knows it.
-    pub principal: Option<String>,
-    /// The publisher's IP address, where the ingress knows it.
-    pub source_ip: Option<String>,
-    pub payload: Bytes,
-    /// When weir received the message, in milliseconds since the Unix epoch.
-    pub received_at_ms: i64,
-    /// A number unique to this message within this weir process ([`next_seq`]); the
-    /// message's `traceid()` derives from it.
-    pub seq: u64,
-    /// The PUBLISH packet's MQTT 5 properties; `None` for a message that came over MQTT
-    /// 3.1.1 (or HTTP), where `get_mqtt_property()` and `get_user_properties()` are
-    /// Undefined.
-    pub properties: Option<Arc<MqttProperties>>,
-    /// Acknowledges the message to its source once every holder has let go of it.
-    pub ack: Ack,
-}
-
-/// Acknowledges a message to its source (an external MQTT broker) when the last clone of
-/// it is dropped: every rule that matched it is done with it, and every action has either
-/// delivered its output or written it to its disk buffer. Cloning shares the one
-/// acknowledgement. The default acknowledges nothing.
-#[derive(Clone, Default)]
-pub struct Ack(Option<Arc<AckOnDrop>>);
-
-struct AckOnDrop(std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>);
-
-impl Drop for AckOnDrop {
-    fn drop(&mut self) {
-        let f = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(f) = f {
-            f();
-        }
-    }
-}
-
-impl Ack {
-    /// An acknowledgement that runs `f` when the last clone is dropped.
-    pub fn on_drop(f: impl FnOnce() + Send + 'static) -> Self {
-        Self(Some(Arc::new(AckOnDrop(std::sync::Mutex::new(Some(
-            Box::new(f),
-        ))))))
-    }
-}
-
-impl std::fmt::Debug for Ack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Ack(pending)"
-        } else {
-            "Ack(none)"
-        })
-    }
-}
-
-/// Acknowledgements do not take part in comparing messages.
-impl PartialEq for Ack {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Message {
-    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
-        Self {
-            topic: topic.into(),
-            client_id: None,
-            principal: None,
-            source_ip: None,
-            payload: payload.into(),
-            received_at_ms: now_ms(),
-            seq: next_seq(),
-            properties: None,
-            ack: Ack::default(),
-        }
-    }
-
-    /// The message's trace id, as AWS's `traceid()` gives it: a UUID (version 4 layout)
-    /// made of a number drawn once per process and the message's [`Message::seq`].
-    pub fn trace_id(&self) -> String {
-        trace_id(self.seq)
-    }
-
-    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = Some(client_id.into());
-        self
-    }
-}
-
-/// The MQTT 5 properties of a PUBLISH that rules can read (`get_mqtt_property()`,
-/// `get_user_properties()`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MqttProperties {
-    /// 1: the payload is UTF-8 text; 0 or absent: unspecified bytes.
-    pub payload_format_indicator: Option<u8>,
-    pub content_type: Option<String>,
-    pub response_topic: Option<String>,
-    pub correlation_data: Option<Bytes>,
-    /// In the order the publisher sent them; a key may repeat.
-    pub user_properties: Vec<(String, String)>,
-}
-
-impl MqttProperties {
-    /// The value `get_mqtt_property(name)` gives, as AWS names them: `format_indicator`
-    /// (`UTF8_DATA` or `UNSPECIFIED_BYTES`), `content_type`, `response_topic` and
-    /// `correlation_data` (base64). `None` is Undefined.
-    pub fn get(&self, name: &str) -> Option<String> {
-        use base64::Engine as _;
-        match name {
-            "format_indicator" => Some(
-                if self.payload_format_indicator == Some(1) {
-                    "UTF8_DATA"
-                } else {
-                    "UNSPECIFIED_BYTES"
-                }
-                .to_owned(),
-            ),
-            "content_type" => self.content_type.clone(),
-            "response_topic" => self.response_topic.clone(),
-            "correlation_data" => self
-                .correlation_data
-                .as_ref()
-                .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
-            _ => None,
-        }
-    }
-
-    /// The names [`Self::get`] knows.
-    pub const NAMES: [&str; 4] = [
-        "content_type",
-        "format_indicator",
-        "response_topic",
-        "correlation_data",
-    ];
-
-    /// Reads the JSON form that the rule test endpoint and the golden tests take:
-    /// `{"content_type": "...", "format_indicator": "UTF8_DATA", "response_topic": "...",
-    /// "correlation_data": "<base64>", "user_properties": [{"key": "value"}, ...]}`.
-    pub fn from_json(v: &serde_json::Value) -> Result<Self, String> {
-        use base64::Engine as _;
-        let obj = v
-            .as_object()
-            .ok_or("MQTT properties must be a JSON object")?;
-        let mut p = Self::default();
-        let text = |key: &str, v: &serde_json::Value| {
-            v.as_str()
-                .map(str::to_owned)
-                .ok_or(format!("{key} must be a string"))
-        };
-        for (key, value) in obj {
-            match key.as_str() {
-                "content_type" => p.content_type = Some(text(key, value)?),
-                "response_topic" => p.response_topic = Some(text(key, value)?),
-                "format_indicator" => {
-                    p.payload_format_indicator = Some(match text(key, value)?.as_str() {
-                        "UTF8_DATA" => 1,
-                        "UNSPECIFIED_BYTES" => 0,
-                        other => {
-                            return Err(format!(
-                                "format_indicator must be UTF8_DATA or UNSPECIFIED_BYTES, not '{other}'"
-                            ));
-                        }
-                    })
-                }
-                "correlation_data" => {
-                    let b = base64::engine::general_purpose::STANDARD
-                        .decode(text(key, value)?)
-                        .map_err(|e| format!("correlation_data is not base64: {e}"))?;
-                    p.correlation_data = Some(Bytes::from(b));
-                }
-                "user_properties" => {
-                    let bad = || "user_properties must be an array of {\"key\": \"value\"} objects";
-                    for item in value.as_array().ok_or_else(bad)? {
-                        for (k, v) in item.as_object().ok_or_else(bad)? {
-                            p.user_properties
-                                .push((k.clone(), v.as_str().ok_or_else(bad)?.to_owned()));
-                        }
-                    }
-                }
-                other => {
-                    return Err(format!(
-                        "unknown MQTT property '{other}' (known: {}, user_properties)",
-                        Self::NAMES.join(", ")
-                    ));
-                }
-            }
-        }
-        Ok(p)
-    }
-}
-
-/// The next message sequence number (see [`Message::seq`]).
-pub fn next_seq() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The trace id of the message with sequence number `seq`.
-pub fn trace_id(seq: u64) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let nonce = *NONCE.get_or_init(|| {
-        std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish()
-    });
-    let hi = (nonce & !0xf000) | 0x4000; // version 4
-    let lo = (seq & !(0b11 << 62)) | (0b10 << 62); // RFC 4122 variant
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    )
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// The shared planning context: DataFusion's session state with weir's settings and
 /// functions. Create one per process and share it between rules.
@@ -297,7 +72,7 @@ impl Engine {
             .with_config(config)
             .with_default_features()
             .build();
-        for udf in dialect::functions::all() {
+        for udf in dialect::functions::udfs() {
             use datafusion::execution::FunctionRegistry;
             state
                 .register_udf(Arc::new(udf))

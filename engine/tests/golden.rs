@@ -1,5 +1,5 @@
-//! The dialect's golden tests: every `queries/golden/*.golden` file, each case a rule, its
-//! input messages and the exact outputs expected (format: `queries/golden/README.md`).
+//! The dialect's golden tests: every `engine/tests/golden/*.golden` file, each case a rule, its
+//! input messages and the exact outputs expected (format: `engine/tests/golden/README.md`).
 //!
 //! A case marked `gap:` is a known difference from the AWS reference: the harness checks
 //! that it still fails (so that a fix is noticed and the mark removed) and counts it apart.
@@ -204,7 +204,7 @@ fn run(engine: &std::sync::Arc<Engine>, c: &Case) -> Result<(), String> {
 
 #[test]
 fn golden() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries/golden");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

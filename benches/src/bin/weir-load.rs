@@ -26,7 +26,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::Mutex;
 // Nagle's algorithm off, as on weir's own connections and the broker (`set_tcp_nodelay`):
 // otherwise a small write can wait up to 40 ms for a delayed ACK.
-use weir_connectors::mqtt::client::no_delay;
+use weir_connectors::mqtt::no_delay;
 
 #[derive(Parser, Debug, Clone)]
 #[command(

@@ -1,30 +1,32 @@
-//! MQTT ingress: the embedded broker ([`broker`]) or a client of an external broker
-//! ([`client`]), and the [`Publisher`] that the republish action uses on either.
+//! MQTT: how messages get into weir, and how the republish action gets them out again.
+//!
+//! * [`embedded`]: the broker devices connect to, weir's zero-setup default.
+//! * [`external`]: weir as a client of another broker (`--broker`), reading the topics
+//!   its rules want and publishing on a connection of its own.
+//! * [`Publisher`]: where republished messages go, whichever of the two weir runs.
 
-pub mod broker;
-pub mod client;
-mod link;
-pub mod publisher;
-mod wire;
+pub mod embedded;
+pub mod external;
+mod packets;
 
 use rumqttc::mqttbytes::QoS;
 
-pub use broker::Broker;
-pub use client::{ExternalBroker, ExternalConfig};
+pub use embedded::Broker;
+pub use external::{ConfirmedPublisher, ExternalBroker, ExternalConfig, no_delay};
 
 /// Where republished messages go: the broker weir reads from. On an external broker a
 /// publish returns once the broker acknowledged it.
 #[derive(Clone)]
 pub enum Publisher {
     Embedded(Broker),
-    External(publisher::ConfirmedPublisher),
+    External(ConfirmedPublisher),
 }
 
 impl Publisher {
     /// Publishes a batch in order; a result per publish, once each is confirmed.
     pub async fn publish_batch(
         &self,
-        publishes: Vec<publisher::Outgoing>,
+        publishes: Vec<external::publisher::Outgoing>,
         qos: QoS,
     ) -> Vec<Result<(), String>> {
         match self {

@@ -28,7 +28,7 @@ use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use super::Key;
-use crate::dialect::FieldTree;
+use crate::fields::FieldTree;
 
 /// The fields a rule reads, laid out for the fast path.
 #[derive(Debug)]

@@ -27,7 +27,8 @@ use datafusion::sql::sqlparser::ast::{
     visit_expressions_mut,
 };
 
-use super::{SqlError, call};
+use super::SqlError;
+use super::ast::{call, default_name, function_args};
 
 /// The marker call holding both forms of a nested SELECT (see the module docs).
 pub(super) const SELECT_FROM: &str = "__weir_select_from";
@@ -100,7 +101,7 @@ pub(crate) fn resolve(mut expr: Expr, schema: &Schema) -> Expr {
         if f.name.to_string() != SELECT_FROM {
             return ControlFlow::Continue(());
         }
-        let Ok(args) = super::function_args(f) else {
+        let Ok(args) = function_args(f) else {
             return ControlFlow::Continue(());
         };
         let path: Vec<&str> = match &args[0] {
@@ -188,7 +189,7 @@ fn items(select: &ast::Select) -> Result<Option<Vec<(Option<String>, Expr)>>, Sq
             .iter()
             .enumerate()
             .map(|(i, item)| match item {
-                SelectItem::UnnamedExpr(e) => Ok((Some(super::default_name(e, i + 1)), e.clone())),
+                SelectItem::UnnamedExpr(e) => Ok((Some(default_name(e, i + 1)), e.clone())),
                 SelectItem::ExprWithAlias { expr, alias } => {
                     Ok((Some(alias.value.clone()), expr.clone()))
                 }

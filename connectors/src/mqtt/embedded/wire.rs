@@ -1,0 +1,513 @@
+//! The embedded broker's connection to one client, in either MQTT 3.1.1 or MQTT 5: the
+//! broker's session logic sees one set of packets ([`Inbound`], [`Outbound`]) and this
+//! module reads and writes them with the codec of the version the client's CONNECT asked
+//! for. Both codecs are rumqttc's.
+//!
+//! What MQTT 5 adds here: a PUBLISH's properties reach the rules (`get_mqtt_property()`,
+//! `get_user_properties()`) and are forwarded to MQTT 5 subscribers; acknowledgements carry
+//! reason codes; the CONNACK tells the client what this broker does not do (topic aliases,
+//! shared subscriptions, subscription identifiers) and the client id it was given when it
+//! sent none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, FramedParts};
+use weir_engine::MqttProperties;
+
+use crate::mqtt::packets::{properties_from_v5, qos_v4, qos_v5};
+
+/// A client's CONNECT, whichever version sent it.
+pub struct Connect {
+    pub client_id: String,
+    pub clean_start: bool,
+    pub keep_alive: u16,
+    pub username: Option<String>,
+}
+
+/// A packet from the client after CONNECT.
+pub enum Inbound {
+    Publish {
+        topic: String,
+        pkid: u16,
+        /// 0, 1 or 2.
+        qos: u8,
+        payload: Bytes,
+        properties: Option<Arc<MqttProperties>>,
+    },
+    PubRel(u16),
+    Subscribe {
+        pkid: u16,
+        /// Each filter with the QoS asked for.
+        filters: Vec<(String, u8)>,
+    },
+    Unsubscribe {
+        pkid: u16,
+        filters: Vec<String>,
+    },
+    PingReq,
+    Disconnect,
+    /// PUBACK, PUBREC or PUBCOMP for a message the broker sent.
+    Ack,
+}
+
+/// A packet to the client.
+pub enum Outbound<'a> {
+    ConnAck {
+        /// The client id the broker chose, for a client that sent none.
+        assigned_client_id: Option<String>,
+    },
+    Publish {
+        topic: &'a str,
+        pkid: u16,
+        qos: u8,
+        payload: Bytes,
+        properties: Option<&'a MqttProperties>,
+    },
+    PubAck(u16),
+    PubRec(u16),
+    PubComp(u16),
+    /// The QoS granted per filter, or `None` for a filter that was refused.
+    SubAck {
+        pkid: u16,
+        granted: Vec<Option<u8>>,
+    },
+    UnsubAck {
+        pkid: u16,
+        count: usize,
+    },
+    PingResp,
+}
+
+/// Why a connection was refused at CONNECT.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    ProtocolVersion,
+    ClientId,
+}
+
+pub enum Wire {
+    V4(Box<Framed<TcpStream, v4::Codec>>),
+    V5 {
+        framed: Box<Framed<TcpStream, v5::Codec>>,
+        /// The largest packet this client accepts.
+        max_packet: usize,
+    },
+}
+
+/// What the first bytes of a connection say about its protocol.
+enum Sniff {
+    NeedMore,
+    V5,
+    /// MQTT 3.1.1, or something the 3.1.1 codec will refuse with the right error.
+    Other,
+}
+
+/// Reads the protocol level out of the start of a CONNECT packet.
+fn sniff(buf: &[u8]) -> Sniff {
+    let Some(&first) = buf.first() else {
+        return Sniff::NeedMore;
+    };
+    if first >> 4 != 1 {
+        return Sniff::Other;
+    }
+    // The remaining length: 1 to 4 bytes, 7 bits each, the high bit says "more".
+    let mut pos = 1;
+    loop {
+        let Some(&b) = buf.get(pos) else {
+            return Sniff::NeedMore;
+        };
+        pos += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if pos > 4 {
+            return Sniff::Other;
+        }
+    }
+    // Protocol name ("MQTT", length-prefixed), then the level.
+    match buf.get(pos..pos + 7) {
+        None => Sniff::NeedMore,
+        Some([0, 4, b'M', b'Q', b'T', b'T', 5]) => Sniff::V5,
+        Some(_) => Sniff::Other,
+    }
+}
+
+impl Wire {
+    /// Reads the client's CONNECT, in whichever version it speaks. A CONNECT the broker
+    /// refuses is answered (when the version allows) and returned as an error.
+    pub async fn accept(
+        mut stream: TcpStream,
+        max_packet: usize,
+        timeout: Duration,
+    ) -> Result<(Self, Connect), String> {
+        let read_connect = async {
+            let mut buf = BytesMut::with_capacity(256);
+            let v5 = loop {
+                match sniff(&buf) {
+                    Sniff::V5 => break true,
+                    Sniff::Other => break false,
+                    Sniff::NeedMore => {
+                        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                            return Err("closed before CONNECT".to_owned());
+                        }
+                    }
+                }
+            };
+            if v5 {
+                Self::accept_v5(stream, buf, max_packet).await
+            } else {
+                Self::accept_v4(stream, buf, max_packet).await
+            }
+        };
+        tokio::time::timeout(timeout, read_connect)
+            .await
+            .map_err(|_| format!("no CONNECT within {timeout:?}"))?
+    }
+
+    async fn accept_v4(
+        stream: TcpStream,
+        buf: BytesMut,
+        max_packet: usize,
+    ) -> Result<(Self, Connect), String> {
+        let codec = v4::Codec {
+            max_incoming_size: max_packet,
+            max_outgoing_size: max_packet,
+        };
+        let mut parts = FramedParts::new(stream, codec);
+        parts.read_buf = buf;
+        let mut framed = Box::new(Framed::from_parts(parts));
+        match framed.next().await {
+            Some(Ok(v4::Packet::Connect(c))) => {
+                let connect = Connect {
+                    client_id: c.client_id,
+                    clean_start: c.clean_session,
+                    keep_alive: c.keep_alive,
+                    username: c.login.map(|l| l.username),
+                };
+                Ok((Self::V4(framed), connect))
+            }
+            Some(Ok(other)) => Err(format!("expected CONNECT, got {other:?}")),
+            Some(Err(e)) => {
+                // An MQTT 3.1 client: say which protocols this broker speaks.
+                if matches!(e, rumqttc::mqttbytes::Error::InvalidProtocolLevel(_)) {
+                    Self::V4(framed).refuse(Refusal::ProtocolVersion).await;
+                }
+                Err(format!("bad CONNECT: {e}"))
+            }
+            None => Err("closed before CONNECT".to_owned()),
+        }
+    }
+
+    async fn accept_v5(
+        stream: TcpStream,
+        buf: BytesMut,
+        max_packet: usize,
+    ) -> Result<(Self, Connect), String> {
+        let limit = u32::try_from(max_packet).unwrap_or(u32::MAX);
+        let codec = v5::Codec {
+            max_incoming_size: Some(limit),
+            max_outgoing_size: None,
+        };
+        let mut parts = FramedParts::new(stream, codec);
+        parts.read_buf = buf;
+        let mut framed = Box::new(Framed::from_parts(parts));
+        match framed.next().await {
+            Some(Ok(v5::Packet::Connect(c, _will, login))) => {
+                let client_max = c
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.max_packet_size)
+                    .map_or(max_packet, |m| (m as usize).min(max_packet));
+                let connect = Connect {
+                    client_id: c.client_id,
+                    clean_start: c.clean_start,
+                    keep_alive: c.keep_alive,
+                    username: login.map(|l| l.username),
+                };
+                Ok((
+                    Self::V5 {
+                        framed,
+                        max_packet: client_max,
+                    },
+                    connect,
+                ))
+            }
+            Some(Ok(other)) => Err(format!("expected CONNECT, got {other:?}")),
+            Some(Err(e)) => Err(format!("bad CONNECT: {e}")),
+            None => Err("closed before CONNECT".to_owned()),
+        }
+    }
+
+    /// Answers a CONNECT with a refusal; the caller then closes the connection.
+    pub async fn refuse(&mut self, why: Refusal) {
+        let _ = match self {
+            Self::V4(f) => {
+                let code = match why {
+                    Refusal::ProtocolVersion => v4::ConnectReturnCode::RefusedProtocolVersion,
+                    Refusal::ClientId => v4::ConnectReturnCode::BadClientId,
+                };
+                f.send(v4::Packet::ConnAck(v4::ConnAck::new(code, false)))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Self::V5 { framed, .. } => {
+                let code = match why {
+                    Refusal::ProtocolVersion => v5::ConnectReturnCode::UnsupportedProtocolVersion,
+                    Refusal::ClientId => v5::ConnectReturnCode::ClientIdentifierNotValid,
+                };
+                framed
+                    .send(v5::Packet::ConnAck(v5::ConnAck {
+                        session_present: false,
+                        code,
+                        properties: None,
+                    }))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+    }
+
+    /// Whether the client speaks MQTT 5.
+    pub fn is_v5(&self) -> bool {
+        matches!(self, Self::V5 { .. })
+    }
+
+    /// The next packet from the client; `None` when it closed the connection.
+    pub async fn recv(&mut self) -> Option<Result<Inbound, String>> {
+        match self {
+            Self::V4(f) => Some(f.next().await?.map_err(|e| e.to_string()).and_then(from_v4)),
+            Self::V5 { framed, .. } => Some(
+                framed
+                    .next()
+                    .await?
+                    .map_err(|e| e.to_string())
+                    .and_then(from_v5),
+            ),
+        }
+    }
+
+    /// Sends a packet. A PUBLISH larger than the client accepts is not sent (`Ok(false)`).
+    pub async fn send(&mut self, packet: Outbound<'_>) -> Result<bool, String> {
+        match self {
+            Self::V4(f) => f
+                .send(to_v4(packet))
+                .await
+                .map(|()| true)
+                .map_err(|e| e.to_string()),
+            Self::V5 { framed, max_packet } => {
+                let p = to_v5(packet);
+                if p.size() > *max_packet {
+                    return Ok(false);
+                }
+                framed
+                    .send(p)
+                    .await
+                    .map(|()| true)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+fn from_v4(p: v4::Packet) -> Result<Inbound, String> {
+    Ok(match p {
+        v4::Packet::Publish(p) => Inbound::Publish {
+            topic: p.topic,
+            pkid: p.pkid,
+            qos: p.qos as u8,
+            payload: p.payload,
+            properties: None,
+        },
+        v4::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
+        v4::Packet::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, f.qos as u8))
+                .collect(),
+        },
+        v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.topics,
+        },
+        v4::Packet::PingReq => Inbound::PingReq,
+        v4::Packet::Disconnect => Inbound::Disconnect,
+        v4::Packet::PubAck(_) | v4::Packet::PubRec(_) | v4::Packet::PubComp(_) => Inbound::Ack,
+        other => return Err(format!("unexpected packet {other:?}")),
+    })
+}
+
+fn from_v5(p: v5::Packet) -> Result<Inbound, String> {
+    Ok(match p {
+        v5::Packet::Publish(p) => {
+            let props = p.properties.unwrap_or_default();
+            // The CONNACK allowed no topic aliases.
+            if props.topic_alias.is_some() {
+                return Err("topic alias used, but the broker allows none".to_owned());
+            }
+            let topic = String::from_utf8(p.topic.to_vec())
+                .map_err(|_| "topic name is not UTF-8".to_owned())?;
+            Inbound::Publish {
+                topic,
+                pkid: p.pkid,
+                qos: p.qos as u8,
+                payload: p.payload,
+                properties: Some(Arc::new(properties_from_v5(props))),
+            }
+        }
+        v5::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
+        v5::Packet::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, f.qos as u8))
+                .collect(),
+        },
+        v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.filters,
+        },
+        v5::Packet::PingReq(_) => Inbound::PingReq,
+        v5::Packet::Disconnect(_) => Inbound::Disconnect,
+        v5::Packet::PubAck(_) | v5::Packet::PubRec(_) | v5::Packet::PubComp(_) => Inbound::Ack,
+        other => return Err(format!("unexpected packet {other:?}")),
+    })
+}
+
+fn to_v4(p: Outbound<'_>) -> v4::Packet {
+    match p {
+        Outbound::ConnAck { .. } => {
+            v4::Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, false))
+        }
+        Outbound::Publish {
+            topic,
+            pkid,
+            qos,
+            payload,
+            ..
+        } => {
+            let mut p = v4::Publish::from_bytes(topic, qos_v4(qos), payload);
+            p.pkid = pkid;
+            v4::Packet::Publish(p)
+        }
+        Outbound::PubAck(pkid) => v4::Packet::PubAck(v4::PubAck::new(pkid)),
+        Outbound::PubRec(pkid) => v4::Packet::PubRec(v4::PubRec::new(pkid)),
+        Outbound::PubComp(pkid) => v4::Packet::PubComp(v4::PubComp::new(pkid)),
+        Outbound::SubAck { pkid, granted } => v4::Packet::SubAck(v4::SubAck::new(
+            pkid,
+            granted
+                .into_iter()
+                .map(|g| match g {
+                    Some(q) => v4::SubscribeReasonCode::Success(qos_v4(q)),
+                    None => v4::SubscribeReasonCode::Failure,
+                })
+                .collect(),
+        )),
+        Outbound::UnsubAck { pkid, .. } => v4::Packet::UnsubAck(v4::UnsubAck::new(pkid)),
+        Outbound::PingResp => v4::Packet::PingResp,
+    }
+}
+
+fn to_v5(p: Outbound<'_>) -> v5::Packet {
+    match p {
+        Outbound::ConnAck { assigned_client_id } => v5::Packet::ConnAck(v5::ConnAck {
+            session_present: false,
+            code: v5::ConnectReturnCode::Success,
+            properties: Some(v5::ConnAckProperties {
+                session_expiry_interval: None,
+                receive_max: None,
+                max_qos: None,
+                retain_available: None,
+                max_packet_size: None,
+                assigned_client_identifier: assigned_client_id,
+                // Absent means 0: clients must send every topic in full.
+                topic_alias_max: None,
+                reason_string: None,
+                user_properties: Vec::new(),
+                wildcard_subscription_available: None,
+                subscription_identifiers_available: Some(0),
+                shared_subscription_available: Some(0),
+                server_keep_alive: None,
+                response_information: None,
+                server_reference: None,
+                authentication_method: None,
+                authentication_data: None,
+            }),
+        }),
+        Outbound::Publish {
+            topic,
+            pkid,
+            qos,
+            payload,
+            properties,
+        } => {
+            let mut p = v5::Publish::new(
+                topic,
+                qos_v5(qos),
+                payload,
+                properties.map(|m| v5::PublishProperties {
+                    payload_format_indicator: m.payload_format_indicator,
+                    content_type: m.content_type.clone(),
+                    response_topic: m.response_topic.clone(),
+                    correlation_data: m.correlation_data.clone(),
+                    user_properties: m.user_properties.clone(),
+                    ..Default::default()
+                }),
+            );
+            p.pkid = pkid;
+            v5::Packet::Publish(p)
+        }
+        Outbound::PubAck(pkid) => v5::Packet::PubAck(v5::PubAck::new(pkid, None)),
+        Outbound::PubRec(pkid) => v5::Packet::PubRec(v5::PubRec::new(pkid, None)),
+        Outbound::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp::new(pkid, None)),
+        Outbound::SubAck { pkid, granted } => v5::Packet::SubAck(v5::SubAck {
+            pkid,
+            return_codes: granted
+                .into_iter()
+                .map(|g| match g {
+                    Some(q) => v5::SubscribeReasonCode::Success(qos_v5(q)),
+                    None => v5::SubscribeReasonCode::TopicFilterInvalid,
+                })
+                .collect(),
+            properties: None,
+        }),
+        Outbound::UnsubAck { pkid, count } => v5::Packet::UnsubAck(v5::UnsubAck {
+            pkid,
+            reasons: vec![v5::UnsubAckReason::Success; count],
+            properties: None,
+        }),
+        Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_the_protocol_level() {
+        // CONNECT, remaining length 16, "MQTT", level 5.
+        let v5 = [0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 5, 2];
+        assert!(matches!(sniff(&v5), Sniff::V5));
+        let v4 = [0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 2];
+        assert!(matches!(sniff(&v4), Sniff::Other));
+        // MQTT 3.1 ("MQIsdp") goes to the 3.1.1 codec, which refuses it.
+        let v3 = [0x10, 18, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3];
+        assert!(matches!(sniff(&v3), Sniff::Other));
+        // A two-byte remaining length.
+        let long = [0x10, 0x80, 0x01, 0, 4, b'M', b'Q', b'T', b'T', 5];
+        assert!(matches!(sniff(&long), Sniff::V5));
+        assert!(matches!(sniff(&v5[..5]), Sniff::NeedMore));
+        assert!(matches!(sniff(&[]), Sniff::NeedMore));
+        assert!(matches!(sniff(&[0x30, 1, 2]), Sniff::Other));
+    }
+}

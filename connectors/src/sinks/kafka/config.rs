@@ -1,0 +1,158 @@
+//! The Kafka action's configuration: `{"kafka": {"bootstrap_servers": "host:9092",
+//! "topic": "telemetry", "key": "${clientid()}", "headers": {...}, "properties": {...}}}`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+use weir_engine::template::{Template, TemplateExprs};
+
+use super::Kafka;
+use crate::sink::{ConfigError, SinkConfig, Validated};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// The topic; may use `${...}` templates.
+    pub topic: String,
+    /// The record key; may use `${...}` templates. No key: records spread over partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Record headers; values may use `${...}` templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// librdkafka settings, passed through (`compression.type`, `linger.ms`,
+    /// `security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Settings weir chooses unless the rule's `properties` say otherwise.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("message.timeout.ms", "30000"),
+    ("linger.ms", "5"),
+];
+
+/// Settings a rule may not set: weir owns them.
+const RESERVED: &[&str] = &["bootstrap.servers", "client.id"];
+
+/// A Kafka action, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub(super) topic: Template,
+    pub(super) key: Option<Template>,
+    pub(super) headers: Vec<(String, Template)>,
+    /// The producer's settings but its `client.id`, which names the rule and action.
+    pub(super) producer: ClientConfig,
+    /// How long the producer tries a record before failing it back to the worker.
+    pub(super) timeout: Duration,
+}
+
+impl SinkConfig for KafkaConfig {
+    const KIND: &'static str = "kafka";
+    type Sink = Kafka;
+
+    fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
+        let bad = |m: String| ConfigError::invalid(Self::KIND, m);
+        let servers: Vec<&str> = self.bootstrap_servers.split(',').map(str::trim).collect();
+        if servers.iter().any(|s| s.is_empty()) {
+            return Err(bad(format!(
+                "bootstrap_servers must be host:port[,host:port...], got '{}'",
+                self.bootstrap_servers
+            )));
+        }
+        for s in &servers {
+            let port_ok = s
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return Err(bad(format!("bootstrap server '{s}' must be host:port")));
+            }
+        }
+        if self.topic.is_empty() {
+            return Err(bad("topic must not be empty".to_owned()));
+        }
+        for k in self.properties.keys() {
+            if RESERVED.contains(&k.as_str()) {
+                return Err(bad(format!(
+                    "property '{k}' is set by weir; give bootstrap servers in 'bootstrap_servers'"
+                )));
+            }
+        }
+        let topic = Template::parse(&self.topic, exprs)?;
+        if topic.is_literal() {
+            check_topic_name(&self.topic).map_err(bad)?;
+        }
+        let key = self
+            .key
+            .as_deref()
+            .map(|k| Template::parse(k, exprs))
+            .transpose()?;
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (k, v) in &self.headers {
+            if k.is_empty() {
+                return Err(bad("header names must not be empty".to_owned()));
+            }
+            headers.push((k.clone(), Template::parse(v, exprs)?));
+        }
+        let producer = self.producer_config();
+        let timeout = producer
+            .get("message.timeout.ms")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map_or(Duration::from_secs(30), Duration::from_millis);
+        let mut templates = vec![("topic".to_owned(), topic.clone())];
+        templates.extend(key.clone().map(|k| ("key".to_owned(), k)));
+        templates.extend(
+            headers
+                .iter()
+                .map(|(k, v)| (format!("headers.{k}"), v.clone())),
+        );
+        Ok(Validated::new(
+            Settings {
+                topic,
+                key,
+                headers,
+                producer,
+                timeout,
+            },
+            templates,
+        ))
+    }
+}
+
+impl KafkaConfig {
+    /// The producer configuration: weir's defaults, then the rule's properties.
+    fn producer_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.bootstrap_servers.replace(' ', ""));
+        for (k, v) in DEFAULTS {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// Kafka's rule for topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub(super) fn check_topic_name(t: &str) -> Result<(), String> {
+    let ok = !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{t}' is not a valid Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')"
+        ))
+    }
+}

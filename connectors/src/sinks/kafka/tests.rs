@@ -1,0 +1,89 @@
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use serde_json::json;
+use weir_engine::template::TemplateExprs;
+
+use super::*;
+use crate::sink::SinkConfig;
+
+fn config(json: serde_json::Value) -> KafkaConfig {
+    serde_json::from_value(json).expect("parses")
+}
+
+#[test]
+fn validates_servers_topic_and_reserved_properties() {
+    let mut exprs = TemplateExprs::default();
+    let ok = config(json!({
+        "bootstrap_servers": "127.0.0.1:9092, other:9093",
+        "topic": "telemetry", "key": "${topic(2)}",
+        "headers": {"source": "${clientid()}"}
+    }));
+    let v = ok.validate(&mut exprs).expect("valid");
+    assert!(v.settings.key.is_some());
+    assert_eq!(exprs.as_slice().len(), 2);
+    let names: Vec<&str> = v.templates.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["topic", "key", "headers.source"]);
+
+    for (json, needle) in [
+        (
+            json!({"bootstrap_servers": "localhost", "topic": "t"}),
+            "host:port",
+        ),
+        (
+            json!({"bootstrap_servers": "a:1,,b:2", "topic": "t"}),
+            "host:port",
+        ),
+        (
+            json!({"bootstrap_servers": "a:1", "topic": "bad topic"}),
+            "not a valid Kafka topic",
+        ),
+        (
+            json!({"bootstrap_servers": "a:1", "topic": ""}),
+            "must not be empty",
+        ),
+        (
+            json!({"bootstrap_servers": "a:1", "topic": "t", "properties": {"bootstrap.servers": "x:1"}}),
+            "set by weir",
+        ),
+    ] {
+        let err = config(json)
+            .validate(&mut TemplateExprs::default())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle}"
+        );
+    }
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let r: Result<KafkaConfig, _> = serde_json::from_value(json!({
+        "bootstrap_servers": "a:1", "topic": "t", "partition": 3
+    }));
+    assert!(r.unwrap_err().to_string().contains("unknown field"));
+}
+
+#[test]
+fn rule_properties_override_the_defaults() {
+    let c = config(json!({
+        "bootstrap_servers": "a:1", "topic": "t",
+        "properties": {"acks": "1", "compression.type": "zstd", "message.timeout.ms": "2000"}
+    }));
+    let v = c.validate(&mut TemplateExprs::default()).unwrap();
+    let p = producer_config(&v.settings, "r", "0-kafka");
+    assert_eq!(p.get("acks"), Some("1"));
+    assert_eq!(p.get("compression.type"), Some("zstd"));
+    assert_eq!(p.get("enable.idempotence"), Some("true"));
+    assert_eq!(p.get("client.id"), Some("weir-r-0-kafka"));
+    assert_eq!(v.settings.timeout, Duration::from_secs(2));
+}
+
+#[test]
+fn timeouts_retry_and_refusals_dead_letter() {
+    let timeout = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+    assert!(matches!(classify(&timeout), Outcome::Retry(f) if f.reason == Reason::Timeout));
+    let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+    assert!(matches!(classify(&too_large), Outcome::DeadLetter(f) if f.reason == Reason::Kafka));
+    let down = KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure);
+    assert!(matches!(classify(&down), Outcome::Retry(f) if f.reason == Reason::Kafka));
+}

@@ -1,0 +1,168 @@
+//! The sinks a rule's actions deliver to, one folder each with the same anatomy:
+//! `mod.rs` (the running [`Sink`]), `config.rs` (the [`SinkConfig`] a rule writes, checked
+//! once) and `tests.rs`. The contract they implement and the worker that drives them are
+//! in [`crate::sink`].
+//!
+//! This file is the registry: the list below is what makes `{"<kind>": {...}}` a valid
+//! action in a rule. Adding a sink is one folder and one line in it (see
+//! `docs/extending.md`).
+
+pub mod kafka;
+pub mod object_store;
+pub mod republish;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use weir_engine::template::{Template, TemplateExprs};
+
+use crate::metrics::Metrics;
+use crate::sink::{
+    ConfigError, Delivery, RetryPolicy, Sink, SinkConfig, SinkContext, Undeliverable, Validated,
+    WorkerSettings, run_worker,
+};
+
+/// Declares the registry: the [`ActionConfig`] enum, one variant per sink, and its
+/// dispatch to each sink's [`SinkConfig`].
+macro_rules! registry {
+    ($($variant:ident($config:ty)),* $(,)?) => {
+        /// An action as written in a rule: `{"republish": {...}}`, `{"webhook": {...}}`,
+        /// `{"object_store": {...}}`, `{"kafka": {...}}`. This is the form rules are
+        /// stored and listed in; [`ActionConfig::validate`] checks it.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case", deny_unknown_fields)]
+        pub enum ActionConfig {
+            $($variant($config),)*
+        }
+
+        impl ActionConfig {
+            /// The action's type, as written in the rule.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => <$config as SinkConfig>::KIND,)*
+                }
+            }
+
+            /// Checks the action without touching the network or the disk and parses its
+            /// templates, whose expressions go to `exprs` (the rule evaluates them for
+            /// every output). Called once per rule submission.
+            pub fn validate(&self, exprs: &mut TemplateExprs) -> Result<Action, ConfigError> {
+                match self {
+                    $(Self::$variant(c) => Ok(Action::new::<$config>(c.validate(exprs)?)),)*
+                }
+            }
+        }
+    };
+}
+
+registry! {
+    Republish(republish::RepublishConfig),
+    Webhook(webhook::WebhookConfig),
+    ObjectStore(object_store::ObjectStoreConfig),
+    Kafka(kafka::KafkaConfig),
+}
+
+/// An action that passed validation: ready to be built, whatever its sink.
+pub struct Action {
+    kind: &'static str,
+    templates: Vec<(String, Template)>,
+    retry: RetryPolicy,
+    keeps_state: bool,
+    builder: Arc<dyn Build>,
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Action")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Action {
+    fn new<C: SinkConfig>(v: Validated<<C::Sink as Sink>::Settings>) -> Self {
+        Self {
+            kind: C::KIND,
+            templates: v.templates,
+            retry: v.retry,
+            keeps_state: C::Sink::KEEPS_STATE,
+            builder: Arc::new(Builder::<C::Sink>(v.settings)),
+        }
+    }
+
+    /// The action's type, as written in the rule.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The templated parameters by name (`topic`, `url`, `headers.<name>`).
+    pub fn templates(&self) -> &[(String, Template)] {
+        &self.templates
+    }
+
+    /// How failed deliveries are retried.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// Whether the sink keeps state of its own between runs (see [`Sink::KEEPS_STATE`]).
+    pub fn keeps_state(&self) -> bool {
+        self.keeps_state
+    }
+
+    /// Builds the sink (this may connect or create directories) and returns its worker,
+    /// ready to run.
+    pub async fn build(&self, ctx: &SinkContext) -> Result<ActionWorker, ConfigError> {
+        self.builder.build(ctx).await
+    }
+}
+
+/// The inputs of an action's worker.
+pub struct WorkerInputs {
+    pub queue: mpsc::Receiver<Delivery>,
+    pub settings: WorkerSettings,
+    pub ctx: SinkContext,
+    pub metrics: Arc<Metrics>,
+    /// The rule's error action, for what fails for good.
+    pub failed: Option<mpsc::Sender<Undeliverable>>,
+}
+
+/// A built sink, waiting for its worker to start.
+pub struct ActionWorker(Box<dyn FnOnce(WorkerInputs) -> BoxFuture<'static, ()> + Send>);
+
+impl ActionWorker {
+    /// The worker's task: runs until its queue closes (see [`run_worker`]).
+    pub fn run(self, inputs: WorkerInputs) -> BoxFuture<'static, ()> {
+        (self.0)(inputs)
+    }
+}
+
+/// Builds a sink from its settings, whatever its type.
+trait Build: Send + Sync {
+    fn build<'a>(
+        &'a self,
+        ctx: &'a SinkContext,
+    ) -> BoxFuture<'a, Result<ActionWorker, ConfigError>>;
+}
+
+struct Builder<S: Sink>(S::Settings);
+
+impl<S: Sink> Build for Builder<S> {
+    fn build<'a>(
+        &'a self,
+        ctx: &'a SinkContext,
+    ) -> BoxFuture<'a, Result<ActionWorker, ConfigError>> {
+        Box::pin(async move {
+            let sink = S::build(&self.0, ctx).await?;
+            Ok(ActionWorker(Box::new(move |w: WorkerInputs| {
+                Box::pin(run_worker(
+                    sink, w.queue, w.settings, w.ctx, w.metrics, w.failed,
+                )) as BoxFuture<'static, ()>
+            })))
+        })
+    }
+}

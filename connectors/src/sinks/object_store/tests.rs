@@ -1,0 +1,143 @@
+use std::sync::Arc;
+
+use object_store::ObjectStoreExt;
+use serde_json::json;
+use weir_engine::template::TemplateExprs;
+
+use super::staging::clean_key;
+use super::upload::{Pending, Uploader, to_parquet};
+use super::*;
+use crate::metrics::Metrics;
+use crate::sink::SinkConfig;
+
+fn config(json: serde_json::Value) -> ObjectStoreConfig {
+    serde_json::from_value(json).expect("parses")
+}
+
+#[test]
+fn urls_options_and_templates_are_checked() {
+    let mut exprs = TemplateExprs::default();
+    let c = config(
+        json!({"url": "s3://lake/raw/facility=${topic(3)}/", "format": "parquet",
+        "options": {"endpoint": "http://127.0.0.1:9000", "allow_http": "true", "region": "us-east-1"}}),
+    );
+    let v = c.validate(&mut exprs).unwrap();
+    assert!(v.settings.path.is_some());
+    assert_eq!(v.templates.len(), 1);
+    assert_eq!(exprs.as_slice().len(), 1);
+    let local = config(json!({"url": "file:///tmp/x"}))
+        .validate(&mut TemplateExprs::default())
+        .unwrap();
+    assert!(local.settings.path.is_none());
+    assert!(local.templates.is_empty());
+    for (json, needle) in [
+        (json!({"url": "ftp://b/p"}), "scheme 'ftp' is not supported"),
+        (
+            json!({"url": "gs://b/p", "options": {"region": "x"}}),
+            "unknown Google Cloud Storage option 'region'",
+        ),
+        (json!({"url": "file://rel/dir"}), "absolute path"),
+        (
+            json!({"url": "s3://${topic(1)}/p"}),
+            "bucket must be named literally",
+        ),
+        (
+            json!({"url": "s3://b/p", "options": {"colour": "red"}}),
+            "unknown S3 option 'colour'",
+        ),
+        (
+            json!({"url": "file:///tmp", "options": {"region": "x"}}),
+            "does not apply",
+        ),
+        (json!({"url": "file:///tmp", "max_rows": 0}), "more than 0"),
+    ] {
+        let err = config(json)
+            .validate(&mut TemplateExprs::default())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle}"
+        );
+    }
+}
+
+#[test]
+fn partition_values_cannot_climb_out_of_the_prefix() {
+    assert_eq!(clean_key("a/../b//./c/"), "a/b/c");
+    assert_eq!(clean_key(""), "");
+}
+
+#[test]
+fn json_lines_become_parquet_with_an_inferred_schema() {
+    let lines = b"{\"a\":1,\"b\":\"x\",\"n\":{\"c\":1.5}}\n{\"a\":2,\"b\":null}\n";
+    let bytes = to_parquet(lines).unwrap();
+    assert_eq!(&bytes[..4], b"PAR1");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 2);
+    let schema = batches[0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["a", "b", "n"]);
+}
+
+/// A file whose rows cannot become Parquet is not retried for ever: it is moved aside,
+/// its rows are counted as dead letters, and a good file behind it is still uploaded.
+#[tokio::test]
+async fn an_upload_that_can_never_succeed_is_set_aside_not_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("staging");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    // A number in one row and an object in the other: no schema holds both.
+    let bad_rows = b"{\"a\":1}\n{\"a\":{\"b\":1}}\n";
+    assert!(
+        to_parquet(bad_rows).is_err(),
+        "the precondition of this test"
+    );
+    let bad = staging.join("bad.jsonl");
+    std::fs::write(&bad, bad_rows).unwrap();
+    let good = staging.join("good.jsonl");
+    std::fs::write(&good, b"{\"a\":1}\n").unwrap();
+
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&out).unwrap());
+    let uploader = Uploader {
+        store: store.clone(),
+        format: Format::Parquet,
+        pending: vec![
+            Pending::new(bad.clone(), "bad.parquet".to_owned()),
+            Pending::new(good.clone(), "good.parquet".to_owned()),
+        ],
+        retry: RetryPolicy::default(),
+        metrics: metrics.clone(),
+        rule: "r".to_owned(),
+        label: "0-object_store".to_owned(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    drop(tx);
+    // With the channel closed, `run` tries each file once more and returns: a file left
+    // pending would stay in `staging/`.
+    tokio::time::timeout(std::time::Duration::from_secs(10), uploader.run(rx))
+        .await
+        .expect("the uploader stops");
+
+    assert!(!bad.exists(), "the bad file left the staging directory");
+    assert!(staging.join("rejected/bad.jsonl").exists());
+    assert!(!good.exists(), "the good file was uploaded and removed");
+    let uploaded = store.get(&"good.parquet".into()).await.unwrap();
+    assert_eq!(&uploaded.bytes().await.unwrap()[..4], b"PAR1");
+    assert!(store.get(&"bad.parquet".into()).await.is_err());
+    let text = metrics.render();
+    assert!(
+        text.contains(
+            r#"weir_action_dead_lettered_total{action="0-object_store",reason="parquet",rule="r"} 2"#
+        ),
+        "{text}"
+    );
+}

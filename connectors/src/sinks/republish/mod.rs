@@ -1,0 +1,66 @@
+//! The republish action: publish each output to an MQTT topic, on the embedded broker or
+//! on the external broker weir reads from. The topic may use `${...}` templates, e.g.
+//! `alerts/${topic(3)}`.
+
+mod config;
+#[cfg(test)]
+mod tests;
+
+pub use config::{RepublishConfig, Settings};
+use rumqttc::mqttbytes::QoS;
+use weir_engine::template::Template;
+use weir_engine::topic::validate_topic;
+
+use crate::mqtt::Publisher;
+use crate::sink::{ConfigError, Delivery, Outcome, Reason, Sink, SinkContext};
+
+pub struct Republish {
+    topic: Template,
+    qos: QoS,
+    publisher: Publisher,
+}
+
+impl Sink for Republish {
+    type Settings = Settings;
+
+    async fn build(settings: &Settings, ctx: &SinkContext) -> Result<Self, ConfigError> {
+        Ok(Self {
+            topic: settings.topic.clone(),
+            qos: settings.qos,
+            publisher: ctx.publisher.clone(),
+        })
+    }
+
+    /// Publishes a whole batch at once and waits for every acknowledgement together, so
+    /// the broker's round trip and the hand-off to the publisher are paid once per batch,
+    /// not once per output. Publishes leave in the batch's order.
+    async fn deliver_batch(&mut self, batch: &[Delivery]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
+        let mut publishes = Vec::with_capacity(batch.len());
+        // The batch's place of each publish.
+        let mut sent: Vec<usize> = Vec::with_capacity(batch.len());
+        for (i, d) in batch.iter().enumerate() {
+            let topic = d.render(&self.topic);
+            match validate_topic(&topic) {
+                Ok(()) => {
+                    outcomes.push(Outcome::Delivered);
+                    sent.push(i);
+                    publishes.push((topic, d.payload.clone()));
+                }
+                Err(e) => outcomes.push(Outcome::dead_letter(
+                    Reason::InvalidTopic,
+                    format!("republish to '{topic}': {e}"),
+                )),
+            }
+        }
+        let confirmed = self.publisher.publish_batch(publishes, self.qos).await;
+        for (i, r) in sent.into_iter().zip(confirmed) {
+            if let Err(e) = r {
+                // Rendered again only for the message: failures are rare, outputs many.
+                let topic = batch[i].render(&self.topic);
+                outcomes[i] = Outcome::retry(Reason::Mqtt, format!("republish to '{topic}': {e}"));
+            }
+        }
+        outcomes
+    }
+}

@@ -1,0 +1,84 @@
+//! The webhook action's configuration: `{"webhook": {"url": "https://...", "headers":
+//! {...}, "timeout": "10s", "retry": {...}}}`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::header::HeaderName;
+use serde::{Deserialize, Serialize};
+use weir_engine::template::{Template, TemplateExprs};
+
+use super::Webhook;
+use crate::sink::retry::humantime_serde_compat;
+use crate::sink::{ConfigError, RetryPolicy, SinkConfig, Validated};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL; may use `${...}` templates.
+    pub url: String,
+    /// Extra request headers; values may use `${...}` templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Time limit for one request.
+    #[serde(default = "default_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// A webhook action, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub(super) url: Template,
+    pub(super) headers: Vec<(HeaderName, Template)>,
+    pub(super) timeout: Duration,
+}
+
+impl SinkConfig for WebhookConfig {
+    const KIND: &'static str = "webhook";
+    type Sink = Webhook;
+
+    fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
+        let bad = |m: String| ConfigError::invalid(Self::KIND, m);
+        let url = Template::parse(&self.url, exprs)?;
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(bad(format!(
+                "url must start with http:// or https://, got '{}'",
+                self.url
+            )));
+        }
+        if url.is_literal() {
+            reqwest::Url::parse(&self.url)
+                .map_err(|e| bad(format!("invalid url '{}': {e}", self.url)))?;
+        }
+        if self.timeout.is_zero() {
+            return Err(bad("timeout must be more than 0".to_owned()));
+        }
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (k, v) in &self.headers {
+            let name = HeaderName::try_from(k.as_str())
+                .map_err(|e| bad(format!("invalid header name '{k}': {e}")))?;
+            headers.push((name, Template::parse(v, exprs)?));
+        }
+        let mut templates = vec![("url".to_owned(), url.clone())];
+        templates.extend(
+            headers
+                .iter()
+                .map(|(k, t)| (format!("headers.{k}"), t.clone())),
+        );
+        Ok(Validated {
+            templates,
+            retry: self.retry.clone().unwrap_or_default(),
+            settings: Settings {
+                url,
+                headers,
+                timeout: self.timeout,
+            },
+        })
+    }
+}

@@ -1,0 +1,106 @@
+//! The webhook action: HTTP POST of each output as JSON. Transport errors, timeouts, 429 and
+//! 5xx answers are retried by the worker's policy; other 4xx answers are final and go to
+//! the error action.
+
+mod config;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use config::{Settings, WebhookConfig};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use weir_engine::template::Template;
+
+use crate::sink::{ConfigError, Delivery, Outcome, Reason, Sink, SinkContext};
+
+pub struct Webhook {
+    url: Template,
+    headers: Vec<(HeaderName, Template)>,
+    timeout: Duration,
+    http: reqwest::Client,
+}
+
+impl Sink for Webhook {
+    type Settings = Settings;
+
+    async fn build(settings: &Settings, ctx: &SinkContext) -> Result<Self, ConfigError> {
+        Ok(Self {
+            url: settings.url.clone(),
+            headers: settings.headers.clone(),
+            timeout: settings.timeout,
+            http: ctx.http.clone(),
+        })
+    }
+
+    /// One request at a time; after a retry-worthy failure the rest are not tried (the
+    /// receiver is in trouble, and trying them would reorder the outputs).
+    async fn deliver_batch(&mut self, batch: &[Delivery]) -> Vec<Outcome> {
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            let o = self.deliver(d).await;
+            let stop = matches!(o, Outcome::Retry(_));
+            out.push(o);
+            if stop {
+                break;
+            }
+        }
+        while out.len() < batch.len() {
+            out.push(Outcome::retry(
+                Reason::NotAttempted,
+                "not attempted: an earlier output of the batch failed",
+            ));
+        }
+        out
+    }
+}
+
+impl Webhook {
+    async fn deliver(&self, d: &Delivery) -> Outcome {
+        let url = d.render(&self.url);
+        let mut req = self
+            .http
+            .post(&url)
+            .timeout(self.timeout)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(d.payload.clone());
+        for (name, value) in &self.headers {
+            let v = d.render(value);
+            match HeaderValue::try_from(v.as_str()) {
+                Ok(v) => req = req.header(name, v),
+                Err(e) => {
+                    return Outcome::dead_letter(
+                        Reason::InvalidHeader,
+                        format!("header {name}: value '{v}': {e}"),
+                    );
+                }
+            }
+        }
+        match req.send().await {
+            Ok(resp) => answer(&url, resp.status()),
+            Err(e) if e.is_builder() => {
+                Outcome::dead_letter(Reason::InvalidUrl, format!("POST {url}: {e}"))
+            }
+            Err(e) if e.is_timeout() => Outcome::retry(
+                Reason::Timeout,
+                format!("POST {url}: timed out after {:?}", self.timeout),
+            ),
+            Err(e) => Outcome::retry(Reason::Connection, format!("POST {url}: {e}")),
+        }
+    }
+}
+
+/// What an HTTP status says about a delivery: 2xx delivered; 429 and 5xx worth another
+/// try; any other status refused for good.
+fn answer(url: &str, status: StatusCode) -> Outcome {
+    if status.is_success() {
+        return Outcome::Delivered;
+    }
+    let message = format!("POST {url}: HTTP {status}");
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        Outcome::retry(Reason::HttpStatus, message)
+    } else {
+        Outcome::dead_letter(Reason::HttpStatus, message)
+    }
+}

@@ -1,0 +1,111 @@
+//! What every family of functions needs: the call being rewritten, the conversions AWS
+//! applies to arguments, expression builders, and the arguments of a UDF as arrays.
+
+use datafusion::arrow::array::ArrayRef;
+use datafusion::common::Result;
+use datafusion::logical_expr::ScalarFunctionArgs;
+use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
+use datafusion::sql::sqlparser::ast::{BinaryOperator, CaseWhen, CastKind, DataType, Expr, Value};
+
+/// A call of a function in a rule, its arguments already rewritten.
+pub(super) struct Call<'a> {
+    /// The name, lower case.
+    pub name: &'a str,
+    /// The name as the rule wrote it.
+    pub written: &'a str,
+    pub args: &'a [Expr],
+}
+
+impl Call<'_> {
+    /// Refuses a call with another number of arguments than `n`.
+    pub fn arity(&self, n: usize) -> Result<(), String> {
+        if self.args.len() == n {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}() takes {n} argument(s), got {}",
+                self.name,
+                self.args.len()
+            ))
+        }
+    }
+
+    /// [`Self::arity`], naming the function as the rule wrote it.
+    pub fn arity_as_written(&self, n: usize) -> Result<(), String> {
+        if self.args.len() == n {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}() takes {n} argument(s), got {}",
+                self.written,
+                self.args.len()
+            ))
+        }
+    }
+
+    /// The `i`-th argument.
+    pub fn arg(&self, i: usize) -> Expr {
+        self.args[i].clone()
+    }
+}
+
+/// `CAST(e AS VARCHAR)`: AWS string functions convert their arguments to strings.
+pub(super) fn string(e: Expr) -> Expr {
+    cast(e, DataType::Varchar(None))
+}
+
+/// `CAST(e AS BIGINT)`: AWS bit functions convert their arguments to Int.
+pub(super) fn int(e: Expr) -> Expr {
+    cast(e, DataType::BigInt(None))
+}
+
+fn cast(e: Expr, data_type: DataType) -> Expr {
+    Expr::Cast {
+        kind: CastKind::Cast,
+        expr: Box::new(e),
+        data_type,
+        array: false,
+        format: None,
+    }
+}
+
+/// `(left op right)`.
+pub(super) fn binary(left: Expr, op: BinaryOperator, right: Expr) -> Expr {
+    Expr::Nested(Box::new(Expr::BinaryOp {
+        left: Box::new(left),
+        op,
+        right: Box::new(right),
+    }))
+}
+
+/// A number literal.
+pub(super) fn number(v: &str) -> Expr {
+    Expr::value(Value::Number(v.into(), false))
+}
+
+/// A string literal.
+pub(super) fn text(v: &str) -> Expr {
+    Expr::value(Value::SingleQuotedString(v.into()))
+}
+
+/// `CASE WHEN x IS NULL THEN then ELSE otherwise END`.
+pub(super) fn if_undefined(x: Expr, then: Expr, otherwise: Expr) -> Expr {
+    Expr::Case {
+        case_token: AttachedToken::empty(),
+        end_token: AttachedToken::empty(),
+        operand: None,
+        conditions: vec![CaseWhen {
+            condition: Expr::IsNull(Box::new(x)),
+            result: then,
+        }],
+        else_result: Some(Box::new(otherwise)),
+    }
+}
+
+/// A UDF's arguments as arrays of the batch's length (literals repeated).
+pub(super) fn arg_arrays(args: &ScalarFunctionArgs) -> Result<Vec<ArrayRef>> {
+    args.args
+        .iter()
+        .map(|a| a.to_array(args.number_rows))
+        .collect()
+}

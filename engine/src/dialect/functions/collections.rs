@@ -1,0 +1,322 @@
+//! Collections: `get(object, 'key')`, `get(array, index)`, `concat(...)` (also of
+//! arrays) and `transform('enrichArray', object, array)`.
+//!
+//! * `transform('enrichArray', object, array)`: every object of `array` gets the members
+//!   of `object` added (the object's win on a clash). Vectorised: the object's columns are
+//!   repeated per element with one `take` each, the list offsets are reused as they are.
+//! * `concat` of values among which an array: the array of all their elements, as JSON
+//!   text (the elements may mix types); of other values, their string forms joined.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, ListArray, StringBuilder, StructArray, UInt32Array,
+};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::common::{Result, exec_err, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
+use datafusion::sql::sqlparser::ast::{Expr, Value};
+
+use super::args::{Call, arg_arrays, number, text};
+use crate::dialect::ast::call;
+use crate::json_text::{self, is_json_text, json_text_field};
+
+type JsonValue = serde_json::Value;
+
+const ENRICH: &str = "__weir_enrich_array";
+
+/// `__weir_concat(a, b, ...)`: AWS's `concat` of two or more values.
+const CONCAT: &str = "__weir_concat";
+
+/// The family's kernels.
+pub(super) fn udfs() -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::from(EnrichArray::new()),
+        ScalarUDF::from(Concat::new()),
+    ]
+}
+
+/// The rewrite of a collection function, if `c` calls one.
+pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
+    let a = |i: usize| c.arg(i);
+    let out = match c.name {
+        "transform" => c.arity(3).and_then(|()| match &c.args[0] {
+            Expr::Value(v) if matches!(&v.value, Value::SingleQuotedString(m) if m == "enrichArray") => {
+                Ok(call(ENRICH, vec![a(1), a(2)]))
+            }
+            _ => Err("transform() supports the mode 'enrichArray'".to_owned()),
+        }),
+        // concat() is Undefined, concat(x) is x; with an array among the values, an array.
+        "concat" => Ok(match c.args.len() {
+            0 => Expr::value(Value::Null),
+            1 => a(0),
+            _ => call(CONCAT, c.args.to_vec()),
+        }),
+        "get" => c.arity(2).and_then(|()| match &c.args[1] {
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(key) => Ok(call("get_field", vec![a(0), text(key)])),
+                // AWS indexes arrays from 0, DataFusion from 1.
+                Value::Number(n, _) => n
+                    .parse::<i64>()
+                    .map(|i| call("array_element", vec![a(0), number(&(i + 1).to_string())]))
+                    .map_err(|_| format!("get(): index {n} is not an integer")),
+                _ => Err("get() takes a string key or an integer index".to_owned()),
+            },
+            _ => {
+                Err("get() with a computed key is not supported yet; use a literal key".to_owned())
+            }
+        }),
+        _ => return None,
+    };
+    Some(out)
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct EnrichArray {
+    signature: Signature,
+}
+
+impl EnrichArray {
+    fn new() -> Self {
+        Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+/// The element fields of the result: the array's, then the object's (replacing clashes).
+fn merged(element: &Fields, object: &Fields) -> Fields {
+    let mut out: Vec<Arc<Field>> = element
+        .iter()
+        .filter(|f| object.find(f.name()).is_none())
+        .cloned()
+        .collect();
+    out.extend(object.iter().cloned());
+    Fields::from(out)
+}
+
+fn shapes(arg_types: &[DataType]) -> Result<(Fields, Fields)> {
+    match arg_types {
+        [DataType::Struct(object), DataType::List(item)] => match item.data_type() {
+            DataType::Struct(element) => Ok((object.clone(), element.clone())),
+            DataType::Null => Ok((object.clone(), Fields::empty())),
+            other => {
+                plan_err!("transform('enrichArray', ...): the array must hold objects, got {other}")
+            }
+        },
+        [DataType::Null, _] | [_, DataType::Null] => Ok((Fields::empty(), Fields::empty())),
+        [o, a] => plan_err!(
+            "transform('enrichArray', object, array) needs an object and an array of objects, got {o} and {a}"
+        ),
+        _ => plan_err!("transform() takes 3 arguments"),
+    }
+}
+
+impl ScalarUDFImpl for EnrichArray {
+    fn name(&self) -> &str {
+        ENRICH
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        let (object, element) = shapes(arg_types)?;
+        Ok(DataType::List(Arc::new(Field::new_list_field(
+            DataType::Struct(merged(&element, &object)),
+            true,
+        ))))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let [object, array] = args.args.as_slice() else {
+            return exec_err!("transform() takes 3 arguments");
+        };
+        let (object, array) = (object.to_array(n)?, array.to_array(n)?);
+        if matches!(object.data_type(), DataType::Null)
+            || matches!(array.data_type(), DataType::Null)
+        {
+            return Ok(ColumnarValue::Array(
+                datafusion::arrow::array::new_null_array(args.return_field.data_type(), n),
+            ));
+        }
+        let object = object.as_struct();
+        let list = array.as_list::<i32>();
+        let elements = list.values().as_struct_opt();
+        // For every element, the row it belongs to.
+        let offsets = list.value_offsets();
+        let mut rows = Vec::with_capacity(list.values().len());
+        for row in 0..list.len() {
+            let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            rows.extend(std::iter::repeat_n(row as u32, end - start));
+        }
+        let rows = UInt32Array::from(rows);
+        let DataType::List(item) = args.return_field.data_type() else {
+            return exec_err!("transform(): unexpected return type");
+        };
+        let DataType::Struct(fields) = item.data_type() else {
+            return exec_err!("transform(): unexpected element type");
+        };
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len());
+        for f in fields.iter() {
+            let column = match object.column_by_name(f.name()) {
+                Some(c) => take(c.as_ref(), &rows, None)?,
+                None => match elements.and_then(|e| e.column_by_name(f.name())) {
+                    Some(c) => c.clone(),
+                    None => datafusion::arrow::array::new_null_array(f.data_type(), rows.len()),
+                },
+            };
+            columns.push(column);
+        }
+        let values = StructArray::try_new(
+            fields.clone(),
+            columns,
+            elements.and_then(|e| e.nulls().cloned()),
+        )?;
+        let out = ListArray::try_new(
+            item.clone(),
+            list.offsets().clone(),
+            Arc::new(values),
+            list.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// An array, or JSON text (which may hold one): `concat()` makes an array of it.
+fn is_list_or_text(f: &Field) -> bool {
+    matches!(
+        f.data_type(),
+        DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..)
+    ) || is_json_text(f)
+}
+
+/// AWS's `concat` of two or more values: when one of them is an array, the array of all
+/// their elements (other values become one element each), as JSON text; otherwise the
+/// concatenation of their string forms. Undefined values are left out.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Concat {
+    signature: Signature,
+}
+
+impl Concat {
+    fn new() -> Self {
+        Self {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+/// The JSON form of every value of `array` (`None` where it is null).
+fn to_json(array: &ArrayRef) -> Result<Vec<Option<JsonValue>>> {
+    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![Field::new(
+        "v",
+        array.data_type().clone(),
+        true,
+    )]));
+    let batch = RecordBatch::try_new(schema, vec![array.clone()])?;
+    // An object may hold JSON text (a mixed array): written as the JSON it is.
+    let text = json_text::write_lines(&batch)?;
+    text.split(|b| *b == b'\n')
+        .take(array.len())
+        .map(|line| {
+            let mut row: serde_json::Map<String, JsonValue> = serde_json::from_slice(line)
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            Ok(row.remove("v"))
+        })
+        .collect()
+}
+
+impl ScalarUDFImpl for Concat {
+    fn name(&self) -> &str {
+        CONCAT
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(if args.arg_fields.iter().any(|f| is_list_or_text(f)) {
+            Arc::new(json_text_field("json"))
+        } else {
+            Arc::new(Field::new(CONCAT, DataType::Utf8, true))
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let arrays = arg_arrays(&args)?;
+        let string_forms = |i: usize| -> Result<String> {
+            let mut s = String::new();
+            for a in &arrays {
+                if !a.is_null(i) {
+                    s.push_str(&array_value_to_string(a, i)?);
+                }
+            }
+            Ok(s)
+        };
+        let mut out = StringBuilder::with_capacity(n, n * 16);
+        if !args.arg_fields.iter().any(|f| is_list_or_text(f)) {
+            for i in 0..n {
+                out.append_value(string_forms(i)?);
+            }
+            return Ok(ColumnarValue::Array(Arc::new(out.finish())));
+        }
+        let values = arrays
+            .iter()
+            .zip(&args.arg_fields)
+            .map(|(a, f)| {
+                if !is_json_text(f) {
+                    return to_json(a);
+                }
+                // JSON text: the document it holds, or the string itself.
+                let texts = a.as_string::<i32>();
+                Ok(texts
+                    .iter()
+                    .map(|t| {
+                        t.map(|t| {
+                            serde_json::from_str(t)
+                                .unwrap_or_else(|_| JsonValue::String(t.to_owned()))
+                        })
+                    })
+                    .collect())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for i in 0..n {
+            // Without an array among this message's values, the strings are concatenated.
+            if !values
+                .iter()
+                .any(|v| matches!(v[i], Some(JsonValue::Array(_))))
+            {
+                out.append_value(string_forms(i)?);
+                continue;
+            }
+            let mut items = Vec::new();
+            for vals in &values {
+                match &vals[i] {
+                    None => {}
+                    Some(JsonValue::Array(elements)) => items.extend(elements.iter().cloned()),
+                    Some(v) => items.push(v.clone()),
+                }
+            }
+            match serde_json::to_string(&items) {
+                Ok(s) => out.append_value(s),
+                Err(e) => return exec_err!("concat(): {e}"),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}

@@ -1,0 +1,117 @@
+//! Every SQL function a rule can call, in one place: one file per family, each with the
+//! rewrites and the kernels (DataFusion UDFs) of its functions.
+//!
+//! | family | functions |
+//! |---|---|
+//! | [`context`] | `topic()`, `topic(n)`, `clientid()`, `thingName()`, `principal()`, `sourceip()`, `timestamp()`, `traceid()`, `newuuid()`, `get_mqtt_property()`, `get_user_properties()` |
+//! | [`nulls`] | `isNull()`, `isUndefined()`, `get_or_default()` |
+//! | [`math`] | `mod`, `remainder`, `bitand`, `bitor`, `bitxor`, `bitnot`, `sign`, `nanvl` |
+//! | [`strings`] | `startswith`, `endswith`, `indexof`, `length`, `numbytes`, `substring`, `regexp_matches`, `regexp_substr` |
+//! | [`encoding`] | `encode`, `decode` |
+//! | [`hashes`] | `md2`, `md5`, `sha1`, `sha224`, `sha256`, `sha384`, `sha512`, `crc32` |
+//! | [`collections`] | `get`, `concat`, `transform` |
+//! | [`time`] | `parse_time`, `time_to_epoch` |
+//! | [`conversions`] | `CAST(x AS Int \| Decimal \| Boolean \| String)` |
+//!
+//! A call is resolved by [`resolve`]: functions that call AWS services are refused with
+//! the reason ([`unsupported`]); an AWS function becomes the expression its family
+//! rewrites it into (DataFusion functions and operators with AWS's argument conversions,
+//! or a call of one of the family's UDFs); any other DataFusion scalar function is kept
+//! as it is (a weir extension of the dialect); aggregates, window functions and unknown
+//! names are refused.
+
+mod args;
+pub(super) mod collections;
+pub(super) mod context;
+pub(super) mod conversions;
+pub(super) mod encoding;
+pub(super) mod hashes;
+pub(super) mod math;
+pub(super) mod nulls;
+pub(super) mod strings;
+pub(super) mod time;
+
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::sql::sqlparser::ast::{self, Expr};
+
+pub(crate) use conversions::cast_type;
+
+use crate::dialect::ast::function_args;
+use crate::meta::MetaNeeds;
+
+/// Every UDF weir adds to DataFusion's registry.
+pub fn udfs() -> Vec<ScalarUDF> {
+    [
+        context::udfs(),
+        encoding::udfs(),
+        hashes::udfs(),
+        collections::udfs(),
+        time::udfs(),
+    ]
+    .concat()
+}
+
+/// What the call `f` becomes: `Ok(Some(expr))` to replace it with, `Ok(None)` to keep it
+/// (DataFusion plans it as it is), or why it is refused. The metadata columns it reads go
+/// to `needs`.
+pub(super) fn resolve(
+    state: &SessionState,
+    f: &ast::Function,
+    needs: &mut MetaNeeds,
+) -> Result<Option<Expr>, String> {
+    let written = f.name.to_string();
+    let name = written.to_ascii_lowercase();
+    if let Some(why) = unsupported(&name) {
+        return Err(format!("{written}() is not supported: it {why}"));
+    }
+    let args = function_args(f)?;
+    let c = args::Call {
+        name: &name,
+        written: &written,
+        args: &args,
+    };
+    let rewritten = context::rewrite(&c, needs)
+        .or_else(|| nulls::rewrite(&c, needs))
+        .or_else(|| math::rewrite(&c))
+        .or_else(|| strings::rewrite(&c))
+        .or_else(|| encoding::rewrite(&c))
+        .or_else(|| hashes::rewrite(&c))
+        .or_else(|| collections::rewrite(&c));
+    if let Some(r) = rewritten {
+        return r.map(Some);
+    }
+    if name.starts_with("__weir") {
+        return Err(format!("unknown function '{written}'"));
+    }
+    if state.scalar_functions().contains_key(&name)
+        || state.higher_order_functions().contains_key(&name)
+    {
+        if f.over.is_some() || f.filter.is_some() {
+            return Err("window clauses are not supported in a rule".to_owned());
+        }
+        return Ok(None);
+    }
+    if state.aggregate_functions().contains_key(&name)
+        || state.window_functions().contains_key(&name)
+    {
+        return Err(format!(
+            "'{written}' is an aggregate or window function; a rule works on one message at a time"
+        ));
+    }
+    Err(format!("unknown function '{written}'"))
+}
+
+/// AWS IoT functions that call other AWS services: refused with this reason.
+pub(super) fn unsupported(name: &str) -> Option<&'static str> {
+    match name {
+        "aws_lambda"
+        | "get_dynamodb"
+        | "get_secret"
+        | "get_registry_data"
+        | "machinelearning_predict" => Some("calls an AWS service, which weir does not do"),
+        "get_thing_shadow" => Some("needs device shadows, which weir does not have yet"),
+        "accountid" => Some("names the AWS account that owns the rule, and weir has none"),
+        _ => None,
+    }
+}

@@ -1,0 +1,219 @@
+//! The rewrite of a rule's expressions into ones DataFusion plans.
+//!
+//! In order: the AWS forms SQL lacks are desugared (a nested SELECT, `IS UNDEFINED`),
+//! `SET` variables are substituted where they are used, what a rule cannot do is refused
+//! with its position (subqueries, `*` inside an expression), AWS syntax is made SQL
+//! (`"..."` strings, AWS type names in `CAST`, 0-based indexes, AWS's `substring`), every
+//! function call is resolved by [`super::functions`], and the payload fields and metadata
+//! columns the expression reads are collected.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    self, Expr, Spanned, visit_expressions, visit_expressions_mut,
+};
+
+use super::ast::{call, done};
+use super::{SqlError, Variable, functions, nested};
+use crate::Engine;
+use crate::fields::FieldTree;
+use crate::meta::{self, MetaNeeds};
+
+/// Replaces every `@name` (and `@name.member`) with the variable's expression.
+pub(super) fn substitute_variables(
+    expr: &mut Expr,
+    variables: &[Variable],
+) -> Result<(), SqlError> {
+    let outcome = visit_expressions_mut(expr, |e| {
+        let (name, members, span) = match &*e {
+            Expr::Identifier(i) if i.quote_style.is_none() && i.value.starts_with('@') => {
+                (i.value.clone(), Vec::new(), i.span)
+            }
+            Expr::CompoundIdentifier(parts)
+                if parts[0].quote_style.is_none() && parts[0].value.starts_with('@') =>
+            {
+                (parts[0].value.clone(), parts[1..].to_vec(), parts[0].span)
+            }
+            _ => return ControlFlow::Continue(()),
+        };
+        let Some(v) = variables.iter().find(|v| v.name == name) else {
+            return ControlFlow::Break(SqlError::at(
+                format!("unknown variable {name}: define it first with SET {name} = <expression>"),
+                span,
+            ));
+        };
+        let value = Expr::Nested(Box::new(v.expr.clone()));
+        *e = if members.is_empty() {
+            value
+        } else {
+            Expr::CompoundFieldAccess {
+                root: Box::new(value),
+                access_chain: members
+                    .into_iter()
+                    .map(|m| ast::AccessExpr::Dot(Expr::Identifier(m)))
+                    .collect(),
+            }
+        };
+        ControlFlow::Continue(())
+    });
+    done(outcome)
+}
+
+/// The AWS forms that SQL lacks, in SQL: a nested SELECT becomes array or object
+/// expressions ([`nested`]), `IS [NOT] UNKNOWN` (read from `IS [NOT] UNDEFINED`)
+/// becomes `isUndefined()`.
+pub(super) fn desugar(expr: &mut Expr) -> Result<(), SqlError> {
+    let outcome = visit_expressions_mut(expr, |e| {
+        match e {
+            Expr::Subquery(q) => match nested::rewrite(q) {
+                Ok(r) => *e = Expr::Nested(Box::new(r)),
+                Err(err) => return ControlFlow::Break(err),
+            },
+            Expr::IsUnknown(x) => *e = call("isUndefined", vec![(**x).clone()]),
+            Expr::IsNotUnknown(x) => {
+                *e = Expr::UnaryOp {
+                    op: ast::UnaryOperator::Not,
+                    expr: Box::new(call("isUndefined", vec![(**x).clone()])),
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    });
+    done(outcome)
+}
+
+/// Rewrites an expression of a rule into one DataFusion plans: AWS syntax SQL lacks,
+/// `SET` variables, functions; refuses what a rule cannot do, and collects the payload
+/// fields and metadata columns it reads.
+pub(super) fn rewrite(
+    engine: &Engine,
+    expr: &mut Expr,
+    variables: &[Variable],
+    fields: &mut FieldTree,
+    needs: &mut MetaNeeds,
+) -> Result<(), SqlError> {
+    desugar(expr)?;
+    substitute_variables(expr, variables)?;
+
+    // Refuse what a rule cannot do, with its position.
+    let refused = visit_expressions(expr, |e| {
+        let what = match e {
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => "a subquery",
+            Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => "`*` inside an expression",
+            _ => return ControlFlow::Continue(()),
+        };
+        ControlFlow::Break(SqlError::at(
+            format!("{what} is not supported in a rule"),
+            e.span(),
+        ))
+    });
+    done(refused)?;
+
+    // AWS IoT SQL: "..." is a string (identifiers are quoted with backticks); CAST takes
+    // the AWS type names.
+    let _ = visit_expressions_mut(expr, |e| {
+        match e {
+            Expr::Identifier(i) if i.quote_style == Some('"') => {
+                *e = Expr::value(ast::Value::SingleQuotedString(std::mem::take(&mut i.value)));
+            }
+            Expr::Cast { data_type, .. } => {
+                if let Some(t) = functions::cast_type(data_type) {
+                    *data_type = t;
+                }
+            }
+            // AWS indexes arrays from 0 (`a[0]`), DataFusion from 1.
+            Expr::CompoundFieldAccess { access_chain, .. } => {
+                for access in access_chain.iter_mut() {
+                    // `a[1].b`: DataFusion takes the field as `['b']`.
+                    if let ast::AccessExpr::Dot(Expr::Identifier(field)) = access {
+                        *access = ast::AccessExpr::Subscript(ast::Subscript::Index {
+                            index: Expr::value(ast::Value::SingleQuotedString(field.value.clone())),
+                        });
+                        continue;
+                    }
+                    if let ast::AccessExpr::Subscript(ast::Subscript::Index { index }) = access {
+                        let is_key = matches!(index, Expr::Value(v)
+                            if matches!(v.value, ast::Value::SingleQuotedString(_)));
+                        if !is_key {
+                            *index = Expr::BinaryOp {
+                                left: Box::new(Expr::Nested(Box::new(index.clone()))),
+                                op: ast::BinaryOperator::Plus,
+                                right: Box::new(Expr::value(ast::Value::Number("1".into(), false))),
+                            };
+                        }
+                    }
+                }
+            }
+            // `substring(s, start, end)` is AWS's function (0-based, end exclusive), which
+            // sqlparser parses as SQL's SUBSTRING; only `SUBSTRING(s FROM a FOR n)` is SQL's.
+            Expr::Substring {
+                expr: inner,
+                substring_from: Some(from),
+                substring_for,
+                special: true,
+                ..
+            } => {
+                let mut args = vec![(**inner).clone(), (**from).clone()];
+                args.extend(substring_for.as_deref().cloned());
+                *e = call("substring", args);
+            }
+            // DataFusion's planner refuses NOT over a string before the AWS coercions in
+            // `types` can run; `x = false` means the same and reaches them.
+            Expr::UnaryOp {
+                op: ast::UnaryOperator::Not,
+                expr: inner,
+            } => {
+                *e = Expr::BinaryOp {
+                    left: Box::new(Expr::Nested(inner.clone())),
+                    op: ast::BinaryOperator::Eq,
+                    right: Box::new(Expr::value(ast::Value::Boolean(false))),
+                };
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+
+    // Every function call becomes what the function is in weir (see `functions`).
+    let state = engine.state();
+    let outcome = visit_expressions_mut(expr, |e| {
+        let span = e.span();
+        let Expr::Function(f) = &*e else {
+            return ControlFlow::Continue(());
+        };
+        // Both forms of a nested SELECT: their calls are checked one by one.
+        if f.name.to_string().eq_ignore_ascii_case(nested::SELECT_FROM) {
+            return ControlFlow::Continue(());
+        }
+        match functions::resolve(state, f, needs) {
+            Ok(Some(replacement)) => *e = replacement,
+            Ok(None) => {}
+            Err(message) => return ControlFlow::Break(SqlError::at(message, span)),
+        }
+        ControlFlow::Continue(())
+    });
+    done(outcome)?;
+
+    // Collect the payload paths the expression reads.
+    let _ = visit_expressions(expr, |e| {
+        match e {
+            Expr::Identifier(i) if i.value == meta::PAYLOAD => needs.payload = true,
+            Expr::Identifier(i) if !meta::is_meta(&i.value) => {
+                fields.add(std::slice::from_ref(&i.value))
+            }
+            Expr::CompoundIdentifier(parts) => {
+                let path: Vec<String> = parts.iter().map(|p| p.value.clone()).collect();
+                fields.add(&path);
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    // isNull(a.b) reads a.b, though its rewrite only names the null-flag column.
+    for path in &needs.json_null {
+        let parts: Vec<String> = path.split('.').map(str::to_owned).collect();
+        fields.add(&parts);
+    }
+    Ok(())
+}

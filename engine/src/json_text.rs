@@ -1,0 +1,110 @@
+//! Values whose JSON type is known only per message: `decode()` of a JSON document,
+//! `concat()` of arrays that mix element types, an array in a payload whose elements mix
+//! JSON types.
+//!
+//! Arrow columns have one type, so such a value travels as a string (`Utf8`) whose field
+//! carries the metadata [`JSON_TEXT`]. Operators see the string (so `decode(x) > 50`
+//! converts `"80"` as AWS converts a string), and the output encoder ([`Encoders`]) writes
+//! the text as JSON where it is a JSON document, and as a JSON string where it is not:
+//! `80` comes out as the number 80, `hello` as `"hello"`, `[1,"a"]` as an array.
+//! A field that is always of one type never takes this path.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::json::writer::{
+    Encoder, EncoderFactory, EncoderOptions, LineDelimited, NullableEncoder, WriterBuilder,
+};
+use datafusion::arrow::record_batch::RecordBatch;
+
+/// Field metadata key marking a string column as JSON text.
+pub const JSON_TEXT: &str = "weir.json_text";
+
+/// A nullable string field named `name`, marked as JSON text.
+pub fn json_text_field(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+        .with_metadata([(JSON_TEXT.to_owned(), "true".to_owned())].into())
+}
+
+/// Whether a field is marked as JSON text.
+pub fn is_json_text(f: &Field) -> bool {
+    f.metadata().contains_key(JSON_TEXT)
+}
+
+/// Writes a batch as JSON lines, one object per row, the way rules write their outputs:
+/// null (undefined) values are left out, and JSON text columns are written as the JSON
+/// they hold.
+pub fn write_lines(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+    let mut writer = WriterBuilder::new()
+        .with_explicit_nulls(false)
+        .with_encoder_factory(Arc::new(Encoders))
+        .build::<_, LineDelimited>(Vec::new());
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(writer.into_inner())
+}
+
+/// The output encoders: JSON text columns as JSON, everything else as arrow-json does.
+#[derive(Debug)]
+pub struct Encoders;
+
+struct JsonTextEncoder<'a>(&'a datafusion::arrow::array::StringArray);
+
+impl Encoder for JsonTextEncoder<'_> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        let text = self.0.value(idx);
+        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+            out.extend_from_slice(text.trim().as_bytes());
+        } else {
+            serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+        }
+    }
+}
+
+impl EncoderFactory for Encoders {
+    fn make_default_encoder<'a>(
+        &self,
+        field: &'a FieldRef,
+        array: &'a dyn Array,
+        _options: &'a EncoderOptions,
+    ) -> Result<Option<NullableEncoder<'a>>, ArrowError> {
+        if !is_json_text(field) || array.data_type() != &DataType::Utf8 {
+            return Ok(None);
+        }
+        let strings = array.as_string::<i32>();
+        Ok(Some(NullableEncoder::new(
+            Box::new(JsonTextEncoder(strings)),
+            strings.nulls().cloned(),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, StringArray};
+    use datafusion::arrow::datatypes::Schema;
+
+    fn encode(texts: &[Option<&str>]) -> String {
+        let schema = Arc::new(Schema::new(vec![json_text_field("v")]));
+        let array: ArrayRef = Arc::new(StringArray::from(texts.to_vec()));
+        let batch = RecordBatch::try_new(schema, vec![array]).unwrap();
+        String::from_utf8(write_lines(&batch).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn json_text_is_written_as_json_or_as_a_string() {
+        assert_eq!(
+            encode(&[
+                Some("80"),
+                Some("hello"),
+                Some(r#"[1,"a"]"#),
+                None,
+                Some(" true ")
+            ]),
+            "{\"v\":80}\n{\"v\":\"hello\"}\n{\"v\":[1,\"a\"]}\n{}\n{\"v\":true}\n"
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! A compiled rule: parsed once, planned once per input schema, evaluated per batch.
+//!
+//! [`Rule::process`] takes a batch of messages and returns, per message, its output(s) or
+//! why it failed. The fast path decodes the whole batch into one `RecordBatch` and runs the
+//! cached physical expressions over it. If anything in the batch goes wrong (a field whose
+//! type conflicts across messages, an expression that fails on one value), the batch is
+//! re-run one message at a time, so one bad message fails alone and the others pass.
+
+use std::borrow::Borrow;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::common::DFSchema;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ExprWithAlias};
+use serde_json::Value;
+
+use crate::decode::{self, DecodeError};
+use crate::dialect::{self, ParsedRule, SqlError, types};
+use crate::fields::FieldTree;
+use crate::meta::{self, MetaNeeds};
+use crate::{Engine, Message};
+
+mod encode;
+mod outcome;
+
+pub use encode::encode_json_rows;
+use encode::{splice, unwrap_value, with_nulls};
+pub use outcome::{Failure, FailureReason, Outcome, Output};
+
+/// How many distinct input schemas a rule keeps plans for.
+const PLAN_CACHE: usize = 16;
+
+struct Plan {
+    condition: Option<Arc<dyn PhysicalExpr>>,
+    columns: Vec<Arc<dyn PhysicalExpr>>,
+    templates: Vec<Arc<dyn PhysicalExpr>>,
+    output_schema: SchemaRef,
+}
+
+/// A rule ready to run.
+pub struct Rule {
+    engine: Arc<Engine>,
+    parsed: ParsedRule,
+    templates: Vec<SqlExpr>,
+    fields: FieldTree,
+    meta: MetaNeeds,
+    /// The fast decoding path's layout of `fields`, when the rule can take it.
+    shape: Option<decode::Shape>,
+    plans: Mutex<Vec<(SchemaRef, Arc<Plan>)>>,
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rule")
+            .field("parsed", &self.parsed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Either a problem with the batch's data or with evaluating it.
+enum RunError {
+    Data(String),
+    Eval(String),
+}
+
+impl Rule {
+    /// Parses and checks `sql`, and the template expressions (the insides of `${...}`) that
+    /// the rule's actions use. Planning against the rule's own field paths catches type and
+    /// function errors before any message arrives.
+    pub fn compile(
+        engine: &Arc<Engine>,
+        sql: &str,
+        template_exprs: &[String],
+    ) -> Result<Self, SqlError> {
+        let parsed = dialect::parse_rule(engine, sql)?;
+        let mut fields = parsed.fields.clone();
+        let mut meta = parsed.meta.clone();
+        let mut templates = Vec::with_capacity(template_exprs.len());
+        for text in template_exprs {
+            let e = dialect::parse_expr(engine, text, &parsed.variables).map_err(|mut e| {
+                e.message = format!("in template expression '${{{text}}}': {}", e.message);
+                e.line = None;
+                e.column = None;
+                e
+            })?;
+            fields.merge(&e.fields);
+            meta.merge(e.meta.clone());
+            templates.push(e.expr);
+        }
+        let shape = decode::Shape::new(&fields, meta.json_null.iter().map(String::as_str));
+        let rule = Self {
+            engine: engine.clone(),
+            parsed,
+            templates,
+            fields,
+            meta,
+            shape,
+            plans: Mutex::new(Vec::new()),
+        };
+        let schema = rule.meta.schema(&decode::reference_schema(&rule.fields));
+        rule.plan_for(&Arc::new(schema)).map_err(SqlError::new)?;
+        Ok(rule)
+    }
+
+    /// The topic filter of the rule's FROM clause.
+    pub fn topic_filter(&self) -> &str {
+        &self.parsed.topic_filter
+    }
+
+    /// Number of template expressions (the length of every [`Output::params`]).
+    pub fn template_count(&self) -> usize {
+        self.templates.len()
+    }
+
+    /// The fields this rule reads that are undefined (missing or null) in `payload`, as
+    /// `a.b.c` paths; empty when the payload is not a JSON object.
+    pub fn undefined_fields(&self, payload: &[u8]) -> Vec<String> {
+        match decode::project(payload, &self.fields) {
+            Ok(map) => decode::undefined_paths(&self.fields, &Value::Object(map)),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Runs the rule over a batch of messages whose topics matched its filter.
+    pub fn process<M: Borrow<Message>>(&self, msgs: &[M]) -> Outcome {
+        if let Some(shape) = &self.shape {
+            let payloads = msgs.iter().map(|m| m.borrow().payload.as_ref());
+            if let Some(columns) = shape.decode(payloads) {
+                let mut outcome = Outcome::default();
+                let indices: Vec<usize> = (0..msgs.len()).collect();
+                let run = self.run(
+                    msgs,
+                    &indices,
+                    columns.batch,
+                    columns.json_null,
+                    &mut outcome,
+                );
+                if run.is_ok() {
+                    return outcome;
+                }
+            }
+        }
+        self.process_general(msgs)
+    }
+
+    /// [`Rule::process`] without the fast decoding path: the reference it is tested against.
+    #[doc(hidden)]
+    pub fn process_general<M: Borrow<Message>>(&self, msgs: &[M]) -> Outcome {
+        let mut outcome = Outcome::default();
+        let mut rows = Vec::with_capacity(msgs.len());
+        // A rule that reads no field of the payload (`SELECT *`, `encode(*, 'base64')`,
+        // `topic()`) takes any bytes, JSON or not, as AWS does with binary payloads;
+        // `SELECT *, <more>` needs a JSON object to add to.
+        let adds_to_payload = self.parsed.star && !self.parsed.columns.is_empty();
+        let raw_only = self.fields.is_empty() && !adds_to_payload;
+        for (index, m) in msgs.iter().enumerate() {
+            if raw_only {
+                rows.push((index, Value::Object(serde_json::Map::new())));
+                continue;
+            }
+            match decode::project(&m.borrow().payload, &self.fields) {
+                Ok(map) => rows.push((index, Value::Object(map))),
+                Err(e) => outcome.failures.push(Failure {
+                    index,
+                    reason: match e {
+                        DecodeError::InvalidJson(_) => FailureReason::InvalidJson,
+                        DecodeError::NotAnObject => FailureReason::NotAnObject,
+                    },
+                    message: e.to_string(),
+                }),
+            }
+        }
+        if rows.is_empty() {
+            return outcome;
+        }
+        // AWS keeps Int and Decimal apart per message (20 stays 20, 20.5 stays 20.5), while
+        // a column has one type. Messages whose numbers are integers in one place and
+        // fractions in another run in separate batches, each with its own column types.
+        let groups = decode::group_by_number_kinds(rows, &self.fields);
+        let several = groups.len() > 1;
+        for rows in groups {
+            match self.run_rows(msgs, &rows, &mut outcome) {
+                Ok(()) => {}
+                Err(_) if rows.len() > 1 => {
+                    // Find the culprits: one message at a time.
+                    for row in rows.chunks(1) {
+                        if let Err(e) = self.run_rows(msgs, row, &mut outcome) {
+                            outcome.failures.push(failure(row[0].0, e));
+                        }
+                    }
+                }
+                Err(e) => outcome.failures.push(failure(rows[0].0, e)),
+            }
+        }
+        if several || outcome.outputs.windows(2).any(|w| w[0].index > w[1].index) {
+            outcome.outputs.sort_by_key(|o| o.index);
+        }
+        outcome.failures.sort_by_key(|f| f.index);
+        outcome
+    }
+
+    /// Runs the rule over projected payloads (the general decoding path).
+    fn run_rows<M: Borrow<Message>>(
+        &self,
+        msgs: &[M],
+        rows: &[(usize, Value)],
+        outcome: &mut Outcome,
+    ) -> Result<(), RunError> {
+        let payload = decode::rows_to_batch(rows, &self.fields).map_err(RunError::Data)?;
+        let json_null = self
+            .meta
+            .json_null
+            .iter()
+            .map(|path| {
+                let flags: BooleanArray = rows
+                    .iter()
+                    .map(|(_, v)| {
+                        Some(
+                            path.split('.')
+                                .try_fold(v, |v, k| v.get(k))
+                                .is_some_and(Value::is_null),
+                        )
+                    })
+                    .collect();
+                Arc::new(flags) as ArrayRef
+            })
+            .collect();
+        let indices: Vec<usize> = rows.iter().map(|(i, _)| *i).collect();
+        self.run(msgs, &indices, payload, json_null, outcome)
+    }
+
+    /// Runs the rule over the payload columns of the messages at `indices` in `msgs`, with
+    /// a JSON-null flag column per path of `meta.json_null`.
+    fn run<M: Borrow<Message>>(
+        &self,
+        msgs: &[M],
+        indices: &[usize],
+        payload: RecordBatch,
+        json_null: Vec<ArrayRef>,
+        outcome: &mut Outcome,
+    ) -> Result<(), RunError> {
+        let batch = self
+            .meta
+            .add_columns(payload, msgs, indices, json_null)
+            .map_err(RunError::Data)?;
+        let plan = self.plan_for(&batch.schema()).map_err(RunError::Data)?;
+        let n = batch.num_rows();
+
+        let (batch, selected): (RecordBatch, Vec<usize>) = match &plan.condition {
+            None => (batch, (0..n).collect()),
+            Some(cond) => {
+                let mask = cond
+                    .evaluate(&batch)
+                    .and_then(|v| v.into_array(n))
+                    .map_err(|e| RunError::Eval(e.to_string()))?;
+                if mask.data_type() == &DataType::Null {
+                    outcome.filtered_out += n;
+                    return Ok(());
+                }
+                let mask = mask.as_boolean();
+                let mask = if mask.null_count() > 0 {
+                    prep_null_mask_filter(mask)
+                } else {
+                    mask.clone()
+                };
+                let selected: Vec<usize> = (0..n).filter(|&i| mask.value(i)).collect();
+                let filtered = filter_record_batch(&batch, &mask)
+                    .map_err(|e| RunError::Eval(e.to_string()))?;
+                (filtered, selected)
+            }
+        };
+        outcome.filtered_out += n - selected.len();
+        if selected.is_empty() {
+            return Ok(());
+        }
+        let eval = |exprs: &[Arc<dyn PhysicalExpr>]| -> Result<Vec<ArrayRef>, RunError> {
+            exprs
+                .iter()
+                .map(|e| {
+                    e.evaluate(&batch)
+                        .and_then(|v| v.into_array(batch.num_rows()))
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| RunError::Eval(e.to_string()))
+        };
+        let columns = eval(&plan.columns)?;
+        let templates = eval(&plan.templates)?;
+        let encoded = self
+            .encode(&plan, columns, selected.len())
+            .map_err(RunError::Eval)?;
+        // Pass-through fields that were JSON null: (output name, null flags of the selected rows).
+        let nulls: Vec<(&str, &BooleanArray)> = self
+            .parsed
+            .passthrough
+            .iter()
+            .filter_map(|(i, path)| {
+                let flags = batch
+                    .column_by_name(&meta::json_null(path))?
+                    .as_boolean_opt()?;
+                Some((self.parsed.columns[*i].name.as_str(), flags))
+            })
+            .collect();
+        for (k, (row, json)) in selected.iter().zip(encoded).enumerate() {
+            let index = indices[*row];
+            let json = if nulls.iter().any(|(_, f)| f.value(k)) {
+                with_nulls(
+                    &json,
+                    nulls.iter().filter(|(_, f)| f.value(k)).map(|(n, _)| *n),
+                )
+            } else {
+                json
+            };
+            let payload = if self.parsed.star {
+                splice(&msgs[index].borrow().payload, &json)
+            } else if self.parsed.value {
+                match unwrap_value(&json) {
+                    Some(v) => v,
+                    None => {
+                        // SELECT VALUE of an undefined value: nothing to send.
+                        outcome.filtered_out += 1;
+                        continue;
+                    }
+                }
+            } else {
+                json
+            };
+            let params = templates
+                .iter()
+                .map(|a| {
+                    if a.is_null(k) {
+                        None
+                    } else {
+                        array_value_to_string(a, k).ok()
+                    }
+                })
+                .collect();
+            outcome.outputs.push(Output {
+                index,
+                payload,
+                params,
+            });
+        }
+        Ok(())
+    }
+
+    /// Encodes the output columns as one JSON object per row. Null (undefined) values are
+    /// left out of the objects.
+    fn encode(
+        &self,
+        plan: &Plan,
+        columns: Vec<ArrayRef>,
+        rows: usize,
+    ) -> Result<Vec<Bytes>, String> {
+        if columns.is_empty() {
+            return Ok(vec![Bytes::from_static(b"{}"); rows]);
+        }
+        let batch =
+            RecordBatch::try_new(plan.output_schema.clone(), columns).map_err(|e| e.to_string())?;
+        encode_json_rows(&batch)
+    }
+
+    /// The plan for a batch schema, from the cache or planned now.
+    fn plan_for(&self, schema: &SchemaRef) -> Result<Arc<Plan>, String> {
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, plan)) = plans
+            .iter()
+            .find(|(s, _)| Arc::ptr_eq(s, schema) || s == schema)
+        {
+            return Ok(plan.clone());
+        }
+        let plan = Arc::new(self.plan(schema)?);
+        if plans.len() >= PLAN_CACHE {
+            plans.remove(0);
+        }
+        plans.push((schema.clone(), plan.clone()));
+        Ok(plan)
+    }
+
+    fn plan(&self, schema: &SchemaRef) -> Result<Plan, String> {
+        let state = self.engine.state();
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| e.to_string())?;
+        let logical = |expr: &SqlExpr| -> Result<datafusion::logical_expr::Expr, String> {
+            let e = state
+                .create_logical_expr_from_sql_expr(
+                    ExprWithAlias {
+                        expr: dialect::nested::resolve(expr.clone(), schema),
+                        alias: None,
+                    },
+                    &df_schema,
+                )
+                .map_err(|e| e.strip_backtrace())?;
+            types::aws_coercions(e, &df_schema).map_err(|e| e.strip_backtrace())
+        };
+        let to_physical = |e| {
+            state
+                .create_physical_expr(e, &df_schema)
+                .map_err(|e| e.strip_backtrace())
+        };
+        let physical = |expr: &SqlExpr| to_physical(logical(expr)?);
+        let condition = match &self.parsed.condition {
+            None => None,
+            Some(c) => {
+                let cond = types::as_condition(logical(c)?, &df_schema)
+                    .map_err(|e| e.strip_backtrace())?;
+                let p = to_physical(cond)?;
+                let ty = p.data_type(schema).map_err(|e| e.to_string())?;
+                if !matches!(ty, DataType::Boolean | DataType::Null) {
+                    return Err(format!(
+                        "WHERE must be a condition, but '{c}' is of type {ty}"
+                    ));
+                }
+                Some(p)
+            }
+        };
+        let mut columns = Vec::with_capacity(self.parsed.columns.len());
+        let mut fields = Vec::with_capacity(self.parsed.columns.len());
+        for col in &self.parsed.columns {
+            let p = physical(&col.expr)?;
+            // The metadata says how to encode the value (see `crate::json_text`).
+            let field = p.return_field(schema).map_err(|e| e.to_string())?;
+            fields.push(
+                Field::new(&col.name, field.data_type().clone(), true)
+                    .with_metadata(field.metadata().clone()),
+            );
+            columns.push(p);
+        }
+        let templates = self
+            .templates
+            .iter()
+            .map(&physical)
+            .collect::<Result<_, _>>()?;
+        Ok(Plan {
+            condition,
+            columns,
+            templates,
+            output_schema: Arc::new(Schema::new(fields)),
+        })
+    }
+}
+
+fn failure(index: usize, e: RunError) -> Failure {
+    let (reason, message) = match e {
+        RunError::Data(m) => (FailureReason::TypeMismatch, m),
+        RunError::Eval(m) => (FailureReason::Evaluation, m),
+    };
+    Failure {
+        index,
+        reason,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

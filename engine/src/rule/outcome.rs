@@ -1,0 +1,63 @@
+//! What running a rule over a batch gives: per message, its outputs or why it failed.
+
+use bytes::Bytes;
+
+/// One output message of a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Index of the input message in the slice given to [`Rule::process`].
+    pub index: usize,
+    /// The output JSON object.
+    pub payload: Bytes,
+    /// The values of the rule's template expressions for this message (`None`: undefined).
+    pub params: Vec<Option<String>>,
+}
+
+/// Why a message produced no output although the rule's topic filter matched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// The payload is not valid JSON.
+    InvalidJson,
+    /// The payload is JSON but not an object.
+    NotAnObject,
+    /// A field has a type the rule cannot use (a string where it reads into an object, ...).
+    TypeMismatch,
+    /// An expression failed on this message's values.
+    Evaluation,
+}
+
+impl FailureReason {
+    /// A short stable name, used as a metrics label and in error-action messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::NotAnObject => "not_an_object",
+            Self::TypeMismatch => "type_mismatch",
+            Self::Evaluation => "evaluation_error",
+        }
+    }
+
+    pub const ALL: [FailureReason; 4] = [
+        Self::InvalidJson,
+        Self::NotAnObject,
+        Self::TypeMismatch,
+        Self::Evaluation,
+    ];
+}
+
+/// A message that failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub index: usize,
+    pub reason: FailureReason,
+    pub message: String,
+}
+
+/// What a batch produced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    pub outputs: Vec<Output>,
+    pub failures: Vec<Failure>,
+    /// Messages for which WHERE was false (or undefined).
+    pub filtered_out: usize,
+}

@@ -1,0 +1,327 @@
+//! The rule's unit tests: outputs, failures, templates, and the fast decoding path
+//! checked against the general one.
+
+use super::*;
+
+/// The walkthrough rule, as shipped.
+const SEED: &str = include_str!("../../../queries/high_temperature.sql");
+
+fn json(b: &Bytes) -> Value {
+    serde_json::from_slice(b).unwrap()
+}
+
+fn msg(payload: &str) -> Message {
+    Message::new(
+        "enterprise/facilities/plant-01/metrics",
+        payload.as_bytes().to_vec(),
+    )
+    .with_client_id("dev-7")
+}
+
+#[test]
+fn seed_rule_transforms_and_filters() {
+    let rule = Rule::compile(&Engine::new(), SEED, &[]).unwrap();
+    let msgs = [
+        msg(
+            r#"{"currentAmbientTemperature": 90.5, "geoCoordinates": {"latitude": 52.1, "longitude": 4.3}}"#,
+        ),
+        msg(
+            r#"{"currentAmbientTemperature": 20.0, "geoCoordinates": {"latitude": 1, "longitude": 2}}"#,
+        ),
+        msg(r#"{"currentAmbientTemperature": 100}"#),
+    ];
+    let out = rule.process(&msgs);
+    assert_eq!(out.failures, []);
+    assert_eq!(out.filtered_out, 1);
+    assert_eq!(out.outputs.len(), 2);
+    let first = json(&out.outputs[0].payload);
+    assert_eq!(first["deviceIdentifier"], "dev-7");
+    assert_eq!(first["celsiusReading"], 90.5);
+    assert!((first["fahrenheitReading"].as_f64().unwrap() - 194.9).abs() < 1e-9);
+    assert_eq!(first["lat"], 52.1);
+    assert_eq!(first["lon"], 4.3);
+    // Missing fields are undefined and left out.
+    let third = json(&out.outputs[1].payload);
+    assert_eq!(out.outputs[1].index, 2);
+    assert_eq!(third.as_object().unwrap().len(), 3, "{third}");
+    // Batched with 90.5, the integer 100 stays an integer (AWS's Int).
+    assert_eq!(
+        out.outputs[1].payload.slice(..).as_ref(),
+        &br#"{"deviceIdentifier":"dev-7","celsiusReading":100,"fahrenheitReading":212.0}"#[..]
+    );
+    assert_eq!(third["celsiusReading"], 100);
+}
+
+#[test]
+fn bad_messages_fail_alone() {
+    let rule = Rule::compile(&Engine::new(), SEED, &[]).unwrap();
+    let msgs = [
+        msg(r#"{"currentAmbientTemperature": 90}"#),
+        msg("not json"),
+        msg(r#"{"currentAmbientTemperature": 91, "geoCoordinates": "north"}"#),
+        msg("[1]"),
+        // A string that is not a number makes the comparison undefined: filtered out.
+        msg(r#"{"currentAmbientTemperature": "hot"}"#),
+        msg(r#"{"currentAmbientTemperature": 92}"#),
+    ];
+    let out = rule.process(&msgs);
+    let passed: Vec<usize> = out.outputs.iter().map(|o| o.index).collect();
+    assert_eq!(passed, [0, 5]);
+    let failed: Vec<(usize, &str)> = out
+        .failures
+        .iter()
+        .map(|f| (f.index, f.reason.as_str()))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (1, "invalid_json"),
+            (2, "type_mismatch"),
+            (3, "not_an_object"),
+        ]
+    );
+}
+
+#[test]
+fn star_keeps_the_payload_and_appends_columns() {
+    let e = Engine::new();
+    let rule = Rule::compile(&e, "SELECT * FROM 'a/b'", &[]).unwrap();
+    let out = rule.process(&[Message::new("a/b", &b" {\"x\": [1, {\"y\": 2}]} "[..])]);
+    assert_eq!(
+        json(&out.outputs[0].payload),
+        serde_json::json!({"x": [1, {"y": 2}]})
+    );
+    let rule = Rule::compile(&e, "SELECT *, 15 AS speed FROM 'a/b' WHERE t > 1", &[]).unwrap();
+    let out = rule.process(&[
+        Message::new("a/b", &br#"{"color": "red", "t": 50}"#[..]),
+        Message::new("a/b", &br#"{"t": 0}"#[..]),
+    ]);
+    assert_eq!(out.outputs.len(), 1);
+    assert_eq!(
+        json(&out.outputs[0].payload),
+        serde_json::json!({"color": "red", "t": 50, "speed": 15})
+    );
+}
+
+#[test]
+fn nested_objects_come_out_nested() {
+    let rule = Rule::compile(&Engine::new(), "SELECT g, g.a.b AS deep FROM '#'", &[]).unwrap();
+    let out = rule.process(&[Message::new(
+        "x",
+        &br#"{"g": {"a": {"b": 1}, "c": "s"}}"#[..],
+    )]);
+    assert_eq!(
+        json(&out.outputs[0].payload),
+        serde_json::json!({"g": {"a": {"b": 1}, "c": "s"}, "deep": 1})
+    );
+}
+
+#[test]
+fn templates_are_evaluated_per_message() {
+    let exprs = vec![
+        "topic(3)".to_owned(),
+        "clientid()".to_owned(),
+        "v * 2".to_owned(),
+    ];
+    let rule = Rule::compile(&Engine::new(), "SELECT v FROM 'a/+/+'", &exprs).unwrap();
+    let out = rule.process(&[
+        Message::new("a/b/c", &br#"{"v": 2}"#[..]).with_client_id("me"),
+        Message::new("a/b/d", &br#"{}"#[..]),
+    ]);
+    assert_eq!(
+        out.outputs[0].params,
+        [Some("c".into()), Some("me".into()), Some("4".into())]
+    );
+    assert_eq!(out.outputs[1].params, [Some("d".into()), None, None]);
+}
+
+#[test]
+fn templates_may_use_set_variables() {
+    let exprs = vec!["@level".to_owned(), "@geo.lat".to_owned()];
+    let rule = Rule::compile(
+        &Engine::new(),
+        "SET @level = CASE WHEN t > 50 THEN 'high' ELSE 'low' END, @geo = g SELECT t FROM 'a'",
+        &exprs,
+    )
+    .unwrap();
+    let out = rule.process(&[Message::new("a", &br#"{"t": 60, "g": {"lat": 1.5}}"#[..])]);
+    assert_eq!(
+        out.outputs[0].params,
+        [Some("high".into()), Some("1.5".into())]
+    );
+    let err = Rule::compile(&Engine::new(), "SELECT t FROM 'a'", &exprs).unwrap_err();
+    assert!(err.message.contains("unknown variable @level"), "{err}");
+}
+
+#[test]
+fn trace_ids_name_the_message_across_rules() {
+    let e = Engine::new();
+    let a = Rule::compile(&e, "SELECT traceid() AS t FROM 'a'", &[]).unwrap();
+    let b = Rule::compile(&e, "SELECT v FROM 'a'", &["traceid()".to_owned()]).unwrap();
+    let msgs = [
+        Message::new("a", &br#"{"v": 1}"#[..]),
+        Message::new("a", &br#"{"v": 2}"#[..]),
+    ];
+    let (out_a, out_b) = (a.process(&msgs), b.process(&msgs));
+    let ids: Vec<String> = out_a
+        .outputs
+        .iter()
+        .map(|o| json(&o.payload)["t"].as_str().unwrap().to_owned())
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(ids[0].len(), 36);
+    assert_eq!(&ids[0][14..15], "4", "{}", ids[0]);
+    assert_eq!(out_b.outputs[0].params[0].as_deref(), Some(ids[0].as_str()));
+    assert_eq!(out_b.outputs[1].params[0].as_deref(), Some(ids[1].as_str()));
+}
+
+#[test]
+fn evaluation_errors_fail_the_message() {
+    let rule = Rule::compile(&Engine::new(), "SELECT 10 / d AS q FROM 'a'", &[]).unwrap();
+    let out = rule.process(&[
+        Message::new("a", &br#"{"d": 2}"#[..]),
+        Message::new("a", &br#"{"d": 0}"#[..]),
+    ]);
+    assert_eq!(out.outputs.len(), 1);
+    assert_eq!(json(&out.outputs[0].payload), serde_json::json!({"q": 5}));
+    assert_eq!(out.failures[0].index, 1);
+    assert_eq!(out.failures[0].reason, FailureReason::Evaluation);
+    assert!(
+        out.failures[0].message.contains("Divide by zero"),
+        "{:?}",
+        out.failures
+    );
+}
+
+#[test]
+fn compile_errors() {
+    let e = Engine::new();
+    let err = Rule::compile(&e, "SELECT a FROM 'x' WHERE a + 1", &[]).unwrap_err();
+    assert!(err.message.contains("WHERE must be a condition"), "{err}");
+    let err = Rule::compile(&e, "SELECT a FROM 'x'", &["nosuch(1)".to_owned()]).unwrap_err();
+    assert!(err.message.contains("template expression"), "{err}");
+}
+
+#[test]
+fn scalar_batches_take_the_fast_path_and_others_do_not() {
+    let rule = Rule::compile(&Engine::new(), SEED, &[]).unwrap();
+    let shape = rule.shape.as_ref().expect("the seed rule has a fast path");
+    let fast = |payloads: &[&str]| {
+        shape
+            .decode(payloads.iter().map(|p| p.as_bytes()))
+            .is_some()
+    };
+    assert!(fast(&[
+        r#"{"currentAmbientTemperature": 90.5, "geoCoordinates": {"latitude": 52.1}, "x": [1]}"#,
+        r#"{"currentAmbientTemperature": null, "geoCoordinates": null}"#,
+        r#"{"other": {"deep": [1, {"a": "b"}]}}"#,
+    ]));
+    // An Int after a Decimal, a string after a number, an object where a scalar is
+    // read, a scalar where an object is read into, a duplicate key, bad JSON.
+    assert!(!fast(&[
+        r#"{"currentAmbientTemperature": 90.5}"#,
+        r#"{"currentAmbientTemperature": 90}"#
+    ]));
+    assert!(!fast(&[
+        r#"{"currentAmbientTemperature": 90.5}"#,
+        r#"{"currentAmbientTemperature": "hot"}"#
+    ]));
+    assert!(!fast(&[r#"{"currentAmbientTemperature": {"c": 1}}"#]));
+    assert!(!fast(&[r#"{"geoCoordinates": 5}"#]));
+    assert!(!fast(&[
+        r#"{"currentAmbientTemperature": 1, "currentAmbientTemperature": 2}"#
+    ]));
+    assert!(!fast(&[r#"{"currentAmbientTemperature": 1"#]));
+    assert!(!fast(&["[1]"]));
+    // A rule that reads the whole payload never does.
+    let star = Rule::compile(&Engine::new(), "SELECT * FROM 't'", &[]).unwrap();
+    assert!(star.shape.is_none());
+}
+
+mod fast_path {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            (-5i64..5).prop_map(|i| i.to_string()),
+            (-50i64..50).prop_map(|i| format!("{}.5", i)),
+            Just("\"a\"".to_owned()),
+            Just("\"b\\\"c\"".to_owned()),
+            Just("18446744073709551615".to_owned()),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => scalar(),
+            1 => prop::collection::vec(scalar(), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
+            2 => prop::collection::vec((prop_oneof![Just("x"), Just("y"), Just("z")], scalar()), 0..3)
+                .prop_map(|kv| {
+                    let members: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+        ]
+    }
+
+    fn payload() -> impl Strategy<Value = String> {
+        prop_oneof![
+            20 => prop::collection::vec((prop_oneof![Just("a"), Just("b"), Just("g"), Just("o")], value()), 0..5)
+                .prop_map(|kv| {
+                    let members: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            1 => Just("not json".to_owned()),
+            1 => Just("[1]".to_owned()),
+        ]
+    }
+
+    /// Batches that agree on their types, so that most of them take the fast path.
+    fn uniform() -> impl Strategy<Value = Vec<String>> {
+        (scalar(), scalar(), 1usize..6).prop_map(|(a, x, n)| {
+            (0..n)
+                .map(|i| match i % 3 {
+                    0 => format!(r#"{{"a": {a}, "g": {{"x": {x}, "y": 1}}, "o": [1]}}"#),
+                    1 => format!(r#"{{"b": "s{i}", "g": null}}"#),
+                    _ => format!(r#"{{"a": null, "g": {{"x": {x}}}}}"#),
+                })
+                .collect()
+        })
+    }
+
+    const RULES: [&str; 6] = [
+        "SELECT a, b, g.x AS x FROM 't'",
+        "SELECT a + 1 AS n, g.x AS x, g.y AS y FROM 't' WHERE g.x <> 0 OR a > 0",
+        "SELECT isUndefined(a) AS u, isNull(g.x) AS n, g.x FROM 't'",
+        "SELECT VALUE g.x FROM 't' WHERE NOT isUndefined(g.x)",
+        "SELECT g, a FROM 't'",
+        "SELECT *, a AS aa FROM 't'",
+    ];
+
+    fn check(payloads: &[String]) -> Result<(), TestCaseError> {
+        let msgs: Vec<Message> = payloads
+            .iter()
+            .map(|p| Message::new("t", p.as_bytes().to_vec()))
+            .collect();
+        for sql in RULES {
+            let rule = Rule::compile(&Engine::new(), sql, &[]).unwrap();
+            prop_assert_eq!(rule.process(&msgs), rule.process_general(&msgs), "{}", sql);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_general_path(payloads in prop::collection::vec(payload(), 1..6)) {
+            check(&payloads)?;
+        }
+
+        #[test]
+        fn agrees_on_uniform_batches(payloads in uniform()) {
+            check(&payloads)?;
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The HTTP API: rules CRUD, enable/disable, the rule test endpoint, metrics, health,
+//! readiness and the OpenAPI document. Handlers only translate HTTP: every rule change
+//! goes through the [`RuleService`], every error is an [`ApiError`].
+
+mod error;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+pub use error::ApiError;
+use serde_json::{Value, json};
+
+use crate::rules::RuleService;
+use crate::rules::spec::{RuleSpec, StoredRule, validate_name};
+
+/// Shared state of the API handlers.
+pub struct AppState {
+    pub rules: Arc<RuleService>,
+    /// Whether weir serves traffic: false while it starts (rules load) and once it stops.
+    pub ready: AtomicBool,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/rules", get(list_rules))
+        .route(
+            "/v1/rules/{name}",
+            get(get_rule).put(put_rule).delete(delete_rule),
+        )
+        .route("/v1/rules/{name}/enable", post(enable_rule))
+        .route("/v1/rules/{name}/disable", post(disable_rule))
+        .route("/v1/test", post(test_rule))
+        .route("/metrics", get(metrics))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/openapi.yaml", get(openapi))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .with_state(state)
+}
+
+fn rule_json(r: &StoredRule) -> Value {
+    let mut v = serde_json::to_value(r).expect("a rule serialises");
+    // The topic filter is handy in listings; it is derived, so it is not stored.
+    if let Ok(filter) = weir_engine::dialect::topic_filter_of(&r.spec.sql) {
+        v["topic_filter"] = json!(filter);
+    }
+    v
+}
+
+async fn list_rules(State(s): State<Arc<AppState>>) -> Response {
+    let rules: Vec<Value> = s.rules.list().await.iter().map(rule_json).collect();
+    axum::Json(json!({ "rules": rules })).into_response()
+}
+
+async fn get_rule(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = s
+        .rules
+        .get(&name)
+        .await
+        .ok_or(crate::rules::RuleError::NotFound(name))?;
+    Ok(axum::Json(rule_json(&r)).into_response())
+}
+
+/// Parses a JSON body with an error that says where it is wrong.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice::<T>(body).map_err(|e| ApiError::body(&e))
+}
+
+async fn put_rule(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    validate_name(&name).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m))?;
+    let spec: RuleSpec = parse_body(&body)?;
+    let (rule, created) = s.rules.put(&name, spec, "api".to_owned()).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(rule_json(&rule))).into_response())
+}
+
+async fn enable_rule(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let rule = s.rules.set_enabled(&name, true).await?;
+    Ok(axum::Json(rule_json(&rule)).into_response())
+}
+
+async fn disable_rule(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let rule = s.rules.set_enabled(&name, false).await?;
+    Ok(axum::Json(rule_json(&rule)).into_response())
+}
+
+async fn delete_rule(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    s.rules.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/test`: a rule tried on sample messages (see [`crate::rules::test_run`]).
+async fn test_rule(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let report = s.rules.test(parse_body(&body)?)?;
+    Ok(axum::Json(report).into_response())
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.rules.pipeline().metrics().render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        axum::Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "weir is starting or stopping",
+        )
+        .into_response()
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        include_str!("../../docs/openapi.yaml"),
+    )
+        .into_response()
+}

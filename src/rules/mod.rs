@@ -1,0 +1,262 @@
+//! The rule service: the one place rules are checked, stored and started, for the HTTP
+//! API and for startup alike.
+//!
+//! A rule is checked once per change ([`RuleService::check`]): its SQL version, its
+//! actions (each validated by its sink, which also parses its `${...}` templates) and its
+//! SQL, compiled with the actions' template expressions. Then, if it is enabled, its sinks
+//! are built; it is stored; and the pipeline starts it (or stops it, when disabled).
+//! Changes are serialised by the store's lock.
+//!
+//! * [`spec`]: a rule as users write it and as weir stores it.
+//! * [`test_run`]: a rule tried on sample messages without deploying it.
+
+pub mod spec;
+pub mod test_run;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::Mutex;
+use weir_connectors::sink::ConfigError;
+use weir_engine::template::TemplateExprs;
+use weir_engine::{Engine, Rule, SqlError, now_ms};
+
+use crate::pipeline::{CompiledRule, Pipeline};
+use crate::rule_store::RuleStore;
+use spec::{RuleSpec, SQL_VERSION, StoredRule, parse_rule_file, validate_name};
+
+/// Why a rule change was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("{0}")]
+    Sql(SqlError),
+    /// An action's configuration, or building its sink.
+    #[error("{context}: {message}")]
+    Action { context: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("no rule named '{0}'")]
+    NotFound(String),
+    /// Something else in the request is wrong.
+    #[error("{0}")]
+    Request(String),
+    /// The store could not be written: the change was not made.
+    #[error(transparent)]
+    Store(anyhow::Error),
+}
+
+impl RuleError {
+    fn action(context: impl Into<String>, e: ConfigError) -> Self {
+        Self::Action {
+            context: context.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub struct RuleService {
+    engine: Arc<Engine>,
+    pipeline: Arc<Pipeline>,
+    /// The store; its lock also serialises rule changes.
+    store: Mutex<RuleStore>,
+}
+
+impl RuleService {
+    pub fn new(engine: Arc<Engine>, pipeline: Arc<Pipeline>, store: RuleStore) -> Self {
+        Self {
+            engine,
+            pipeline,
+            store: Mutex::new(store),
+        }
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Checks a rule without building anything: SQL version, actions, SQL.
+    pub fn check(&self, spec: &RuleSpec) -> Result<CompiledRule, RuleError> {
+        if spec.sql_version != SQL_VERSION {
+            return Err(RuleError::Invalid {
+                field: "sql_version",
+                message: format!(
+                    "SQL version '{}' is not supported; weir implements AWS IoT SQL {SQL_VERSION}",
+                    spec.sql_version,
+                ),
+            });
+        }
+        // The actions' template expressions, in the order in which the rule evaluates
+        // them for every output: the validated actions index into this list.
+        let mut exprs = TemplateExprs::default();
+        let mut actions = Vec::with_capacity(spec.actions.len());
+        for (i, a) in spec.actions.iter().enumerate() {
+            actions.push(
+                a.validate(&mut exprs)
+                    .map_err(|e| RuleError::action(format!("actions[{i}]"), e))?,
+            );
+        }
+        let error_action = match &spec.error_action {
+            None => None,
+            Some(a) => {
+                let mut own = TemplateExprs::default();
+                let action = a
+                    .validate(&mut own)
+                    .map_err(|e| RuleError::action("error_action", e))?;
+                if !own.as_slice().is_empty() {
+                    return Err(RuleError::Action {
+                        context: "error_action".to_owned(),
+                        message: "the error action's parameters cannot use ${...} templates"
+                            .to_owned(),
+                    });
+                }
+                Some(action)
+            }
+        };
+        let rule =
+            Rule::compile(&self.engine, &spec.sql, exprs.as_slice()).map_err(RuleError::Sql)?;
+        debug_assert_eq!(exprs.as_slice().len(), rule.template_count());
+        Ok(CompiledRule {
+            rule: Arc::new(rule),
+            actions,
+            error_action,
+        })
+    }
+
+    /// Creates or replaces a rule: checks it, builds its sinks if it is enabled, stores
+    /// it and starts it (or stops it, when disabled). Returns the stored rule and whether
+    /// it is new.
+    pub async fn put(
+        &self,
+        name: &str,
+        spec: RuleSpec,
+        source: String,
+    ) -> Result<(StoredRule, bool), RuleError> {
+        validate_name(name).map_err(RuleError::InvalidName)?;
+        let mut store = self.store.lock().await;
+        let created = store.get(name).map(|r| r.created_at_ms);
+        let rule = StoredRule {
+            name: name.to_owned(),
+            spec,
+            source,
+            created_at_ms: created.unwrap_or_else(now_ms),
+            updated_at_ms: now_ms(),
+        };
+        self.apply(&mut store, rule.clone()).await?;
+        Ok((rule, created.is_none()))
+    }
+
+    /// Enables or disables a stored rule.
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<StoredRule, RuleError> {
+        let mut store = self.store.lock().await;
+        let mut rule = store
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RuleError::NotFound(name.to_owned()))?;
+        if rule.spec.enabled != enabled {
+            rule.spec.enabled = enabled;
+            rule.updated_at_ms = now_ms();
+            self.apply(&mut store, rule.clone()).await?;
+        }
+        Ok(rule)
+    }
+
+    /// Deletes a rule: it stops, and its metrics are forgotten.
+    pub async fn delete(&self, name: &str) -> Result<(), RuleError> {
+        let mut store = self.store.lock().await;
+        store
+            .remove(name)
+            .map_err(RuleError::Store)?
+            .ok_or_else(|| RuleError::NotFound(name.to_owned()))?;
+        self.pipeline.stop(name);
+        self.pipeline.metrics().forget_rule(name);
+        Ok(())
+    }
+
+    pub async fn get(&self, name: &str) -> Option<StoredRule> {
+        self.store.lock().await.get(name).cloned()
+    }
+
+    pub async fn list(&self) -> Vec<StoredRule> {
+        self.store.lock().await.list().cloned().collect()
+    }
+
+    /// Checks a rule, stores it and makes the pipeline run it (or stop it, when disabled).
+    async fn apply(&self, store: &mut RuleStore, rule: StoredRule) -> Result<(), RuleError> {
+        let compiled = self.check(&rule.spec)?;
+        let prepared = if rule.spec.enabled {
+            Some(
+                self.pipeline
+                    .build(&rule.name, compiled)
+                    .await
+                    .map_err(|e| RuleError::Action {
+                        context: e.context,
+                        message: e.message,
+                    })?,
+            )
+        } else {
+            None
+        };
+        store.put(rule.clone()).map_err(RuleError::Store)?;
+        match prepared {
+            Some(p) => self.pipeline.start(&rule.name, p),
+            None => self.pipeline.stop(&rule.name),
+        }
+        Ok(())
+    }
+
+    /// Starts the stored rules, after loading the rule files of `queries_dir` into the
+    /// store (a file replaces a stored rule of the same name). A rule file that is not
+    /// valid stops weir; a stored rule that no longer starts is logged and left stopped.
+    pub async fn load(&self, queries_dir: &Path) -> anyhow::Result<()> {
+        let mut from_files = std::collections::HashSet::new();
+        if let Ok(entries) = std::fs::read_dir(queries_dir) {
+            let mut files: Vec<_> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+                .collect();
+            files.sort();
+            for path in files {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let (name, spec) = parse_rule_file(&path, &text)?;
+                self.put(&name, spec, format!("file:{}", path.display()))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("rule file {}: {e}", path.display()))?;
+                tracing::info!(rule = %name, file = %path.display(), "loaded rule file");
+                from_files.insert(name);
+            }
+        }
+        let stored: Vec<StoredRule> = self
+            .list()
+            .await
+            .into_iter()
+            .filter(|r| r.spec.enabled && !from_files.contains(&r.name))
+            .collect();
+        for rule in stored {
+            let started = async {
+                let compiled = self.check(&rule.spec)?;
+                let prepared = self
+                    .pipeline
+                    .build(&rule.name, compiled)
+                    .await
+                    .map_err(|e| RuleError::Action {
+                        context: e.context,
+                        message: e.message,
+                    })?;
+                self.pipeline.start(&rule.name, prepared);
+                Ok::<(), RuleError>(())
+            };
+            if let Err(e) = started.await {
+                tracing::error!(rule = %rule.name, error = %e, "stored rule cannot start");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,155 @@
+//! A rule as users write it: the JSON document of `PUT /v1/rules/{name}`, or a `.sql` file
+//! of the queries directory with the rest of the rule in `--` comment lines; and the rule
+//! as weir stores it, with its name, source and times.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use weir_connectors::sinks::ActionConfig;
+
+/// A rule as a user submits it (`PUT /v1/rules/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub sql: String,
+    pub actions: Vec<ActionConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_action: Option<ActionConfig>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The AWS IoT SQL version the rule is written in (AWS's `awsIotSqlVersion`).
+    #[serde(default = "current_sql_version")]
+    pub sql_version: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The AWS IoT SQL version weir implements, and the default for rules.
+pub const SQL_VERSION: &str = "2016-03-23";
+
+pub(crate) fn current_sql_version() -> String {
+    SQL_VERSION.to_owned()
+}
+
+/// A rule as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRule {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: RuleSpec,
+    /// `api`, or `file:<path>` for rules loaded from the queries directory.
+    pub source: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Checks a rule name: 1 to 128 letters, digits, '_' or '-'.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(format!(
+            "rule name must have 1 to 128 characters, got {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "rule name '{name}' contains '{c}'; use letters, digits, '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// A rule file from the queries directory: SQL, with the rest of the rule in `--` comment
+/// lines at the top:
+///
+/// ```sql
+/// -- description: Alert on hot machines
+/// -- action: {"republish": {"topic": "alerts/${topic(3)}"}}
+/// -- error_action: {"republish": {"topic": "weir/errors"}}
+/// -- enabled: true
+/// -- sql_version: 2016-03-23
+/// SELECT ... FROM '...' WHERE ...
+/// ```
+///
+/// The rule's name is the file name without `.sql`.
+pub fn parse_rule_file(path: &Path, text: &str) -> anyhow::Result<(String, RuleSpec)> {
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("rule file name is not UTF-8")?
+        .to_owned();
+    validate_name(&name).map_err(anyhow::Error::msg)?;
+    let mut spec = RuleSpec {
+        sql: String::new(),
+        actions: Vec::new(),
+        error_action: None,
+        enabled: true,
+        description: None,
+        sql_version: current_sql_version(),
+    };
+    for (i, line) in text.lines().enumerate() {
+        let Some(comment) = line.trim().strip_prefix("--") else {
+            continue;
+        };
+        let Some((key, value)) = comment.trim().split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        let at = || format!("{}:{}", path.display(), i + 1);
+        match key.trim() {
+            "action" => spec
+                .actions
+                .push(serde_json::from_str(value).with_context(|| format!("{}: action", at()))?),
+            "error_action" => {
+                spec.error_action = Some(
+                    serde_json::from_str(value)
+                        .with_context(|| format!("{}: error_action", at()))?,
+                )
+            }
+            "description" => spec.description = Some(value.to_owned()),
+            "sql_version" => spec.sql_version = value.to_owned(),
+            "enabled" => {
+                spec.enabled = value
+                    .parse()
+                    .with_context(|| format!("{}: enabled must be true or false", at()))?
+            }
+            _ => {}
+        }
+    }
+    spec.sql = text.to_owned();
+    Ok((name, spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("high_temp-1").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a b").is_err());
+        assert!(validate_name(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn rule_files() {
+        let text = "-- description: hot\n-- action: {\"republish\": {\"topic\": \"x\"}}\n-- enabled: false\nSELECT * FROM 'a'\n";
+        let (name, spec) = parse_rule_file(Path::new("queries/hot.sql"), text).unwrap();
+        assert_eq!(name, "hot");
+        assert_eq!(spec.actions.len(), 1);
+        assert!(!spec.enabled);
+        assert_eq!(spec.description.as_deref(), Some("hot"));
+        let bad = "-- action: {\"kafka\": {}}\nSELECT 1";
+        let err = parse_rule_file(Path::new("x.sql"), bad).unwrap_err();
+        assert!(format!("{err:#}").contains("x.sql:1"), "{err:#}");
+    }
+}
