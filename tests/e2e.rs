@@ -1,5 +1,6 @@
-//! End to end with the embedded broker: the real weir binary, a real MQTT client, a real
-//! HTTP receiver, files on disk.
+//! End to end with the embedded broker: weir in the test process (and the real binary
+//! where a crash, a signal or the exit code is the point), a real MQTT client, a real HTTP
+//! receiver, files on disk.
 
 mod common;
 
@@ -225,7 +226,7 @@ async fn webhook_retries_5xx_and_sends_4xx_to_the_error_action() {
 #[tokio::test]
 async fn rules_are_managed_over_http_and_survive_a_restart() {
     let dir = temp_dir("crud");
-    let mut weir = Weir::start(&dir, &[]).await;
+    let mut weir = WeirProcess::start(&dir, &[]).await;
     let rule = json!({"sql": "SELECT v FROM 'a/+'", "actions": [{"republish": {"topic": "b/${topic(2)}"}}]});
     assert_eq!(weir.put_rule("r1", rule.clone()).await.0, 201);
     assert_eq!(weir.put_rule("r1", rule.clone()).await.0, 200);
@@ -271,7 +272,7 @@ async fn rules_are_managed_over_http_and_survive_a_restart() {
     weir.kill();
     drop(watcher);
     drop(device);
-    let weir = Weir::start_on(&dir, http, mqtt, &[]).await;
+    let weir = WeirProcess::start_on(&dir, http, mqtt, &[]).await;
     let (status, one) = weir.request(Method::GET, "/v1/rules/r1").await;
     assert_eq!(status, 200);
     assert!(one["sql"].as_str().unwrap().contains("v * 10"));
@@ -470,7 +471,7 @@ async fn rule_files_are_loaded_at_start() {
         1.0,
     )
     .await;
-    assert!(weir.terminate().success());
+    weir.stop().await.expect("weir stops cleanly");
     let out = dir.join("out").join("high_temperature");
     let files: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
@@ -482,6 +483,28 @@ async fn rule_files_are_loaded_at_start() {
         &serde_json::from_str(line.trim()).unwrap(),
         Some("plant-sensor-1"),
     );
+}
+
+/// The HTTP API answers while weir loads its rules: `/readyz` says 503 until they run.
+#[tokio::test]
+async fn readiness_waits_for_the_rules_to_load() {
+    let dir = temp_dir("ready");
+    let queries = dir.join("queries");
+    std::fs::create_dir_all(&queries).unwrap();
+    for i in 0..300 {
+        std::fs::write(
+            queries.join(format!("r{i}.sql")),
+            format!("-- action: {{\"republish\": {{\"topic\": \"out/{i}\"}}}}\nSELECT a + {i} AS b FROM 'in/{i}'\n"),
+        )
+        .unwrap();
+    }
+    let weir = Weir::start(&dir, &["--queries-dir", queries.to_str().unwrap()]).await;
+    assert!(
+        weir.answered_not_ready,
+        "/readyz answered 503 while the rules loaded"
+    );
+    let (_, list) = weir.request(Method::GET, "/v1/rules").await;
+    assert_eq!(list["rules"].as_array().unwrap().len(), 300);
 }
 
 #[tokio::test]
@@ -498,7 +521,7 @@ async fn a_taken_port_is_a_one_line_error_naming_the_setting() {
         ])
         // Settings come from the environment as well as from flags.
         .env("WEIR_MQTT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WEIR_DATA_DIR", &dir)
+        .env("WEIR_DATA_DIR", &*dir)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -570,7 +593,7 @@ async fn a_crash_leaves_no_half_written_file_and_the_next_start_completes_it() {
         visible(&out_dir).is_empty(),
         "nothing is visible before it is complete"
     );
-    let _weir = Weir::start_on(&dir, http, mqtt, &[]).await;
+    let _weir = WeirProcess::start_on(&dir, http, mqtt, &[]).await;
     let files = visible(&out_dir);
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
@@ -579,9 +602,12 @@ async fn a_crash_leaves_no_half_written_file_and_the_next_start_completes_it() {
 
 /// Starts weir with a rule that writes `{"n": ...}` lines to `<dir>/out` (rolled only by
 /// age, an hour) and publishes `rows` messages to it; returns when all were written.
-async fn file_rule_with_rows(dir: &std::path::Path, rows: u32) -> (Weir, std::path::PathBuf, Mqtt) {
+async fn file_rule_with_rows(
+    dir: &std::path::Path,
+    rows: u32,
+) -> (WeirProcess, std::path::PathBuf, Mqtt) {
     let out_dir = dir.join("out");
-    let weir = Weir::start(dir, &[]).await;
+    let weir = WeirProcess::start(dir, &[]).await;
     let url = format!("file://{}", out_dir.display());
     let rule = json!({"sql": "SELECT n FROM 'f'", "actions": [{"object_store": {"url": url, "max_age": "1h"}}]});
     assert_eq!(weir.put_rule("files", rule).await.0, 201);

@@ -147,7 +147,7 @@ async fn a_persistent_session_delivers_what_was_published_while_weir_was_down() 
         "--broker-clean-session",
         "false",
     ];
-    let mut weir = Weir::start(&dir, &args).await;
+    let mut weir = WeirProcess::start(&dir, &args).await;
     let rule = json!({"sql": "SELECT n FROM 'q/in'", "actions": [{"republish": {"topic": "q/out", "qos": 1}}]});
     assert_eq!(weir.put_rule("q", rule).await.0, 201);
     let mut watcher = Mqtt::connect(broker.addr, "watcher").await;
@@ -164,7 +164,7 @@ async fn a_persistent_session_delivers_what_was_published_while_weir_was_down() 
         device.publish("q/in", format!(r#"{{"n": {n}}}"#)).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let _weir = Weir::start_on(&dir, http, mqtt, &args).await;
+    let _weir = WeirProcess::start_on(&dir, http, mqtt, &args).await;
     let mut got = Vec::new();
     while got.len() < 3 {
         let (_, v) = watcher

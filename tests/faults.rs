@@ -200,7 +200,7 @@ async fn weir_killed_mid_stream_and_restarted_on_the_same_session() {
         "--batch-linger",
         "0ms",
     ];
-    let mut weir = Weir::start(&dir, &args).await;
+    let mut weir = WeirProcess::start(&dir, &args).await;
     let rule = json!({"sql": "SELECT n FROM 'kill/#'", "actions": [{"webhook": {"url": hook.url("/in")}}]});
     assert_eq!(weir.put_rule("kill", rule).await.0, 201);
     // Wait for the subscription.
@@ -237,7 +237,7 @@ async fn weir_killed_mid_stream_and_restarted_on_the_same_session() {
         "weir finished before it was killed ({at_kill})"
     );
     let (http, mqtt) = (weir.http, weir.mqtt);
-    let _weir = Weir::start_on(&dir, http, mqtt, &args).await;
+    let _weir = WeirProcess::start_on(&dir, http, mqtt, &args).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let got: Vec<Value> = hook
@@ -328,13 +328,12 @@ async fn the_disk_buffer_survives_a_restart_and_drains_in_order() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(weir.terminate().success());
+    weir.stop().await.expect("weir stops cleanly");
     drop(device);
     assert!(hook.bodies.lock().unwrap().is_empty());
     // The sink recovers while weir is down; the next start delivers the buffer.
     hook.set_script(Vec::new());
-    let (http, mqtt) = (weir.http, weir.mqtt);
-    let weir = Weir::start_on(&dir, http, mqtt, &[]).await;
+    let weir = weir.restart().await;
     weir.wait_metric(
         r#"weir_action_delivered_total{action="0-webhook",rule="r"}"#,
         10.0,

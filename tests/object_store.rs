@@ -101,7 +101,7 @@ async fn json_lines_rolled_by_age_and_at_shutdown() {
         1.0,
     )
     .await;
-    assert!(weir.terminate().success());
+    weir.stop().await.expect("weir stops cleanly");
     let all = s3.objects("logs", "weir/").await;
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(rows(&all).len(), 4);

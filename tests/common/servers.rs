@@ -1,0 +1,390 @@
+//! The servers the connector tests talk to, started by the tests on free ports from what
+//! `scripts/deps.sh` installed: moto (S3), Azurite (Azure Blob Storage) and tansu (Kafka),
+//! and the independent clients (Python, rdkafka) that read back what weir wrote.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{TestDir, free_port, temp_dir};
+
+/// Where `scripts/deps.sh` installs the test servers: `$WEIR_TOOLS`, or
+/// `~/.cache/weir/tools`.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("WEIR_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/weir/tools")
+        })
+}
+
+fn tool(rel: &str) -> PathBuf {
+    let p = tools_dir().join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash scripts/deps.sh` (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+async fn wait_listening(addr: SocketAddr, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {addr}; its log ({}):\n{}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A server process the tests start and stop, logging to `<dir>/<name>.log`.
+struct Process {
+    child: Option<Child>,
+    dir: TestDir,
+    name: &'static str,
+}
+
+impl Process {
+    fn new(name: &'static str) -> Process {
+        Process {
+            child: None,
+            dir: temp_dir(name),
+            name,
+        }
+    }
+
+    /// (Re)starts the process and waits until it listens on `port`.
+    async fn start(&mut self, cmd: &mut Command, port: u16) {
+        self.stop();
+        let log_path = self.dir.join(format!("{}.log", self.name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = cmd
+            .current_dir(&self.dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", self.name));
+        self.child = Some(child);
+        wait_listening(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            self.name,
+            &log_path,
+        )
+        .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs one of the independent clients in tests/tools with the tools' Python:
+/// `<script> <command> <endpoint> <args...>`; returns what it printed. It runs on the
+/// blocking pool, so that the test's runtime keeps its MQTT connections alive meanwhile.
+async fn client_script(script: &str, command: &str, endpoint: &str, args: &[&str]) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/tools")
+        .join(script);
+    let mut argv: Vec<String> = vec![command.to_owned(), endpoint.to_owned()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let what = format!("{script} {argv:?}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(tool("venv/bin/python"))
+            .arg(&path)
+            .args(&argv)
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A real S3 API server (moto, from PyPI) on a free port. Stopped on drop; `stop` and
+/// `restart` keep the port. moto keeps its objects in memory, so a restarted server
+/// starts empty.
+pub struct S3Server {
+    process: Process,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let mut s = S3Server {
+            process: Process::new("moto"),
+            port: free_port(),
+        };
+        s.restart().await;
+        s
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let port = self.port.to_string();
+        self.process
+            .start(
+                Command::new(tool("venv/bin/moto_server")).args(["-H", "127.0.0.1", "-p", &port]),
+                self.port,
+            )
+            .await;
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Runs tests/tools/s3.py (boto3 and pyarrow): `<command> <endpoint> <args...>`.
+    async fn python(&self, command: &str, args: &[&str]) -> String {
+        client_script("s3.py", command, &self.endpoint(), args).await
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) {
+        self.python("create-bucket", &[bucket]).await;
+    }
+
+    /// Every object under `prefix` with its rows, read with boto3 (and pyarrow for Parquet).
+    pub async fn objects(&self, bucket: &str, prefix: &str) -> Vec<Value> {
+        let out: Value =
+            serde_json::from_str(&self.python("read", &[bucket, prefix]).await).unwrap();
+        out["objects"].as_array().unwrap().clone()
+    }
+
+    /// The options an object_store action needs to reach this server.
+    pub fn options(&self) -> Value {
+        serde_json::json!({
+            "endpoint": self.endpoint(),
+            "region": "us-east-1",
+            "access_key_id": "test",
+            "secret_access_key": "test",
+            "allow_http": "true",
+        })
+    }
+}
+
+/// A real Azure Blob Storage API server (Azurite, from npm) on a free port, with its
+/// well-known development account. Stopped on drop.
+pub struct Azurite {
+    _process: Process,
+    pub port: u16,
+}
+
+impl Azurite {
+    pub const ACCOUNT: &'static str = "devstoreaccount1";
+    pub const KEY: &'static str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    pub async fn start() -> Azurite {
+        let mut process = Process::new("azurite");
+        let port = free_port();
+        let data = process.dir.join("data");
+        process
+            .start(
+                Command::new(tool("azurite/node_modules/.bin/azurite-blob"))
+                    .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                    .arg("--location")
+                    .arg(&data)
+                    .args(["--silent", "--skipApiVersionCheck", "--loose"]),
+                port,
+            )
+            .await;
+        Azurite {
+            _process: process,
+            port,
+        }
+    }
+
+    /// The account's blob endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{}", self.port, Self::ACCOUNT)
+    }
+
+    /// Runs tests/tools/azure_blob.py: `<command> <endpoint> <args...>`.
+    async fn python(&self, command: &str, args: &[&str]) -> String {
+        client_script("azure_blob.py", command, &self.endpoint(), args).await
+    }
+
+    pub async fn create_container(&self, container: &str) {
+        self.python("create-container", &[container]).await;
+    }
+
+    /// Every blob under `prefix` with its rows, read with azure-storage-blob and pyarrow.
+    pub async fn objects(&self, container: &str, prefix: &str) -> Vec<Value> {
+        let out: Value =
+            serde_json::from_str(&self.python("read", &[container, prefix]).await).unwrap();
+        out["objects"].as_array().unwrap().clone()
+    }
+
+    /// The options an object_store action needs to reach this server.
+    pub fn options(&self) -> Value {
+        serde_json::json!({
+            "account_name": Self::ACCOUNT,
+            "access_key": Self::KEY,
+            "endpoint": self.endpoint(),
+            "allow_http": "true",
+        })
+    }
+}
+
+/// A real Kafka-protocol broker (tansu) on a free port, with SQLite storage, which
+/// survives `stop` and `restart`. Stopped on drop.
+pub struct Kafka {
+    process: Process,
+    pub port: u16,
+}
+
+impl Kafka {
+    pub async fn start() -> Kafka {
+        let mut k = Kafka {
+            process: Process::new("tansu"),
+            port: free_port(),
+        };
+        k.restart().await;
+        k
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        self.process
+            .start(
+                Command::new(tool("bin/tansu"))
+                    .args([
+                        "broker",
+                        "--listener-url",
+                        &url,
+                        "--advertised-listener-url",
+                        &url,
+                    ])
+                    // A path relative to the working directory, the process's own.
+                    .args(["--storage-engine", "sqlite://tansu.db"])
+                    .env("RUST_LOG", "warn"),
+                self.port,
+            )
+            .await;
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Creates a topic with one partition, with an independent admin client.
+    pub async fn create_topic(&self, topic: &str) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("admin client");
+        let r = admin
+            .create_topics(
+                &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .expect("create_topics answers");
+        for t in r {
+            if let Err((name, code)) = t {
+                assert!(
+                    code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                    "creating {name}: {code:?}"
+                );
+            }
+        }
+    }
+
+    /// Reads every record of partition 0 of `topic` from the start with an independent
+    /// consumer, until `n` arrived or `secs` passed: (key, payload as JSON, headers).
+    pub async fn consume(&self, topic: &str, n: usize, secs: u64) -> Vec<KafkaRecord> {
+        let (bootstrap, topic) = (self.bootstrap(), topic.to_owned());
+        tokio::task::spawn_blocking(move || consume(&bootstrap, &topic, n, secs))
+            .await
+            .unwrap()
+    }
+}
+
+/// The blocking body of [`Kafka::consume`].
+fn consume(bootstrap: &str, topic: &str, n: usize, secs: u64) -> Vec<KafkaRecord> {
+    {
+        use rdkafka::Message as _;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Headers;
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("test-{}", weir_engine::now_ms()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(KafkaRecord {
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: serde_json::from_slice(m.payload().unwrap_or_default())
+                            .unwrap_or(Value::Null),
+                        headers,
+                    });
+                }
+                Some(Err(e)) => eprintln!("consumer: {e}"),
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaRecord {
+    pub key: Option<String>,
+    pub value: Value,
+    pub headers: Vec<(String, String)>,
+}
