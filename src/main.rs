@@ -1,3 +1,6 @@
+//! The weir binary: reads the settings, sets up logging, the TLS provider and the
+//! runtime, and runs [`weir::run`] until SIGINT or SIGTERM.
+
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;

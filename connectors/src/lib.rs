@@ -13,3 +13,9 @@ pub mod metrics;
 pub mod mqtt;
 pub mod sink;
 pub mod sinks;
+
+/// `docs/extending.md`: its examples are compiled and run as doc tests, so that what it
+/// shows builds against the code as it is.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/extending.md")]
+pub struct ExtendingMd;

@@ -101,20 +101,23 @@ async fn put_rule(
     Ok((status, axum::Json(rule_json(&rule))).into_response())
 }
 
+async fn set_enabled(s: &AppState, name: &str, enabled: bool) -> Result<Response, ApiError> {
+    let rule = s.rules.set_enabled(name, enabled).await?;
+    Ok(axum::Json(rule_json(&rule)).into_response())
+}
+
 async fn enable_rule(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rule = s.rules.set_enabled(&name, true).await?;
-    Ok(axum::Json(rule_json(&rule)).into_response())
+    set_enabled(&s, &name, true).await
 }
 
 async fn disable_rule(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rule = s.rules.set_enabled(&name, false).await?;
-    Ok(axum::Json(rule_json(&rule)).into_response())
+    set_enabled(&s, &name, false).await
 }
 
 async fn delete_rule(

@@ -176,12 +176,20 @@ pub struct Weir {
     done: Option<std::sync::mpsc::Receiver<anyhow::Result<()>>>,
 }
 
-impl std::ops::Deref for Weir {
-    type Target = Api;
-    fn deref(&self) -> &Api {
-        &self.api
-    }
+/// Gives a weir the HTTP helpers of its [`Api`].
+macro_rules! deref_to_api {
+    ($t:ty) => {
+        impl std::ops::Deref for $t {
+            type Target = Api;
+            fn deref(&self) -> &Api {
+                &self.api
+            }
+        }
+    };
 }
+
+deref_to_api!(Weir);
+deref_to_api!(WeirProcess);
 
 impl Weir {
     /// Starts weir with its embedded broker (unless `extra` names one with `--broker`).
@@ -311,13 +319,6 @@ fn log_if_asked() {
 pub struct WeirProcess {
     api: Api,
     pub child: Child,
-}
-
-impl std::ops::Deref for WeirProcess {
-    type Target = Api;
-    fn deref(&self) -> &Api {
-        &self.api
-    }
 }
 
 impl WeirProcess {

@@ -54,6 +54,11 @@ pub trait SinkConfig:
         &self,
         exprs: &mut TemplateExprs,
     ) -> Result<Validated<<Self::Sink as Sink>::Settings>, ConfigError>;
+
+    /// A refusal of this action's configuration, saying why.
+    fn invalid(message: impl Into<String>) -> ConfigError {
+        ConfigError::invalid(Self::KIND, message)
+    }
 }
 
 /// A configuration that passed [`SinkConfig::validate`].
@@ -290,6 +295,36 @@ impl ConfigError {
         Self::Invalid {
             action,
             message: message.into(),
+        }
+    }
+}
+
+/// What the sinks' unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use weir_engine::template::TemplateExprs;
+
+    use super::SinkConfig;
+
+    /// A configuration from its JSON form, which must parse.
+    pub(crate) fn parse<C: SinkConfig>(json: serde_json::Value) -> C {
+        serde_json::from_value(json.clone())
+            .unwrap_or_else(|e| panic!("{json} does not parse: {e}"))
+    }
+
+    /// Asserts that each configuration parses but is refused by validation, with a
+    /// message containing its needle.
+    pub(crate) fn assert_refused<C: SinkConfig>(cases: Vec<(serde_json::Value, &str)>) {
+        for (json, needle) in cases {
+            let config: C = parse(json.clone());
+            let Err(err) = config.validate(&mut TemplateExprs::default()) else {
+                panic!("{json} was accepted; it should be refused with '{needle}'");
+            };
+            let err = err.to_string();
+            assert!(
+                err.contains(needle),
+                "{json}: '{err}' should mention '{needle}'"
+            );
         }
     }
 }

@@ -75,14 +75,6 @@ pub struct Action {
     builder: Arc<dyn Build>,
 }
 
-impl std::fmt::Debug for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Action")
-            .field("kind", &self.kind)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Action {
     fn new<C: SinkConfig>(v: Validated<<C::Sink as Sink>::Settings>) -> Self {
         Self {

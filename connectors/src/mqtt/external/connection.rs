@@ -371,31 +371,66 @@ impl KeepAlive {
     }
 }
 
-/// The wait before the next connection attempt (100 ms more per failure in a row, at
-/// most 5 s), and a log line for the first failure and every 20th.
-#[derive(Default)]
-pub(super) struct Backoff {
+/// Connections to the broker, one after the other: a new one after each failure, with a
+/// wait that grows with the failures in a row (100 ms more per failure, at most 5 s) and a
+/// log line for the first failure and every 20th.
+pub(super) struct Reconnect {
+    connect: Connect,
+    login: Option<Login>,
+    /// What the connection is for, in log lines: `broker`, `publisher`.
+    what: &'static str,
     failures: u32,
 }
 
-impl Backoff {
-    pub(super) fn connected(&mut self) {
-        self.failures = 0;
+impl Reconnect {
+    pub(super) fn new(connect: Connect, login: Option<Login>, what: &'static str) -> Self {
+        Self {
+            connect,
+            login,
+            what,
+            failures: 0,
+        }
     }
 
-    /// Logs a failed connection and waits before the next attempt; false if weir is
-    /// shutting down meanwhile.
-    pub(super) async fn pause(
+    /// The next connection, once one is made; `None` if weir stops meanwhile.
+    pub(super) async fn connect(
         &mut self,
-        cancel: &CancellationToken,
+        dialer: &Dialer,
         url: &str,
-        what: &str,
+        cancel: &CancellationToken,
+    ) -> Option<(Link, ConnAck)> {
+        loop {
+            let connected = tokio::select! {
+                _ = cancel.cancelled() => return None,
+                c = dialer.connect(self.connect.clone(), self.login.clone()) => c,
+            };
+            match connected {
+                Ok((link, ack)) => {
+                    self.failures = 0;
+                    tracing::info!(broker = %url, session_present = ack.session_present, "{} connected", self.what);
+                    return Some((link, ack));
+                }
+                Err(e) => {
+                    if !self.lost(url, cancel, &e).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection failed with `error`: logs it and waits before the next attempt; false
+    /// if weir stops meanwhile.
+    pub(super) async fn lost(
+        &mut self,
+        url: &str,
+        cancel: &CancellationToken,
         error: &str,
     ) -> bool {
         self.failures += 1;
         let wait = Duration::from_millis(100 * u64::from(self.failures.min(50)));
         if self.failures == 1 || self.failures.is_multiple_of(20) {
-            tracing::warn!(broker = %url, error = %error, retry_in = ?wait, "{what} connection failed");
+            tracing::warn!(broker = %url, error = %error, retry_in = ?wait, "{} connection failed", self.what);
         }
         tokio::select! {
             _ = cancel.cancelled() => false,

@@ -23,7 +23,7 @@ use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
 use super::config::ExternalConfig;
 use super::connection::{
-    Backoff, Dialer, KeepAlive, Link, READ_BUFFER, READ_PACE, connect_packet, reason,
+    Dialer, KeepAlive, Link, READ_BUFFER, READ_PACE, Reconnect, connect_packet, reason,
 };
 use crate::metrics::Metrics;
 use crate::mqtt::packets::{properties_from_v5, qos_v5};
@@ -47,15 +47,15 @@ fn next_pkid(pkid: &mut u16) -> u16 {
 
 /// weir's subscribing connection to the external broker, across reconnections.
 pub(super) struct Session {
-    config: Arc<ExternalConfig>,
-    dialer: Arc<Dialer>,
-    ingress: mpsc::Sender<Message>,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-    filters_rx: watch::Receiver<BTreeSet<String>>,
+    pub(super) config: Arc<ExternalConfig>,
+    pub(super) dialer: Arc<Dialer>,
+    pub(super) ingress: mpsc::Sender<Message>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) cancel: CancellationToken,
+    pub(super) filters_rx: watch::Receiver<BTreeSet<String>>,
     /// QoS 2 messages whose PUBREC was sent and whose PUBREL has not come yet: a PUBLISH
     /// with one of these packet ids is the broker resending one that weir already has.
-    awaiting_release: HashSet<u16>,
+    pub(super) awaiting_release: HashSet<u16>,
 }
 
 /// What one connection keeps while it lasts.
@@ -93,25 +93,6 @@ impl Change {
 const SLOW_SUBSCRIPTION_CHANGE: Duration = Duration::from_secs(1);
 
 impl Session {
-    pub(super) fn new(
-        config: Arc<ExternalConfig>,
-        dialer: Arc<Dialer>,
-        ingress: mpsc::Sender<Message>,
-        metrics: Arc<Metrics>,
-        cancel: CancellationToken,
-        filters_rx: watch::Receiver<BTreeSet<String>>,
-    ) -> Self {
-        Self {
-            config,
-            dialer,
-            ingress,
-            metrics,
-            cancel,
-            filters_rx,
-            awaiting_release: HashSet::new(),
-        }
-    }
-
     pub(super) async fn run(mut self) {
         // Acknowledgements come from whichever task lets go of a message last; they reach
         // the connection through this channel, in the order they come.
@@ -122,28 +103,15 @@ impl Session {
             self.config.clean_session,
         );
         let url = self.config.url.clone();
-        let mut backoff = Backoff::default();
-        loop {
-            let connected = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                c = self.dialer.connect(connect.clone(), login.clone()) => c,
-            };
-            let error = match connected {
-                Ok((link, ack)) => {
-                    backoff.connected();
-                    tracing::info!(broker = %url, session_present = ack.session_present, "connected to broker");
-                    let served = self.serve(link, &ack_tx, &mut ack_rx).await;
-                    // A new connection subscribes afresh.
-                    self.metrics.external_subscriptions_pending.set(0);
-                    match served {
-                        Ok(()) => return,
-                        Err(e) => e,
-                    }
-                }
-                Err(e) => e,
-            };
-            if !backoff.pause(&self.cancel, &url, "broker", &error).await {
-                return;
+        let mut connections = Reconnect::new(connect, login, "broker");
+        while let Some((link, _)) = connections.connect(&self.dialer, &url, &self.cancel).await {
+            let served = self.serve(link, &ack_tx, &mut ack_rx).await;
+            // A new connection subscribes afresh.
+            self.metrics.external_subscriptions_pending.set(0);
+            match served {
+                Ok(()) => return,
+                Err(e) if !connections.lost(&url, &self.cancel, &e).await => return,
+                Err(_) => {}
             }
         }
     }

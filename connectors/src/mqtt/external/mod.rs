@@ -83,14 +83,15 @@ impl ExternalBroker {
             tracing::warn!("the external broker client was started twice");
             return;
         };
-        let session = ingress::Session::new(
-            self.config.clone(),
-            self.dialer.clone(),
+        let session = ingress::Session {
+            config: self.config.clone(),
+            dialer: self.dialer.clone(),
             ingress,
             metrics,
             cancel,
             filters_rx,
-        );
+            awaiting_release: Default::default(),
+        };
         // A thread of its own, with a runtime of its own: see `READ_PACE`.
         spawn_thread("weir-ingress", "the external broker client", session.run());
     }

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::ExternalConfig;
 use super::connection::{
-    Backoff, Dialer, KeepAlive, Link, READ_BUFFER, READ_PACE, connect_packet, reason, spawn_thread,
+    Dialer, KeepAlive, Link, READ_BUFFER, READ_PACE, Reconnect, connect_packet, reason,
+    spawn_thread,
 };
 
 /// QoS 1 publishes in flight at most (written, not yet acknowledged), unless the broker
@@ -168,41 +169,32 @@ impl Task {
     async fn run(mut self) {
         let (connect, login) = connect_packet(&self.config, &self.client_id, true);
         let url = self.config.url.clone();
-        let mut backoff = Backoff::default();
-        loop {
-            let connected = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                c = self.dialer.connect(connect.clone(), login.clone()) => c,
+        let mut connections = Reconnect::new(connect, login, "publisher");
+        while let Some((link, ack)) = connections.connect(&self.dialer, &url, &self.cancel).await {
+            let window = ack
+                .properties
+                .and_then(|p| p.receive_max)
+                .map_or(WINDOW, |m| usize::from(m).clamp(1, WINDOW));
+            let Err(error) = self.serve(link, window).await else {
+                return;
             };
-            let error = match connected {
-                Ok((link, ack)) => {
-                    backoff.connected();
-                    tracing::info!(broker = %url, "publisher connected");
-                    let window = ack
-                        .properties
-                        .and_then(|p| p.receive_max)
-                        .map_or(WINDOW, |m| usize::from(m).clamp(1, WINDOW));
-                    match self.serve(link, window).await {
-                        Ok(()) => return,
-                        Err(e) => e,
-                    }
-                }
-                Err(e) => e,
-            };
-            // Everything not confirmed fails back to its action.
-            let why = format!("connection to {url} failed: {error}");
-            self.backlog.clear();
-            self.unacked.clear();
-            self.written.clear();
-            for (_, mut job) in self.jobs.drain() {
-                for i in 0..job.results.len() {
-                    job.settle(i, Err(why.clone()));
-                }
-                job.answer();
-            }
-            if !backoff.pause(&self.cancel, &url, "publisher", &error).await {
+            self.fail_unconfirmed(&format!("connection to {url} failed: {error}"));
+            if !connections.lost(&url, &self.cancel, &error).await {
                 return;
             }
+        }
+    }
+
+    /// Fails back every publish not confirmed yet, with `why`: the actions retry them.
+    fn fail_unconfirmed(&mut self, why: &str) {
+        self.backlog.clear();
+        self.unacked.clear();
+        self.written.clear();
+        for (_, mut job) in self.jobs.drain() {
+            for i in 0..job.results.len() {
+                job.settle(i, Err(why.to_owned()));
+            }
+            job.answer();
         }
     }
 

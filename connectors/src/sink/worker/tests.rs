@@ -31,6 +31,15 @@ struct Behaviour {
     closed: AtomicUsize,
 }
 
+impl Behaviour {
+    /// A sink that is down: every output fails with a retry-worthy error.
+    fn down() -> Arc<Self> {
+        let b = Self::default();
+        b.down.store(true, Ordering::SeqCst);
+        Arc::new(b)
+    }
+}
+
 struct FakeSink {
     b: Arc<Behaviour>,
     tick: Option<Duration>,
@@ -194,6 +203,14 @@ impl Harness {
             .get()
     }
 
+    /// The next output sent to the error action, within 10 s.
+    async fn dead_letter(&mut self) -> Undeliverable {
+        tokio::time::timeout(Duration::from_secs(10), self.failed.recv())
+            .await
+            .expect("dead-lettered in time")
+            .expect("the worker is running")
+    }
+
     /// Closes the queue and waits for the worker to end.
     async fn finish(mut self) -> Self {
         self.tx = None;
@@ -239,8 +256,7 @@ async fn outputs_are_delivered_in_order_and_counted() {
 #[tokio::test]
 async fn an_outage_is_buffered_on_disk_and_drained_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Arc::new(Behaviour::default());
-    b.down.store(true, Ordering::SeqCst);
+    let b = Behaviour::down();
     let h = Harness::start(b.clone(), settings(dir.path(), policy()), None).await;
     h.send(0..5).await;
     until("five buffered outputs", || h.buffered() == 5).await;
@@ -286,8 +302,7 @@ async fn refused_outputs_go_to_the_error_action_with_their_reason() {
 #[tokio::test]
 async fn outputs_not_attempted_are_not_counted_as_retries() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Arc::new(Behaviour::default());
-    b.down.store(true, Ordering::SeqCst);
+    let b = Behaviour::down();
     b.stop_at_failure.store(true, Ordering::SeqCst);
     let h = Harness::start(b.clone(), settings(dir.path(), policy()), None).await;
     h.send(0..4).await;
@@ -312,8 +327,7 @@ async fn outputs_not_attempted_are_not_counted_as_retries() {
 #[tokio::test]
 async fn outputs_past_the_retry_deadline_are_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Arc::new(Behaviour::default());
-    b.down.store(true, Ordering::SeqCst);
+    let b = Behaviour::down();
     let p = RetryPolicy {
         max_attempts: 3,
         ..policy()
@@ -322,10 +336,7 @@ async fn outputs_past_the_retry_deadline_are_dead_lettered() {
     h.send(0..3).await;
     let mut h = h;
     for _ in 0..3 {
-        let u = tokio::time::timeout(Duration::from_secs(10), h.failed.recv())
-            .await
-            .expect("dead-lettered in time")
-            .unwrap();
+        let u = h.dead_letter().await;
         assert_eq!(u.error.reason, Reason::RetriesExhausted);
         assert!(
             u.error.message.contains("gave up after 3 attempts"),
@@ -342,19 +353,14 @@ async fn outputs_past_the_retry_deadline_are_dead_lettered() {
 #[tokio::test]
 async fn what_does_not_fit_in_the_buffer_is_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Arc::new(Behaviour::default());
-    b.down.store(true, Ordering::SeqCst);
+    let b = Behaviour::down();
     let mut s = settings(dir.path(), policy());
     s.buffer_max_bytes = 1;
     let h = Harness::start(b, s, None).await;
     h.send(0..2).await;
     let mut h = h;
     for _ in 0..2 {
-        let u = tokio::time::timeout(Duration::from_secs(10), h.failed.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(u.error.reason, Reason::BufferFull);
+        assert_eq!(h.dead_letter().await.error.reason, Reason::BufferFull);
     }
     assert_eq!(h.dead_lettered(Reason::BufferFull), 2);
     h.finish().await;
@@ -363,8 +369,7 @@ async fn what_does_not_fit_in_the_buffer_is_dead_lettered() {
 #[tokio::test]
 async fn what_stays_buffered_is_delivered_by_the_next_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Arc::new(Behaviour::default());
-    b.down.store(true, Ordering::SeqCst);
+    let b = Behaviour::down();
     let s = settings(dir.path(), policy());
     let h = Harness::start(b.clone(), s.clone(), None).await;
     h.send(0..3).await;
@@ -390,8 +395,7 @@ async fn without_a_disk_buffer_failed_outputs_are_retried_in_memory() {
     // A file where the buffer directory should be: the buffer cannot open.
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, b"x").unwrap();
-    let b = Arc::new(Behaviour::default());
-    b.down.store(true, Ordering::SeqCst);
+    let b = Behaviour::down();
     let h = Harness::start(b.clone(), settings(&blocker.join("buffer"), policy()), None).await;
     h.send(0..3).await;
     until("a few failed attempts", || {

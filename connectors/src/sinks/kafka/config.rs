@@ -58,10 +58,9 @@ impl SinkConfig for KafkaConfig {
     type Sink = Kafka;
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
-        let bad = |m: String| ConfigError::invalid(Self::KIND, m);
         let servers: Vec<&str> = self.bootstrap_servers.split(',').map(str::trim).collect();
         if servers.iter().any(|s| s.is_empty()) {
-            return Err(bad(format!(
+            return Err(Self::invalid(format!(
                 "bootstrap_servers must be host:port[,host:port...], got '{}'",
                 self.bootstrap_servers
             )));
@@ -71,22 +70,24 @@ impl SinkConfig for KafkaConfig {
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
             if !port_ok {
-                return Err(bad(format!("bootstrap server '{s}' must be host:port")));
+                return Err(Self::invalid(format!(
+                    "bootstrap server '{s}' must be host:port"
+                )));
             }
         }
         if self.topic.is_empty() {
-            return Err(bad("topic must not be empty".to_owned()));
+            return Err(Self::invalid("topic must not be empty".to_owned()));
         }
         for k in self.properties.keys() {
             if RESERVED.contains(&k.as_str()) {
-                return Err(bad(format!(
+                return Err(Self::invalid(format!(
                     "property '{k}' is set by weir; give bootstrap servers in 'bootstrap_servers'"
                 )));
             }
         }
         let topic = Template::parse(&self.topic, exprs)?;
         if topic.is_literal() {
-            check_topic_name(&self.topic).map_err(bad)?;
+            check_topic_name(&self.topic).map_err(Self::invalid)?;
         }
         let key = self
             .key
@@ -96,7 +97,7 @@ impl SinkConfig for KafkaConfig {
         let mut headers = Vec::with_capacity(self.headers.len());
         for (k, v) in &self.headers {
             if k.is_empty() {
-                return Err(bad("header names must not be empty".to_owned()));
+                return Err(Self::invalid("header names must not be empty".to_owned()));
             }
             headers.push((k.clone(), Template::parse(v, exprs)?));
         }

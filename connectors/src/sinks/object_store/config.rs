@@ -147,34 +147,22 @@ impl Cloud {
             retry_timeout: Duration::from_secs(10),
             ..Default::default()
         };
-        let key = |k: &str| k.to_ascii_lowercase();
         let unknown = |k: &str| format!("unknown {} option '{k}'", self.name());
+        // The three builders take their settings the same way, but share no trait.
+        macro_rules! build {
+            ($builder:ty) => {{
+                let mut b = <$builder>::from_env().with_url(base).with_retry(retry);
+                for (k, v) in options {
+                    let key = k.to_ascii_lowercase().parse().map_err(|_| unknown(k))?;
+                    b = b.with_config(key, v);
+                }
+                Arc::new(b.build().map_err(|e| e.to_string())?)
+            }};
+        }
         Ok(match self {
-            Self::S3 => {
-                let mut b = AmazonS3Builder::from_env().with_url(base).with_retry(retry);
-                for (k, v) in options {
-                    b = b.with_config(key(k).parse().map_err(|_| unknown(k))?, v);
-                }
-                Arc::new(b.build().map_err(|e| e.to_string())?)
-            }
-            Self::Gcs => {
-                let mut b = GoogleCloudStorageBuilder::from_env()
-                    .with_url(base)
-                    .with_retry(retry);
-                for (k, v) in options {
-                    b = b.with_config(key(k).parse().map_err(|_| unknown(k))?, v);
-                }
-                Arc::new(b.build().map_err(|e| e.to_string())?)
-            }
-            Self::Azure => {
-                let mut b = MicrosoftAzureBuilder::from_env()
-                    .with_url(base)
-                    .with_retry(retry);
-                for (k, v) in options {
-                    b = b.with_config(key(k).parse().map_err(|_| unknown(k))?, v);
-                }
-                Arc::new(b.build().map_err(|e| e.to_string())?)
-            }
+            Self::S3 => build!(AmazonS3Builder),
+            Self::Gcs => build!(GoogleCloudStorageBuilder),
+            Self::Azure => build!(MicrosoftAzureBuilder),
         })
     }
 }
@@ -187,10 +175,9 @@ struct Parsed {
 
 impl ObjectStoreConfig {
     fn parse(&self) -> Result<Parsed, ConfigError> {
-        let bad = |m: String| ConfigError::invalid("object_store", m);
         let Some(url) = &self.url else {
             if let Some(k) = self.options.keys().next() {
-                return Err(bad(format!(
+                return Err(Self::invalid(format!(
                     "option '{k}' does not apply to the local output directory"
                 )));
             }
@@ -201,12 +188,14 @@ impl ObjectStoreConfig {
         };
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
-                return Err(bad(format!(
+                return Err(Self::invalid(format!(
                     "url '{url}' must be an absolute path: file:///dir"
                 )));
             }
             if let Some(k) = self.options.keys().next() {
-                return Err(bad(format!("option '{k}' does not apply to file:// URLs")));
+                return Err(Self::invalid(format!(
+                    "option '{k}' does not apply to file:// URLs"
+                )));
             }
             // The fixed part is the directory; templates may only follow it.
             let fixed_end = path
@@ -219,19 +208,19 @@ impl ObjectStoreConfig {
         }
         let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
         let Some(kind) = Cloud::from_scheme(scheme) else {
-            return Err(bad(format!(
+            return Err(Self::invalid(format!(
                 "url '{url}': scheme '{scheme}' is not supported; use s3://, gs://, az://, \
                  abfss:// or file:///"
             )));
         };
         let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() || bucket.contains("${") {
-            return Err(bad(format!(
+            return Err(Self::invalid(format!(
                 "url '{url}': the bucket must be named literally: {scheme}://bucket/prefix"
             )));
         }
         if let Some(k) = self.options.keys().find(|k| !kind.knows(k)) {
-            return Err(bad(format!(
+            return Err(Self::invalid(format!(
                 "unknown {} option '{k}' (examples: {})",
                 kind.name(),
                 kind.examples()
@@ -267,9 +256,10 @@ impl SinkConfig for ObjectStoreConfig {
     type Sink = ObjectStoreSink;
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
-        let bad = |m: &str| ConfigError::invalid(Self::KIND, m);
         if self.max_rows == 0 || self.max_bytes == 0 || self.max_age.is_zero() {
-            return Err(bad("max_rows, max_bytes and max_age must be more than 0"));
+            return Err(Self::invalid(
+                "max_rows, max_bytes and max_age must be more than 0",
+            ));
         }
         let parsed = self.parse()?;
         let t = Template::parse(&parsed.path, exprs)?;

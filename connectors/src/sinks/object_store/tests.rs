@@ -9,15 +9,12 @@ use super::upload::{Pending, Uploader, to_parquet};
 use super::*;
 use crate::metrics::Metrics;
 use crate::sink::SinkConfig;
-
-fn config(json: serde_json::Value) -> ObjectStoreConfig {
-    serde_json::from_value(json).expect("parses")
-}
+use crate::sink::testing::{assert_refused, parse};
 
 #[test]
 fn urls_options_and_templates_are_checked() {
     let mut exprs = TemplateExprs::default();
-    let c = config(
+    let c = parse::<ObjectStoreConfig>(
         json!({"url": "s3://lake/raw/facility=${topic(3)}/", "format": "parquet",
         "options": {"endpoint": "http://127.0.0.1:9000", "allow_http": "true", "region": "us-east-1"}}),
     );
@@ -25,12 +22,12 @@ fn urls_options_and_templates_are_checked() {
     assert!(v.settings.path.is_some());
     assert_eq!(v.templates.len(), 1);
     assert_eq!(exprs.as_slice().len(), 1);
-    let local = config(json!({"url": "file:///tmp/x"}))
+    let local = parse::<ObjectStoreConfig>(json!({"url": "file:///tmp/x"}))
         .validate(&mut TemplateExprs::default())
         .unwrap();
     assert!(local.settings.path.is_none());
     assert!(local.templates.is_empty());
-    for (json, needle) in [
+    assert_refused::<ObjectStoreConfig>(vec![
         (json!({"url": "ftp://b/p"}), "scheme 'ftp' is not supported"),
         (
             json!({"url": "gs://b/p", "options": {"region": "x"}}),
@@ -50,15 +47,7 @@ fn urls_options_and_templates_are_checked() {
             "does not apply",
         ),
         (json!({"url": "file:///tmp", "max_rows": 0}), "more than 0"),
-    ] {
-        let err = config(json)
-            .validate(&mut TemplateExprs::default())
-            .unwrap_err();
-        assert!(
-            err.to_string().contains(needle),
-            "{err} should mention {needle}"
-        );
-    }
+    ]);
 }
 
 #[test]

@@ -31,16 +31,18 @@ impl SinkConfig for RepublishConfig {
     type Sink = Republish;
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
-        let bad = |m: String| ConfigError::invalid(Self::KIND, m);
         let topic = Template::parse(&self.topic, exprs)?;
         if self.qos > 1 {
-            return Err(bad(format!("qos must be 0 or 1, got {}", self.qos)));
+            return Err(Self::invalid(format!(
+                "qos must be 0 or 1, got {}",
+                self.qos
+            )));
         }
         if self.topic.trim().is_empty() {
-            return Err(bad("topic is empty".to_owned()));
+            return Err(Self::invalid("topic is empty".to_owned()));
         }
         if topic.is_literal() {
-            validate_topic(&self.topic).map_err(|e| bad(e.to_string()))?;
+            validate_topic(&self.topic).map_err(|e| Self::invalid(e.to_string()))?;
         }
         let qos = if self.qos == 1 {
             QoS::AtLeastOnce

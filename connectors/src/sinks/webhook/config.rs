@@ -44,25 +44,24 @@ impl SinkConfig for WebhookConfig {
     type Sink = Webhook;
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
-        let bad = |m: String| ConfigError::invalid(Self::KIND, m);
         let url = Template::parse(&self.url, exprs)?;
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(bad(format!(
+            return Err(Self::invalid(format!(
                 "url must start with http:// or https://, got '{}'",
                 self.url
             )));
         }
         if url.is_literal() {
             reqwest::Url::parse(&self.url)
-                .map_err(|e| bad(format!("invalid url '{}': {e}", self.url)))?;
+                .map_err(|e| Self::invalid(format!("invalid url '{}': {e}", self.url)))?;
         }
         if self.timeout.is_zero() {
-            return Err(bad("timeout must be more than 0".to_owned()));
+            return Err(Self::invalid("timeout must be more than 0".to_owned()));
         }
         let mut headers = Vec::with_capacity(self.headers.len());
         for (k, v) in &self.headers {
             let name = HeaderName::try_from(k.as_str())
-                .map_err(|e| bad(format!("invalid header name '{k}': {e}")))?;
+                .map_err(|e| Self::invalid(format!("invalid header name '{k}': {e}")))?;
             headers.push((name, Template::parse(v, exprs)?));
         }
         let mut templates = vec![("url".to_owned(), url.clone())];

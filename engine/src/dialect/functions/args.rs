@@ -19,27 +19,18 @@ pub(super) struct Call<'a> {
 impl Call<'_> {
     /// Refuses a call with another number of arguments than `n`.
     pub fn arity(&self, n: usize) -> Result<(), String> {
-        if self.args.len() == n {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}() takes {n} argument(s), got {}",
-                self.name,
-                self.args.len()
-            ))
-        }
+        self.arity_named(self.name, n)
     }
 
     /// [`Self::arity`], naming the function as the rule wrote it.
     pub fn arity_as_written(&self, n: usize) -> Result<(), String> {
-        if self.args.len() == n {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}() takes {n} argument(s), got {}",
-                self.written,
-                self.args.len()
-            ))
+        self.arity_named(self.written, n)
+    }
+
+    fn arity_named(&self, name: &str, n: usize) -> Result<(), String> {
+        match self.args.len() {
+            got if got == n => Ok(()),
+            got => Err(format!("{name}() takes {n} argument(s), got {got}")),
         }
     }
 
@@ -101,6 +92,21 @@ pub(super) fn if_undefined(x: Expr, then: Expr, otherwise: Expr) -> Expr {
         else_result: Some(Box::new(otherwise)),
     }
 }
+
+/// The name and the signature of one of weir's UDFs, whose struct keeps its signature in
+/// a `signature` field: the part of every `ScalarUDFImpl` here that is the same.
+macro_rules! name_and_signature {
+    ($name:expr) => {
+        fn name(&self) -> &str {
+            $name
+        }
+
+        fn signature(&self) -> &datafusion::logical_expr::Signature {
+            &self.signature
+        }
+    };
+}
+pub(super) use name_and_signature;
 
 /// A UDF's arguments as arrays of the batch's length (literals repeated).
 pub(super) fn arg_arrays(args: &ScalarFunctionArgs) -> Result<Vec<ArrayRef>> {

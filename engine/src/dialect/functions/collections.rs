@@ -23,7 +23,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::{Expr, Value};
 
-use super::args::{Call, arg_arrays, number, text};
+use super::args::{Call, arg_arrays, name_and_signature, number, text};
 use crate::dialect::ast::call;
 use crate::json_text::{self, is_json_text, json_text_field};
 
@@ -119,13 +119,7 @@ fn shapes(arg_types: &[DataType]) -> Result<(Fields, Fields)> {
 }
 
 impl ScalarUDFImpl for EnrichArray {
-    fn name(&self) -> &str {
-        ENRICH
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
+    name_and_signature!(ENRICH);
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         let (object, element) = shapes(arg_types)?;
@@ -236,13 +230,7 @@ fn to_json(array: &ArrayRef) -> Result<Vec<Option<JsonValue>>> {
 }
 
 impl ScalarUDFImpl for Concat {
-    fn name(&self) -> &str {
-        CONCAT
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
+    name_and_signature!(CONCAT);
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(DataType::Utf8)

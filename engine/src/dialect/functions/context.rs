@@ -16,7 +16,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::{Expr, Ident};
 
-use super::args::Call;
+use super::args::{Call, name_and_signature};
 use crate::dialect::ast::{call, string_literal};
 use crate::meta::{self, MetaNeeds};
 
@@ -36,8 +36,27 @@ fn quoted_column(name: String) -> Expr {
     Expr::Identifier(Ident::with_quote('`', name))
 }
 
+/// The functions without arguments that are one metadata column each: the column, and
+/// the flag saying the rule reads it.
+fn plain_column<'a>(name: &str, needs: &'a mut MetaNeeds) -> Option<(&'static str, &'a mut bool)> {
+    Some(match name {
+        "clientid" | "thingname" => (meta::CLIENT_ID, &mut needs.client_id),
+        "principal" => (meta::PRINCIPAL, &mut needs.principal),
+        "sourceip" => (meta::SOURCE_IP, &mut needs.source_ip),
+        "timestamp" => (meta::TIMESTAMP, &mut needs.timestamp),
+        "traceid" => (meta::TRACE_ID, &mut needs.trace_id),
+        _ => return None,
+    })
+}
+
 /// The rewrite of a context function, if `c` calls one.
 pub(super) fn rewrite(c: &Call, needs: &mut MetaNeeds) -> Option<Result<Expr, String>> {
+    if let Some((name, read)) = plain_column(c.name, needs) {
+        return Some(c.arity_as_written(0).map(|()| {
+            *read = true;
+            column(name)
+        }));
+    }
     let out = match c.name {
         "topic" if c.args.is_empty() => {
             needs.topic = true;
@@ -46,26 +65,6 @@ pub(super) fn rewrite(c: &Call, needs: &mut MetaNeeds) -> Option<Result<Expr, St
         "topic" => c.arity_as_written(1).map(|()| {
             needs.topic = true;
             call(TOPIC_LEVEL, vec![column(meta::TOPIC), c.arg(0)])
-        }),
-        "clientid" | "thingname" => c.arity_as_written(0).map(|()| {
-            needs.client_id = true;
-            column(meta::CLIENT_ID)
-        }),
-        "principal" => c.arity_as_written(0).map(|()| {
-            needs.principal = true;
-            column(meta::PRINCIPAL)
-        }),
-        "sourceip" => c.arity_as_written(0).map(|()| {
-            needs.source_ip = true;
-            column(meta::SOURCE_IP)
-        }),
-        "timestamp" => c.arity_as_written(0).map(|()| {
-            needs.timestamp = true;
-            column(meta::TIMESTAMP)
-        }),
-        "traceid" => c.arity_as_written(0).map(|()| {
-            needs.trace_id = true;
-            column(meta::TRACE_ID)
         }),
         "newuuid" => c.arity(0).map(|()| call("uuid", vec![])),
         "get_mqtt_property" => c.arity_as_written(1).and_then(|()| {
@@ -122,13 +121,7 @@ fn level(topic: &str, n: i64) -> Option<&str> {
 }
 
 impl ScalarUDFImpl for TopicLevel {
-    fn name(&self) -> &str {
-        TOPIC_LEVEL
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
+    name_and_signature!(TOPIC_LEVEL);
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(DataType::Utf8)

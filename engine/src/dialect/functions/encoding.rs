@@ -12,7 +12,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Value};
 
-use super::args::{Call, binary, number, string, text};
+use super::args::{Call, binary, name_and_signature, number, string, text};
 use crate::dialect::ast::call;
 use crate::json_text::json_text_field;
 use crate::meta;
@@ -79,13 +79,7 @@ impl Mark {
 }
 
 impl ScalarUDFImpl for Mark {
-    fn name(&self) -> &str {
-        MARK
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
+    name_and_signature!(MARK);
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(DataType::Utf8)

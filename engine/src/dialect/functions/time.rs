@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::args::arg_arrays;
+use super::args::{arg_arrays, name_and_signature};
 
 /// The family's kernels, called by their AWS names.
 pub(super) fn udfs() -> Vec<ScalarUDF> {
@@ -137,13 +137,7 @@ fn format_one(format: &str, ms: i64, zone: Option<&str>) -> Option<String> {
 }
 
 impl ScalarUDFImpl for ParseTime {
-    fn name(&self) -> &str {
-        "parse_time"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
+    name_and_signature!("parse_time");
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         match arg_types.len() {
@@ -427,13 +421,7 @@ impl TimeToEpoch {
 }
 
 impl ScalarUDFImpl for TimeToEpoch {
-    fn name(&self) -> &str {
-        "time_to_epoch"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
+    name_and_signature!("time_to_epoch");
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         match arg_types.len() {
