@@ -303,9 +303,8 @@ mod tests {
         );
         let err = Settings::resolve(&parse(&["--broker", "http://x"])).unwrap_err();
         assert!(format!("{err:#}").contains("mqtt://"), "{err:#}");
-        let dir = std::env::temp_dir().join(format!("weir-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("bad.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bad.toml");
         std::fs::write(&f, "http_listen = \"127.0.0.1:1\"\nno_such_setting = 1\n").unwrap();
         let err = Settings::resolve(&parse(&["--config", f.to_str().unwrap()])).unwrap_err();
         assert!(format!("{err:#}").contains("no_such_setting"), "{err:#}");

@@ -326,14 +326,37 @@ impl Kafka {
     /// consumer, until `n` arrived or `secs` passed: (key, payload as JSON, headers).
     pub async fn consume(&self, topic: &str, n: usize, secs: u64) -> Vec<KafkaRecord> {
         let (bootstrap, topic) = (self.bootstrap(), topic.to_owned());
-        tokio::task::spawn_blocking(move || consume(&bootstrap, &topic, n, secs))
+        let done = move |got: &[KafkaRecord]| got.len() >= n;
+        tokio::task::spawn_blocking(move || consume(&bootstrap, &topic, done, Duration::ZERO, secs))
+            .await
+            .unwrap()
+    }
+
+    /// Reads the records of partition 0 of `topic` from the start until `done` says what
+    /// came is enough (and then for as long as more keep coming, a second apart at most:
+    /// late duplicates too), or `secs` passed.
+    pub async fn consume_until(
+        &self,
+        topic: &str,
+        done: impl Fn(&[KafkaRecord]) -> bool + Send + 'static,
+        secs: u64,
+    ) -> Vec<KafkaRecord> {
+        let (bootstrap, topic) = (self.bootstrap(), topic.to_owned());
+        let quiet = Duration::from_secs(1);
+        tokio::task::spawn_blocking(move || consume(&bootstrap, &topic, done, quiet, secs))
             .await
             .unwrap()
     }
 }
 
-/// The blocking body of [`Kafka::consume`].
-fn consume(bootstrap: &str, topic: &str, n: usize, secs: u64) -> Vec<KafkaRecord> {
+/// The blocking body of [`Kafka::consume_until`].
+fn consume(
+    bootstrap: &str,
+    topic: &str,
+    done: impl Fn(&[KafkaRecord]) -> bool,
+    quiet: Duration,
+    secs: u64,
+) -> Vec<KafkaRecord> {
     {
         use rdkafka::Message as _;
         use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -349,8 +372,16 @@ fn consume(bootstrap: &str, topic: &str, n: usize, secs: u64) -> Vec<KafkaRecord
             .unwrap();
         consumer.assign(&tpl).unwrap();
         let deadline = Instant::now() + Duration::from_secs(secs);
-        let mut out = Vec::new();
-        while out.len() < n && Instant::now() < deadline {
+        let mut out: Vec<KafkaRecord> = Vec::new();
+        // Once `done`, reading goes on until `quiet` passes without a record.
+        let mut quiet_since: Option<Instant> = None;
+        while Instant::now() < deadline {
+            if quiet_since.is_some_and(|t| t.elapsed() >= quiet) {
+                break;
+            }
+            if quiet_since.is_none() && done(&out) {
+                quiet_since = Some(Instant::now());
+            }
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     let headers = m
@@ -367,6 +398,9 @@ fn consume(bootstrap: &str, topic: &str, n: usize, secs: u64) -> Vec<KafkaRecord
                                 .collect()
                         })
                         .unwrap_or_default();
+                    if quiet_since.is_some() {
+                        quiet_since = Some(Instant::now());
+                    }
                     out.push(KafkaRecord {
                         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                         value: serde_json::from_slice(m.payload().unwrap_or_default())

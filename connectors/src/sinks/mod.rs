@@ -4,8 +4,8 @@
 //! in [`crate::sink`].
 //!
 //! This file is the registry: the list below is what makes `{"<kind>": {...}}` a valid
-//! action in a rule. Adding a sink is one folder and one line in it (see
-//! `docs/extending.md`).
+//! action in a rule. Adding a sink is its folder, its `mod` line here and one line in the
+//! list (see `docs/extending.md`).
 
 pub mod kafka;
 pub mod object_store;
@@ -15,7 +15,6 @@ pub mod webhook;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use weir_engine::template::{Template, TemplateExprs};
@@ -156,5 +155,33 @@ impl<S: Sink> Build for Builder<S> {
                 )) as BoxFuture<'static, ()>
             })))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A registered sink's kind is the key rules write it under.
+    #[test]
+    fn every_sink_is_written_under_its_kind() {
+        for action in [
+            json!({"republish": {"topic": "t"}}),
+            json!({"webhook": {"url": "http://127.0.0.1:9/"}}),
+            json!({"object_store": {"url": "file:///tmp/weir"}}),
+            json!({"kafka": {"bootstrap_servers": "127.0.0.1:9092", "topic": "t"}}),
+        ] {
+            let config: ActionConfig = serde_json::from_value(action.clone()).unwrap();
+            let key = action.as_object().unwrap().keys().next().unwrap().clone();
+            assert_eq!(config.kind(), key);
+            let checked = config.validate(&mut TemplateExprs::default()).unwrap();
+            assert_eq!(checked.kind(), key);
+            let stored = serde_json::to_value(&config).unwrap();
+            assert!(stored.get(&key).is_some(), "{stored}");
+        }
+        let unknown: Result<ActionConfig, _> = serde_json::from_value(json!({"ftp": {}}));
+        assert!(unknown.unwrap_err().to_string().contains("unknown variant"));
     }
 }
