@@ -507,6 +507,65 @@ async fn readiness_waits_for_the_rules_to_load() {
     assert_eq!(list["rules"].as_array().unwrap().len(), 300);
 }
 
+/// Rules deleted over the API while weir starts its stored rules stay deleted: the
+/// loading does not start them again from what it read before.
+#[tokio::test]
+async fn rules_deleted_while_weir_starts_stay_deleted() {
+    let dir = temp_dir("delete-at-start");
+    let rules: Vec<serde_json::Value> = (0..1000)
+        .map(|i| {
+            json!({
+                "name": format!("r{i:04}"),
+                "sql": format!("SELECT a + {i} AS b FROM 'in/{i}'"),
+                "actions": [{"republish": {"topic": format!("out/{i}")}}],
+                "source": "api", "created_at_ms": 1, "updated_at_ms": 1
+            })
+        })
+        .collect();
+    std::fs::write(
+        dir.join("rules.json"),
+        serde_json::to_vec(&json!({"version": 1, "rules": rules})).unwrap(),
+    )
+    .unwrap();
+    let mut weir = Weir::launch(&dir, &[]);
+    // Delete the last 100 rules, one after the other, while the stored rules start.
+    let mut deleted = Vec::new();
+    for i in 900..1000 {
+        let name = format!("r{i:04}");
+        match weir
+            .client
+            .delete(weir.url(&format!("/v1/rules/{name}")))
+            .send()
+            .await
+        {
+            Ok(r) => {
+                assert_eq!(r.status(), 204, "{name}");
+                deleted.push(i);
+            }
+            // The HTTP API is not up yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+    weir.wait_started().await;
+    assert!(!deleted.is_empty());
+    let (_, list) = weir.request(Method::GET, "/v1/rules").await;
+    assert_eq!(
+        list["rules"].as_array().unwrap().len(),
+        1000 - deleted.len()
+    );
+    // None of them runs: a message on their topics gives nothing.
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe("out/#").await;
+    let device = Mqtt::connect(weir.mqtt, "device").await;
+    for i in &deleted {
+        device.publish(&format!("in/{i}"), r#"{"a": 1}"#).await;
+    }
+    device.publish("in/0", r#"{"a": 1}"#).await;
+    let (topic, _) = watcher.next(10).await.expect("the output of a kept rule");
+    assert_eq!(topic, "out/0", "a deleted rule ran");
+    assert!(watcher.next(1).await.is_none());
+}
+
 #[tokio::test]
 async fn a_taken_port_is_a_one_line_error_naming_the_setting() {
     init();

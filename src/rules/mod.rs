@@ -137,8 +137,18 @@ impl RuleService {
         spec: RuleSpec,
         source: String,
     ) -> Result<(StoredRule, bool), RuleError> {
-        validate_name(name).map_err(RuleError::InvalidName)?;
         let mut store = self.store.lock().await;
+        self.put_locked(&mut store, name, spec, source).await
+    }
+
+    async fn put_locked(
+        &self,
+        store: &mut RuleStore,
+        name: &str,
+        spec: RuleSpec,
+        source: String,
+    ) -> Result<(StoredRule, bool), RuleError> {
+        validate_name(name).map_err(RuleError::InvalidName)?;
         let created = store.get(name).map(|r| r.created_at_ms);
         let rule = StoredRule {
             name: name.to_owned(),
@@ -147,7 +157,7 @@ impl RuleService {
             created_at_ms: created.unwrap_or_else(now_ms),
             updated_at_ms: now_ms(),
         };
-        self.apply(&mut store, rule.clone()).await?;
+        self.apply(store, rule.clone()).await?;
         Ok((rule, created.is_none()))
     }
 
@@ -213,8 +223,10 @@ impl RuleService {
     /// Starts the stored rules, after loading the rule files of `queries_dir` into the
     /// store (a file replaces a stored rule of the same name). A rule file that is not
     /// valid stops weir; a stored rule that no longer starts is logged and left stopped.
+    /// The store stays locked throughout, so that a change made over the API meanwhile
+    /// waits and is not undone by the loading.
     pub async fn load(&self, queries_dir: &Path) -> anyhow::Result<()> {
-        let mut from_files = std::collections::HashSet::new();
+        let mut store = self.store.lock().await;
         if let Ok(entries) = std::fs::read_dir(queries_dir) {
             let mut files: Vec<_> = entries
                 .filter_map(Result::ok)
@@ -226,18 +238,22 @@ impl RuleService {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
                 let (name, spec) = parse_rule_file(&path, &text)?;
-                self.put(&name, spec, format!("file:{}", path.display()))
+                self.put_locked(&mut store, &name, spec, format!("file:{}", path.display()))
                     .await
                     .map_err(|e| anyhow::anyhow!("rule file {}: {e}", path.display()))?;
                 tracing::info!(rule = %name, file = %path.display(), "loaded rule file");
-                from_files.insert(name);
             }
         }
-        let stored: Vec<StoredRule> = self
+        // Rules from files that still exist were started above.
+        let from_a_file = |r: &StoredRule| {
+            r.source
+                .strip_prefix("file:")
+                .is_some_and(|p| Path::new(p).exists())
+        };
+        let stored: Vec<StoredRule> = store
             .list()
-            .await
-            .into_iter()
-            .filter(|r| r.spec.enabled && !from_files.contains(&r.name))
+            .filter(|r| r.spec.enabled && !from_a_file(r))
+            .cloned()
             .collect();
         for rule in stored {
             let started = async {

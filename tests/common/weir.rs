@@ -194,14 +194,24 @@ deref_to_api!(WeirProcess);
 impl Weir {
     /// Starts weir with its embedded broker (unless `extra` names one with `--broker`).
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Weir {
-        Self::start_args(data_dir, args(data_dir, extra), None).await
+        let mut w = Self::launch(data_dir, extra);
+        w.wait_started().await;
+        w
     }
 
-    async fn start_args(
-        data_dir: &Path,
-        args: Vec<String>,
-        on: Option<(SocketAddr, SocketAddr)>,
-    ) -> Weir {
+    /// Starts weir and returns at once, before it is ready: for tests of what happens
+    /// while it starts. [`Weir::wait_started`] waits for the rest.
+    pub fn launch(data_dir: &Path, extra: &[&str]) -> Weir {
+        Self::launch_args(data_dir, args(data_dir, extra))
+    }
+
+    async fn start_args(data_dir: &Path, args: Vec<String>) -> Weir {
+        let mut w = Self::launch_args(data_dir, args);
+        w.wait_started().await;
+        w
+    }
+
+    fn launch_args(data_dir: &Path, args: Vec<String>) -> Weir {
         init();
         log_if_asked();
         let cli = weir::config::Cli::try_parse_from(
@@ -210,12 +220,8 @@ impl Weir {
         .unwrap_or_else(|e| panic!("weir's flags {args:?}: {e}"));
         let weir::config::Command::Serve(serve) = cli.command;
         let settings = weir::config::Settings::resolve(&serve).expect("weir's settings resolve");
-        let (http_addr, mqtt_addr) = on.unwrap_or_else(|| {
-            let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-            (any, any)
-        });
-        let http = std::net::TcpListener::bind(http_addr).expect("an HTTP port");
-        let mqtt = std::net::TcpListener::bind(mqtt_addr).expect("an MQTT port");
+        let http = std::net::TcpListener::bind("127.0.0.1:0").expect("an HTTP port");
+        let mqtt = std::net::TcpListener::bind("127.0.0.1:0").expect("an MQTT port");
         let api = Api::new(
             http.local_addr().unwrap(),
             mqtt.local_addr().unwrap(),
@@ -247,25 +253,28 @@ impl Weir {
                 let _ = done_tx.send(result);
             })
             .expect("weir's thread starts");
-        let mut w = Weir {
+        Weir {
             api,
             answered_not_ready: false,
             args,
             shutdown,
             done: Some(done),
-        };
+        }
+    }
+
+    /// Waits until weir is ready; panics if it stopped instead.
+    pub async fn wait_started(&mut self) {
         let started = {
-            let done = w.done.as_ref().unwrap();
-            w.api.wait_ready(|| done.try_recv().ok()).await
+            let done = self.done.as_ref().expect("weir was launched");
+            self.api.wait_ready(|| done.try_recv().ok()).await
         };
         match started {
-            Ok(not_ready) => w.answered_not_ready = not_ready,
+            Ok(not_ready) => self.answered_not_ready = not_ready,
             Err(result) => {
-                w.done = None;
+                self.done = None;
                 panic!("weir stopped during start: {result:?}");
             }
         }
-        w
     }
 
     /// Stops weir as SIGTERM does and waits for it: what it returned.
@@ -282,22 +291,21 @@ impl Weir {
         .unwrap()
     }
 
-    /// Stops weir and starts it again on the same data directory and addresses.
+    /// Stops weir and starts it again on the same data directory (on new ports: a client
+    /// of the test may have taken the old ones meanwhile).
     pub async fn restart(mut self) -> Weir {
         self.stop().await.expect("weir stops cleanly");
-        let on = Some((self.api.http, self.api.mqtt));
         let (dir, args) = (self.api.data_dir.clone(), std::mem::take(&mut self.args));
-        Self::start_args(&dir, args, on).await
+        Self::start_args(&dir, args).await
     }
 }
 
 impl Drop for Weir {
+    /// Asks weir to stop and does not wait: waiting would block the test's runtime, which
+    /// runs the servers weir may be draining to. Tests that need weir stopped call
+    /// [`Weir::stop`].
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if let Some(done) = self.done.take() {
-            // Not for ever: a test that failed may have left a sink hanging.
-            let _ = done.recv_timeout(Duration::from_secs(15));
-        }
     }
 }
 

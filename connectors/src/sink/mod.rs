@@ -89,15 +89,15 @@ impl<T> Validated<T> {
 /// The [`worker`] hands it batches of outputs. It makes one attempt at each and returns
 /// one [`Outcome`] per output, in order: all at once where the sink batches on the wire
 /// (Kafka, republish), or one by one, stopping at the first retry-worthy failure
-/// (webhook; the rest are [`Reason::NotAttempted`]). It never loops, sleeps or buffers to
-/// retry: the worker does that, the same way for every sink.
+/// (webhook; the rest are [`Reason::NotAttempted`]). It never retries a failed output or
+/// keeps it to try again: the worker does that, the same way for every sink.
 pub trait Sink: Send + 'static {
     /// The validated configuration the sink is built from.
     type Settings: Send + Sync + 'static;
 
     /// Whether the sink keeps state of its own between runs (staging files to upload, a
     /// producer to flush): then its worker starts with the rule instead of waiting for
-    /// the rule's first output, and is woken every [`Sink::tick_interval`].
+    /// the rule's first output.
     const KEEPS_STATE: bool = false;
 
     /// Builds the sink: the place for I/O (connecting, creating directories).

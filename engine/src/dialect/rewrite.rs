@@ -182,10 +182,6 @@ pub(super) fn rewrite(
         let Expr::Function(f) = &*e else {
             return ControlFlow::Continue(());
         };
-        // Both forms of a nested SELECT: their calls are checked one by one.
-        if f.name.to_string().eq_ignore_ascii_case(nested::SELECT_FROM) {
-            return ControlFlow::Continue(());
-        }
         match functions::resolve(state, f, needs) {
             Ok(Some(replacement)) => *e = replacement,
             Ok(None) => {}

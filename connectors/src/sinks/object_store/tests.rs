@@ -130,3 +130,30 @@ async fn an_upload_that_can_never_succeed_is_set_aside_not_retried() {
         "{text}"
     );
 }
+
+/// A staging file removed by hand before its upload is let go of, not retried for ever.
+#[tokio::test]
+async fn a_staging_file_that_disappeared_is_let_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(tmp.path()).unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let mut uploader = Uploader {
+        store,
+        format: Format::Jsonl,
+        pending: vec![Pending::new(
+            tmp.path().join("gone.jsonl"),
+            "gone.jsonl".to_owned(),
+        )],
+        retry: RetryPolicy::default(),
+        metrics: metrics.clone(),
+        rule: "r".to_owned(),
+        label: "0-object_store".to_owned(),
+    };
+    uploader.upload_due().await;
+    assert!(uploader.pending.is_empty(), "nothing is left to retry");
+    assert!(
+        !metrics.render().contains("dead_lettered_total{"),
+        "no rows were lost"
+    );
+}

@@ -50,6 +50,8 @@ enum UploadError {
     Later(Failure),
     /// The file can never be uploaded as it is.
     Never(Failure),
+    /// The staging file is gone (removed by hand): there is nothing to upload.
+    Gone,
 }
 
 pub(super) struct Uploader {
@@ -124,7 +126,7 @@ impl Uploader {
     }
 
     /// Uploads the rolled files whose turn it is, oldest first; failures wait with backoff.
-    async fn upload_due(&mut self) {
+    pub(super) async fn upload_due(&mut self) {
         let mut i = 0;
         while i < self.pending.len() {
             if self.pending[i].next_attempt > Instant::now() {
@@ -154,6 +156,11 @@ impl Uploader {
                 Err(UploadError::Never(e)) => {
                     let done = self.pending.remove(i);
                     self.reject(done, e).await;
+                }
+                Err(UploadError::Gone) => {
+                    let gone = self.pending.remove(i);
+                    release(&gone.path);
+                    tracing::warn!(rule = %self.rule, action = %self.label, file = %gone.path.display(), "a staging file disappeared before its upload");
                 }
             }
         }
@@ -207,11 +214,12 @@ async fn upload(
     key: &str,
     format: Format,
 ) -> Result<(), UploadError> {
-    let data = tokio::fs::read(staged).await.map_err(|e| {
-        UploadError::Later(Failure::new(
+    let data = tokio::fs::read(staged).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => UploadError::Gone,
+        _ => UploadError::Later(Failure::new(
             Reason::Io,
             format!("read {}: {e}", staged.display()),
-        ))
+        )),
     })?;
     // A crash mid-write leaves a partial last line: it was never acknowledged.
     let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
