@@ -104,6 +104,18 @@ pub struct ServeArgs {
     /// Log filter, e.g. info or weir=debug [default: info].
     #[arg(long, env = "WEIR_LOG")]
     pub log: Option<String>,
+    /// API authentication: `on` (every /v1 request needs `Authorization: Bearer <token>`)
+    /// or `off` [default: on].
+    #[arg(long, env = "WEIR_AUTH", value_name = "on|off")]
+    pub auth: Option<String>,
+    /// File holding the admin token, e.g. a container secret [default:
+    /// <data-dir>/admin.token, made at the first start]. WEIR_ADMIN_TOKEN gives the token
+    /// itself instead.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Whether GET /metrics needs a token too (any role) [default: false].
+    #[arg(long, env = "WEIR_METRICS_AUTH", value_name = "BOOL")]
+    pub metrics_auth: Option<bool>,
 }
 
 macro_rules! merge {
@@ -141,6 +153,9 @@ impl ServeArgs {
                 action_buffer_max_bytes,
                 worker_threads,
                 log,
+                auth,
+                admin_token_file,
+                metrics_auth,
             ]
         )
     }
@@ -161,6 +176,50 @@ pub struct Settings {
     pub action_buffer_max_bytes: u64,
     pub worker_threads: usize,
     pub log: String,
+    pub auth: AuthSettings,
+}
+
+/// Who may use the HTTP API.
+#[derive(Clone)]
+pub struct AuthSettings {
+    /// Whether `/v1/*` requests need a token.
+    pub enabled: bool,
+    /// Where the admin token comes from.
+    pub admin_token: AdminToken,
+    /// Whether `/metrics` needs a token too.
+    pub metrics: bool,
+}
+
+/// Where the admin token comes from.
+#[derive(Clone)]
+pub enum AdminToken {
+    /// `<data-dir>/admin.token`, made at the first start.
+    DataDir,
+    /// `--admin-token-file`.
+    File(PathBuf),
+    /// `WEIR_ADMIN_TOKEN`.
+    Value(String),
+}
+
+/// The token itself is never shown.
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DataDir => f.write_str("DataDir"),
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("enabled", &self.enabled)
+            .field("admin_token", &self.admin_token)
+            .field("metrics", &self.metrics)
+            .finish()
+    }
 }
 
 fn duration(setting: &str, value: Option<&str>, default: Duration) -> anyhow::Result<Duration> {
@@ -227,6 +286,19 @@ impl Settings {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("weir-data"));
+        let auth = AuthSettings {
+            enabled: match a.auth.as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => bail!("--auth must be on or off, got '{other}'"),
+            },
+            admin_token: match (&a.admin_token_file, std::env::var("WEIR_ADMIN_TOKEN")) {
+                (Some(path), _) => AdminToken::File(path.clone()),
+                (None, Ok(token)) => AdminToken::Value(token),
+                (None, Err(_)) => AdminToken::DataDir,
+            },
+            metrics: a.metrics_auth.unwrap_or(false),
+        };
         Ok(Self {
             http_listen: a.http_listen.unwrap_or(([127, 0, 0, 1], 8080).into()),
             mqtt_listen: a.mqtt_listen.unwrap_or(([127, 0, 0, 1], 1883).into()),
@@ -247,6 +319,7 @@ impl Settings {
             action_buffer_max_bytes: a.action_buffer_max_bytes.unwrap_or(1 << 30),
             worker_threads,
             log: a.log.clone().unwrap_or_else(|| "info".to_owned()),
+            auth,
         })
     }
 }
@@ -278,6 +351,18 @@ mod tests {
         assert_eq!(s.worker_threads, 3);
         let err = Settings::resolve(&parse(&["--worker-threads", "0"])).unwrap_err();
         assert!(format!("{err:#}").contains("--worker-threads"), "{err:#}");
+        let s = Settings::resolve(&ServeArgs::default()).unwrap();
+        assert!(s.auth.enabled && !s.auth.metrics);
+        assert!(matches!(s.auth.admin_token, AdminToken::DataDir));
+        let s = Settings::resolve(&parse(&["--auth", "off", "--metrics-auth", "true"])).unwrap();
+        assert!(!s.auth.enabled && s.auth.metrics);
+        let err = Settings::resolve(&parse(&["--auth", "maybe"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--auth must be on or off"),
+            "{err:#}"
+        );
+        let s = Settings::resolve(&parse(&["--admin-token-file", "/run/secrets/weir"])).unwrap();
+        assert!(matches!(s.auth.admin_token, AdminToken::File(_)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The weir service: loads settings, wires ingress → pipeline → actions, serves the HTTP API.
 //!
 //! * [`config`]: flags, environment and config file.
+//! * [`auth`]: who may use the HTTP API: tokens and roles.
 //! * [`rules`]: the rule service, where every rule change is checked, stored and started.
 //! * [`rule_store`]: the rules on disk.
 //! * [`pipeline`]: router, rule workers, action workers.
@@ -10,6 +11,7 @@
 //! caller bound (tests bind port 0 and run weir in their own process).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod pipeline;
 pub mod rule_store;
@@ -158,9 +160,11 @@ pub async fn serve(
         },
     );
     let store = RuleStore::open(&settings.data_dir)?;
+    let auth = Arc::new(auth::Auth::open(&settings.auth, &settings.data_dir)?);
     let rules = Arc::new(RuleService::new(engine, pipeline.clone(), store));
     let state = Arc::new(api::AppState {
         rules: rules.clone(),
+        auth,
         ready: Default::default(),
     });
     let http_addr = listeners.http.local_addr()?;

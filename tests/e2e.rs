@@ -527,7 +527,14 @@ async fn rules_deleted_while_weir_starts_stay_deleted() {
         serde_json::to_vec(&json!({"version": 1, "rules": rules})).unwrap(),
     )
     .unwrap();
-    let mut weir = Weir::launch(&dir, &[]);
+    // The admin token is known before weir is up: the deletes go out while it starts.
+    let token = "the-admin-token-of-this-test";
+    std::fs::write(dir.join("token"), token).unwrap();
+    let mut weir = Weir::launch(
+        &dir,
+        &["--admin-token-file", dir.join("token").to_str().unwrap()],
+    );
+    weir.use_token(Some(token));
     // Delete the last 100 rules, one after the other, while the stored rules start.
     let mut deleted = Vec::new();
     for i in 900..1000 {

@@ -31,6 +31,16 @@ impl ApiError {
         self
     }
 
+    /// A failure of weir's own (the disk), logged.
+    pub fn internal(e: anyhow::Error) -> Self {
+        tracing::error!(error = %format!("{e:#}"), "request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{e:#}"),
+        )
+    }
+
     /// A request body that is not the JSON it should be, saying where.
     pub fn body(e: &serde_json::Error) -> Self {
         let code = if e.is_data() {
@@ -75,14 +85,7 @@ impl From<RuleError> for ApiError {
             )
             .with("rule", name),
             RuleError::Request(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_rule", m),
-            RuleError::Store(e) => {
-                tracing::error!(error = %format!("{e:#}"), "request failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("{e:#}"),
-                )
-            }
+            RuleError::Store(e) => ApiError::internal(e),
         }
     }
 }

@@ -1,27 +1,32 @@
-//! The HTTP API: rules CRUD, enable/disable, the rule test endpoint, metrics, health,
-//! readiness and the OpenAPI document. Handlers only translate HTTP: every rule change
-//! goes through the [`RuleService`], every error is an [`ApiError`].
+//! The HTTP API: rules CRUD, enable/disable, the rule test endpoint, tokens, metrics,
+//! health, readiness and the OpenAPI document. Handlers only translate HTTP: every rule
+//! change goes through the [`RuleService`], every error is an [`ApiError`]. Every `/v1`
+//! request is authorised first ([`authorize`]): a bearer token whose role may do it.
 
 mod error;
+mod tokens;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 pub use error::ApiError;
 use serde_json::{Value, json};
 
+use crate::auth::{Auth, Role};
 use crate::rules::RuleService;
 use crate::rules::spec::{RuleSpec, StoredRule, validate_name};
 
 /// Shared state of the API handlers.
 pub struct AppState {
     pub rules: Arc<RuleService>,
+    pub auth: Arc<Auth>,
     /// Whether weir serves traffic: false while it starts (rules load) and once it stops.
     pub ready: AtomicBool,
 }
@@ -36,6 +41,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/rules/{name}/enable", post(enable_rule))
         .route("/v1/rules/{name}/disable", post(disable_rule))
         .route("/v1/test", post(test_rule))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{name}", axum::routing::delete(tokens::delete))
         .route("/metrics", get(metrics))
         .route(
             "/healthz",
@@ -51,7 +58,67 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .with_state(state)
+}
+
+/// The role a request needs, or `None` for the open routes (health, readiness, the
+/// OpenAPI document, and `/metrics` unless `metrics` says it is guarded).
+fn required_role(method: &Method, path: &str, metrics: bool) -> Option<Role> {
+    if path == "/metrics" {
+        return metrics.then_some(Role::Viewer);
+    }
+    if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
+        return Some(Role::Admin);
+    }
+    if path == "/v1" || path.starts_with("/v1/") {
+        let reads = matches!(*method, Method::GET | Method::HEAD);
+        return Some(if reads { Role::Viewer } else { Role::Editor });
+    }
+    None
+}
+
+/// Lets a request through if its bearer token's role may make it: 401 without a token
+/// weir knows, 403 with one whose role is too low.
+async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if !s.auth.enabled() {
+        return next.run(req).await;
+    }
+    let Some(needed) = required_role(req.method(), req.uri().path(), s.auth.guards_metrics())
+    else {
+        return next.run(req).await;
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| s.auth.role_of(t)) {
+        None => (
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid API token is needed: send Authorization: Bearer <token>",
+            ),
+        )
+            .into_response(),
+        Some(role) if role < needed => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this needs the {} role; the token's role is {}",
+                needed.as_str(),
+                role.as_str()
+            ),
+        )
+        .into_response(),
+        Some(_) => next.run(req).await,
+    }
 }
 
 fn rule_json(r: &StoredRule) -> Value {
@@ -196,12 +263,18 @@ mod tests {
             },
         );
         let store = RuleStore::open(tmp.path()).unwrap();
+        let auth = crate::config::AuthSettings {
+            enabled: true,
+            admin_token: crate::config::AdminToken::DataDir,
+            metrics: false,
+        };
         let state = Arc::new(AppState {
             rules: Arc::new(RuleService::new(
                 weir_engine::Engine::new(),
                 pipeline,
                 store,
             )),
+            auth: Arc::new(Auth::open(&auth, tmp.path()).unwrap()),
             ready: AtomicBool::new(false),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -37,6 +37,35 @@ impl Api {
         format!("http://{}{}", self.http, path)
     }
 
+    /// The admin token weir made in its data directory, if it made one.
+    pub fn admin_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+    }
+
+    /// From now on every request carries `token` (`None`: no token).
+    pub fn use_token(&mut self, token: Option<&str>) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+        }
+        self.client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
+    }
+
+    /// Once weir is up: requests carry the admin token it made, if it made one.
+    fn use_admin_token(&mut self) {
+        if let Some(token) = self.admin_token() {
+            self.use_token(Some(&token));
+        }
+    }
+
     pub async fn put_rule(&self, name: &str, body: Value) -> (StatusCode, Value) {
         self.send_json(reqwest::Method::PUT, &format!("/v1/rules/{name}"), &body)
             .await
@@ -185,6 +214,12 @@ macro_rules! deref_to_api {
                 &self.api
             }
         }
+
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut Api {
+                &mut self.api
+            }
+        }
     };
 }
 
@@ -269,7 +304,10 @@ impl Weir {
             self.api.wait_ready(|| done.try_recv().ok()).await
         };
         match started {
-            Ok(not_ready) => self.answered_not_ready = not_ready,
+            Ok(not_ready) => {
+                self.answered_not_ready = not_ready;
+                self.api.use_admin_token();
+            }
             Err(result) => {
                 self.done = None;
                 panic!("weir stopped during start: {result:?}");
@@ -401,12 +439,12 @@ impl WeirProcess {
         }
     }
 
+    /// Waits until weir is ready; from then on requests carry its admin token.
     async fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let child = &mut self.child;
-        self.api
-            .wait_ready(|| child.try_wait().unwrap())
-            .await
-            .map(drop)
+        self.api.wait_ready(|| child.try_wait().unwrap()).await?;
+        self.api.use_admin_token();
+        Ok(())
     }
 
     /// Asks weir to stop (SIGTERM) and waits for it.

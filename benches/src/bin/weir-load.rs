@@ -425,13 +425,17 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The admin token of the weir the harness starts (a file given with
+/// `--admin-token-file`): every API call carries it.
+const ADMIN_TOKEN: &str = "weir-load-admin-token-on-loopback";
+
 /// PUT a rule over plain HTTP/1.1; panics unless weir answers 2xx.
 fn put_rule(http: SocketAddr, name: &str, body: &serde_json::Value) {
     let body = body.to_string();
     let mut s = TcpStream::connect(http).unwrap();
     write!(
         s,
-        "PUT /v1/rules/{name} HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "PUT /v1/rules/{name} HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -444,7 +448,7 @@ fn delete_rule(http: SocketAddr, name: &str) {
     let mut s = TcpStream::connect(http).unwrap();
     write!(
         s,
-        "DELETE /v1/rules/{name} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+        "DELETE /v1/rules/{name} HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();
@@ -492,6 +496,13 @@ fn start_weir(args: &Args, broker: SocketAddr, dir: &std::path::Path) -> WeirPro
             .arg(dir.join("data"))
             .arg("--queries-dir")
             .arg(dir.join("no-queries"))
+            .arg("--admin-token-file")
+            .arg({
+                std::fs::create_dir_all(dir).unwrap();
+                let file = dir.join("admin-token");
+                std::fs::write(&file, ADMIN_TOKEN).unwrap();
+                file
+            })
             .args(["--log", "warn"])
             .stdout({
                 std::fs::create_dir_all(dir).unwrap();

@@ -1,0 +1,245 @@
+//! The API tokens an admin made: names, roles and SHA-256 hashes in
+//! `<data-dir>/tokens.json` (mode 0600, replaced atomically). The tokens themselves are
+//! shown once, when made, and kept nowhere.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::Role;
+use crate::rules::spec::validate_name;
+
+/// Why a token could not be made or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("a token named '{0}' exists; delete it first")]
+    Exists(String),
+    #[error("the token '{0}' is weir's own and cannot be made or deleted over the API")]
+    Reserved(String),
+    #[error(transparent)]
+    Store(anyhow::Error),
+}
+
+/// A token as listed: never the token itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    role: Role,
+    /// Hex SHA-256 of the token.
+    sha256: String,
+    created_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenFile {
+    version: u32,
+    tokens: BTreeMap<String, Stored>,
+}
+
+pub struct TokenStore {
+    path: PathBuf,
+    tokens: BTreeMap<String, Stored>,
+    /// The hashes, decoded, in the order of `tokens`.
+    hashes: Vec<([u8; 32], Role)>,
+}
+
+/// A new token: `weir_` and 32 random bytes, base64url.
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "weir_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// The SHA-256 of a token. Tokens are long and random, so a fast hash does.
+pub fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether two hashes are equal, in constant time.
+pub fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}
+
+fn hex(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl TokenStore {
+    /// Opens the store at `path` (none yet: empty).
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let tokens = match std::fs::read(path) {
+            Ok(bytes) => {
+                let file: TokenFile = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("token store {} is not readable", path.display()))?;
+                file.tokens
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let mut store = Self {
+            path: path.to_owned(),
+            tokens,
+            hashes: Vec::new(),
+        };
+        store.index()?;
+        Ok(store)
+    }
+
+    fn index(&mut self) -> anyhow::Result<()> {
+        self.hashes = self
+            .tokens
+            .iter()
+            .map(|(name, t)| {
+                unhex(&t.sha256).map(|h| (h, t.role)).with_context(|| {
+                    format!(
+                        "token '{name}' in {} has no valid hash",
+                        self.path.display()
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(())
+    }
+
+    /// The role of the token whose hash is `h`. Every stored hash is compared, so the
+    /// time taken does not say which, if any, matched.
+    pub fn role_of(&self, h: &[u8; 32]) -> Option<Role> {
+        let mut found = None;
+        for (stored, role) in &self.hashes {
+            if same(stored, h) {
+                found = Some(*role);
+            }
+        }
+        found
+    }
+
+    pub fn insert(&mut self, name: &str, role: Role, token: &str) -> Result<(), TokenError> {
+        validate_name(name)
+            .map_err(|m| TokenError::InvalidName(m.replace("rule name", "token name")))?;
+        if self.tokens.contains_key(name) {
+            return Err(TokenError::Exists(name.to_owned()));
+        }
+        let mut next = self.tokens.clone();
+        next.insert(
+            name.to_owned(),
+            Stored {
+                role,
+                sha256: hex(&hash(token)),
+                created_at_ms: weir_engine::now_ms(),
+            },
+        );
+        self.save(next)
+    }
+
+    pub fn remove(&mut self, name: &str) -> Result<bool, TokenError> {
+        if !self.tokens.contains_key(name) {
+            return Ok(false);
+        }
+        let mut next = self.tokens.clone();
+        next.remove(name);
+        self.save(next).map(|()| true)
+    }
+
+    pub fn list(&self) -> Vec<super::tokens::TokenInfo> {
+        self.tokens
+            .iter()
+            .map(|(name, t)| TokenInfo {
+                name: name.clone(),
+                role: t.role,
+                created_at_ms: Some(t.created_at_ms),
+            })
+            .collect()
+    }
+
+    /// Writes `tokens` (a temporary file, synced, renamed over the old one) and makes
+    /// them the store's.
+    fn save(&mut self, tokens: BTreeMap<String, Stored>) -> Result<(), TokenError> {
+        let file = TokenFile { version: 1, tokens };
+        let tmp = self.path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write()
+            .with_context(|| format!("cannot write token store {}", self.path.display()))
+            .map_err(TokenError::Store)?;
+        self.tokens = file.tokens;
+        self.index().map_err(TokenError::Store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_stored_hashed_and_found_by_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("tokens.json");
+        let mut store = TokenStore::open(&path).unwrap();
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with("weir_") && a.len() > 40, "{a}");
+        store.insert("ci", Role::Editor, &a).unwrap();
+        store.insert("dash", Role::Viewer, &b).unwrap();
+        assert!(matches!(
+            store.insert("ci", Role::Admin, &b),
+            Err(TokenError::Exists(_))
+        ));
+        assert!(matches!(
+            store.insert("a b", Role::Admin, &b),
+            Err(TokenError::InvalidName(_))
+        ));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&a) && !text.contains(&b), "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let store = TokenStore::open(&path).unwrap();
+        assert_eq!(store.role_of(&hash(&a)), Some(Role::Editor));
+        assert_eq!(store.role_of(&hash(&b)), Some(Role::Viewer));
+        assert_eq!(store.role_of(&hash("weir_nope")), None);
+        let mut store = store;
+        assert!(store.remove("ci").unwrap());
+        assert!(!store.remove("ci").unwrap());
+        assert_eq!(TokenStore::open(&path).unwrap().role_of(&hash(&a)), None);
+    }
+}

@@ -1,0 +1,380 @@
+//! Who may use the HTTP API: the admin token weir makes (or is given), tokens with roles,
+//! 401 without a token it knows, 403 for a role that may not, and the routes that stay
+//! open.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// `method path` with `token` (or none); the status and the JSON body.
+async fn call(
+    weir: &Api,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, weir.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn rule() -> Value {
+    json!({"sql": "SELECT a FROM 'in'", "actions": [{"republish": {"topic": "out"}}]})
+}
+
+#[tokio::test]
+async fn every_v1_request_needs_a_token_whose_role_may_make_it() {
+    let dir = temp_dir("auth");
+    let mut weir = Weir::start(&dir, &[]).await;
+    // The admin token was made at the first start, readable by weir's user alone.
+    let admin = weir
+        .admin_token()
+        .expect("admin.token in the data directory");
+    assert!(admin.starts_with("weir_") && admin.len() > 40, "{admin}");
+    let mode = std::fs::metadata(dir.join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let admin = Some(admin.as_str());
+
+    // No token, a wrong one: 401, with the usual error body.
+    for token in [None, Some("weir_not-a-token"), Some("")] {
+        let (status, body) = call(&weir, token, Method::GET, "/v1/rules", None).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Authorization: Bearer"),
+            "{body}"
+        );
+    }
+    let r = reqwest::get(weir.url("/v1/rules")).await.unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    // Unknown /v1 routes say nothing without a token either.
+    assert_eq!(
+        call(&weir, None, Method::GET, "/v1/nope", None).await.0,
+        401
+    );
+    // Health, readiness, metrics and the OpenAPI document stay open.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.yaml"] {
+        assert_eq!(
+            call(&weir, None, Method::GET, path, None).await.0,
+            200,
+            "{path}"
+        );
+    }
+
+    // The admin makes tokens: each is shown once.
+    let mut made = std::collections::HashMap::new();
+    for (name, role) in [("ci", "editor"), ("dash", "viewer"), ("ops", "admin")] {
+        let (status, body) = call(
+            &weir,
+            admin,
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": name, "role": role})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(
+            (body["name"].as_str(), body["role"].as_str()),
+            (Some(name), Some(role))
+        );
+        made.insert(name, body["token"].as_str().unwrap().to_owned());
+    }
+    for (body, code, status) in [
+        (json!({"name": "ci", "role": "viewer"}), "conflict", 409),
+        (json!({"name": "x", "role": "root"}), "invalid_rule", 400),
+        (
+            json!({"name": "admin", "role": "viewer"}),
+            "invalid_name",
+            400,
+        ),
+        (
+            json!({"name": "a b", "role": "viewer"}),
+            "invalid_name",
+            400,
+        ),
+    ] {
+        let (got, answer) =
+            call(&weir, admin, Method::POST, "/v1/tokens", Some(body.clone())).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+    let (editor, viewer) = (Some(made["ci"].as_str()), Some(made["dash"].as_str()));
+
+    // Listed by name and role, never the tokens themselves.
+    let (status, list) = call(&weir, admin, Method::GET, "/v1/tokens", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<(&str, &str)> = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("admin", "admin"),
+            ("ci", "editor"),
+            ("dash", "viewer"),
+            ("ops", "admin")
+        ]
+    );
+    let stored = std::fs::read_to_string(dir.join("tokens.json")).unwrap();
+    for token in made.values() {
+        assert!(!list.to_string().contains(token.as_str()));
+        assert!(!stored.contains(token.as_str()), "tokens are stored hashed");
+    }
+
+    // A viewer reads; an editor changes and tests rules; neither handles tokens.
+    assert_eq!(
+        call(&weir, editor, Method::PUT, "/v1/rules/r", Some(rule()))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        call(&weir, viewer, Method::GET, "/v1/rules", None).await.0,
+        200
+    );
+    assert_eq!(
+        call(&weir, viewer, Method::GET, "/v1/rules/r", None)
+            .await
+            .0,
+        200
+    );
+    let (status, body) = call(&weir, viewer, Method::PUT, "/v1/rules/r", Some(rule())).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("editor"),
+        "{body}"
+    );
+    for (method, path) in [
+        (Method::DELETE, "/v1/rules/r"),
+        (Method::POST, "/v1/rules/r/disable"),
+        (Method::POST, "/v1/test"),
+    ] {
+        assert_eq!(
+            call(&weir, viewer, method, path, Some(json!({}))).await.0,
+            403,
+            "{path}"
+        );
+    }
+    let test =
+        json!({"sql": "SELECT a FROM 'in'", "messages": [{"topic": "in", "payload": {"a": 1}}]});
+    assert_eq!(
+        call(&weir, editor, Method::POST, "/v1/test", Some(test))
+            .await
+            .0,
+        200
+    );
+    for token in [editor, viewer] {
+        assert_eq!(
+            call(&weir, token, Method::GET, "/v1/tokens", None).await.0,
+            403
+        );
+        let new = json!({"name": "more", "role": "admin"});
+        assert_eq!(
+            call(&weir, token, Method::POST, "/v1/tokens", Some(new))
+                .await
+                .0,
+            403
+        );
+    }
+    let ops = Some(made["ops"].as_str());
+    assert_eq!(
+        call(&weir, ops, Method::GET, "/v1/tokens", None).await.0,
+        200
+    );
+    assert_eq!(
+        call(&weir, editor, Method::DELETE, "/v1/rules/r", None)
+            .await
+            .0,
+        204
+    );
+
+    // Revoked: the token stops working; the admin token cannot be revoked over the API.
+    assert_eq!(
+        call(&weir, admin, Method::DELETE, "/v1/tokens/ci", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        call(&weir, admin, Method::DELETE, "/v1/tokens/ci", None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        call(&weir, editor, Method::GET, "/v1/rules", None).await.0,
+        401
+    );
+    assert_eq!(
+        call(&weir, admin, Method::DELETE, "/v1/tokens/admin", None)
+            .await
+            .0,
+        400
+    );
+
+    // After a restart the same tokens hold.
+    weir.use_token(None);
+    let weir = weir.restart().await;
+    assert_eq!(
+        call(&weir, viewer, Method::GET, "/v1/rules", None).await.0,
+        200
+    );
+    assert_eq!(
+        call(&weir, editor, Method::GET, "/v1/rules", None).await.0,
+        401
+    );
+    assert_eq!(
+        call(&weir, admin, Method::GET, "/v1/tokens", None).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_admin_token_can_come_from_a_file_and_metrics_can_need_a_token() {
+    let dir = temp_dir("auth-file");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "a-long-operator-secret-1234\n").unwrap();
+    let weir = Weir::start(
+        &dir,
+        &[
+            "--admin-token-file",
+            secret.to_str().unwrap(),
+            "--metrics-auth",
+            "true",
+        ],
+    )
+    .await;
+    assert!(weir.admin_token().is_none(), "no admin.token is made");
+    let admin = Some("a-long-operator-secret-1234");
+    assert_eq!(
+        call(&weir, admin, Method::GET, "/v1/rules", None).await.0,
+        200
+    );
+    assert_eq!(
+        call(&weir, None, Method::GET, "/metrics", None).await.0,
+        401
+    );
+    let (_, made) = call(
+        &weir,
+        admin,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "prometheus", "role": "viewer"})),
+    )
+    .await;
+    let viewer = made["token"].as_str();
+    let (status, text) = call(&weir, viewer, Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.as_str()
+            .unwrap()
+            .contains("weir_ingress_messages_total")
+    );
+    assert_eq!(
+        call(&weir, None, Method::GET, "/healthz", None).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn with_auth_off_no_token_is_needed() {
+    let dir = temp_dir("auth-off");
+    let weir = Weir::start(&dir, &["--auth", "off"]).await;
+    assert!(weir.admin_token().is_none());
+    assert_eq!(
+        call(&weir, None, Method::PUT, "/v1/rules/r", Some(rule()))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        call(&weir, None, Method::GET, "/v1/rules", None).await.0,
+        200
+    );
+}
+
+/// The real binary: a token from WEIR_ADMIN_TOKEN works; the log names the token file it
+/// made, and never a token.
+#[tokio::test]
+async fn the_log_names_the_token_file_never_the_token() {
+    let dir = temp_dir("auth-log");
+    let weir = WeirProcess::start(&dir, &[]).await;
+    let token = weir.admin_token().unwrap();
+    let log = std::fs::read_to_string(dir.join("weir.log")).unwrap();
+    assert!(
+        log.contains(&dir.join("admin.token").display().to_string()),
+        "{log}"
+    );
+    assert!(!log.contains(&token));
+    drop(weir);
+
+    let dir = temp_dir("auth-env");
+    let (http, mqtt) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--data-dir", dir.to_str().unwrap()])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+        .args(["--queries-dir", dir.join("none").to_str().unwrap()])
+        .env("WEIR_ADMIN_TOKEN", "from-the-environment-0123456789")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{http}/v1/rules");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        match client
+            .get(&url)
+            .bearer_auth("from-the-environment-0123456789")
+            .send()
+            .await
+        {
+            Ok(r) => break r.status().as_u16(),
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("weir did not answer: {e}"),
+        }
+    };
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status, 200);
+    assert!(!dir.join("admin.token").exists());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("from-the-environment-0123456789"), "{log}");
+}
