@@ -247,3 +247,58 @@ async fn rules_see_the_publishers_username_and_address() {
     let (_, v) = watcher.next(10).await.expect("output");
     assert_eq!(v, json!({"p": "alice", "ip": "127.0.0.1", "c": "dev-9"}));
 }
+
+/// One client's 9,000-level filter or topic (which once exhausted a thread's stack in the
+/// topic trie) is refused: the filter with a failed SUBACK, the topic by closing the
+/// connection; weir and its other clients carry on.
+#[tokio::test]
+async fn a_topic_of_thousands_of_levels_is_refused_and_weir_carries_on() {
+    let dir = temp_dir("broker-deep");
+    let weir = Weir::start(&dir, &[]).await;
+    let deep = vec!["d"; 9000].join("/");
+
+    let mut opts = MqttOptions::new("deep", weir.mqtt.ip().to_string(), weir.mqtt.port());
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 10);
+    client
+        .subscribe(format!("{deep}/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let suback = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(ack)) = events.poll().await.unwrap() {
+                return ack;
+            }
+        }
+    })
+    .await
+    .expect("a SUBACK");
+    assert_eq!(
+        suback.return_codes,
+        [rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure]
+    );
+    client
+        .publish(deep.clone(), QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Err(e) => return e,
+                Ok(Event::Incoming(Packet::PubAck(_))) => panic!("the publish was taken"),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the connection closes");
+    eprintln!("the deep publisher's connection ended: {closed}");
+
+    // weir is still there, and other clients work.
+    assert_eq!(weir.request(reqwest::Method::GET, "/healthz").await.0, 200);
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe("ok/#").await;
+    let device = Mqtt::connect(weir.mqtt, "device").await;
+    device.publish("ok/1", r#"{"n": 1}"#).await;
+    assert_eq!(watcher.next(10).await.unwrap().0, "ok/1");
+}

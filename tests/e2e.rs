@@ -485,6 +485,35 @@ async fn rule_files_are_loaded_at_start() {
     );
 }
 
+/// Rules that once aborted weir (a sum of 100,000 terms exhausted a thread's stack; a
+/// variable doubled 30 times, the memory) get a 400 that says why, and weir carries on.
+#[tokio::test]
+async fn rules_that_would_exhaust_weir_get_a_400() {
+    let dir = temp_dir("exhaust");
+    let weir = Weir::start(&dir, &[]).await;
+    let sum = |n: usize| format!("SELECT {} AS x FROM 't'", vec!["1"; n].join("+"));
+    let mut doubled = "SET @v0 = a".to_owned();
+    for i in 1..=30 {
+        doubled.push_str(&format!(", @v{i} = @v{} + @v{}", i - 1, i - 1));
+    }
+    doubled.push_str(" SELECT @v30 AS x FROM 't'");
+    for (sql, says) in [
+        (sum(100_000), "at most 65536"),
+        (sum(20_000), "levels deep"),
+        (doubled, "variables are substituted"),
+    ] {
+        let rule = json!({"sql": sql, "actions": []});
+        let (status, body) = weir.put_rule("big", rule).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_sql");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+    assert_eq!(weir.request(Method::GET, "/healthz").await.0, 200);
+    let ok = json!({"sql": sum(100), "actions": []});
+    assert_eq!(weir.put_rule("fine", ok).await.0, 201);
+}
+
 /// The HTTP API answers while weir loads its rules: `/readyz` says 503 until they run.
 #[tokio::test]
 async fn readiness_waits_for_the_rules_to_load() {

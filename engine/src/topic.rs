@@ -5,8 +5,16 @@
 //! including none. [`TopicTrie`] indexes many filters so that finding the rules for one
 //! message costs in proportion to the topic's depth and the number of matches, not to the
 //! number of rules installed.
+//!
+//! Topics and filters have at most [`MAX_LEVELS`] levels (as EMQX's default): a device
+//! cannot make weir walk, build or drop a trie deep enough to exhaust a thread's stack. The
+//! trie takes no deeper filter, so its depth, and the recursion of its walk, is bounded
+//! whatever a topic holds.
 
 use std::collections::HashMap;
+
+/// The most levels a topic or a topic filter may have.
+pub const MAX_LEVELS: usize = 128;
 
 /// Why a topic filter was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +29,17 @@ pub enum TopicError {
     Nul { filter: String },
     #[error("topic '{topic}' must not contain the wildcards '+' or '#'")]
     WildcardInTopic { topic: String },
+    #[error("topic or filter of {levels} levels: at most {MAX_LEVELS} are allowed")]
+    TooDeep { levels: usize },
+}
+
+/// Refuses a topic or filter of more than [`MAX_LEVELS`] levels.
+fn check_depth(topic: &str) -> Result<(), TopicError> {
+    let levels = topic.bytes().filter(|b| *b == b'/').count() + 1;
+    if levels > MAX_LEVELS {
+        return Err(TopicError::TooDeep { levels });
+    }
+    Ok(())
 }
 
 /// Checks that `filter` is a valid MQTT topic filter (MQTT 3.1.1 §4.7).
@@ -33,6 +52,7 @@ pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
             filter: filter.to_owned(),
         });
     }
+    check_depth(filter)?;
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
         if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
@@ -49,20 +69,31 @@ pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
-/// Checks that `topic` is a valid topic name to publish to (no wildcards).
+/// Checks that `topic` is a valid topic name to publish to (no wildcards, at most
+/// [`MAX_LEVELS`] levels). One pass over the bytes: it runs for every message.
 pub fn validate_topic(topic: &str) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err(TopicError::Empty);
     }
-    if topic.contains(['+', '#']) {
-        return Err(TopicError::WildcardInTopic {
-            topic: topic.to_owned(),
-        });
+    let mut levels = 1;
+    for b in topic.bytes() {
+        match b {
+            b'/' => levels += 1,
+            b'+' | b'#' => {
+                return Err(TopicError::WildcardInTopic {
+                    topic: topic.to_owned(),
+                });
+            }
+            0 => {
+                return Err(TopicError::Nul {
+                    filter: topic.to_owned(),
+                });
+            }
+            _ => {}
+        }
     }
-    if topic.contains('\0') {
-        return Err(TopicError::Nul {
-            filter: topic.to_owned(),
-        });
+    if levels > MAX_LEVELS {
+        return Err(TopicError::TooDeep { levels });
     }
     Ok(())
 }
@@ -221,8 +252,13 @@ impl<T: PartialEq + Clone> TopicTrie<T> {
         self.len == 0
     }
 
-    /// Adds `value` under `filter`. The filter must be valid (see [`validate_filter`]).
+    /// Adds `value` under `filter`. The filter must be valid (see [`validate_filter`]);
+    /// one of more than [`MAX_LEVELS`] levels is not taken.
     pub fn insert(&mut self, filter: &str, value: T) {
+        if check_depth(filter).is_err() {
+            debug_assert!(false, "a filter deeper than MAX_LEVELS reached the trie");
+            return;
+        }
         let mut node = &mut self.root;
         for level in filter.split('/') {
             match level {
@@ -337,6 +373,34 @@ mod tests {
         }
         assert!(validate_topic("a/+/b").is_err());
         assert!(validate_topic("a/b").is_ok());
+    }
+
+    /// A device's 9,000-level topic or filter is refused, and a trie walk with such a
+    /// topic goes no deeper than the trie, whose depth is bounded.
+    #[test]
+    fn deep_topics_are_refused_and_cannot_deepen_the_trie() {
+        let deepest_ok = vec!["a"; MAX_LEVELS].join("/");
+        assert!(validate_topic(&deepest_ok).is_ok());
+        assert!(validate_filter(&deepest_ok).is_ok());
+        let deep = vec!["a"; 9000].join("/");
+        assert_eq!(
+            validate_topic(&deep),
+            Err(TopicError::TooDeep { levels: 9000 })
+        );
+        assert!(validate_filter(&format!("{deep}/#")).is_err());
+        let mut trie = TopicTrie::new();
+        trie.insert(&deepest_ok, 1);
+        trie.insert("a/#", 2);
+        // Walked, built and dropped on a thread with a small stack: a trie or walk as deep
+        // as the topic would overflow it.
+        let handle = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                assert_eq!(trie.matches(&deep), vec![2]);
+                assert_eq!(trie.matches(&deepest_ok), vec![2, 1]);
+            })
+            .unwrap();
+        handle.join().unwrap();
     }
 
     #[test]

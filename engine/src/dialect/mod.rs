@@ -24,6 +24,7 @@
 mod ast;
 mod error;
 pub mod functions;
+pub mod limits;
 pub(crate) mod nested;
 mod rewrite;
 mod shape;
@@ -77,6 +78,8 @@ pub struct ParsedRule {
 pub struct Variable {
     pub name: String,
     pub expr: Expr,
+    /// The expression's size, in nodes: what each use of the variable adds.
+    pub nodes: u64,
 }
 
 /// An expression from outside a rule's SELECT (a `${...}` template), rewritten like one.
@@ -89,6 +92,7 @@ pub struct ParsedExpr {
 
 /// Parses, validates and rewrites a rule.
 pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
+    limits::check_text(sql)?;
     let dialect = GenericDialect {};
     let mut tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
@@ -112,11 +116,14 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
                 name.span,
             ));
         }
+        limits::check(&expr)?;
         desugar(&mut expr)?;
         substitute_variables(&mut expr, &variables)?;
+        let nodes = limits::check(&expr)?;
         variables.push(Variable {
             name: name.value,
             expr,
+            nodes,
         });
     }
 
@@ -227,6 +234,7 @@ pub fn parse_expr(
     text: &str,
     variables: &[Variable],
 ) -> Result<ParsedExpr, SqlError> {
+    limits::check_text(text)?;
     let dialect = GenericDialect {};
     let mut tokens = Tokenizer::new(&dialect, text)
         .tokenize_with_location()

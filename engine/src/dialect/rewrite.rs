@@ -14,7 +14,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use super::ast::{call, done};
-use super::{SqlError, Variable, functions, nested};
+use super::{SqlError, Variable, functions, limits, nested};
 use crate::Engine;
 use crate::fields::FieldTree;
 use crate::meta::{self, MetaNeeds};
@@ -24,6 +24,17 @@ pub(super) fn substitute_variables(
     expr: &mut Expr,
     variables: &[Variable],
 ) -> Result<(), SqlError> {
+    // What substituting would make, before it is made.
+    let mut uses = Vec::new();
+    let _ = visit_expressions(expr, |e| {
+        if let Some(name) = variable_named(e)
+            && let Some(v) = variables.iter().find(|v| v.name == name)
+        {
+            uses.push(v.nodes);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    limits::check_expansion(expr, uses.into_iter())?;
     let outcome = visit_expressions_mut(expr, |e| {
         let (name, members, span) = match &*e {
             Expr::Identifier(i) if i.quote_style.is_none() && i.value.starts_with('@') => {
@@ -57,6 +68,21 @@ pub(super) fn substitute_variables(
         ControlFlow::Continue(())
     });
     done(outcome)
+}
+
+/// The variable an expression names (`@v` or `@v.member`), if it names one.
+fn variable_named(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Identifier(i) if i.quote_style.is_none() && i.value.starts_with('@') => {
+            Some(&i.value)
+        }
+        Expr::CompoundIdentifier(parts)
+            if parts[0].quote_style.is_none() && parts[0].value.starts_with('@') =>
+        {
+            Some(&parts[0].value)
+        }
+        _ => None,
+    }
 }
 
 /// The AWS forms that SQL lacks, in SQL: a nested SELECT becomes array or object
@@ -93,8 +119,10 @@ pub(super) fn rewrite(
     fields: &mut FieldTree,
     needs: &mut MetaNeeds,
 ) -> Result<(), SqlError> {
+    limits::check(expr)?;
     desugar(expr)?;
     substitute_variables(expr, variables)?;
+    limits::check(expr)?;
 
     // Refuse what a rule cannot do, with its position.
     let refused = visit_expressions(expr, |e| {

@@ -78,6 +78,24 @@ impl Rule {
         sql: &str,
         template_exprs: &[String],
     ) -> Result<Self, SqlError> {
+        // On a thread of its own with a deep stack: the parser and the passes before the
+        // depth check recurse as deep as the text nests (see `dialect::limits`).
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("weir-compile".to_owned())
+                .stack_size(dialect::limits::COMPILE_STACK)
+                .spawn_scoped(scope, || Self::compile_here(engine, sql, template_exprs))
+                .map_err(|e| SqlError::new(format!("cannot start compiling the rule: {e}")))?
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    fn compile_here(
+        engine: &Arc<Engine>,
+        sql: &str,
+        template_exprs: &[String],
+    ) -> Result<Self, SqlError> {
         let parsed = dialect::parse_rule(engine, sql)?;
         let mut fields = parsed.fields.clone();
         let mut meta = parsed.meta.clone();

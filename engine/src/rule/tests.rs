@@ -325,3 +325,38 @@ mod fast_path {
         }
     }
 }
+
+/// What once exhausted a thread's stack or the memory is refused with a message saying
+/// why: a sum of 100,000 terms, one of 20,000 (deep, under the text limit), parentheses
+/// nested 100,000 deep, a variable doubled 30 times. What is within the limits compiles.
+#[test]
+fn rules_that_would_exhaust_the_stack_or_the_memory_are_refused() {
+    let e = Engine::new();
+    let sum = |n: usize| format!("SELECT {} AS x FROM 't'", vec!["1"; n].join("+"));
+    let err = Rule::compile(&e, &sum(100_000), &[]).unwrap_err();
+    assert!(err.message.contains("bytes; at most 65536"), "{err}");
+    let err = Rule::compile(&e, &sum(20_000), &[]).unwrap_err();
+    assert!(err.message.contains("levels deep; at most 128"), "{err}");
+    assert!(Rule::compile(&e, &sum(100), &[]).is_ok());
+    let parens = format!(
+        "SELECT {}1{} AS x FROM 't'",
+        "(".repeat(30_000),
+        ")".repeat(30_000)
+    );
+    let err = Rule::compile(&e, &parens, &[]).unwrap_err();
+    assert!(err.message.contains("nests too deeply"), "{err}");
+    let mut set = "SET @v0 = a".to_owned();
+    for i in 1..=30 {
+        set.push_str(&format!(", @v{i} = @v{} + @v{}", i - 1, i - 1));
+    }
+    let err = Rule::compile(&e, &format!("{set} SELECT @v30 AS x FROM 't'"), &[]).unwrap_err();
+    assert!(
+        err.message
+            .contains("parts once its variables are substituted"),
+        "{err}"
+    );
+    // A template expression is held to the same limits.
+    let deep = vec!["1"; 200].join("+");
+    let err = Rule::compile(&e, "SELECT a FROM 't'", &[deep]).unwrap_err();
+    assert!(err.message.contains("levels deep"), "{err}");
+}
