@@ -7,6 +7,7 @@
 //! rules install as fast as 10.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -157,6 +158,7 @@ impl RuleStore {
                     std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
+                        .mode(0o600)
                         .open(&store.journal_path)?,
                 );
             }
@@ -203,7 +205,13 @@ impl RuleStore {
         };
         let tmp = self.path.with_extension("json.tmp");
         let write = || -> std::io::Result<u64> {
-            let mut f = std::fs::File::create(&tmp)?;
+            // Rules hold their actions' secrets: readable by weir's user alone.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
             f.write_all(&bytes)?;
             f.sync_all()?;

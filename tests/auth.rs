@@ -378,3 +378,86 @@ async fn the_log_names_the_token_file_never_the_token() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!log.contains("from-the-environment-0123456789"), "{log}");
 }
+
+/// Secrets in actions (a Kafka SASL password, a storage key, a webhook's Authorization
+/// header) are never in an API answer; a rule read and sent back as it was shown keeps
+/// them; one that sends a redacted secret it never had is refused. The stored rules are
+/// readable by weir's user alone.
+#[tokio::test]
+async fn secrets_in_actions_are_never_shown_and_kept_when_sent_back() {
+    let dir = temp_dir("secrets");
+    let weir = Weir::start(&dir, &[]).await;
+    let admin = weir.admin_token();
+    let admin = admin.as_deref();
+    let rule = json!({
+        "sql": "SELECT a FROM 'in'",
+        "actions": [
+            {"kafka": {"bootstrap_servers": "127.0.0.1:9", "topic": "t",
+                "properties": {"sasl.password": "kafka-secret-1", "sasl.username": "weir", "acks": "all"}}},
+            {"object_store": {"url": "s3://lake/raw", "options": {
+                "access_key_id": "AKIDEXAMPLE", "secret_access_key": "s3-secret-2", "region": "eu-west-1"}}},
+            {"webhook": {"url": "http://127.0.0.1:9/hook", "headers": {
+                "Authorization": "Bearer hook-secret-3", "x-source": "weir"}}}
+        ]
+    });
+    let secrets = ["kafka-secret-1", "s3-secret-2", "hook-secret-3"];
+    let (status, put) = call(&weir, admin, Method::PUT, "/v1/rules/r", Some(rule)).await;
+    assert_eq!(status, 201, "{put}");
+    let (_, one) = call(&weir, admin, Method::GET, "/v1/rules/r", None).await;
+    let (_, all) = call(&weir, admin, Method::GET, "/v1/rules", None).await;
+    for shown in [&put, &one, &all] {
+        for s in secrets {
+            assert!(!shown.to_string().contains(s), "{s} in {shown}");
+        }
+    }
+    let actions = &one["actions"];
+    assert_eq!(
+        actions[0]["kafka"]["properties"]["sasl.password"],
+        "<redacted>"
+    );
+    assert_eq!(actions[0]["kafka"]["properties"]["sasl.username"], "weir");
+    assert_eq!(
+        actions[1]["object_store"]["options"]["secret_access_key"],
+        "<redacted>"
+    );
+    assert_eq!(
+        actions[1]["object_store"]["options"]["access_key_id"],
+        "AKIDEXAMPLE"
+    );
+    assert_eq!(
+        actions[2]["webhook"]["headers"]["Authorization"],
+        "<redacted>"
+    );
+    assert_eq!(actions[2]["webhook"]["headers"]["x-source"], "weir");
+
+    // Sent back as shown, with one change: the secrets stay what they were.
+    let mut back = json!({"sql": one["sql"], "actions": one["actions"]});
+    back["actions"][0]["kafka"]["properties"]["linger.ms"] = json!("10");
+    let (status, body) = call(&weir, admin, Method::PUT, "/v1/rules/r", Some(back)).await;
+    assert_eq!(status, 200, "{body}");
+    let stored = std::fs::read_to_string(dir.join("rules.journal")).unwrap();
+    let last = stored.lines().last().unwrap();
+    for s in secrets {
+        assert!(last.contains(s), "{s} kept in the store");
+    }
+    assert!(last.contains(r#""linger.ms":"10""#), "{last}");
+    let mode = std::fs::metadata(dir.join("rules.journal"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the rule store is weir's alone");
+
+    // A redacted secret with nothing stored to keep is refused, naming it.
+    let new = json!({"sql": "SELECT a FROM 'in'", "actions": [{"webhook": {
+        "url": "http://127.0.0.1:9/", "headers": {"Authorization": "<redacted>"}}}]});
+    let (status, body) = call(&weir, admin, Method::PUT, "/v1/rules/other", Some(new)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_action");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("headers.Authorization"),
+        "{body}"
+    );
+}

@@ -121,8 +121,18 @@ async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
     }
 }
 
+/// A rule as the API shows it: its actions' secrets redacted, its topic filter added.
 fn rule_json(r: &StoredRule) -> Value {
-    let mut v = serde_json::to_value(r).expect("a rule serialises");
+    let mut shown = r.clone();
+    for a in shown
+        .spec
+        .actions
+        .iter_mut()
+        .chain(shown.spec.error_action.as_mut())
+    {
+        *a = a.redacted();
+    }
+    let mut v = serde_json::to_value(&shown).expect("a rule serialises");
     // The topic filter is handy in listings; it is derived, so it is not stored.
     if let Ok(filter) = weir_engine::dialect::topic_filter_of(&r.spec.sql) {
         v["topic_filter"] = json!(filter);

@@ -26,6 +26,26 @@ use crate::pipeline::{CompiledRule, Pipeline};
 use crate::rule_store::RuleStore;
 use spec::{RuleSpec, SQL_VERSION, StoredRule, parse_rule_file, validate_name};
 
+/// Gives the secrets a rule sends back redacted (as an API answer showed them) the values
+/// the stored version of the rule has, action by action.
+fn keep_secrets(spec: &mut RuleSpec, old: Option<&RuleSpec>) -> Result<(), RuleError> {
+    for (i, a) in spec.actions.iter_mut().enumerate() {
+        a.restore_secrets(old.and_then(|o| o.actions.get(i)))
+            .map_err(|message| RuleError::Action {
+                context: format!("actions[{i}]"),
+                message,
+            })?;
+    }
+    if let Some(a) = &mut spec.error_action {
+        a.restore_secrets(old.and_then(|o| o.error_action.as_ref()))
+            .map_err(|message| RuleError::Action {
+                context: "error_action".to_owned(),
+                message,
+            })?;
+    }
+    Ok(())
+}
+
 /// Why a rule change was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
@@ -149,6 +169,8 @@ impl RuleService {
         source: String,
     ) -> Result<(StoredRule, bool), RuleError> {
         validate_name(name).map_err(RuleError::InvalidName)?;
+        let mut spec = spec;
+        keep_secrets(&mut spec, store.get(name).map(|r| &r.spec))?;
         let created = store.get(name).map(|r| r.created_at_ms);
         let rule = StoredRule {
             name: name.to_owned(),

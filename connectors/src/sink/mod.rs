@@ -17,6 +17,7 @@
 pub mod disk_buffer;
 pub(crate) mod owned_files;
 pub mod retry;
+pub mod secrets;
 pub mod worker;
 
 use std::future::Future;
@@ -58,6 +59,12 @@ pub trait SinkConfig:
     /// A refusal of this action's configuration, saying why.
     fn invalid(message: impl Into<String>) -> ConfigError {
         ConfigError::invalid(Self::KIND, message)
+    }
+
+    /// The maps of the configuration whose values may be secrets, which API answers show
+    /// as [`secrets::REDACTED`]. None by default.
+    fn secret_maps(&mut self) -> Vec<secrets::SecretMap<'_>> {
+        Vec::new()
     }
 }
 

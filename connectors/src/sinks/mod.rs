@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use weir_engine::template::{Template, TemplateExprs};
 
 use crate::metrics::Metrics;
+use crate::sink::secrets::SecretMap;
 use crate::sink::{
     ConfigError, Delivery, RetryPolicy, Sink, SinkConfig, SinkContext, Undeliverable, Validated,
     WorkerSettings, run_worker,
@@ -43,6 +44,45 @@ macro_rules! registry {
             pub fn kind(&self) -> &'static str {
                 match self {
                     $(Self::$variant(_) => <$config as SinkConfig>::KIND,)*
+                }
+            }
+
+            /// The action as an API answer shows it: its secrets
+            /// [`REDACTED`](crate::sink::secrets::REDACTED).
+            pub fn redacted(&self) -> Self {
+                let mut shown = self.clone();
+                match &mut shown {
+                    $(Self::$variant(c) => c.secret_maps().iter_mut().for_each(|m| m.redact()),)*
+                }
+                shown
+            }
+
+            /// Gives the secrets this action sends back as
+            /// [`REDACTED`](crate::sink::secrets::REDACTED) their values in
+            /// `old`, the action as stored (if it is of the same type); `Err` names a
+            /// secret that has none.
+            pub fn restore_secrets(&mut self, old: Option<&ActionConfig>) -> Result<(), String> {
+                match (self, old) {
+                    $((Self::$variant(c), Some(Self::$variant(o))) => {
+                        let mut o = o.clone();
+                        let olds: Vec<_> = o.secret_maps().into_iter().map(|m| m.map.clone()).collect();
+                        for (i, m) in c.secret_maps().iter_mut().enumerate() {
+                            m.restore(olds.get(i))?;
+                        }
+                        Ok(())
+                    })*
+                    (this, _) => {
+                        for m in this.secret_maps_dyn().iter_mut() {
+                            m.restore(None)?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
+
+            fn secret_maps_dyn(&mut self) -> Vec<SecretMap<'_>> {
+                match self {
+                    $(Self::$variant(c) => c.secret_maps(),)*
                 }
             }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
 use super::Kafka;
+use crate::sink::secrets::{SecretMap, sounds_secret};
 use crate::sink::{ConfigError, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +57,14 @@ pub struct Settings {
 impl SinkConfig for KafkaConfig {
     const KIND: &'static str = "kafka";
     type Sink = Kafka;
+
+    fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+        vec![SecretMap {
+            field: "properties",
+            map: &mut self.properties,
+            is_secret: Self::secret_property,
+        }]
+    }
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
         let servers: Vec<&str> = self.bootstrap_servers.split(',').map(str::trim).collect();
@@ -127,6 +136,16 @@ impl SinkConfig for KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// Whether a librdkafka setting holds a secret: passwords, client secrets, a PEM key,
+    /// a JAAS or OAUTHBEARER configuration.
+    fn secret_property(key: &str) -> bool {
+        sounds_secret(key)
+            || matches!(
+                key,
+                "ssl.key.pem" | "sasl.jaas.config" | "sasl.oauthbearer.config"
+            )
+    }
+
     /// The producer configuration: weir's defaults, then the rule's properties.
     fn producer_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();

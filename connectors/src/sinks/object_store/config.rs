@@ -16,6 +16,7 @@ use weir_engine::template::{Template, TemplateExprs};
 
 use super::ObjectStoreSink;
 use crate::sink::retry::humantime_serde_compat;
+use crate::sink::secrets::{SecretMap, sounds_secret};
 use crate::sink::{ConfigError, SinkConfig, Validated};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -255,6 +256,14 @@ impl SinkConfig for ObjectStoreConfig {
     const KIND: &'static str = "object_store";
     type Sink = ObjectStoreSink;
 
+    fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+        vec![SecretMap {
+            field: "options",
+            map: &mut self.options,
+            is_secret: secret_option,
+        }]
+    }
+
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
         if self.max_rows == 0 || self.max_bytes == 0 || self.max_age.is_zero() {
             return Err(Self::invalid(
@@ -282,4 +291,11 @@ impl SinkConfig for ObjectStoreConfig {
             templates,
         ))
     }
+}
+
+/// Whether an `object_store` option holds a secret: a secret key, a session or SAS token,
+/// an account or service-account key (not a key's id).
+fn secret_option(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    sounds_secret(&k) || (k.contains("key") && !k.contains("key_id"))
 }

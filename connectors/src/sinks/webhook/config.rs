@@ -10,6 +10,7 @@ use weir_engine::template::{Template, TemplateExprs};
 
 use super::Webhook;
 use crate::sink::retry::humantime_serde_compat;
+use crate::sink::secrets::{SecretMap, sounds_secret};
 use crate::sink::{ConfigError, RetryPolicy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +43,14 @@ pub struct Settings {
 impl SinkConfig for WebhookConfig {
     const KIND: &'static str = "webhook";
     type Sink = Webhook;
+
+    fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+        vec![SecretMap {
+            field: "headers",
+            map: &mut self.headers,
+            is_secret: secret_header,
+        }]
+    }
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
         let url = Template::parse(&self.url, exprs)?;
@@ -80,4 +89,10 @@ impl SinkConfig for WebhookConfig {
             },
         })
     }
+}
+
+/// Whether a request header carries a credential: `Authorization`, a cookie, an API key.
+fn secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    sounds_secret(&n) || n.contains("auth") || n.contains("cookie") || n.contains("key")
 }
