@@ -461,3 +461,60 @@ async fn secrets_in_actions_are_never_shown_and_kept_when_sent_back() {
         "{body}"
     );
 }
+
+/// Bodies are JSON, said so (415 otherwise: a form on another site cannot post one), and
+/// at most 2 MiB (413 otherwise).
+#[tokio::test]
+async fn request_bodies_are_json_and_bounded() {
+    let dir = temp_dir("bodies");
+    let weir = Weir::start(&dir, &[]).await;
+    let token = weir.admin_token().unwrap();
+    let client = reqwest::Client::new();
+    let rule = r#"{"sql": "SELECT a FROM 'in'", "actions": []}"#;
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut req = client
+            .put(weir.url("/v1/rules/r"))
+            .bearer_auth(&token)
+            .body(rule);
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 415, "{content_type:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unsupported_media_type");
+    }
+    let r = client
+        .put(weir.url("/v1/rules/r"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(rule)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let big = format!(r#"{{"sql": "{}", "actions": []}}"#, "x".repeat(3 << 20));
+    let r = client
+        .put(weir.url("/v1/rules/big"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    // Without a body, no content type is needed.
+    let r = client
+        .post(weir.url("/v1/rules/r/disable"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -404,10 +404,11 @@ async fn bad_rules_get_a_400_that_says_where_and_why() {
         "{e}"
     );
 
-    // Not JSON at all.
+    // Not JSON at all, though it says it is.
     let r = weir
         .client
         .put(weir.url("/v1/rules/bad"))
+        .header("content-type", "application/json")
         .body("{nope")
         .send()
         .await

@@ -58,11 +58,60 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this route",
             )
         })
+        // The last layer runs first: who may, then what the body is.
+        .layer(axum::middleware::from_fn(json_bodies))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
         ))
         .with_state(state)
+}
+
+/// The largest request body weir reads: a rule's SQL is at most 64 KiB, a rule test's
+/// sample messages a little more.
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// Request bodies are JSON, said so by their `Content-Type` (415 otherwise), and at most
+/// [`MAX_BODY`] bytes as their `Content-Length` says (413 otherwise; a body sent in chunks
+/// is cut at the same size while it is read). A browser on another site cannot send JSON
+/// without asking first (CORS), so a form on a page cannot change rules.
+async fn json_bodies(req: Request, next: Next) -> Response {
+    let writes = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    if writes && req.uri().path().starts_with("/v1/") {
+        let headers = req.headers();
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let has_body =
+            length.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING);
+        if length.is_some_and(|n| n > MAX_BODY as u64) {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body has {} bytes; at most {MAX_BODY} are read",
+                    length.unwrap_or(0)
+                ),
+            )
+            .into_response();
+        }
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        if has_body && !json {
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "request bodies are JSON: send Content-Type: application/json",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// The role a request needs, or `None` for the open routes (health, readiness, the
