@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// Whether GET /metrics needs a token too (any role) [default: false].
     #[arg(long, env = "WEIR_METRICS_AUTH", value_name = "BOOL")]
     pub metrics_auth: Option<bool>,
+    /// Largest MQTT packet a client of the embedded broker may send, in bytes; a larger
+    /// one closes its connection [default: 131072 (128 KiB)].
+    #[arg(long, env = "WEIR_MQTT_MAX_PACKET_SIZE")]
+    pub mqtt_max_packet_size: Option<usize>,
 }
 
 macro_rules! merge {
@@ -156,6 +160,7 @@ impl ServeArgs {
                 auth,
                 admin_token_file,
                 metrics_auth,
+                mqtt_max_packet_size,
             ]
         )
     }
@@ -177,6 +182,7 @@ pub struct Settings {
     pub worker_threads: usize,
     pub log: String,
     pub auth: AuthSettings,
+    pub mqtt_max_packet_size: usize,
 }
 
 /// Who may use the HTTP API.
@@ -286,6 +292,15 @@ impl Settings {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("weir-data"));
+        let mqtt_max_packet_size = a
+            .mqtt_max_packet_size
+            .unwrap_or(weir_connectors::mqtt::embedded::DEFAULT_MAX_PACKET);
+        // MQTT's own bound: the remaining length has at most 4 bytes.
+        if !(1024..=268_435_455).contains(&mqtt_max_packet_size) {
+            bail!(
+                "--mqtt-max-packet-size must be from 1024 to 268435455 bytes, got {mqtt_max_packet_size}"
+            );
+        }
         let auth = AuthSettings {
             enabled: match a.auth.as_deref() {
                 None | Some("on") => true,
@@ -320,6 +335,7 @@ impl Settings {
             worker_threads,
             log: a.log.clone().unwrap_or_else(|| "info".to_owned()),
             auth,
+            mqtt_max_packet_size,
         })
     }
 }

@@ -136,7 +136,11 @@ pub async fn serve(
             (publisher, Ingress::External(ext))
         }
         (None, Some(listener)) => {
-            let broker = Broker::new(ingress_tx.clone(), metrics.clone());
+            let broker = Broker::with_max_packet(
+                ingress_tx.clone(),
+                metrics.clone(),
+                settings.mqtt_max_packet_size,
+            );
             let publisher = Publisher::Embedded(broker.clone());
             (publisher, Ingress::Embedded(broker, listener))
         }

@@ -302,3 +302,112 @@ async fn a_topic_of_thousands_of_levels_is_refused_and_weir_carries_on() {
     device.publish("ok/1", r#"{"n": 1}"#).await;
     assert_eq!(watcher.next(10).await.unwrap().0, "ok/1");
 }
+
+/// A client with room for large packets; returns it with its event loop's incoming
+/// publishes and the end of its connection.
+async fn big_client(
+    addr: std::net::SocketAddr,
+    id: &str,
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    tokio::task::JoinHandle<String>,
+) {
+    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 10);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    let task = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(r) = ready_tx.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p.payload.to_vec());
+                }
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .expect("connected")
+        .unwrap();
+    (client, rx, task)
+}
+
+/// The embedded broker takes packets of at most 128 KiB unless configured otherwise: a
+/// larger PUBLISH closes its connection, and MQTT 5 clients are told the limit.
+#[tokio::test]
+async fn packets_over_the_limit_close_the_connection() {
+    let dir = temp_dir("broker-max-packet");
+    let weir = Weir::start(&dir, &[]).await;
+    let (watcher, mut seen, _w) = big_client(weir.mqtt, "watcher").await;
+    watcher.subscribe("big/#", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (device, _, ended) = big_client(weir.mqtt, "device").await;
+    let fits = vec![b'a'; 100 * 1024];
+    device
+        .publish("big/1", QoS::AtLeastOnce, false, fits.clone())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), fits.len());
+    device
+        .publish("big/2", QoS::AtLeastOnce, false, vec![b'b'; 200 * 1024])
+        .await
+        .unwrap();
+    let why = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the connection closes")
+        .unwrap();
+    eprintln!("the device's connection ended: {why}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), seen.recv())
+            .await
+            .is_err(),
+        "the large publish was not delivered"
+    );
+
+    // MQTT 5 clients are told the limit.
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+    let (_c, mut events) = Client5::new(
+        Options5::new("v5", weir.mqtt.ip().to_string(), weir.mqtt.port()),
+        10,
+    );
+    let ack = loop {
+        if let Event5::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(a)) =
+            events.poll().await.unwrap()
+        {
+            break a;
+        }
+    };
+    assert_eq!(ack.properties.unwrap().max_packet_size, Some(128 * 1024));
+    drop(weir);
+
+    // Configured larger, the same publish goes through.
+    let dir = temp_dir("broker-max-packet-2");
+    let weir = Weir::start(&dir, &["--mqtt-max-packet-size", "1048576"]).await;
+    let (watcher, mut seen, _w) = big_client(weir.mqtt, "watcher").await;
+    watcher.subscribe("big/#", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (device, _, _d) = big_client(weir.mqtt, "device").await;
+    device
+        .publish("big/2", QoS::AtLeastOnce, false, vec![b'b'; 200 * 1024])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 200 * 1024);
+}

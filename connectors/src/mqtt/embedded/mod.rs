@@ -35,8 +35,8 @@ use crate::mqtt::packets::qos_v4;
 
 use crate::metrics::Metrics;
 
-/// Largest packet the broker accepts or sends.
-const MAX_PACKET: usize = 1024 * 1024;
+/// Largest packet the broker accepts, unless configured otherwise (`--mqtt-max-packet-size`).
+pub const DEFAULT_MAX_PACKET: usize = 128 * 1024;
 /// Outgoing messages queued per subscriber before further ones are dropped (and counted).
 const SUBSCRIBER_QUEUE: usize = 4096;
 /// How long a new connection has to send CONNECT.
@@ -81,11 +81,23 @@ struct Inner {
     next_id: AtomicU64,
     ingress: mpsc::Sender<Message>,
     metrics: Arc<Metrics>,
+    /// The largest packet a client may send (a larger one closes its connection), told to
+    /// MQTT 5 clients in the CONNACK.
+    max_packet: usize,
 }
 
 impl Broker {
     /// A broker that hands every PUBLISH it receives to `ingress`.
     pub fn new(ingress: mpsc::Sender<Message>, metrics: Arc<Metrics>) -> Self {
+        Self::with_max_packet(ingress, metrics, DEFAULT_MAX_PACKET)
+    }
+
+    /// [`Broker::new`], taking packets of at most `max_packet` bytes.
+    pub fn with_max_packet(
+        ingress: mpsc::Sender<Message>,
+        metrics: Arc<Metrics>,
+        max_packet: usize,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 subscriptions: RwLock::new(TopicTrie::new()),
@@ -93,6 +105,7 @@ impl Broker {
                 next_id: AtomicU64::new(1),
                 ingress,
                 metrics,
+                max_packet,
             }),
         }
     }
@@ -183,7 +196,8 @@ impl Broker {
         peer: SocketAddr,
         cancel: CancellationToken,
     ) -> Result<(), String> {
-        let (mut wire, connect) = Wire::accept(stream, MAX_PACKET, CONNECT_TIMEOUT).await?;
+        let (mut wire, connect) =
+            Wire::accept(stream, self.inner.max_packet, CONNECT_TIMEOUT).await?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (client_id, assigned) = if connect.client_id.is_empty() {
             // MQTT 3.1.1 allows an empty id only with a clean session; MQTT 5 always, and

@@ -98,8 +98,13 @@ pub enum Wire {
         framed: Box<Framed<TcpStream, v5::Codec>>,
         /// The largest packet this client accepts.
         max_packet: usize,
+        /// The largest packet the broker accepts from it, told in the CONNACK.
+        max_incoming: u32,
     },
 }
+
+/// The largest packet the broker sends, where the client sets no limit of its own.
+const MAX_OUTGOING: usize = 1024 * 1024;
 
 /// What the first bytes of a connection say about its protocol.
 enum Sniff {
@@ -178,7 +183,7 @@ impl Wire {
     ) -> Result<(Self, Connect), String> {
         let codec = v4::Codec {
             max_incoming_size: max_packet,
-            max_outgoing_size: max_packet,
+            max_outgoing_size: MAX_OUTGOING.max(max_packet),
         };
         let mut parts = FramedParts::new(stream, codec);
         parts.read_buf = buf;
@@ -220,11 +225,12 @@ impl Wire {
         let mut framed = Box::new(Framed::from_parts(parts));
         match framed.next().await {
             Some(Ok(v5::Packet::Connect(c, _will, login))) => {
+                let ours = MAX_OUTGOING.max(max_packet);
                 let client_max = c
                     .properties
                     .as_ref()
                     .and_then(|p| p.max_packet_size)
-                    .map_or(max_packet, |m| (m as usize).min(max_packet));
+                    .map_or(ours, |m| (m as usize).min(ours));
                 let connect = Connect {
                     client_id: c.client_id,
                     clean_start: c.clean_start,
@@ -235,6 +241,7 @@ impl Wire {
                     Self::V5 {
                         framed,
                         max_packet: client_max,
+                        max_incoming: limit,
                     },
                     connect,
                 ))
@@ -301,8 +308,12 @@ impl Wire {
                 .await
                 .map(|()| true)
                 .map_err(|e| e.to_string()),
-            Self::V5 { framed, max_packet } => {
-                let p = to_v5(packet);
+            Self::V5 {
+                framed,
+                max_packet,
+                max_incoming,
+            } => {
+                let p = to_v5(packet, *max_incoming);
                 if p.size() > *max_packet {
                     return Ok(false);
                 }
@@ -417,7 +428,7 @@ fn to_v4(p: Outbound<'_>) -> v4::Packet {
     }
 }
 
-fn to_v5(p: Outbound<'_>) -> v5::Packet {
+fn to_v5(p: Outbound<'_>, max_incoming: u32) -> v5::Packet {
     match p {
         Outbound::ConnAck { assigned_client_id } => v5::Packet::ConnAck(v5::ConnAck {
             session_present: false,
@@ -427,7 +438,7 @@ fn to_v5(p: Outbound<'_>) -> v5::Packet {
                 receive_max: None,
                 max_qos: None,
                 retain_available: None,
-                max_packet_size: None,
+                max_packet_size: Some(max_incoming),
                 assigned_client_identifier: assigned_client_id,
                 // Absent means 0: clients must send every topic in full.
                 topic_alias_max: None,
