@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod pipeline;
+pub mod private_file;
 pub mod rule_store;
 pub mod rules;
 

@@ -196,29 +196,17 @@ impl RuleStore {
         Ok(())
     }
 
-    /// Writes the snapshot; returns its size.
+    /// Writes the snapshot (rules hold their actions' secrets: readable by weir's user
+    /// alone); returns its size.
     fn save(&self) -> anyhow::Result<u64> {
-        use std::io::Write;
         let file = StoreFile {
             version: 1,
             rules: self.rules.values().cloned().collect(),
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<u64> {
-            // Rules hold their actions' secrets: readable by weir's user alone.
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            Ok(bytes.len() as u64)
-        };
-        write().with_context(|| format!("cannot write rule store {}", self.path.display()))
+        let bytes = serde_json::to_vec_pretty(&file)?;
+        crate::private_file::replace(&self.path, &bytes)
+            .with_context(|| format!("cannot write rule store {}", self.path.display()))?;
+        Ok(bytes.len() as u64)
     }
 }
 

@@ -12,8 +12,7 @@
 
 pub mod tokens;
 
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -167,14 +166,7 @@ fn data_dir_token(path: &PathBuf) -> anyhow::Result<String> {
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
             let token = new_token();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            f.write_all(format!("{token}\n").as_bytes())
-                .and_then(|()| f.sync_all())
+            crate::private_file::replace(path, format!("{token}\n").as_bytes())
                 .with_context(|| format!("cannot write {}", path.display()))?;
             tracing::info!(file = %path.display(), "made an admin token for the HTTP API; it is in this file");
             Ok(token)

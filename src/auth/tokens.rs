@@ -3,8 +3,6 @@
 //! shown once, when made, and kept nowhere.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -169,7 +167,7 @@ impl TokenStore {
         self.save(next).map(|()| true)
     }
 
-    pub fn list(&self) -> Vec<super::tokens::TokenInfo> {
+    pub fn list(&self) -> Vec<TokenInfo> {
         self.tokens
             .iter()
             .map(|(name, t)| TokenInfo {
@@ -184,21 +182,12 @@ impl TokenStore {
     /// them the store's.
     fn save(&mut self, tokens: BTreeMap<String, Stored>) -> Result<(), TokenError> {
         let file = TokenFile { version: 1, tokens };
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write()
-            .with_context(|| format!("cannot write token store {}", self.path.display()))
+        serde_json::to_vec_pretty(&file)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| {
+                crate::private_file::replace(&self.path, &bytes)
+                    .with_context(|| format!("cannot write token store {}", self.path.display()))
+            })
             .map_err(TokenError::Store)?;
         self.tokens = file.tokens;
         self.index().map_err(TokenError::Store)
