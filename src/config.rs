@@ -409,5 +409,22 @@ mod tests {
         std::fs::write(&f, "http_listen = \"127.0.0.1:1\"\nno_such_setting = 1\n").unwrap();
         let err = Settings::resolve(&parse(&["--config", f.to_str().unwrap()])).unwrap_err();
         assert!(format!("{err:#}").contains("no_such_setting"), "{err:#}");
+        assert_eq!(
+            Settings::resolve(&ServeArgs::default())
+                .unwrap()
+                .mqtt_max_packet_size,
+            128 * 1024
+        );
+        for bad in ["1023", "268435456"] {
+            let err = Settings::resolve(&parse(&["--mqtt-max-packet-size", bad])).unwrap_err();
+            assert!(
+                format!("{err:#}").contains(&format!(
+                    "--mqtt-max-packet-size must be from 1024 to 268435455 bytes, got {bad}"
+                )),
+                "{err:#}"
+            );
+        }
+        let s = Settings::resolve(&parse(&["--mqtt-max-packet-size", "268435455"])).unwrap();
+        assert_eq!(s.mqtt_max_packet_size, 268_435_455);
     }
 }

@@ -28,6 +28,9 @@ impl From<TokenError> for ApiError {
             TokenError::Reserved(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
             }
+            TokenError::TooMany => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_tokens", e.to_string())
+            }
             TokenError::Store(e) => ApiError::internal(e),
         }
     }

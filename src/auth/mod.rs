@@ -44,6 +44,10 @@ impl Role {
 /// The shortest admin token weir takes from an operator: a guessable one is refused.
 const MIN_ADMIN_TOKEN: usize = 16;
 
+/// The longest admin token weir takes, and so the most it reads of a token file: a path
+/// pointed at something endless (`/dev/zero`, a log) is refused, not read into memory.
+const MAX_ADMIN_TOKEN: usize = 4096;
+
 /// The name the admin token goes by.
 pub const ADMIN: &str = "admin";
 
@@ -74,7 +78,7 @@ impl Auth {
         let admin = match &settings.admin_token {
             AdminToken::Value(t) => checked(t.trim(), "WEIR_ADMIN_TOKEN")?.to_owned(),
             AdminToken::File(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
+                let text = read_token_file(path).with_context(|| {
                     format!("cannot read the admin token file {}", path.display())
                 })?;
                 checked(text.trim(), &path.display().to_string())?.to_owned()
@@ -142,17 +146,36 @@ impl Auth {
     }
 }
 
-/// An operator's admin token, refused when it is too short to be safe.
+/// An operator's admin token, refused when it is too short to be safe or too long to be
+/// one.
 fn checked<'a>(token: &'a str, from: &str) -> anyhow::Result<&'a str> {
     if token.chars().count() < MIN_ADMIN_TOKEN {
         bail!("the admin token from {from} is shorter than {MIN_ADMIN_TOKEN} characters");
     }
+    if token.len() > MAX_ADMIN_TOKEN {
+        bail!("the admin token from {from} is longer than {MAX_ADMIN_TOKEN} bytes");
+    }
     Ok(token)
+}
+
+/// The text of a token file, which has at most [`MAX_ADMIN_TOKEN`] bytes: no more is read.
+fn read_token_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_ADMIN_TOKEN as u64 + 1)
+        .read_to_string(&mut text)?;
+    if text.len() > MAX_ADMIN_TOKEN {
+        return Err(std::io::Error::other(format!(
+            "it has more than {MAX_ADMIN_TOKEN} bytes"
+        )));
+    }
+    Ok(text)
 }
 
 /// The admin token in `path`, made (and written with mode 0600) if there is none yet.
 fn data_dir_token(path: &PathBuf) -> anyhow::Result<String> {
-    match std::fs::read_to_string(path) {
+    match read_token_file(path) {
         Ok(text) => {
             let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
@@ -214,6 +237,39 @@ mod tests {
             format!("{err:#}").contains("cannot read the admin token file"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn an_endless_or_huge_admin_token_is_refused_without_reading_it_all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = Auth::open(&settings(AdminToken::File("/dev/zero".into())), tmp.path())
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("/dev/zero: it has more than 4096 bytes"),
+            "{err:#}"
+        );
+        let huge = "x".repeat(MAX_ADMIN_TOKEN + 1);
+        let err = Auth::open(&settings(AdminToken::Value(huge.clone())), tmp.path())
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("WEIR_ADMIN_TOKEN is longer than 4096 bytes"),
+            "{err:#}"
+        );
+        // A data-directory token file grown past the bound is refused too.
+        std::fs::write(tmp.path().join("admin.token"), &huge).unwrap();
+        let err = Auth::open(&settings(AdminToken::DataDir), tmp.path())
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("more than 4096 bytes"),
+            "{err:#}"
+        );
+        // At the bound it is taken.
+        let at = "y".repeat(MAX_ADMIN_TOKEN);
+        let a = Auth::open(&settings(AdminToken::Value(at.clone())), tmp.path()).unwrap();
+        assert_eq!(a.role_of(&at), Some(Role::Admin));
     }
 
     #[test]

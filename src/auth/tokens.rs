@@ -23,6 +23,8 @@ pub enum TokenError {
     Exists(String),
     #[error("the token '{0}' is weir's own and cannot be made or deleted over the API")]
     Reserved(String),
+    #[error("there are {MAX_TOKENS} tokens, the most weir keeps; delete one first")]
+    TooMany,
     #[error(transparent)]
     Store(anyhow::Error),
 }
@@ -49,6 +51,10 @@ struct TokenFile {
     version: u32,
     tokens: BTreeMap<String, Stored>,
 }
+
+/// The most tokens an admin can make. Every request compares its token with each, so
+/// the count is bounded; a fleet needs tokens per team or service, not per device.
+pub const MAX_TOKENS: usize = 1000;
 
 pub struct TokenStore {
     path: PathBuf,
@@ -146,6 +152,9 @@ impl TokenStore {
         if self.tokens.contains_key(name) {
             return Err(TokenError::Exists(name.to_owned()));
         }
+        if self.tokens.len() >= MAX_TOKENS {
+            return Err(TokenError::TooMany);
+        }
         let mut next = self.tokens.clone();
         next.insert(
             name.to_owned(),
@@ -230,5 +239,50 @@ mod tests {
         assert!(store.remove("ci").unwrap());
         assert!(!store.remove("ci").unwrap());
         assert_eq!(TokenStore::open(&path).unwrap().role_of(&hash(&a)), None);
+    }
+
+    #[test]
+    fn an_admin_makes_at_most_max_tokens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = TokenStore::open(&tmp.path().join("tokens.json")).unwrap();
+        for i in 0..MAX_TOKENS - 1 {
+            store.tokens.insert(
+                format!("t{i}"),
+                Stored {
+                    role: Role::Viewer,
+                    sha256: hex(&hash(&format!("token-{i}"))),
+                    created_at_ms: 0,
+                },
+            );
+        }
+        store.insert("last", Role::Viewer, &new_token()).unwrap();
+        let err = store.insert("one-more", Role::Viewer, &new_token());
+        assert!(matches!(err, Err(TokenError::TooMany)), "{err:?}");
+        assert!(store.remove("t0").unwrap());
+        store
+            .insert("one-more", Role::Viewer, &new_token())
+            .unwrap();
+        assert_eq!(store.list().len(), MAX_TOKENS);
+    }
+
+    #[test]
+    fn a_damaged_token_store_is_refused_with_its_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("tokens.json");
+        std::fs::write(&path, b"{\"version\": 1, \"tokens\": {\"ci\": ").unwrap();
+        let err = TokenStore::open(&path).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("tokens.json is not readable"),
+            "{err:#}"
+        );
+        let bad_hash =
+            r#"{"version":1,"tokens":{"ci":{"role":"editor","sha256":"zz","created_at_ms":0}}}"#;
+        std::fs::write(&path, bad_hash).unwrap();
+        let err = TokenStore::open(&path).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("token 'ci' in")
+                && format!("{err:#}").contains("has no valid hash"),
+            "{err:#}"
+        );
     }
 }
