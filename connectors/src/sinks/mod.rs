@@ -47,40 +47,8 @@ macro_rules! registry {
                 }
             }
 
-            /// The action as an API answer shows it: its secrets
-            /// [`REDACTED`](crate::sink::secrets::REDACTED).
-            pub fn redacted(&self) -> Self {
-                let mut shown = self.clone();
-                match &mut shown {
-                    $(Self::$variant(c) => c.secret_maps().iter_mut().for_each(|m| m.redact()),)*
-                }
-                shown
-            }
-
-            /// Gives the secrets this action sends back as
-            /// [`REDACTED`](crate::sink::secrets::REDACTED) their values in
-            /// `old`, the action as stored (if it is of the same type); `Err` names a
-            /// secret that has none.
-            pub fn restore_secrets(&mut self, old: Option<&ActionConfig>) -> Result<(), String> {
-                match (self, old) {
-                    $((Self::$variant(c), Some(Self::$variant(o))) => {
-                        let mut o = o.clone();
-                        let olds: Vec<_> = o.secret_maps().into_iter().map(|m| m.map.clone()).collect();
-                        for (i, m) in c.secret_maps().iter_mut().enumerate() {
-                            m.restore(olds.get(i))?;
-                        }
-                        Ok(())
-                    })*
-                    (this, _) => {
-                        for m in this.secret_maps_dyn().iter_mut() {
-                            m.restore(None)?;
-                        }
-                        Ok(())
-                    }
-                }
-            }
-
-            fn secret_maps_dyn(&mut self) -> Vec<SecretMap<'_>> {
+            /// The maps of the action's configuration whose values may be secrets.
+            fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
                 match self {
                     $(Self::$variant(c) => c.secret_maps(),)*
                 }
@@ -103,6 +71,31 @@ registry! {
     Webhook(webhook::WebhookConfig),
     ObjectStore(object_store::ObjectStoreConfig),
     Kafka(kafka::KafkaConfig),
+}
+
+impl ActionConfig {
+    /// The action as an API answer shows it: its secrets
+    /// [`REDACTED`](crate::sink::secrets::REDACTED).
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.secret_maps().iter_mut().for_each(SecretMap::redact);
+        shown
+    }
+
+    /// Gives the secrets this action sends back as
+    /// [`REDACTED`](crate::sink::secrets::REDACTED) their values in `old`, the action as
+    /// stored (if it is of the same type); `Err` names a secret that has none.
+    pub fn restore_secrets(&mut self, old: Option<&ActionConfig>) -> Result<(), String> {
+        let mut old = old.filter(|o| o.kind() == self.kind()).cloned();
+        let olds: Vec<_> = old
+            .as_mut()
+            .map(|o| o.secret_maps().into_iter().map(|m| &*m.map).collect())
+            .unwrap_or_default();
+        for (i, m) in self.secret_maps().iter_mut().enumerate() {
+            m.restore(olds.get(i).copied())?;
+        }
+        Ok(())
+    }
 }
 
 /// An action that passed validation: ready to be built, whatever its sink.
@@ -223,5 +216,28 @@ mod tests {
         }
         let unknown: Result<ActionConfig, _> = serde_json::from_value(json!({"ftp": {}}));
         assert!(unknown.unwrap_err().to_string().contains("unknown variant"));
+    }
+
+    fn action(v: serde_json::Value) -> ActionConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_redacted_secret_is_restored_only_from_an_action_of_its_kind() {
+        let stored = action(json!({"webhook": {"url": "http://h/",
+            "headers": {"Authorization": "Bearer s3cret", "x-a": "1"}}}));
+        let mut back = stored.redacted();
+        assert_ne!(back, stored);
+        back.restore_secrets(Some(&stored)).unwrap();
+        assert_eq!(back, stored);
+
+        // The same position once held another kind of action: nothing to keep.
+        let kafka = action(json!({"kafka": {"bootstrap_servers": "k:9092",
+            "topic": "t", "properties": {"sasl.password": "Bearer s3cret"}}}));
+        let mut back = stored.redacted();
+        let err = back.restore_secrets(Some(&kafka)).unwrap_err();
+        assert!(err.contains("headers.Authorization"), "{err}");
+        let err = stored.redacted().restore_secrets(None).unwrap_err();
+        assert!(err.contains("headers.Authorization"), "{err}");
     }
 }
