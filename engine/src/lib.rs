@@ -78,6 +78,7 @@ impl Engine {
                 .register_udf(Arc::new(udf))
                 .expect("weir's functions register once, without conflict");
         }
+        dialect::functions::bounded::install(&mut state);
         Arc::new(Self { state })
     }
 

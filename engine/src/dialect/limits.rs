@@ -22,6 +22,14 @@ pub const MAX_DEPTH: usize = 128;
 /// The most nodes an expression may have once variables are substituted.
 pub const MAX_NODES: u64 = 20_000;
 
+/// The largest text value a function that a count argument sizes (`repeat`, `lpad`,
+/// `rpad`) may build, in bytes (or characters, for the pads).
+pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
+
+/// The longest list a function that a count argument sizes (`array_repeat`,
+/// `array_resize`, `range`, `generate_series`) may build.
+pub const MAX_LIST_LEN: usize = 100_000;
+
 /// The stack a rule is compiled on: deep enough for any tree [`MAX_SQL_BYTES`] of text
 /// can make, before the depth check refuses it.
 pub const COMPILE_STACK: usize = 64 * 1024 * 1024;

@@ -360,3 +360,101 @@ fn rules_that_would_exhaust_the_stack_or_the_memory_are_refused() {
     let err = Rule::compile(&e, "SELECT a FROM 't'", &[deep]).unwrap_err();
     assert!(err.message.contains("levels deep"), "{err}");
 }
+
+/// Functions whose output a count argument sizes refuse, per message, to build a value
+/// over the limits, before allocating it: the message fails, naming the function and the
+/// limit, and the others of the batch are unaffected. Before, one message to
+/// `repeat('x', 2000000000)` took 2 GiB.
+#[test]
+fn functions_sized_by_a_count_are_bounded() {
+    let e = Engine::new();
+    let cases = [
+        (
+            "repeat(s, n)",
+            "repeat() would build a value of 2000000000 bytes; at most 1048576",
+        ),
+        (
+            "lpad(s, n)",
+            "lpad() would build a value of 2000000000 characters",
+        ),
+        (
+            "rpad(s, n, 'y')",
+            "rpad() would build a value of 2000000000 characters",
+        ),
+        (
+            "array_repeat(s, n)",
+            "array_repeat() would build a value of 2000000000 elements",
+        ),
+        (
+            "array_resize(make_array(1), n)",
+            "array_resize() would build a value of 2000000000 elements; at most 100000",
+        ),
+        (
+            "range(n)",
+            "range() would build a value of 2000000000 elements",
+        ),
+        (
+            "generate_series(1, n)",
+            "generate_series() would build a value of 2000000000 elements",
+        ),
+        (
+            "array_repeat(array_repeat(1, 1000), n / 1000000)",
+            "would build a value of 2000000 elements",
+        ),
+        (
+            "array_repeat(repeat(s, 1000), n / 1000000)",
+            "would build a value of 2000000 bytes",
+        ),
+        // A negative length made DataFusion's pads panic (found by fuzzing).
+        (
+            "lpad(s, 3 - n)",
+            "lpad() takes a length of at least 0, got -1999999997",
+        ),
+        (
+            "rpad(s, -n / 1000000000)",
+            "rpad() takes a length of at least 0, got -2",
+        ),
+    ];
+    for (expr, needle) in cases {
+        let sql = format!("SELECT {expr} AS v FROM 't'");
+        let rule = Rule::compile(&e, &sql, &[]).unwrap_or_else(|err| panic!("{sql}: {err}"));
+        let out = rule.process(&[
+            Message::new("t", &br#"{"s": "x", "n": 2000000000}"#[..]),
+            Message::new("t", &br#"{"s": "x", "n": 3}"#[..]),
+        ]);
+        assert_eq!(out.outputs.len(), 1, "{sql}: {:?}", out.failures);
+        assert_eq!(out.failures.len(), 1, "{sql}");
+        assert_eq!(out.failures[0].index, 0);
+        assert_eq!(out.failures[0].reason, FailureReason::Evaluation);
+        assert!(
+            out.failures[0].message.contains(needle),
+            "{sql}: {:?}",
+            out.failures
+        );
+    }
+    // Within the limits they work as DataFusion's.
+    let rule = Rule::compile(
+        &e,
+        "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, range(3) AS g FROM 't'",
+        &[],
+    )
+    .unwrap();
+    let out = rule.process(&[Message::new("t", &b"{}"[..])]);
+    assert_eq!(
+        json(&out.outputs[0].payload),
+        serde_json::json!({"r": "ababab", "p": "007", "g": [0, 1, 2]})
+    );
+    // A constant call over the limits is refused when the rule is compiled, or fails every
+    // message; it never allocates.
+    match Rule::compile(&e, "SELECT repeat('x', 2000000000) AS v FROM 't'", &[]) {
+        Err(err) => assert!(err.message.contains("at most 1048576"), "{err}"),
+        Ok(rule) => {
+            let out = rule.process(&[Message::new("t", &b"{}"[..])]);
+            assert!(
+                out.failures[0].message.contains("at most 1048576"),
+                "{:?}",
+                out.failures
+            );
+        }
+    }
+}

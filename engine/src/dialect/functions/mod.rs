@@ -21,6 +21,7 @@
 //! names are refused.
 
 mod args;
+pub(crate) mod bounded;
 pub(super) mod collections;
 pub(super) mod context;
 pub(super) mod conversions;
