@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Longest a message waits for its batch to fill [default: 1ms].
     #[arg(long, env = "WEIR_BATCH_LINGER")]
     pub batch_linger: Option<String>,
+    /// Longest a rule may take to evaluate one batch; past it the batch's messages fail
+    /// to the rule's error action (reason `timeout`) [default: 10s].
+    #[arg(long, env = "WEIR_RULE_TIME_BUDGET")]
+    pub rule_time_budget: Option<String>,
     /// Outputs queued per action before the rule waits [default: 1024].
     #[arg(long, env = "WEIR_ACTION_QUEUE")]
     pub action_queue: Option<usize>,
@@ -120,6 +124,55 @@ pub struct ServeArgs {
     /// one closes its connection [default: 131072 (128 KiB)].
     #[arg(long, env = "WEIR_MQTT_MAX_PACKET_SIZE")]
     pub mqtt_max_packet_size: Option<usize>,
+    /// Most clients connected to the embedded broker at once; one more is closed at once
+    /// [default: 10000].
+    #[arg(long, env = "WEIR_MQTT_MAX_CONNECTIONS")]
+    pub mqtt_max_connections: Option<usize>,
+    /// Most subscriptions one client of the embedded broker may hold [default: 100].
+    #[arg(long, env = "WEIR_MQTT_MAX_SUBSCRIPTIONS")]
+    pub mqtt_max_subscriptions: Option<usize>,
+    /// Most bytes queued for one subscriber of the embedded broker; one that falls
+    /// further behind is disconnected [default: 16777216 (16 MiB)].
+    #[arg(long, env = "WEIR_MQTT_MAX_QUEUED_BYTES")]
+    pub mqtt_max_queued_bytes: Option<usize>,
+    /// PEM certificate chain for the HTTP API: with --http-tls-key, the API speaks HTTPS
+    /// only [default: none, plain HTTP].
+    #[arg(long, env = "WEIR_HTTP_TLS_CERT")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key of --http-tls-cert.
+    #[arg(long, env = "WEIR_HTTP_TLS_KEY")]
+    pub http_tls_key: Option<PathBuf>,
+    /// Origins of browser pages that may call the API (comma-separated), e.g.
+    /// https://console.example.com [default: none].
+    #[arg(long, env = "WEIR_HTTP_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub http_allowed_origins: Option<Vec<String>>,
+    /// Host names the API answers to (comma-separated), against DNS rebinding [default:
+    /// any].
+    #[arg(long, env = "WEIR_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub http_allowed_hosts: Option<Vec<String>>,
+    /// Directories, besides the output directory, below which rules' `file://`
+    /// destinations may write (comma-separated) [default: none].
+    #[arg(long, env = "WEIR_ALLOW_FILE_DIRS", value_delimiter = ',')]
+    pub allow_file_dirs: Option<Vec<PathBuf>>,
+    /// Let rules' destinations be link-local addresses, where cloud metadata services
+    /// answer [default: false].
+    #[arg(long, env = "WEIR_ALLOW_LINK_LOCAL", value_name = "BOOL")]
+    pub allow_link_local: Option<bool>,
+    /// Let rules' webhooks reach weir's own listeners [default: false].
+    #[arg(long, env = "WEIR_ALLOW_WEIR_LISTENERS", value_name = "BOOL")]
+    pub allow_weir_listeners: Option<bool>,
+    /// librdkafka properties rules may set beyond the built-in list (comma-separated),
+    /// e.g. ssl.ca.location [default: none].
+    #[arg(long, env = "WEIR_ALLOW_KAFKA_PROPERTIES", value_delimiter = ',')]
+    pub allow_kafka_properties: Option<Vec<String>>,
+    /// Object-store options rules may set beyond the built-in list (comma-separated),
+    /// e.g. aws_web_identity_token_file [default: none].
+    #[arg(long, env = "WEIR_ALLOW_STORE_OPTIONS", value_delimiter = ',')]
+    pub allow_store_options: Option<Vec<String>>,
+    /// Let rules' cloud destinations without credentials of their own use weir's
+    /// (AWS_*/GOOGLE_*/AZURE_* variables, instance metadata) [default: false].
+    #[arg(long, env = "WEIR_ALLOW_AMBIENT_CREDENTIALS", value_name = "BOOL")]
+    pub allow_ambient_credentials: Option<bool>,
 }
 
 macro_rules! merge {
@@ -153,6 +206,7 @@ impl ServeArgs {
                 broker_keep_alive,
                 batch_max_rows,
                 batch_linger,
+                rule_time_budget,
                 action_queue,
                 action_buffer_max_bytes,
                 worker_threads,
@@ -161,6 +215,19 @@ impl ServeArgs {
                 admin_token_file,
                 metrics_auth,
                 mqtt_max_packet_size,
+                mqtt_max_connections,
+                mqtt_max_subscriptions,
+                mqtt_max_queued_bytes,
+                http_tls_cert,
+                http_tls_key,
+                http_allowed_origins,
+                http_allowed_hosts,
+                allow_file_dirs,
+                allow_link_local,
+                allow_weir_listeners,
+                allow_kafka_properties,
+                allow_store_options,
+                allow_ambient_credentials,
             ]
         )
     }
@@ -177,12 +244,36 @@ pub struct Settings {
     pub broker: Option<ExternalConfig>,
     pub batch_max_rows: usize,
     pub batch_linger: Duration,
+    pub rule_time_budget: Duration,
     pub action_queue: usize,
     pub action_buffer_max_bytes: u64,
     pub worker_threads: usize,
     pub log: String,
     pub auth: AuthSettings,
-    pub mqtt_max_packet_size: usize,
+    /// What each client of the embedded broker may hold.
+    pub mqtt_limits: weir_connectors::mqtt::embedded::Limits,
+    pub policy: PolicySettings,
+    pub http: HttpSettings,
+}
+
+/// How the HTTP API is served.
+#[derive(Debug, Clone, Default)]
+pub struct HttpSettings {
+    /// The certificate chain and key files, for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub browsers: crate::api::Browsers,
+}
+
+/// The operator's policy on what rules' inline destinations may reach (see
+/// [`weir_connectors::sink::Policy`], which adds the listeners once they are bound).
+#[derive(Debug, Clone, Default)]
+pub struct PolicySettings {
+    pub file_dirs: Vec<PathBuf>,
+    pub allow_link_local: bool,
+    pub allow_weir_listeners: bool,
+    pub kafka_properties: Vec<String>,
+    pub store_options: Vec<String>,
+    pub allow_ambient_credentials: bool,
 }
 
 /// Who may use the HTTP API.
@@ -292,9 +383,8 @@ impl Settings {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("weir-data"));
-        let mqtt_max_packet_size = a
-            .mqtt_max_packet_size
-            .unwrap_or(weir_connectors::mqtt::embedded::DEFAULT_MAX_PACKET);
+        let defaults = weir_connectors::mqtt::embedded::Limits::default();
+        let mqtt_max_packet_size = a.mqtt_max_packet_size.unwrap_or(defaults.max_packet);
         // MQTT's own bound: the remaining length has at most 4 bytes.
         if !(1024..=268_435_455).contains(&mqtt_max_packet_size) {
             bail!(
@@ -314,10 +404,37 @@ impl Settings {
             },
             metrics: a.metrics_auth.unwrap_or(false),
         };
+        let output_dir = a.output_dir.clone().unwrap_or_else(|| data_dir.join("out"));
+        let mut file_dirs = vec![output_dir.clone()];
+        file_dirs.extend(a.allow_file_dirs.clone().unwrap_or_default());
+        let file_dirs = file_dirs
+            .into_iter()
+            .map(|d| absolute_dir(&d))
+            .collect::<anyhow::Result<_>>()?;
+        let policy = PolicySettings {
+            file_dirs,
+            allow_link_local: a.allow_link_local.unwrap_or(false),
+            allow_weir_listeners: a.allow_weir_listeners.unwrap_or(false),
+            kafka_properties: a.allow_kafka_properties.clone().unwrap_or_default(),
+            store_options: a.allow_store_options.clone().unwrap_or_default(),
+            allow_ambient_credentials: a.allow_ambient_credentials.unwrap_or(false),
+        };
+        let tls = match (&a.http_tls_cert, &a.http_tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => bail!("--http-tls-cert and --http-tls-key go together"),
+        };
+        let http = HttpSettings {
+            tls,
+            browsers: crate::api::Browsers {
+                origins: a.http_allowed_origins.clone().unwrap_or_default(),
+                hosts: a.http_allowed_hosts.clone().unwrap_or_default(),
+            },
+        };
         Ok(Self {
             http_listen: a.http_listen.unwrap_or(([127, 0, 0, 1], 8080).into()),
             mqtt_listen: a.mqtt_listen.unwrap_or(([127, 0, 0, 1], 1883).into()),
-            output_dir: a.output_dir.clone().unwrap_or_else(|| data_dir.join("out")),
+            output_dir,
             data_dir,
             queries_dir: a
                 .queries_dir
@@ -330,14 +447,73 @@ impl Settings {
                 a.batch_linger.as_deref(),
                 Duration::from_millis(1),
             )?,
+            rule_time_budget: positive(duration(
+                "rule-time-budget",
+                a.rule_time_budget.as_deref(),
+                crate::pipeline::evaluate::DEFAULT_BUDGET,
+            )?)
+            .context("--rule-time-budget")?,
             action_queue,
             action_buffer_max_bytes: a.action_buffer_max_bytes.unwrap_or(1 << 30),
             worker_threads,
             log: a.log.clone().unwrap_or_else(|| "info".to_owned()),
             auth,
-            mqtt_max_packet_size,
+            mqtt_limits: weir_connectors::mqtt::embedded::Limits {
+                max_packet: mqtt_max_packet_size,
+                max_connections: at_least_one(
+                    "mqtt-max-connections",
+                    a.mqtt_max_connections,
+                    defaults.max_connections,
+                )?,
+                max_subscriptions: at_least_one(
+                    "mqtt-max-subscriptions",
+                    a.mqtt_max_subscriptions,
+                    defaults.max_subscriptions,
+                )?,
+                max_queued_bytes: at_least_one(
+                    "mqtt-max-queued-bytes",
+                    a.mqtt_max_queued_bytes,
+                    defaults.max_queued_bytes,
+                )?,
+            },
+            policy,
+            http,
         })
     }
+}
+
+/// Refuses a zero duration.
+fn positive(d: Duration) -> anyhow::Result<Duration> {
+    if d.is_zero() {
+        bail!("must be more than 0");
+    }
+    Ok(d)
+}
+
+/// `value`, or `default`; refused when 0.
+fn at_least_one(setting: &str, value: Option<usize>, default: usize) -> anyhow::Result<usize> {
+    match value.unwrap_or(default) {
+        0 => bail!("--{setting} must be at least 1"),
+        n => Ok(n),
+    }
+}
+
+/// A directory as an absolute path without `.` or `..`, as the policy compares them
+/// with `file://` paths; it need not exist yet.
+fn absolute_dir(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(dir)
+        .with_context(|| format!("cannot make {} absolute", dir.display()))?;
+    let mut clean = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    Ok(clean)
 }
 
 #[cfg(test)]
@@ -377,6 +553,21 @@ mod tests {
             format!("{err:#}").contains("--auth must be on or off"),
             "{err:#}"
         );
+        // The policy is closed by default; file:// may write below the output directory.
+        let s = Settings::resolve(&ServeArgs::default()).unwrap();
+        let out = std::path::absolute("weir-data/out").unwrap();
+        assert_eq!(s.policy.file_dirs, [out]);
+        assert!(!s.policy.allow_link_local && !s.policy.allow_ambient_credentials);
+        assert!(s.policy.kafka_properties.is_empty() && s.http.tls.is_none());
+        let s = Settings::resolve(&parse(&[
+            "--allow-kafka-properties",
+            "ssl.ca.location,debug",
+            "--allow-file-dirs",
+            "/srv/a/../b",
+        ]))
+        .unwrap();
+        assert_eq!(s.policy.kafka_properties, ["ssl.ca.location", "debug"]);
+        assert_eq!(s.policy.file_dirs[1], PathBuf::from("/srv/b"));
         let s = Settings::resolve(&parse(&["--admin-token-file", "/run/secrets/weir"])).unwrap();
         assert!(matches!(s.auth.admin_token, AdminToken::File(_)));
     }
@@ -390,6 +581,15 @@ mod tests {
         let b = s.broker.expect("the example names a broker");
         assert_eq!(b.share_group.as_deref(), Some("weir"));
         assert_eq!(s.batch_linger, Duration::from_millis(2));
+        assert_eq!(
+            s.policy.file_dirs,
+            [
+                PathBuf::from("/var/lib/weir/out"),
+                PathBuf::from("/var/lib/weir/exports")
+            ]
+        );
+        assert_eq!(s.policy.kafka_properties, ["ssl.ca.location"]);
+        assert_eq!(s.mqtt_limits.max_subscriptions, 100);
         args.http_listen = None;
         let s = Settings::resolve(&args).unwrap();
         assert_eq!(s.http_listen.to_string(), "0.0.0.0:8080");
@@ -397,6 +597,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_by_name() {
+        let err = Settings::resolve(&parse(&["--rule-time-budget", "0s"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--rule-time-budget: must be more than 0"),
+            "{err:#}"
+        );
+        let s = Settings::resolve(&parse(&["--rule-time-budget", "250ms"])).unwrap();
+        assert_eq!(s.rule_time_budget, Duration::from_millis(250));
         let err = Settings::resolve(&parse(&["--batch-linger", "soon"])).unwrap_err();
         assert!(
             format!("{err:#}").contains("--batch-linger 'soon'"),
@@ -412,7 +619,8 @@ mod tests {
         assert_eq!(
             Settings::resolve(&ServeArgs::default())
                 .unwrap()
-                .mqtt_max_packet_size,
+                .mqtt_limits
+                .max_packet,
             128 * 1024
         );
         for bad in ["1023", "268435456"] {
@@ -425,6 +633,6 @@ mod tests {
             );
         }
         let s = Settings::resolve(&parse(&["--mqtt-max-packet-size", "268435455"])).unwrap();
-        assert_eq!(s.mqtt_max_packet_size, 268_435_455);
+        assert_eq!(s.mqtt_limits.max_packet, 268_435_455);
     }
 }

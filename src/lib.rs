@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_connectors::metrics::Metrics;
 use weir_connectors::mqtt::{Broker, ExternalBroker, Publisher};
+use weir_connectors::sink::Policy;
 use weir_engine::Engine;
 
 use crate::config::Settings;
@@ -101,6 +102,24 @@ impl Listeners {
     }
 }
 
+/// The operator's policy on inline destinations, with the addresses weir listens on.
+fn policy(settings: &Settings, listeners: &Listeners) -> anyhow::Result<Policy> {
+    let p = &settings.policy;
+    let mut weir_listeners = vec![listeners.http.local_addr()?];
+    if let Some(m) = &listeners.mqtt {
+        weir_listeners.push(m.local_addr()?);
+    }
+    Ok(Policy {
+        file_dirs: p.file_dirs.clone(),
+        allow_link_local: p.allow_link_local,
+        weir_listeners,
+        allow_weir_listeners: p.allow_weir_listeners,
+        kafka_properties: p.kafka_properties.iter().cloned().collect(),
+        store_options: p.store_options.iter().cloned().collect(),
+        allow_ambient_credentials: p.allow_ambient_credentials,
+    })
+}
+
 /// Runs weir until `shutdown` fires.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&settings).await?;
@@ -118,6 +137,11 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let policy = Arc::new(policy(&settings, &listeners)?);
+    let tls = match &settings.http.tls {
+        Some((cert, key)) => Some(api::server::tls_config(cert, key)?),
+        None => None,
+    };
     let engine = Engine::new();
     let metrics = Arc::new(Metrics::new());
     let (ingress_tx, ingress_rx) = mpsc::channel(INGRESS_QUEUE);
@@ -137,11 +161,8 @@ pub async fn serve(
             (publisher, Ingress::External(ext))
         }
         (None, Some(listener)) => {
-            let broker = Broker::with_max_packet(
-                ingress_tx.clone(),
-                metrics.clone(),
-                settings.mqtt_max_packet_size,
-            );
+            let broker =
+                Broker::with_limits(ingress_tx.clone(), metrics.clone(), settings.mqtt_limits);
             let publisher = Publisher::Embedded(broker.clone());
             (publisher, Ingress::Embedded(broker, listener))
         }
@@ -158,27 +179,32 @@ pub async fn serve(
         BatchSettings {
             max_rows: settings.batch_max_rows,
             linger: settings.batch_linger,
+            budget: settings.rule_time_budget,
             action_queue: settings.action_queue,
             output_dir: settings.output_dir.clone(),
             state_dir: settings.data_dir.join("actions"),
             buffer_max_bytes: settings.action_buffer_max_bytes,
+            policy,
         },
     );
     let store = RuleStore::open(&settings.data_dir)?;
+    metrics.rule_store_corrupt.inc_by(store.corrupt_lines());
     let auth = Arc::new(auth::Auth::open(&settings.auth, &settings.data_dir)?);
     let rules = Arc::new(RuleService::new(engine, pipeline.clone(), store));
     let state = Arc::new(api::AppState {
         rules: rules.clone(),
         auth,
         ready: Default::default(),
+        browsers: settings.http.browsers.clone(),
     });
     let http_addr = listeners.http.local_addr()?;
     let http_stop = CancellationToken::new();
-    let http = tokio::spawn(
-        axum::serve(listeners.http, api::router(state.clone()))
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let http = tokio::spawn(api::server::serve(
+        listeners.http,
+        api::router(state.clone()),
+        tls,
+        http_stop.clone(),
+    ));
 
     let started = async {
         rules.load(&settings.queries_dir).await?;
@@ -223,7 +249,7 @@ pub async fn serve(
     shutdown.cancelled().await;
     state.ready.store(false, Ordering::Release);
     http_stop.cancel();
-    http.await.context("HTTP server")?.context("HTTP server")?;
+    http.await.context("HTTP server")?;
     pipeline.shutdown(SHUTDOWN_GRACE).await;
     // Republish deliveries made while draining still reach the broker.
     publisher_stop.cancel();

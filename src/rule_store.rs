@@ -39,6 +39,8 @@ pub struct RuleStore {
     journal: Option<std::fs::File>,
     journal_bytes: u64,
     snapshot_bytes: u64,
+    /// Journal lines that could not be read when the store was opened.
+    corrupt_lines: u64,
 }
 
 impl RuleStore {
@@ -74,17 +76,26 @@ impl RuleStore {
             .iter()
             .rposition(|b| *b == b'\n')
             .map_or(0, |i| i + 1);
+        let mut corrupt_lines = 0;
         for (i, line) in journal[..complete].split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
                 continue;
             }
-            let change: Change = serde_json::from_slice(line).with_context(|| {
-                format!(
-                    "rule journal {} line {} is not readable",
-                    journal_path.display(),
-                    i + 1
-                )
-            })?;
+            // A damaged line (a damaged disk, an edit by hand) loses its one change; the
+            // changes after it were answered too, and are kept.
+            let change: Change = match serde_json::from_slice(line) {
+                Ok(c) => c,
+                Err(e) => {
+                    corrupt_lines += 1;
+                    tracing::error!(
+                        journal = %journal_path.display(),
+                        line = i + 1,
+                        error = %e,
+                        "a line of the rule journal is corrupt: its change is lost, the others are kept"
+                    );
+                    continue;
+                }
+            };
             match change {
                 Change::Put(rule) => {
                     rules.insert(rule.name.clone(), *rule);
@@ -101,12 +112,28 @@ impl RuleStore {
             journal: None,
             journal_bytes: complete as u64,
             snapshot_bytes,
+            corrupt_lines,
         };
-        if complete < journal.len() {
+        if corrupt_lines > 0 {
+            let aside = store
+                .journal_path
+                .with_extension(format!("journal.corrupt-{}", weir_engine::now_ms()));
+            std::fs::write(&aside, &journal).with_context(|| {
+                format!("cannot keep the corrupt journal as {}", aside.display())
+            })?;
+            tracing::error!(kept = %aside.display(), "the corrupt rule journal is kept for inspection");
+            store.compact()?;
+        } else if complete < journal.len() {
             tracing::warn!(journal = %store.journal_path.display(), "dropping a torn last line of the rule journal");
             store.compact()?;
         }
         Ok(store)
+    }
+
+    /// Journal lines that could not be read when the store was opened (their changes are
+    /// lost; the file is kept as `rules.journal.corrupt-<ms>`).
+    pub fn corrupt_lines(&self) -> u64 {
+        self.corrupt_lines
     }
 
     pub fn get(&self, name: &str) -> Option<&StoredRule> {
@@ -230,6 +257,44 @@ mod tests {
             created_at_ms: 1,
             updated_at_ms: 1,
         }
+    }
+
+    /// A damaged line in the middle of the journal loses only its own change: the store
+    /// opens, the changes after it apply, the line is counted and the journal kept aside.
+    #[test]
+    fn a_corrupt_journal_line_loses_only_its_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        {
+            let mut s = RuleStore::open(&dir).unwrap();
+            s.put(rule("a")).unwrap();
+            s.put(rule("b")).unwrap();
+            s.put(rule("c")).unwrap();
+        }
+        let journal = dir.join("rules.journal");
+        let text = std::fs::read_to_string(&journal).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let damaged = format!("{}\n{}\n{}\n", lines[0], &lines[1][..10], lines[2]);
+        std::fs::write(&journal, damaged).unwrap();
+        let s = RuleStore::open(&dir).unwrap();
+        assert_eq!(s.corrupt_lines(), 1);
+        let names: Vec<&str> = s.list().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        let kept = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("rules.journal.corrupt-")
+            })
+            .count();
+        assert_eq!(kept, 1);
+        drop(s);
+        // Compacted: the next open finds nothing wrong and the same rules.
+        let s = RuleStore::open(&dir).unwrap();
+        assert_eq!((s.corrupt_lines(), s.list().count()), (0, 2));
     }
 
     #[test]

@@ -518,3 +518,154 @@ async fn request_bodies_are_json_and_bounded() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// With `--http-tls-cert` and `--http-tls-key` the API speaks HTTPS, and only HTTPS.
+#[tokio::test]
+async fn the_api_speaks_https_when_given_a_certificate() {
+    let certs = make_certs();
+    let dir = temp_dir("https");
+    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+    let weir = Weir::launch(
+        &dir,
+        &[
+            "--http-tls-cert",
+            cert.to_str().unwrap(),
+            "--http-tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", weir.http.port());
+    let mut ready = false;
+    for _ in 0..300 {
+        if let Ok(r) = https.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "weir answers over HTTPS");
+    let token = weir.admin_token().unwrap();
+    let r = https
+        .get(format!("{base}/v1/rules"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", weir.http))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+}
+
+/// Half a certificate pair is refused at start, naming both flags.
+#[test]
+fn tls_needs_both_the_certificate_and_the_key() {
+    use clap::Parser;
+    let cli = ::weir::config::Cli::try_parse_from(["weir", "serve", "--http-tls-cert", "/x.pem"])
+        .unwrap();
+    let ::weir::config::Command::Serve(args) = cli.command;
+    let err = ::weir::config::Settings::resolve(&args).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("--http-tls-cert and --http-tls-key go together"),
+        "{err:#}"
+    );
+}
+
+/// A client that does not finish sending a request's headers is disconnected.
+#[tokio::test]
+async fn a_client_that_sends_headers_slowly_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("slow-headers");
+    let weir = Weir::start(&dir, &[]).await;
+    let mut s = tokio::net::TcpStream::connect(weir.http).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection is closed");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(9),
+        "closed after {took:?}"
+    );
+    // A well-behaved client is served meanwhile and after.
+    let (status, _) = weir.request(Method::GET, "/healthz").await;
+    assert_eq!(status, 200);
+}
+
+/// A request from a browser page (it carries `Origin`) is refused unless its origin is
+/// allowed; with `--http-allowed-hosts` the API answers only to those names. The health
+/// routes answer everyone.
+#[tokio::test]
+async fn browser_pages_and_unknown_host_names_are_refused() {
+    let dir = temp_dir("origins");
+    let weir = Weir::start(
+        &dir,
+        &[
+            "--http-allowed-origins",
+            "https://console.example.com",
+            "--http-allowed-hosts",
+            "127.0.0.1,weir.internal",
+        ],
+    )
+    .await;
+    let token = weir.admin_token().unwrap();
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut req = reqwest::Client::new()
+            .get(weir.url(path))
+            .bearer_auth(&token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, body) = get("/v1/rules", &[("origin", "https://evil.example")]).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "origin_not_allowed");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--http-allowed-origins"),
+        "{body}"
+    );
+    let (status, _) = get("/v1/rules", &[("origin", "https://console.example.com")]).await;
+    assert_eq!(status, 200);
+    let (status, body) = get("/v1/rules", &[("host", "rebound.example:8080")]).await;
+    assert_eq!(status, 421, "{body}");
+    assert_eq!(body["error"]["code"], "host_not_allowed");
+    let (status, _) = get("/v1/rules", &[("host", "weir.internal:8080")]).await;
+    assert_eq!(status, 200);
+    let (status, _) = get("/metrics", &[("origin", "https://evil.example")]).await;
+    assert_eq!(status, 403);
+    let (status, _) = get(
+        "/healthz",
+        &[("origin", "https://evil.example"), ("host", "x")],
+    )
+    .await;
+    assert_eq!(status, 200);
+}

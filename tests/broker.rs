@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::mqtt_bytes::{connect_v4, frame, str_field};
 use common::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
@@ -410,4 +411,150 @@ async fn packets_over_the_limit_close_the_connection() {
         .unwrap()
         .unwrap();
     assert_eq!(got.len(), 200 * 1024);
+}
+
+/// A bare MQTT 3.1.1 client on a TCP socket: it sends exactly what a test asks, and reads
+/// only when asked, as a slow or hostile device would.
+struct Raw(tokio::net::TcpStream);
+
+impl Raw {
+    async fn connect(addr: std::net::SocketAddr, client_id: &str) -> Raw {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&connect_v4(client_id)).await.unwrap();
+        let mut raw = Raw(s);
+        assert_eq!(
+            raw.read_packet().await,
+            Some(vec![0x20, 2, 0, 0]),
+            "CONNACK"
+        );
+        raw
+    }
+
+    async fn subscribe(&mut self, pkid: u16, filters: &[&str]) -> Vec<u8> {
+        use tokio::io::AsyncWriteExt;
+        let mut body = pkid.to_be_bytes().to_vec();
+        for f in filters {
+            body.extend(str_field(f));
+            body.push(1);
+        }
+        self.0
+            .write_all(&frame(0x82, &body, body.len()))
+            .await
+            .unwrap();
+        let ack = self.read_packet().await.expect("SUBACK");
+        assert_eq!(ack[0], 0x90, "{ack:?}");
+        ack[4..].to_vec()
+    }
+
+    async fn publish(&mut self, topic: &str, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut body = str_field(topic);
+        body.extend_from_slice(payload);
+        self.0
+            .write_all(&frame(0x30, &body, body.len()))
+            .await
+            .unwrap();
+    }
+
+    /// The next packet, whole; `None` once the broker closed the connection.
+    async fn read_packet(&mut self) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 1];
+        if self.0.read_exact(&mut head).await.is_err() {
+            return None;
+        }
+        let mut packet = vec![head[0]];
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            self.0.read_exact(&mut b).await.ok()?;
+            packet.push(b[0]);
+            len |= usize::from(b[0] & 0x7f) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).await.ok()?;
+        packet.extend(body);
+        Some(packet)
+    }
+
+    /// Reads until the broker closes the connection; false if it does not within `secs`.
+    async fn closed_within(&mut self, secs: u64) -> bool {
+        tokio::time::timeout(Duration::from_secs(secs), async {
+            while self.read_packet().await.is_some() {}
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// Past `--mqtt-max-connections` a connection is closed before its CONNECT is read, and
+/// counted; once a client leaves, a new one gets in.
+#[tokio::test]
+async fn connections_past_the_limit_are_closed() {
+    let dir = temp_dir("broker-max-conns");
+    let weir = Weir::start(&dir, &["--mqtt-max-connections", "2"]).await;
+    let a = Raw::connect(weir.mqtt, "a").await;
+    let _b = Raw::connect(weir.mqtt, "b").await;
+    let mut third = Raw(tokio::net::TcpStream::connect(weir.mqtt).await.unwrap());
+    assert!(
+        third.closed_within(10).await,
+        "the third connection is closed"
+    );
+    weir.wait_metric("weir_broker_connections_refused_total", 1.0)
+        .await;
+    drop(a);
+    weir.wait_metric_eq("weir_broker_connections", 1.0).await;
+    let _c = Raw::connect(weir.mqtt, "c").await;
+}
+
+/// Past `--mqtt-max-subscriptions` a filter gets the failure return code (0x80); one the
+/// client holds already may be subscribed again.
+#[tokio::test]
+async fn subscriptions_past_the_limit_are_refused() {
+    let dir = temp_dir("broker-max-subs");
+    let weir = Weir::start(&dir, &["--mqtt-max-subscriptions", "2"]).await;
+    let mut c = Raw::connect(weir.mqtt, "subs").await;
+    assert_eq!(c.subscribe(1, &["a/#", "b/#", "c/#"]).await, [1, 1, 0x80]);
+    assert_eq!(c.subscribe(2, &["a/#"]).await, [1]);
+    assert_eq!(c.subscribe(3, &["d"]).await, [0x80]);
+    weir.wait_metric("weir_broker_subscriptions_refused_total", 2.0)
+        .await;
+}
+
+/// A subscriber that stops reading is disconnected once more than
+/// `--mqtt-max-queued-bytes` wait for it, instead of holding memory; the other clients
+/// and the API carry on.
+#[tokio::test]
+async fn a_slow_subscriber_is_disconnected() {
+    let dir = temp_dir("broker-slow");
+    let weir = Weir::start(&dir, &["--mqtt-max-queued-bytes", "65536"]).await;
+    let mut slow = Raw::connect(weir.mqtt, "slow").await;
+    assert_eq!(slow.subscribe(1, &["flood/#"]).await, [1]);
+    let mut fine = Mqtt::connect(weir.mqtt, "fine").await;
+    fine.subscribe("after").await;
+    let mut device = Raw::connect(weir.mqtt, "device").await;
+    // 40 MB: more than the socket buffers between weir and the slow client hold.
+    let payload = vec![b'x'; 10_000];
+    for _ in 0..4000 {
+        device.publish("flood/1", &payload).await;
+    }
+    weir.wait_metric("weir_broker_slow_subscribers_disconnected_total", 1.0)
+        .await;
+    assert!(
+        slow.closed_within(20).await,
+        "the slow subscriber is closed"
+    );
+    device.publish("after", br#"{"ok": 1}"#).await;
+    let (topic, body) = fine
+        .next(10)
+        .await
+        .expect("the other subscriber still gets messages");
+    assert_eq!((topic.as_str(), body), ("after", json!({"ok": 1})));
+    let (status, _) = weir.request(reqwest::Method::GET, "/healthz").await;
+    assert_eq!(status, 200);
 }

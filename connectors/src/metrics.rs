@@ -21,6 +21,10 @@ pub struct Metrics {
     pub broker_received: IntCounter,
     /// Messages the embedded broker could not queue for a slow subscriber.
     pub broker_dropped: IntCounter,
+    pub broker_slow: IntCounter,
+    pub rule_store_corrupt: IntCounter,
+    pub broker_refused: IntCounter,
+    pub broker_subscriptions_refused: IntCounter,
     /// Messages whose topic matched the rule's FROM filter.
     pub rule_matched: IntCounterVec,
     /// Messages for which the rule produced an output (WHERE true).
@@ -37,6 +41,7 @@ pub struct Metrics {
     pub action_latency: HistogramVec,
     /// Outputs an action gave up on and sent to the rule's error action, by reason.
     pub action_dead_lettered: IntCounterVec,
+    pub action_buffer_corrupt: IntCounterVec,
     /// Delivery attempts that failed and were retried.
     pub action_retries: IntCounterVec,
     /// Outputs waiting in an action's queue (memory).
@@ -122,6 +127,22 @@ impl Metrics {
                 "weir_broker_subscriber_dropped_total",
                 "Messages the embedded broker dropped because a subscriber's queue was full.",
             ),
+            rule_store_corrupt: counter(
+                "weir_rule_store_corrupt_lines_total",
+                "Lines of the rule journal that could not be read at start: rule changes lost to a damaged file.",
+            ),
+            broker_slow: counter(
+                "weir_broker_slow_subscribers_disconnected_total",
+                "Subscribers of the embedded broker disconnected because their queue outgrew its bounds.",
+            ),
+            broker_refused: counter(
+                "weir_broker_connections_refused_total",
+                "Connections the embedded broker closed because it had its maximum of clients.",
+            ),
+            broker_subscriptions_refused: counter(
+                "weir_broker_subscriptions_refused_total",
+                "SUBSCRIBE filters refused because the client had its maximum of subscriptions.",
+            ),
             rule_matched: vec(
                 "weir_rule_messages_matched_total",
                 "Messages whose topic matched the rule's FROM filter.",
@@ -161,6 +182,11 @@ impl Metrics {
                 "weir_action_dead_lettered_total",
                 "Outputs an action gave up on and sent to the rule's error action, by reason.",
                 &["rule", "action", "reason"],
+            ),
+            action_buffer_corrupt: vec(
+                "weir_action_buffer_corrupt_regions_total",
+                "Corrupt stretches found in an action's disk buffer at start: outputs lost to a damaged disk or file.",
+                &["rule", "action"],
             ),
             action_retries: vec(
                 "weir_action_retries_total",
@@ -206,6 +232,7 @@ impl Metrics {
             &self.rule_failed,
             &self.action_delivered,
             &self.action_dead_lettered,
+            &self.action_buffer_corrupt,
             &self.action_retries,
         ] {
             forget(v, rule);

@@ -77,6 +77,12 @@ impl From<RuleError> for ApiError {
                 format!("{context}: {message}"),
             )
             .with("field", context),
+            RuleError::NotAllowed { context, message } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "destination_not_allowed",
+                format!("{context}: {message}"),
+            )
+            .with("field", context),
             RuleError::InvalidName(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m),
             RuleError::NotFound(name) => ApiError::new(
                 StatusCode::NOT_FOUND,

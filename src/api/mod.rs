@@ -4,6 +4,7 @@
 //! request is authorised first ([`authorize`]): a bearer token whose role may do it.
 
 mod error;
+pub mod server;
 mod tokens;
 
 use std::sync::Arc;
@@ -29,6 +30,19 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Whether weir serves traffic: false while it starts (rules load) and once it stops.
     pub ready: AtomicBool,
+    /// Which browser pages and host names may call `/v1` and `/metrics`.
+    pub browsers: Browsers,
+}
+
+/// Which browser pages (`Origin`) and host names (`Host`) may call the API.
+#[derive(Debug, Clone, Default)]
+pub struct Browsers {
+    /// Origins whose pages may call the API (`https://console.example.com`); a request
+    /// from any other page is refused. Empty: none.
+    pub origins: Vec<String>,
+    /// Host names the API answers to (`weir.example.com`, with or without the port),
+    /// against DNS rebinding. Empty: any.
+    pub hosts: Vec<String>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -58,19 +72,100 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this route",
             )
         })
-        // The last layer runs first: who may, then what the body is.
+        // The last layer runs first: the deadline, where from, who may, then what the
+        // body is.
         .layer(axum::middleware::from_fn(json_bodies))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            from_browsers,
+        ))
+        .layer(axum::middleware::from_fn(deadline))
         .with_state(state)
 }
 
 /// The largest request body weir reads: a rule's SQL is at most 64 KiB, a rule test's
 /// sample messages a little more.
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// A request gets at most [`server::REQUEST_TIMEOUT`], however slowly its body arrives:
+/// 408 after that.
+async fn deadline(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(server::REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut r = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request took more than {}s",
+                    server::REQUEST_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            r
+        }
+    }
+}
+
+/// Requests to `/v1` and `/metrics` from a browser page (they carry `Origin`) are
+/// refused unless the page's origin is allowed (`--http-allowed-origins`), and requests
+/// naming a host the API does not answer to (`--http-allowed-hosts`) are refused: a page
+/// cannot use a visitor's browser to reach an API on the visitor's network. The health
+/// routes answer whoever asks.
+async fn from_browsers(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if !(path.starts_with("/v1/") || path == "/metrics") {
+        return next.run(req).await;
+    }
+    let b = &state.browsers;
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        if !b.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                format!(
+                    "requests from pages of '{origin}' are not allowed; the operator setting \
+                     http_allowed_origins (--http-allowed-origins) would allow them"
+                ),
+            )
+            .into_response();
+        }
+    }
+    if !b.hosts.is_empty() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+        let known = b
+            .hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(name));
+        if !known {
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "host_not_allowed",
+                format!(
+                    "this API does not answer to host '{host}'; the operator setting \
+                     http_allowed_hosts (--http-allowed-hosts) lists the names it answers to"
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
 
 /// Request bodies are JSON, said so by their `Content-Type` (415 otherwise), and at most
 /// [`MAX_BODY`] bytes as their `Content-Length` says (413 otherwise; a body sent in chunks
@@ -86,16 +181,24 @@ async fn json_bodies(req: Request, next: Next) -> Response {
             .and_then(|v| v.parse::<u64>().ok());
         let has_body =
             length.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING);
-        if length.is_some_and(|n| n > MAX_BODY as u64) {
-            return ApiError::new(
+        if let Some(length) = length.filter(|n| *n > MAX_BODY as u64) {
+            // A body left unread ends the connection, and a client still sending it may
+            // not see the answer: read and drop one of moderate size; past that, say
+            // that the connection closes.
+            let drained = length <= DRAIN_LIMIT && drain(req.into_body()).await;
+            let mut r = ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!(
-                    "the request body has {} bytes; at most {MAX_BODY} are read",
-                    length.unwrap_or(0)
-                ),
+                format!("the request body has {length} bytes; at most {MAX_BODY} are read"),
             )
             .into_response();
+            if !drained {
+                r.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            return r;
         }
         let json = headers
             .get(header::CONTENT_TYPE)
@@ -112,6 +215,22 @@ async fn json_bodies(req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// The largest refused body weir reads to the end, so that the connection may carry the
+/// client's next request.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Reads a body to its end, dropping it; false if it broke off.
+async fn drain(body: axum::body::Body) -> bool {
+    use futures_util::StreamExt;
+    let mut data = body.into_data_stream();
+    while let Some(chunk) = data.next().await {
+        if chunk.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The role a request needs, or `None` for the open routes (health, readiness, the
@@ -315,10 +434,12 @@ mod tests {
             BatchSettings {
                 max_rows: 16,
                 linger: std::time::Duration::ZERO,
+                budget: std::time::Duration::from_secs(10),
                 action_queue: 16,
                 output_dir: tmp.path().join("out"),
                 state_dir: tmp.path().join("actions"),
                 buffer_max_bytes: 1 << 20,
+                policy: Default::default(),
             },
         );
         let store = RuleStore::open(tmp.path()).unwrap();
@@ -335,10 +456,16 @@ mod tests {
             )),
             auth: Arc::new(Auth::open(&auth, tmp.path()).unwrap()),
             ready: AtomicBool::new(false),
+            browsers: Browsers::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(axum::serve(listener, router(state.clone())).into_future());
+        tokio::spawn(server::serve(
+            listener,
+            router(state.clone()),
+            None,
+            Default::default(),
+        ));
         let client = reqwest::Client::new();
         let get = |path: &'static str| {
             let client = client.clone();

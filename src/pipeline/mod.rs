@@ -21,6 +21,7 @@
 //! ([`crate::rules`]); the pipeline only runs what it is given.
 
 mod error_records;
+pub mod evaluate;
 mod router;
 mod rule_worker;
 
@@ -33,7 +34,10 @@ use tokio_util::task::TaskTracker;
 use weir_connectors::metrics::Metrics;
 use weir_connectors::mqtt::{ExternalBroker, Publisher};
 use weir_connectors::sink::disk_buffer::has_segments;
-use weir_connectors::sink::{Delivery, RetryPolicy, SinkContext, Undeliverable, WorkerSettings};
+use weir_connectors::sink::policy::Resolver;
+use weir_connectors::sink::{
+    Delivery, Policy, RetryPolicy, SinkContext, Undeliverable, WorkerSettings,
+};
 use weir_connectors::sinks::{Action, ActionWorker, WorkerInputs};
 use weir_engine::{Message, Rule};
 
@@ -43,6 +47,8 @@ use router::Routes;
 pub struct BatchSettings {
     pub max_rows: usize,
     pub linger: Duration,
+    /// How long one batch may take to evaluate (`--rule-time-budget`).
+    pub budget: Duration,
     pub action_queue: usize,
     /// Where file outputs go when their action names no URL.
     pub output_dir: std::path::PathBuf,
@@ -50,6 +56,8 @@ pub struct BatchSettings {
     /// disk buffer (`buffer/`) and staging files (`staging/`).
     pub state_dir: std::path::PathBuf,
     pub buffer_max_bytes: u64,
+    /// What inline destinations may reach.
+    pub policy: Arc<Policy>,
 }
 
 /// A rule that compiled and whose actions were validated: what the pipeline runs.
@@ -143,8 +151,14 @@ impl Pipeline {
         external: Option<Arc<ExternalBroker>>,
         settings: BatchSettings,
     ) -> Arc<Self> {
+        // Webhooks follow no redirect: a redirect could lead where the policy does not
+        // let a rule go, and a receiver that moved is the rule's author's to update.
         let http = reqwest::Client::builder()
             .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(Resolver {
+                policy: settings.policy.clone(),
+            }))
             .build()
             .expect("the HTTP client builds with the installed TLS provider");
         Arc::new(Self {
@@ -160,6 +174,11 @@ impl Pipeline {
         })
     }
 
+    /// What inline destinations may reach.
+    pub fn policy(&self) -> &Policy {
+        &self.settings.policy
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -170,6 +189,7 @@ impl Pipeline {
             publisher: self.publisher.clone(),
             metrics: self.metrics.clone(),
             http: self.http.clone(),
+            policy: self.settings.policy.clone(),
             output_dir: self.settings.output_dir.clone(),
             state_dir: self
                 .settings
@@ -287,6 +307,7 @@ impl Pipeline {
             metrics: self.metrics.clone(),
             max_rows: self.settings.max_rows,
             linger: self.settings.linger,
+            budget: self.settings.budget,
         }));
         tx
     }

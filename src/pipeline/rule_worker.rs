@@ -14,6 +14,7 @@ use weir_connectors::sink::Delivery;
 use weir_engine::{FailureReason, Message, Rule, now_ms};
 
 use super::error_records::{error_record, send_error};
+use super::evaluate::Evaluator;
 
 pub(super) struct RuleWorker {
     pub name: Arc<str>,
@@ -24,6 +25,7 @@ pub(super) struct RuleWorker {
     pub metrics: Arc<Metrics>,
     pub max_rows: usize,
     pub linger: Duration,
+    pub budget: Duration,
 }
 
 /// Runs a rule until its channel closes (the rule was replaced, deleted or weir stops).
@@ -35,6 +37,7 @@ pub(super) async fn run(mut w: RuleWorker) {
     let mut failed: HashMap<FailureReason, prometheus::IntCounter> = HashMap::new();
     // Grows with the first messages and is reused: an idle rule holds no batch memory.
     let mut batch: Vec<Arc<Message>> = Vec::new();
+    let mut evaluator = Evaluator::new(w.rule.clone(), w.budget);
     loop {
         batch.clear();
         let Some(first) = w.rx.recv().await else {
@@ -60,14 +63,16 @@ pub(super) async fn run(mut w: RuleWorker) {
             )
         });
         matched.inc_by(batch.len() as u64);
-        let outcome = w.rule.process(&batch);
+        let batch_now = Arc::new(std::mem::take(&mut batch));
+        let outcome = evaluator.run(&batch_now).await;
+        let msgs = &batch_now;
         filtered.inc_by(outcome.filtered_out as u64);
         passed.inc_by(outcome.outputs.len() as u64);
         for out in outcome.outputs {
             let delivery = Delivery {
                 payload: out.payload,
                 params: Arc::new(out.params),
-                source: batch[out.index].clone(),
+                source: msgs[out.index].clone(),
             };
             for tx in &w.actions {
                 if tx.send(delivery.clone()).await.is_err() {
@@ -84,16 +89,18 @@ pub(super) async fn run(mut w: RuleWorker) {
                         .with_label_values(&[name, f.reason.as_str()])
                 })
                 .inc();
-            let msg = &batch[f.index];
+            let msg = &msgs[f.index];
             tracing::debug!(rule = name, topic = %msg.topic, reason = f.reason.as_str(), error = %f.message, "message failed");
             let record = error_record(name, None, f.reason.as_str(), &f.message, msg, None);
             Box::pin(send_error(&w.error_tx, name, record, msg.clone())).await;
         }
         let now = now_ms();
-        for m in &batch {
+        for m in msgs.iter() {
             latency.observe((now - m.received_at_ms).max(0) as f64 / 1000.0);
         }
-        // Let go of the messages now: one that no action holds is acknowledged.
+        // Let go of the messages now: one that no action holds is acknowledged. The
+        // batch's memory is kept for the next one, unless an overdue evaluation holds it.
+        batch = Arc::try_unwrap(batch_now).unwrap_or_default();
         batch.clear();
     }
     tracing::debug!(rule = name, "rule worker finished");

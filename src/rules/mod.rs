@@ -54,6 +54,9 @@ pub enum RuleError {
     /// An action's configuration, or building its sink.
     #[error("{context}: {message}")]
     Action { context: String, message: String },
+    /// An action's destination is one the operator's policy does not let rules reach.
+    #[error("{context}: {message}")]
+    NotAllowed { context: String, message: String },
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,
@@ -73,9 +76,10 @@ pub enum RuleError {
 
 impl RuleError {
     fn action(context: impl Into<String>, e: ConfigError) -> Self {
-        Self::Action {
-            context: context.into(),
-            message: e.to_string(),
+        let (context, message) = (context.into(), e.to_string());
+        match e {
+            ConfigError::NotAllowed { .. } => Self::NotAllowed { context, message },
+            _ => Self::Action { context, message },
         }
     }
 }
@@ -117,7 +121,7 @@ impl RuleService {
         let mut actions = Vec::with_capacity(spec.actions.len());
         for (i, a) in spec.actions.iter().enumerate() {
             actions.push(
-                a.validate(&mut exprs)
+                a.validate(&mut exprs, self.pipeline.policy())
                     .map_err(|e| RuleError::action(format!("actions[{i}]"), e))?,
             );
         }
@@ -126,7 +130,7 @@ impl RuleService {
             Some(a) => {
                 let mut own = TemplateExprs::default();
                 let action = a
-                    .validate(&mut own)
+                    .validate(&mut own, self.pipeline.policy())
                     .map_err(|e| RuleError::action("error_action", e))?;
                 if !own.as_slice().is_empty() {
                     return Err(RuleError::Action {

@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod mqtt;
+pub mod mqtt_bytes;
 pub mod receiver;
 pub mod servers;
 pub mod weir;

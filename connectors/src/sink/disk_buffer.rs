@@ -12,7 +12,10 @@
 //! delivered. A consumed segment is deleted. `owner` is the worker's start time and a
 //! counter, unique per worker; a worker adopts the segments of workers of earlier
 //! processes (a restart after a crash or a shutdown) and drains them first. A torn frame at
-//! the end of a segment (a crash mid-append) is cut off.
+//! the end of a segment (a crash mid-append) is cut off. A corrupt stretch inside a
+//! segment (a frame whose checksum or content is wrong, with whole frames after it) is
+//! reported as an error and counted ([`DiskBuffer::corrupt_regions`]); its bytes are moved
+//! to `<segment>.corrupt` for inspection, and the frames around it are kept.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -61,6 +64,8 @@ pub struct DiskBuffer {
     max_bytes: u64,
     /// Frames read from the head but not yet popped.
     peeked: VecDeque<Buffered>,
+    /// Corrupt stretches found in the segments adopted at open.
+    corrupt_regions: u64,
 }
 
 impl DiskBuffer {
@@ -80,12 +85,18 @@ impl DiskBuffer {
         let mut segments = VecDeque::new();
         let mut bytes = 0;
         let mut count = 0;
+        let mut corrupt_regions = 0;
         found.retain(|p| claim(p));
         for path in found {
-            let read = read_cursor(&path).await;
-            let (len, frames) = scan(&path, read).await?;
-            let file_len = tokio::fs::metadata(&path).await?.len();
-            if len < file_len {
+            let mut read = read_cursor(&path).await;
+            let data = tokio::fs::read(&path).await?;
+            let scan = scan(&data, read);
+            let (len, frames) = (scan.end, scan.frames);
+            let file_len = data.len() as u64;
+            if !scan.corrupt.is_empty() {
+                corrupt_regions += scan.corrupt.len() as u64;
+                read = repair(&path, &data, read, &scan).await?;
+            } else if len < file_len {
                 tracing::warn!(segment = %path.display(), kept = len, size = file_len, "cutting a torn frame off a buffer segment");
                 let f = tokio::fs::OpenOptions::new()
                     .write(true)
@@ -93,6 +104,11 @@ impl DiskBuffer {
                     .await?;
                 f.set_len(len).await?;
             }
+            let len = if scan.corrupt.is_empty() {
+                len
+            } else {
+                scan.kept_bytes
+            };
             if frames == 0 {
                 remove_segment(&path).await;
                 continue;
@@ -112,7 +128,14 @@ impl DiskBuffer {
             count,
             max_bytes,
             peeked: VecDeque::new(),
+            corrupt_regions,
         })
+    }
+
+    /// Corrupt stretches found in the segments adopted at open: outputs lost to a damaged
+    /// disk or file, reported as errors when found.
+    pub fn corrupt_regions(&self) -> u64 {
+        self.corrupt_regions
     }
 
     pub fn is_empty(&self) -> bool {
@@ -293,16 +316,93 @@ async fn remove_segment(path: &Path) {
     release(path);
 }
 
-/// The end of the last whole frame from `from`, and how many frames lie between.
-async fn scan(path: &Path, from: u64) -> std::io::Result<(u64, u64)> {
-    let data = tokio::fs::read(path).await?;
-    let mut pos = from as usize;
-    let mut frames = 0;
-    while let Some(len) = whole_frame(&data[pos.min(data.len())..]) {
-        pos += len;
-        frames += 1;
+/// What a segment holds from its read position.
+struct Scan {
+    /// The end of the last whole frame.
+    end: u64,
+    /// Whole frames.
+    frames: u64,
+    /// Corrupt stretches (start, end) with whole frames after them.
+    corrupt: Vec<(u64, u64)>,
+    /// Bytes of the whole frames.
+    kept_bytes: u64,
+}
+
+/// Walks the frames of `data` from `from`. A stretch that is not a whole, decodable frame
+/// but is followed by one is corrupt, and the walk goes on after it; one followed by none
+/// is a torn tail.
+fn scan(data: &[u8], from: u64) -> Scan {
+    let mut s = Scan {
+        end: from,
+        frames: 0,
+        corrupt: Vec::new(),
+        kept_bytes: 0,
+    };
+    let good = |at: usize| -> Option<usize> {
+        let len = whole_frame(data.get(at..)?)?;
+        decode(&data[at + 8..at + len]).map(|_| len)
+    };
+    let mut pos = (from as usize).min(data.len());
+    while pos < data.len() {
+        if let Some(len) = good(pos) {
+            pos += len;
+            s.frames += 1;
+            s.kept_bytes += len as u64;
+            s.end = pos as u64;
+            continue;
+        }
+        match (pos + 1..data.len()).find(|&at| good(at).is_some()) {
+            Some(next) => {
+                s.corrupt.push((pos as u64, next as u64));
+                pos = next;
+            }
+            None => break,
+        }
     }
-    Ok((pos.max(from as usize) as u64, frames))
+    s
+}
+
+/// Rewrites a segment without its corrupt stretches (kept, for inspection, in
+/// `<segment>.corrupt`) and its torn tail, and reports the loss. Returns the new read
+/// position (0: the rewritten segment holds only what is still to deliver).
+async fn repair(path: &Path, data: &[u8], read: u64, scan: &Scan) -> std::io::Result<u64> {
+    let mut kept = Vec::with_capacity(scan.kept_bytes as usize);
+    let mut lost = Vec::new();
+    let mut pos = read as usize;
+    for &(start, end) in &scan.corrupt {
+        kept.extend_from_slice(&data[pos..start as usize]);
+        lost.extend_from_slice(&data[start as usize..end as usize]);
+        pos = end as usize;
+    }
+    kept.extend_from_slice(&data[pos..scan.end as usize]);
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".corrupt");
+    let aside = PathBuf::from(aside);
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&aside)
+        .await?;
+    f.write_all(&lost).await?;
+    f.sync_data().await?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = tokio::fs::File::create(&tmp).await?;
+    f.write_all(&kept).await?;
+    f.sync_data().await?;
+    tokio::fs::rename(&tmp, path).await?;
+    let _ = tokio::fs::remove_file(cursor_path(path)).await;
+    tracing::error!(
+        segment = %path.display(),
+        regions = scan.corrupt.len(),
+        bytes = lost.len(),
+        kept = scan.frames,
+        moved_to = %aside.display(),
+        "a disk buffer segment is corrupt: the outputs in its damaged stretches are lost; \
+         the outputs around them are kept"
+    );
+    Ok(0)
 }
 
 /// The length of the whole, intact frame at the start of `data`, if there is one.
@@ -541,6 +641,48 @@ mod tests {
         let last = s.peek(10).await.unwrap();
         assert_eq!(last.len(), 1);
         assert_eq!(last[0].delivery.payload, extra.payload);
+    }
+
+    /// A damaged stretch inside a segment (a flipped bit, a zeroed block) loses only the
+    /// outputs in it: it is reported and counted, its bytes are kept aside, and the outputs
+    /// before and after it are delivered in order.
+    #[tokio::test]
+    async fn a_corrupt_frame_loses_only_itself_and_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("buffer");
+        let ds: Vec<Delivery> = (0..6).map(delivery).collect();
+        let one = encode(&ds[0], 7).len();
+        let seg_path;
+        {
+            let mut s = DiskBuffer::open(dir.clone(), 1 << 30).await.unwrap();
+            let items: Vec<(&Delivery, i64)> = ds.iter().map(|d| (d, 7)).collect();
+            s.append(&items).await.unwrap();
+            s.peek(1).await.unwrap();
+            s.pop(1).await.unwrap();
+            seg_path = s.segments[0].path.clone();
+            s.release();
+        }
+        // Damage the body of output 2 (a bit flip) and the length of output 4.
+        let mut data = std::fs::read(&seg_path).unwrap();
+        data[2 * one + 12] ^= 0x40;
+        data[4 * one] = 0xff;
+        std::fs::write(&seg_path, &data).unwrap();
+
+        let mut s = DiskBuffer::open(dir.clone(), 1 << 30).await.unwrap();
+        assert_eq!(s.corrupt_regions(), 2);
+        assert_eq!(s.len(), 3);
+        let rest = s.peek(10).await.unwrap();
+        let got: Vec<&Bytes> = rest.iter().map(|r| &r.delivery.payload).collect();
+        assert_eq!(got, vec![&ds[1].payload, &ds[3].payload, &ds[5].payload]);
+        let mut aside = seg_path.as_os_str().to_owned();
+        aside.push(".corrupt");
+        assert_eq!(std::fs::read(PathBuf::from(aside)).unwrap().len(), 2 * one);
+        s.pop(3).await.unwrap();
+        assert!(s.is_empty());
+        // The repaired segment is clean: a later start finds nothing wrong.
+        s.release();
+        let s = DiskBuffer::open(dir, 1 << 30).await.unwrap();
+        assert_eq!((s.corrupt_regions(), s.len()), (0, 0));
     }
 
     #[tokio::test]

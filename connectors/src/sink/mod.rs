@@ -16,6 +16,7 @@
 
 pub mod disk_buffer;
 pub(crate) mod owned_files;
+pub mod policy;
 pub mod retry;
 pub mod secrets;
 pub mod worker;
@@ -31,6 +32,7 @@ use serde::de::DeserializeOwned;
 use weir_engine::Message;
 use weir_engine::template::{Template, TemplateError, TemplateExprs};
 
+pub use policy::Policy;
 pub use retry::RetryPolicy;
 pub use worker::{Undeliverable, WorkerSettings, run_worker};
 
@@ -59,6 +61,21 @@ pub trait SinkConfig:
     /// A refusal of this action's configuration, saying why.
     fn invalid(message: impl Into<String>) -> ConfigError {
         ConfigError::invalid(Self::KIND, message)
+    }
+
+    /// Checks the configuration against the operator's [`Policy`] on what an inline
+    /// destination may reach; called with [`SinkConfig::validate`] when the rule is
+    /// submitted. Allows everything by default.
+    fn check_policy(&self, _policy: &Policy) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    /// A refusal by the operator's policy, saying what and which setting would allow it.
+    fn not_allowed(e: policy::NotAllowed) -> ConfigError {
+        ConfigError::NotAllowed {
+            action: Self::KIND,
+            message: e.0,
+        }
     }
 
     /// The maps of the configuration whose values may be secrets, which API answers show
@@ -147,7 +164,11 @@ pub struct SinkContext {
     pub publisher: Publisher,
     /// For counts of the sink's own (the object store's rejected files).
     pub metrics: Arc<Metrics>,
+    /// The webhooks' client: it follows no redirect and resolves no name to an address
+    /// the policy refuses.
     pub http: reqwest::Client,
+    /// What inline destinations may reach.
+    pub policy: Arc<Policy>,
     /// Where file outputs go when their action names no URL.
     pub output_dir: PathBuf,
     /// The action's own directory for state that must survive a restart: its disk buffer
@@ -249,6 +270,8 @@ pub enum Reason {
     BufferFull,
     /// The action's disk buffer cannot be written.
     BufferIo,
+    /// The operator's policy refuses the destination (a link-local address, weir itself).
+    NotAllowed,
     /// Retried until the retry deadline or the attempts ran out.
     RetriesExhausted,
     /// Not tried: an earlier output of the same batch failed, and this one waits with it.
@@ -273,6 +296,7 @@ impl Reason {
             Self::Io => "io",
             Self::BufferFull => "buffer_full",
             Self::BufferIo => "buffer_io",
+            Self::NotAllowed => "not_allowed",
             Self::RetriesExhausted => "retries_exhausted",
             Self::NotAttempted => "not_attempted",
         }
@@ -290,6 +314,12 @@ impl std::fmt::Display for Reason {
 pub enum ConfigError {
     #[error("{action}: {message}")]
     Invalid {
+        action: &'static str,
+        message: String,
+    },
+    /// The operator's policy does not let a rule reach this destination.
+    #[error("{action}: {message}")]
+    NotAllowed {
         action: &'static str,
         message: String,
     },
@@ -332,6 +362,57 @@ pub(crate) mod testing {
                 err.contains(needle),
                 "{json}: '{err}' should mention '{needle}'"
             );
+        }
+    }
+
+    /// Asserts that each configuration is valid but refused by `policy`, with a message
+    /// containing its needle.
+    pub(crate) fn assert_not_allowed<C: SinkConfig>(
+        policy: &super::Policy,
+        cases: Vec<(serde_json::Value, &str)>,
+    ) {
+        for (json, needle) in cases {
+            let config: C = parse(json.clone());
+            if let Err(e) = config.validate(&mut TemplateExprs::default()) {
+                panic!("{json} is not valid: {e}");
+            }
+            match config.check_policy(policy) {
+                Ok(()) => panic!("{json} was allowed; it should be refused with '{needle}'"),
+                Err(e @ super::ConfigError::NotAllowed { .. }) => {
+                    let err = e.to_string();
+                    assert!(
+                        err.contains(needle),
+                        "{json}: '{err}' should mention '{needle}'"
+                    );
+                }
+                Err(e) => panic!("{json}: refused as invalid, not by the policy: {e}"),
+            }
+        }
+    }
+
+    /// Asserts that each configuration is valid and allowed by `policy`.
+    pub(crate) fn assert_allowed<C: SinkConfig>(
+        policy: &super::Policy,
+        cases: Vec<serde_json::Value>,
+    ) {
+        for json in cases {
+            let config: C = parse(json.clone());
+            config
+                .validate(&mut TemplateExprs::default())
+                .unwrap_or_else(|e| panic!("{json} is not valid: {e}"));
+            config
+                .check_policy(policy)
+                .unwrap_or_else(|e| panic!("{json} should be allowed: {e}"));
+        }
+    }
+
+    /// The default policy of a weir whose data directory is `/data` and whose API
+    /// listens on 127.0.0.1:8080.
+    pub(crate) fn default_policy() -> super::Policy {
+        super::Policy {
+            file_dirs: vec!["/data/out".into()],
+            weir_listeners: vec!["127.0.0.1:8080".parse().unwrap()],
+            ..Default::default()
         }
     }
 }

@@ -22,8 +22,8 @@ use weir_engine::template::{Template, TemplateExprs};
 use crate::metrics::Metrics;
 use crate::sink::secrets::SecretMap;
 use crate::sink::{
-    ConfigError, Delivery, RetryPolicy, Sink, SinkConfig, SinkContext, Undeliverable, Validated,
-    WorkerSettings, run_worker,
+    ConfigError, Delivery, Policy, RetryPolicy, Sink, SinkConfig, SinkContext, Undeliverable,
+    Validated, WorkerSettings, run_worker,
 };
 
 /// Declares the registry: the [`ActionConfig`] enum, one variant per sink, and its
@@ -54,12 +54,21 @@ macro_rules! registry {
                 }
             }
 
-            /// Checks the action without touching the network or the disk and parses its
-            /// templates, whose expressions go to `exprs` (the rule evaluates them for
-            /// every output). Called once per rule submission.
-            pub fn validate(&self, exprs: &mut TemplateExprs) -> Result<Action, ConfigError> {
+            /// Checks the action without touching the network and parses its templates,
+            /// whose expressions go to `exprs` (the rule evaluates them for every
+            /// output), then checks it against the operator's `policy`. Called once per
+            /// rule submission.
+            pub fn validate(
+                &self,
+                exprs: &mut TemplateExprs,
+                policy: &Policy,
+            ) -> Result<Action, ConfigError> {
                 match self {
-                    $(Self::$variant(c) => Ok(Action::new::<$config>(c.validate(exprs)?)),)*
+                    $(Self::$variant(c) => {
+                        let v = c.validate(exprs)?;
+                        c.check_policy(policy)?;
+                        Ok(Action::new::<$config>(v))
+                    })*
                 }
             }
         }
@@ -209,7 +218,9 @@ mod tests {
             let config: ActionConfig = serde_json::from_value(action.clone()).unwrap();
             let key = action.as_object().unwrap().keys().next().unwrap().clone();
             assert_eq!(config.kind(), key);
-            let checked = config.validate(&mut TemplateExprs::default()).unwrap();
+            let checked = config
+                .validate(&mut TemplateExprs::default(), &Policy::allow_all())
+                .unwrap();
             assert_eq!(checked.kind(), key);
             let stored = serde_json::to_value(&config).unwrap();
             assert!(stored.get(&key).is_some(), "{stored}");

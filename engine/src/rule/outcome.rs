@@ -24,6 +24,10 @@ pub enum FailureReason {
     TypeMismatch,
     /// An expression failed on this message's values.
     Evaluation,
+    /// The evaluation failed inside weir (a panic, caught): a bug to report.
+    Internal,
+    /// The rule took longer than its time budget to evaluate the batch.
+    Timeout,
 }
 
 impl FailureReason {
@@ -34,14 +38,18 @@ impl FailureReason {
             Self::NotAnObject => "not_an_object",
             Self::TypeMismatch => "type_mismatch",
             Self::Evaluation => "evaluation_error",
+            Self::Internal => "internal_error",
+            Self::Timeout => "timeout",
         }
     }
 
-    pub const ALL: [FailureReason; 4] = [
+    pub const ALL: [FailureReason; 6] = [
         Self::InvalidJson,
         Self::NotAnObject,
         Self::TypeMismatch,
         Self::Evaluation,
+        Self::Internal,
+        Self::Timeout,
     ];
 }
 

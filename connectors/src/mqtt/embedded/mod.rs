@@ -10,6 +10,12 @@
 //! not stored, and MQTT 5's topic aliases, shared subscriptions and subscription
 //! identifiers are not offered: for those, point weir at a full broker with `--broker`.
 //!
+//! No client takes the broker down ([`Limits`]): packets, connections, subscriptions per
+//! client and the bytes queued for each subscriber are bounded; a subscriber that falls
+//! further behind, or does not read for [`WRITE_TIMEOUT`], is disconnected (and counted)
+//! instead of holding memory; a client that stays silent past its keep-alive (or
+//! [`IDLE_WITHOUT_KEEP_ALIVE`], when it asked for none) is disconnected.
+//!
 //! Every PUBLISH is handed to weir's pipeline with the publisher's client id (so
 //! `clientid()` works) before it is acknowledged, and the hand-off waits when the pipeline
 //! is full, which pushes back on the publishing client instead of growing memory.
@@ -18,7 +24,7 @@ mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -37,10 +43,43 @@ use crate::metrics::Metrics;
 
 /// Largest packet the broker accepts, unless configured otherwise (`--mqtt-max-packet-size`).
 pub const DEFAULT_MAX_PACKET: usize = 128 * 1024;
-/// Outgoing messages queued per subscriber before further ones are dropped (and counted).
+/// Outgoing messages queued per subscriber; one more disconnects it as too slow.
 const SUBSCRIBER_QUEUE: usize = 4096;
 /// How long a new connection has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may leave a packet of ours unread before it is disconnected.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client that asked for no keep-alive (0) may stay silent.
+pub const IDLE_WITHOUT_KEEP_ALIVE: Duration = Duration::from_secs(3600);
+
+/// What one client may hold of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest packet a client may send (`--mqtt-max-packet-size`); a larger one
+    /// closes its connection. Told to MQTT 5 clients in the CONNACK.
+    pub max_packet: usize,
+    /// The most clients connected at once (`--mqtt-max-connections`); one more is closed
+    /// before its CONNECT is read.
+    pub max_connections: usize,
+    /// The most subscriptions one client may hold (`--mqtt-max-subscriptions`); one more
+    /// gets a failure return code in the SUBACK.
+    pub max_subscriptions: usize,
+    /// The most bytes (topic and payload) queued for one subscriber
+    /// (`--mqtt-max-queued-bytes`); a subscriber that falls further behind is
+    /// disconnected.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_packet: DEFAULT_MAX_PACKET,
+            max_connections: 10_000,
+            max_subscriptions: 100,
+            max_queued_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
 
 type ConnId = u64;
 
@@ -55,8 +94,12 @@ struct Peer {
 struct Connection {
     client_id: String,
     tx: mpsc::Sender<Outgoing>,
+    /// Bytes queued in `tx`, against [`Limits::max_queued_bytes`].
+    queued: Arc<AtomicUsize>,
     /// Cancelled when another connection takes over this client id.
     kicked: CancellationToken,
+    /// Cancelled when the client falls too far behind with what it subscribed to.
+    slow: CancellationToken,
 }
 
 enum Outgoing {
@@ -81,22 +124,22 @@ struct Inner {
     next_id: AtomicU64,
     ingress: mpsc::Sender<Message>,
     metrics: Arc<Metrics>,
-    /// The largest packet a client may send (a larger one closes its connection), told to
-    /// MQTT 5 clients in the CONNACK.
-    max_packet: usize,
+    limits: Limits,
+    /// Permits for [`Limits::max_connections`].
+    connection_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Broker {
     /// A broker that hands every PUBLISH it receives to `ingress`.
     pub fn new(ingress: mpsc::Sender<Message>, metrics: Arc<Metrics>) -> Self {
-        Self::with_max_packet(ingress, metrics, DEFAULT_MAX_PACKET)
+        Self::with_limits(ingress, metrics, Limits::default())
     }
 
-    /// [`Broker::new`], taking packets of at most `max_packet` bytes.
-    pub fn with_max_packet(
+    /// [`Broker::new`], with these limits on its clients.
+    pub fn with_limits(
         ingress: mpsc::Sender<Message>,
         metrics: Arc<Metrics>,
-        max_packet: usize,
+        limits: Limits,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -105,7 +148,8 @@ impl Broker {
                 next_id: AtomicU64::new(1),
                 ingress,
                 metrics,
-                max_packet,
+                limits,
+                connection_permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             }),
         }
     }
@@ -117,6 +161,11 @@ impl Broker {
                 _ = cancel.cancelled() => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Ok(permit) = self.inner.connection_permits.clone().try_acquire_owned() else {
+                            self.inner.metrics.broker_refused.inc();
+                            tracing::debug!(%peer, "mqtt connection refused: {} clients are connected", self.inner.limits.max_connections);
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let broker = self.clone();
                         let cancel = cancel.clone();
@@ -124,6 +173,7 @@ impl Broker {
                             if let Err(e) = broker.connection(stream, peer, cancel).await {
                                 tracing::debug!(%peer, error = %e, "mqtt connection closed");
                             }
+                            drop(permit);
                         });
                     }
                     Err(e) => {
@@ -164,6 +214,7 @@ impl Broker {
             return 0;
         }
         let topic: Arc<str> = Arc::from(topic);
+        let size = topic.len() + payload.len();
         let conns = self
             .inner
             .connections
@@ -182,9 +233,20 @@ impl Broker {
                 },
                 properties: properties.clone(),
             };
-            match c.tx.try_send(out) {
-                Ok(()) => delivered += 1,
-                Err(_) => self.inner.metrics.broker_dropped.inc(),
+            let queued = c.queued.fetch_add(size, Ordering::AcqRel) + size;
+            let fits = queued <= self.inner.limits.max_queued_bytes;
+            match fits.then(|| c.tx.try_send(out)) {
+                Some(Ok(())) => delivered += 1,
+                _ => {
+                    c.queued.fetch_sub(size, Ordering::AcqRel);
+                    self.inner.metrics.broker_dropped.inc();
+                    // A subscriber this far behind will not catch up: let it go, and
+                    // its queue with it.
+                    if !c.slow.is_cancelled() {
+                        c.slow.cancel();
+                        self.inner.metrics.broker_slow.inc();
+                    }
+                }
             }
         }
         delivered
@@ -197,7 +259,7 @@ impl Broker {
         cancel: CancellationToken,
     ) -> Result<(), String> {
         let (mut wire, connect) =
-            Wire::accept(stream, self.inner.max_packet, CONNECT_TIMEOUT).await?;
+            Wire::accept(stream, self.inner.limits.max_packet, CONNECT_TIMEOUT).await?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (client_id, assigned) = if connect.client_id.is_empty() {
             // MQTT 3.1.1 allows an empty id only with a clean session; MQTT 5 always, and
@@ -211,8 +273,10 @@ impl Broker {
         } else {
             (connect.client_id.clone(), None)
         };
-        let (tx, mut rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let kicked = CancellationToken::new();
+        let slow = CancellationToken::new();
+        let queued = Arc::new(AtomicUsize::new(0));
         {
             let mut conns = self
                 .inner
@@ -235,7 +299,9 @@ impl Broker {
                 Connection {
                     client_id: client_id.clone(),
                     tx,
+                    queued: queued.clone(),
                     kicked: kicked.clone(),
+                    slow: slow.clone(),
                 },
             );
         }
@@ -248,16 +314,20 @@ impl Broker {
             source_ip: peer.ip().to_string(),
         };
         let result = async {
-            wire.send(Outbound::ConnAck {
-                assigned_client_id: assigned,
-            })
+            send(
+                &mut wire,
+                Outbound::ConnAck {
+                    assigned_client_id: assigned,
+                },
+            )
             .await?;
+            let mut queue = Queue { rx, queued, slow };
             self.session(
                 &mut wire,
                 id,
                 &peer,
                 connect.keep_alive,
-                &mut rx,
+                &mut queue,
                 &mut filters,
                 &kicked,
                 &cancel,
@@ -282,38 +352,50 @@ impl Broker {
         id: ConnId,
         peer: &Peer,
         keep_alive: u16,
-        rx: &mut mpsc::Receiver<Outgoing>,
+        queue: &mut Queue,
         my_filters: &mut Vec<String>,
         kicked: &CancellationToken,
         cancel: &CancellationToken,
     ) -> Result<(), String> {
         let (client_id, principal, source_ip) = (&peer.client_id, &peer.principal, &peer.source_ip);
-        // MQTT 3.1.1 §3.1.2.10: close after 1.5 keep-alive periods of silence.
+        // MQTT 3.1.1 §3.1.2.10: close after 1.5 keep-alive periods of silence; a client
+        // that asked for none gets an hour.
         let idle = if keep_alive == 0 {
-            Duration::from_secs(u64::MAX / 4)
+            IDLE_WITHOUT_KEEP_ALIVE
         } else {
             Duration::from_millis(u64::from(keep_alive) * 1500)
         };
+        let max_subscriptions = self.inner.limits.max_subscriptions;
         let mut next_pkid: u16 = 0;
         let mut qos2_inflight: HashSet<u16> = HashSet::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = kicked.cancelled() => return Err("taken over by a new connection with the same client id".to_owned()),
-                out = rx.recv() => {
+                _ = queue.slow.cancelled() => return Err(format!(
+                    "a slow subscriber: more than {} bytes or {SUBSCRIBER_QUEUE} messages waited for it",
+                    self.inner.limits.max_queued_bytes
+                )),
+                out = queue.rx.recv() => {
                     let Some(Outgoing::Publish { topic, payload, qos, properties }) = out else { return Ok(()) };
+                    queue.queued.fetch_sub(topic.len() + payload.len(), Ordering::AcqRel);
                     let mut pkid = 0;
                     if qos != QoS::AtMostOnce {
                         next_pkid = next_pkid.checked_add(1).unwrap_or(1);
                         pkid = next_pkid;
                     }
-                    let sent = wire.send(Outbound::Publish {
+                    let publish = Outbound::Publish {
                         topic: &topic,
                         pkid,
                         qos: qos as u8,
                         payload,
                         properties: properties.as_deref(),
-                    }).await?;
+                    };
+                    // A subscriber found too slow meanwhile is let go mid-write.
+                    let sent = tokio::select! {
+                        sent = send(wire, publish) => sent?,
+                        _ = queue.slow.cancelled() => return Err("a slow subscriber".to_owned()),
+                    };
                     if !sent {
                         self.inner.metrics.broker_dropped.inc();
                     }
@@ -355,18 +437,22 @@ impl Broker {
                             }
                             match qos {
                                 0 => {}
-                                1 => { wire.send(Outbound::PubAck(pkid)).await?; }
-                                _ => { wire.send(Outbound::PubRec(pkid)).await?; }
+                                1 => { send(wire, Outbound::PubAck(pkid)).await?; }
+                                _ => { send(wire, Outbound::PubRec(pkid)).await?; }
                             }
                         }
                         Inbound::PubRel(pkid) => {
                             qos2_inflight.remove(&pkid);
-                            wire.send(Outbound::PubComp(pkid)).await?;
+                            send(wire, Outbound::PubComp(pkid)).await?;
                         }
                         Inbound::Subscribe { pkid, filters } => {
                             let mut granted_all = Vec::with_capacity(filters.len());
                             for (path, asked) in filters {
-                                if validate_filter(&path).is_err() {
+                                let full = my_filters.len() >= max_subscriptions && !my_filters.contains(&path);
+                                if validate_filter(&path).is_err() || full {
+                                    if full {
+                                        self.inner.metrics.broker_subscriptions_refused.inc();
+                                    }
                                     granted_all.push(None);
                                     continue;
                                 }
@@ -381,7 +467,7 @@ impl Broker {
                                 my_filters.push(path);
                                 granted_all.push(Some(granted));
                             }
-                            wire.send(Outbound::SubAck { pkid, granted: granted_all }).await?;
+                            send(wire, Outbound::SubAck { pkid, granted: granted_all }).await?;
                         }
                         Inbound::Unsubscribe { pkid, filters } => {
                             {
@@ -393,9 +479,9 @@ impl Broker {
                                     my_filters.retain(|x| x != f);
                                 }
                             }
-                            wire.send(Outbound::UnsubAck { pkid, count: filters.len() }).await?;
+                            send(wire, Outbound::UnsubAck { pkid, count: filters.len() }).await?;
                         }
-                        Inbound::PingReq => { wire.send(Outbound::PingResp).await?; }
+                        Inbound::PingReq => { send(wire, Outbound::PingResp).await?; }
                         Inbound::Disconnect => return Ok(()),
                         // Acknowledgements of what we sent: QoS 1 out is fire-and-forget here.
                         Inbound::Ack => {}
@@ -417,4 +503,20 @@ impl Broker {
             }
         }
     }
+}
+
+/// A connection's queue of outgoing messages, with the bytes it holds.
+struct Queue {
+    rx: mpsc::Receiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
+    /// Cancelled when the queue would outgrow its bounds.
+    slow: CancellationToken,
+}
+
+/// Sends a packet, giving the client [`WRITE_TIMEOUT`] to take it. A PUBLISH larger than
+/// the client accepts is not sent (`Ok(false)`).
+async fn send(wire: &mut Wire, packet: Outbound<'_>) -> Result<bool, String> {
+    tokio::time::timeout(WRITE_TIMEOUT, wire.send(packet))
+        .await
+        .map_err(|_| format!("the client read nothing for {WRITE_TIMEOUT:?}"))?
 }

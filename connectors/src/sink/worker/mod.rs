@@ -140,7 +140,15 @@ pub async fn run_worker<S: Sink>(
     ))
     .await
     {
-        Ok(b) => Some(b),
+        Ok(b) => {
+            if b.corrupt_regions() > 0 {
+                ctx.metrics
+                    .action_buffer_corrupt
+                    .with_label_values(&[&ctx.rule, &ctx.label])
+                    .inc_by(b.corrupt_regions());
+            }
+            Some(b)
+        }
         Err(e) => {
             tracing::error!(rule = %ctx.rule, action = %ctx.label, dir = %settings.buffer_dir.display(), error = %e, "cannot open the action's disk buffer; failed outputs are retried in memory");
             None

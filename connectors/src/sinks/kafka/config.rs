@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
 use super::Kafka;
+use crate::sink::policy::NotAllowed;
 use crate::sink::secrets::{SecretMap, sounds_secret};
-use crate::sink::{ConfigError, SinkConfig, Validated};
+use crate::sink::{ConfigError, Policy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +40,67 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "5"),
 ];
 
+/// The librdkafka settings a rule may set (beyond them, what the operator allows with
+/// `allow_kafka_properties`), with the values allowed where not every value is safe.
+/// None reads a local file, loads code, runs a program, turns off certificate checks or
+/// fetches credentials from elsewhere.
+const ALLOWED: &[(&str, Option<&[&str]>)] = &[
+    ("acks", None),
+    ("request.required.acks", None),
+    ("enable.idempotence", None),
+    ("compression.type", None),
+    ("compression.codec", None),
+    ("compression.level", None),
+    ("linger.ms", None),
+    ("queue.buffering.max.ms", None),
+    ("queue.buffering.max.messages", None),
+    ("queue.buffering.max.kbytes", None),
+    ("batch.size", None),
+    ("batch.num.messages", None),
+    ("message.timeout.ms", None),
+    ("delivery.timeout.ms", None),
+    ("request.timeout.ms", None),
+    ("message.max.bytes", None),
+    ("message.send.max.retries", None),
+    ("retries", None),
+    ("retry.backoff.ms", None),
+    ("retry.backoff.max.ms", None),
+    ("max.in.flight.requests.per.connection", None),
+    ("max.in.flight", None),
+    ("partitioner", None),
+    ("socket.timeout.ms", None),
+    ("socket.keepalive.enable", None),
+    ("socket.connection.setup.timeout.ms", None),
+    ("connections.max.idle.ms", None),
+    ("reconnect.backoff.ms", None),
+    ("reconnect.backoff.max.ms", None),
+    ("metadata.max.age.ms", None),
+    ("topic.metadata.refresh.interval.ms", None),
+    ("broker.address.family", None),
+    ("client.rack", None),
+    ("allow.auto.create.topics", None),
+    ("security.protocol", None),
+    (
+        "sasl.mechanism",
+        Some(&["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+    ),
+    (
+        "sasl.mechanisms",
+        Some(&["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+    ),
+    ("sasl.username", None),
+    ("sasl.password", None),
+    ("ssl.ca.pem", None),
+    ("ssl.certificate.pem", None),
+    ("ssl.key.pem", None),
+    ("ssl.key.password", None),
+    ("ssl.cipher.suites", None),
+    ("ssl.curves.list", None),
+    ("ssl.sigalgs.list", None),
+    ("ssl.endpoint.identification.algorithm", Some(&["https"])),
+    ("enable.ssl.certificate.verification", Some(&["true"])),
+];
+
 /// Settings a rule may not set: weir owns them.
 const RESERVED: &[&str] = &["bootstrap.servers", "client.id"];
 
@@ -64,6 +126,39 @@ impl SinkConfig for KafkaConfig {
             map: &mut self.properties,
             is_secret: Self::secret_property,
         }]
+    }
+
+    fn check_policy(&self, policy: &Policy) -> Result<(), ConfigError> {
+        for s in self.bootstrap_servers.split(',').map(str::trim) {
+            if let Some((host, port)) = s.rsplit_once(':') {
+                policy
+                    .check_host(host, port.parse().ok())
+                    .map_err(Self::not_allowed)?;
+            }
+        }
+        let setting = "the operator setting allow_kafka_properties (--allow-kafka-properties) \
+                       would allow it";
+        for (k, v) in &self.properties {
+            if policy.kafka_properties.contains(k) {
+                continue;
+            }
+            match ALLOWED.iter().find(|(name, _)| name == k) {
+                None => {
+                    return Err(Self::not_allowed(NotAllowed(format!(
+                        "property '{k}' is not allowed in a rule: {}; {setting}",
+                        refusal(k)
+                    ))));
+                }
+                Some((_, Some(values))) if !values.iter().any(|a| a.eq_ignore_ascii_case(v)) => {
+                    return Err(Self::not_allowed(NotAllowed(format!(
+                        "property '{k}' may be {} in a rule, not '{v}'; {setting}",
+                        values.join(" or ")
+                    ))));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
@@ -157,6 +252,19 @@ impl KafkaConfig {
             c.set(k, v);
         }
         c
+    }
+}
+
+/// Why a librdkafka setting is not on the allowlist.
+fn refusal(key: &str) -> &'static str {
+    match key {
+        k if k.ends_with(".location") || k.starts_with("ssl.keystore") => "it reads a local file",
+        k if k.starts_with("plugin") || k.starts_with("ssl.engine") || k == "ssl.providers" => {
+            "it loads code"
+        }
+        k if k.starts_with("sasl.kerberos") => "it runs a program",
+        k if k.starts_with("sasl.oauthbearer") => "it fetches credentials from elsewhere",
+        _ => "it is not on the list of properties rules may set",
     }
 }
 

@@ -76,3 +76,69 @@ fn timeouts_retry_and_refusals_dead_letter() {
     let down = KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure);
     assert!(matches!(classify(&down), Outcome::Retry(f) if f.reason == Reason::Kafka));
 }
+
+#[test]
+fn the_policy_allows_only_safe_properties() {
+    use crate::sink::testing::{assert_allowed, assert_not_allowed, default_policy};
+    let p = default_policy();
+    let with = |props: serde_json::Value| json!({"bootstrap_servers": "kafka:9092", "topic": "t", "properties": props});
+    assert_not_allowed::<KafkaConfig>(
+        &p,
+        vec![
+            (
+                with(json!({"ssl.ca.location": "/etc/shadow"})),
+                "property 'ssl.ca.location' is not allowed in a rule: it reads a local file",
+            ),
+            (
+                with(json!({"ssl.keystore.location": "/k"})),
+                "it reads a local file",
+            ),
+            (
+                with(json!({"plugin.library.paths": "/tmp/evil.so"})),
+                "it loads code",
+            ),
+            (
+                with(json!({"sasl.kerberos.kinit.cmd": "sh -c id"})),
+                "it runs a program",
+            ),
+            (
+                with(json!({"sasl.oauthbearer.token.endpoint.url": "http://x"})),
+                "fetches credentials",
+            ),
+            (
+                with(json!({"enable.ssl.certificate.verification": "false"})),
+                "may be true in a rule, not 'false'",
+            ),
+            (
+                with(json!({"ssl.endpoint.identification.algorithm": "none"})),
+                "may be https",
+            ),
+            (
+                with(json!({"debug": "all"})),
+                "allow_kafka_properties (--allow-kafka-properties)",
+            ),
+            (
+                json!({"bootstrap_servers": "169.254.169.254:9092", "topic": "t"}),
+                "link-local",
+            ),
+        ],
+    );
+    assert_allowed::<KafkaConfig>(
+        &p,
+        vec![
+            with(
+                json!({"acks": "1", "linger.ms": "10", "compression.type": "zstd",
+                "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                "sasl.username": "u", "sasl.password": "p", "ssl.ca.pem": "-----BEGIN"}),
+            ),
+            with(json!({"enable.ssl.certificate.verification": "true"})),
+        ],
+    );
+    // The operator can allow a property by name.
+    let mut open = default_policy();
+    open.kafka_properties.insert("ssl.ca.location".to_owned());
+    assert_allowed::<KafkaConfig>(
+        &open,
+        vec![with(json!({"ssl.ca.location": "/etc/kafka/ca.pem"}))],
+    );
+}

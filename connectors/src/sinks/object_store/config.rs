@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
 use super::ObjectStoreSink;
+use crate::sink::policy::NotAllowed;
 use crate::sink::retry::humantime_serde_compat;
 use crate::sink::secrets::{SecretMap, sounds_secret};
-use crate::sink::{ConfigError, SinkConfig, Validated};
+use crate::sink::{ConfigError, Policy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -58,8 +59,9 @@ pub struct ObjectStoreConfig {
     pub max_age: Duration,
     /// `object_store` settings of the store: for S3 `endpoint`, `region`,
     /// `access_key_id`, `secret_access_key`, `allow_http`, `virtual_hosted_style_request`,
-    /// ...; for GCS and Azure their own keys. The standard `AWS_*`, `GOOGLE_*` and
-    /// `AZURE_*` environment variables apply too. None apply to `file://`.
+    /// ...; for GCS and Azure their own keys, from an allowlist (see `docs/security.md`).
+    /// The standard `AWS_*`, `GOOGLE_*` and `AZURE_*` environment variables apply only
+    /// where the operator allows ambient credentials. None apply to `file://`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
 }
@@ -114,14 +116,103 @@ impl Cloud {
         }
     }
 
-    /// Whether `key` is one of this store's `object_store` settings.
-    fn knows(self, key: &str) -> bool {
+    /// The canonical name of one of this store's `object_store` settings
+    /// (`aws_access_key_id` for `access_key_id`); `None` if it has no such setting.
+    fn canonical(self, key: &str) -> Option<String> {
         let key = key.to_ascii_lowercase();
+        Some(match self {
+            Self::S3 => key.parse::<AmazonS3ConfigKey>().ok()?.as_ref().to_owned(),
+            Self::Gcs => key.parse::<GoogleConfigKey>().ok()?.as_ref().to_owned(),
+            Self::Azure => key.parse::<AzureConfigKey>().ok()?.as_ref().to_owned(),
+        })
+    }
+
+    fn knows(self, key: &str) -> bool {
+        self.canonical(key).is_some()
+    }
+
+    /// The options, by canonical name, that an inline destination may set: none reads a
+    /// local file, runs a program, turns off certificate checks or reaches for weir's
+    /// own credentials.
+    fn allowed(self) -> &'static [&'static str] {
         match self {
-            Self::S3 => key.parse::<AmazonS3ConfigKey>().is_ok(),
-            Self::Gcs => key.parse::<GoogleConfigKey>().is_ok(),
-            Self::Azure => key.parse::<AzureConfigKey>().is_ok(),
+            Self::S3 => &[
+                "aws_access_key_id",
+                "aws_secret_access_key",
+                "aws_session_token",
+                "aws_region",
+                "aws_default_region",
+                "aws_endpoint",
+                "aws_endpoint_url_s3",
+                "aws_virtual_hosted_style_request",
+                "aws_s3_express",
+                "aws_unsigned_payload",
+                "aws_checksum_algorithm",
+                "aws_skip_signature",
+                "aws_copy_if_not_exists",
+                "aws_conditional_put",
+                "aws_disable_tagging",
+                "aws_request_payer",
+                "aws_server_side_encryption",
+                "aws_sse_kms_key_id",
+                "aws_sse_bucket_key_enabled",
+                "aws_sse_customer_key_base64",
+            ],
+            Self::Gcs => &[
+                "google_service_account_key",
+                "google_base_url",
+                "google_skip_signature",
+            ],
+            Self::Azure => &[
+                "azure_storage_account_name",
+                "azure_storage_account_key",
+                "azure_storage_client_id",
+                "azure_storage_client_secret",
+                "azure_storage_tenant_id",
+                "azure_storage_sas_key",
+                "azure_storage_token",
+                "azure_storage_use_emulator",
+                "azure_storage_endpoint",
+                "azure_use_fabric_endpoint",
+                "azure_skip_signature",
+                "azure_disable_tagging",
+            ],
         }
+    }
+
+    /// Whether the options carry credentials of the destination's own, so that the
+    /// builder does not fall back to weir's (environment, instance metadata).
+    fn own_credentials(self, options: &BTreeMap<String, &str>) -> Result<(), &'static str> {
+        let has = |k: &str| options.contains_key(k);
+        let yes = |k: &str| {
+            options
+                .get(k)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        };
+        let (ok, needed) = match self {
+            Self::S3 => (
+                (has("aws_access_key_id") && has("aws_secret_access_key"))
+                    || yes("aws_skip_signature"),
+                "access_key_id and secret_access_key, or skip_signature",
+            ),
+            Self::Gcs => (
+                has("google_service_account_key") || yes("google_skip_signature"),
+                "service_account_key, or skip_signature",
+            ),
+            Self::Azure => (
+                has("azure_storage_account_key")
+                    || has("azure_storage_sas_key")
+                    || has("azure_storage_token")
+                    || (has("azure_storage_client_id")
+                        && has("azure_storage_client_secret")
+                        && has("azure_storage_tenant_id"))
+                    || yes("azure_skip_signature")
+                    || yes("azure_storage_use_emulator"),
+                "access_key, sas_key, token, client_id with client_secret and tenant_id, \
+                 use_emulator or skip_signature",
+            ),
+        };
+        if ok { Ok(()) } else { Err(needed) }
     }
 
     fn examples(self) -> &'static str {
@@ -135,11 +226,13 @@ impl Cloud {
         }
     }
 
-    /// The store for `base` (`<scheme>://<bucket>`), from the environment and `options`.
+    /// The store for `base` (`<scheme>://<bucket>`), from `options`, and from the
+    /// environment and instance metadata too when `ambient`.
     pub(super) fn build(
         self,
         base: &str,
         options: &BTreeMap<String, String>,
+        ambient: bool,
     ) -> Result<Arc<dyn ObjectStore>, String> {
         // weir retries failed uploads itself, with the files waiting on disk; the client
         // only smooths over a blip.
@@ -152,7 +245,12 @@ impl Cloud {
         // The three builders take their settings the same way, but share no trait.
         macro_rules! build {
             ($builder:ty) => {{
-                let mut b = <$builder>::from_env().with_url(base).with_retry(retry);
+                let b = if ambient {
+                    <$builder>::from_env()
+                } else {
+                    <$builder>::new()
+                };
+                let mut b = b.with_url(base).with_retry(retry);
                 for (k, v) in options {
                     let key = k.to_ascii_lowercase().parse().map_err(|_| unknown(k))?;
                     b = b.with_config(key, v);
@@ -237,6 +335,112 @@ impl ObjectStoreConfig {
     }
 }
 
+impl ObjectStoreConfig {
+    /// The options of a cloud destination against the policy: each on the allowlist (or
+    /// allowed by the operator), endpoints not at refused addresses, and credentials of
+    /// the destination's own.
+    fn check_options(&self, kind: Cloud, policy: &Policy) -> Result<(), ConfigError> {
+        let setting = "the operator setting allow_store_options (--allow-store-options) \
+                       would allow it";
+        let mut canonical = BTreeMap::new();
+        for (k, v) in &self.options {
+            let c = kind.canonical(k).unwrap_or_else(|| k.to_ascii_lowercase());
+            let by_operator = policy
+                .store_options
+                .iter()
+                .any(|o| kind.canonical(o).as_deref() == Some(c.as_str()));
+            let listed = kind.allowed().contains(&c.as_str()) || CLIENT.contains(&c.as_str());
+            if !listed && !by_operator {
+                return Err(Self::not_allowed(NotAllowed(format!(
+                    "option '{k}' is not allowed in a rule: {}; {setting}",
+                    refusal(&c)
+                ))));
+            }
+            if ENDPOINTS.contains(&c.as_str()) {
+                let url = reqwest::Url::parse(v)
+                    .map_err(|e| Self::invalid(format!("option '{k}': '{v}' is not a URL: {e}")))?;
+                policy
+                    .check_url(&url)
+                    .map_err(|e| Self::not_allowed(NotAllowed(format!("option '{k}': {}", e.0))))?;
+            }
+            canonical.insert(c, v.as_str());
+        }
+        if !policy.allow_ambient_credentials
+            && let Err(needed) = kind.own_credentials(&canonical)
+        {
+            return Err(Self::not_allowed(NotAllowed(format!(
+                "a {} destination in a rule must carry its own credentials ({needed}); \
+                 without them weir would use its own (environment, instance metadata); the \
+                 operator setting allow_ambient_credentials (--allow-ambient-credentials) \
+                 would allow it",
+                kind.name()
+            ))));
+        }
+        Ok(())
+    }
+}
+
+/// The HTTP client options every store takes that an inline destination may set: not
+/// `allow_invalid_certificates`.
+const CLIENT: &[&str] = &[
+    "allow_http",
+    "connect_timeout",
+    "default_content_type",
+    "http1_only",
+    "http2_only",
+    "http2_keep_alive_interval",
+    "http2_keep_alive_timeout",
+    "http2_keep_alive_while_idle",
+    "http2_max_frame_size",
+    "pool_idle_timeout",
+    "pool_max_idle_per_host",
+    "proxy_url",
+    "proxy_ca_certificate",
+    "proxy_excludes",
+    "randomize_addresses",
+    "timeout",
+    "user_agent",
+];
+
+/// The options that hold an address weir sends requests to.
+const ENDPOINTS: &[&str] = &[
+    "aws_endpoint",
+    "aws_endpoint_url_s3",
+    "azure_storage_endpoint",
+    "google_base_url",
+    "proxy_url",
+];
+
+/// Why an option is not on the allowlist, by its canonical name.
+fn refusal(canonical: &str) -> &'static str {
+    match canonical {
+        c if c.ends_with("_file")
+            || c == "google_service_account"
+            || c == "google_application_credentials" =>
+        {
+            "it reads a local file"
+        }
+        "azure_use_azure_cli" => "it runs a program",
+        "allow_invalid_certificates" => "it turns off certificate checks",
+        "aws_bucket" | "google_bucket" | "azure_container_name" => {
+            "the bucket or container is named in the url"
+        }
+        c if c.contains("metadata")
+            || c.contains("imds")
+            || c.contains("container_credentials")
+            || c.contains("msi")
+            || c.contains("fabric")
+            || c.contains("role")
+            || c.contains("sts")
+            || c.contains("authority_host")
+            || c == "azure_object_id" =>
+        {
+            "it uses weir's own credentials or a credential service"
+        }
+        _ => "it is not on the list of options rules may set",
+    }
+}
+
 /// An object-store action, checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -262,6 +466,14 @@ impl SinkConfig for ObjectStoreConfig {
             map: &mut self.options,
             is_secret: secret_option,
         }]
+    }
+
+    fn check_policy(&self, policy: &Policy) -> Result<(), ConfigError> {
+        match self.parse()?.target {
+            Target::OutputDir => Ok(()),
+            Target::Local(dir) => policy.check_file_dir(&dir).map_err(Self::not_allowed),
+            Target::Cloud { kind, .. } => self.check_options(kind, policy),
+        }
     }
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {

@@ -180,7 +180,11 @@ fn open_store(settings: &Settings, ctx: &SinkContext) -> Result<Arc<dyn ObjectSt
         Target::OutputDir => local(&ctx.output_dir.join(&ctx.rule)),
         Target::Local(dir) => local(dir),
         Target::Cloud { kind, base } => kind
-            .build(base, &settings.options)
+            .build(
+                base,
+                &settings.options,
+                ctx.policy.allow_ambient_credentials,
+            )
             .map_err(|e| format!("{} store {base}: {e}", kind.name())),
     }
 }

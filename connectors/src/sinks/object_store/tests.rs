@@ -157,3 +157,115 @@ async fn a_staging_file_that_disappeared_is_let_go() {
         "no rows were lost"
     );
 }
+
+#[test]
+fn the_policy_keeps_rules_off_local_files_and_weirs_credentials() {
+    use crate::sink::testing::{assert_allowed, assert_not_allowed, default_policy};
+    let p = default_policy();
+    let creds =
+        json!({"access_key_id": "a", "secret_access_key": "s", "endpoint": "http://minio:9000"});
+    let s3 = |extra: serde_json::Value| {
+        let mut o = creds.clone();
+        o.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"url": "s3://lake/raw", "options": o})
+    };
+    assert_not_allowed::<ObjectStoreConfig>(
+        &p,
+        vec![
+            (
+                json!({"url": "file:///etc/cron.d"}),
+                "file:// destination '/etc/cron.d' is outside the directories rules may write to (/data/out); the operator setting allow_file_dirs",
+            ),
+            (
+                json!({"url": "file:///data/out/../../etc/"}),
+                "must not contain '.' or '..'",
+            ),
+            (
+                json!({"url": "file:///data/outer"}),
+                "outside the directories",
+            ),
+            (
+                s3(json!({"web_identity_token_file": "/var/run/secrets/token"})),
+                "option 'web_identity_token_file' is not allowed in a rule: it reads a local file; the operator setting allow_store_options (--allow-store-options) would allow it",
+            ),
+            (
+                s3(json!({"aws_container_authorization_token_file": "/x"})),
+                "it reads a local file",
+            ),
+            (
+                s3(json!({"metadata_endpoint": "http://evil"})),
+                "weir's own credentials",
+            ),
+            (
+                s3(json!({"imdsv1_fallback": "true"})),
+                "weir's own credentials",
+            ),
+            (
+                s3(json!({"allow_invalid_certificates": "true"})),
+                "turns off certificate checks",
+            ),
+            (
+                s3(json!({"endpoint": "http://169.254.169.254/"})),
+                "option 'endpoint': address 169.254.169.254 is link-local",
+            ),
+            (
+                s3(json!({"endpoint": "http://127.0.0.1:8080/"})),
+                "weir's own listener",
+            ),
+            (
+                json!({"url": "s3://lake/raw", "options": {"region": "eu-west-1"}}),
+                "a S3 destination in a rule must carry its own credentials (access_key_id and secret_access_key, or skip_signature)",
+            ),
+            (
+                json!({"url": "gs://b/p", "options": {"service_account_path": "/etc/gcp.json", "service_account_key": "{}"}}),
+                "it reads a local file",
+            ),
+            (
+                json!({"url": "gs://b/p", "options": {"application_credentials": "/x"}}),
+                "it reads a local file",
+            ),
+            (
+                json!({"url": "gs://b/p"}),
+                "allow_ambient_credentials (--allow-ambient-credentials)",
+            ),
+            (
+                json!({"url": "az://c/p", "options": {"account_name": "a", "use_azure_cli": "true"}}),
+                "it runs a program",
+            ),
+            (
+                json!({"url": "az://c/p", "options": {"account_name": "a", "access_key": "k", "federated_token_file": "/t"}}),
+                "it reads a local file",
+            ),
+            (
+                json!({"url": "az://c/p", "options": {"account_name": "a", "client_id": "id"}}),
+                "must carry its own credentials",
+            ),
+        ],
+    );
+    assert_allowed::<ObjectStoreConfig>(
+        &p,
+        vec![
+            json!({"url": "file:///data/out/lake/${topic(1)}/"}),
+            json!({}),
+            s3(json!({"allow_http": "true", "region": "us-east-1", "session_token": "t"})),
+            json!({"url": "s3://public/data", "options": {"skip_signature": "true"}}),
+            json!({"url": "gs://b/p", "options": {"service_account_key": "{}"}}),
+            json!({"url": "az://c/p", "options": {"account_name": "a", "access_key": "k", "endpoint": "http://127.0.0.1:10000/a", "allow_http": "true"}}),
+            json!({"url": "az://c/p", "options": {"use_emulator": "true"}}),
+        ],
+    );
+    let mut open = default_policy();
+    open.allow_ambient_credentials = true;
+    open.store_options
+        .insert("aws_web_identity_token_file".to_owned());
+    open.file_dirs.push("/srv/export".into());
+    assert_allowed::<ObjectStoreConfig>(
+        &open,
+        vec![
+            json!({"url": "s3://lake/raw", "options": {"web_identity_token_file": "/var/run/t"}}),
+            json!({"url": "file:///srv/export/x"}),
+        ],
+    );
+}

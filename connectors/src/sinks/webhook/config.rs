@@ -11,7 +11,7 @@ use weir_engine::template::{Template, TemplateExprs};
 use super::Webhook;
 use crate::sink::retry::humantime_serde_compat;
 use crate::sink::secrets::{SecretMap, sounds_secret};
-use crate::sink::{ConfigError, RetryPolicy, SinkConfig, Validated};
+use crate::sink::{ConfigError, Policy, RetryPolicy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +50,16 @@ impl SinkConfig for WebhookConfig {
             map: &mut self.headers,
             is_secret: secret_header,
         }]
+    }
+
+    /// A literal URL is checked here; a templated one when each output's URL is rendered.
+    fn check_policy(&self, policy: &Policy) -> Result<(), ConfigError> {
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if !self.url.contains("${") => {
+                policy.check_url(&url).map_err(Self::not_allowed)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {

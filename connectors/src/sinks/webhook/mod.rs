@@ -6,6 +6,7 @@ mod config;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{Settings, WebhookConfig};
@@ -13,13 +14,15 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use weir_engine::template::Template;
 
-use crate::sink::{ConfigError, Delivery, Outcome, Reason, Sink, SinkContext};
+use crate::sink::policy::not_allowed_in;
+use crate::sink::{ConfigError, Delivery, Outcome, Policy, Reason, Sink, SinkContext};
 
 pub struct Webhook {
     url: Template,
     headers: Vec<(HeaderName, Template)>,
     timeout: Duration,
     http: reqwest::Client,
+    policy: Arc<Policy>,
 }
 
 impl Sink for Webhook {
@@ -31,6 +34,7 @@ impl Sink for Webhook {
             headers: settings.headers.clone(),
             timeout: settings.timeout,
             http: ctx.http.clone(),
+            policy: ctx.policy.clone(),
         })
     }
 
@@ -59,6 +63,9 @@ impl Sink for Webhook {
 impl Webhook {
     async fn deliver(&self, d: &Delivery) -> Outcome {
         let url = d.render(&self.url);
+        if let Err(refused) = self.allowed(&url).await {
+            return refused;
+        }
         let mut req = self
             .http
             .post(&url)
@@ -82,12 +89,49 @@ impl Webhook {
             Err(e) if e.is_builder() => {
                 Outcome::dead_letter(Reason::InvalidUrl, format!("POST {url}: {e}"))
             }
+            Err(e) if not_allowed_in(&e).is_some() => {
+                let why = not_allowed_in(&e).map(|n| n.0.clone()).unwrap_or_default();
+                Outcome::dead_letter(Reason::NotAllowed, format!("POST {url}: {why}"))
+            }
             Err(e) if e.is_timeout() => Outcome::retry(
                 Reason::Timeout,
                 format!("POST {url}: timed out after {:?}", self.timeout),
             ),
             Err(e) => Outcome::retry(Reason::Connection, format!("POST {url}: {e}")),
         }
+    }
+}
+
+impl Webhook {
+    /// Whether the operator's policy lets this output go to `url`. A name is resolved
+    /// here only when the port is one of weir's listeners' (a name may lead back to
+    /// weir); the client's resolver keeps every name off link-local addresses.
+    async fn allowed(&self, url: &str) -> Result<(), Outcome> {
+        let refused =
+            |why: String| Outcome::dead_letter(Reason::NotAllowed, format!("POST {url}: {why}"));
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return Ok(()); // the client says what is wrong with it
+        };
+        self.policy.check_url(&parsed).map_err(|e| refused(e.0))?;
+        let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+            return Ok(());
+        };
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if !self.policy.is_weir_port(port) || literal.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(());
+        }
+        let addrs = tokio::net::lookup_host((host, port)).await.map_err(|e| {
+            Outcome::retry(
+                Reason::Connection,
+                format!("POST {url}: cannot resolve {host}: {e}"),
+            )
+        })?;
+        for addr in addrs {
+            self.policy
+                .check_addr(addr)
+                .map_err(|e| refused(format!("{host}: {e}")))?;
+        }
+        Ok(())
     }
 }
 

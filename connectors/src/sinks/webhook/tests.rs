@@ -53,3 +53,40 @@ fn statuses_are_classified_once() {
         }
     }
 }
+
+#[test]
+fn the_policy_keeps_literal_urls_off_metadata_services_and_weir() {
+    use crate::sink::testing::{assert_allowed, assert_not_allowed, default_policy};
+    let p = default_policy();
+    assert_not_allowed::<WebhookConfig>(
+        &p,
+        vec![
+            (
+                json!({"url": "http://169.254.169.254/latest/meta-data/"}),
+                "address 169.254.169.254 is link-local (where cloud metadata services answer); the operator setting allow_link_local (--allow-link-local) would allow it",
+            ),
+            (json!({"url": "http://[fe80::1]:8000/"}), "link-local"),
+            (
+                json!({"url": "http://2852039166/"}),
+                "169.254.169.254 is link-local",
+            ),
+            (
+                json!({"url": "http://127.0.0.1:8080/v1/rules"}),
+                "127.0.0.1:8080 is weir's own listener; the operator setting allow_weir_listeners (--allow-weir-listeners) would allow it",
+            ),
+            (
+                json!({"url": "http://localhost:8080/v1/tokens"}),
+                "weir's own listener",
+            ),
+        ],
+    );
+    assert_allowed::<WebhookConfig>(
+        &p,
+        vec![
+            json!({"url": "http://127.0.0.1:9000/hook"}),
+            json!({"url": "https://hooks.example.com/x"}),
+            // Checked when each output's URL is rendered instead.
+            json!({"url": "http://${topic(1)}/x"}),
+        ],
+    );
+}

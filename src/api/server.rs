@@ -1,0 +1,133 @@
+//! The HTTP API's server: the router on hyper's HTTP/1 connections, with the bounds a
+//! service on a network needs and `axum::serve` does not give: TLS (`--http-tls-cert`,
+//! `--http-tls-key`), at most [`MAX_CONNECTIONS`] connections (one more is closed at
+//! once), a client that has not sent a request's headers within [`HEADER_TIMEOUT`] (or
+//! finished its TLS handshake) is disconnected, and a request takes at most
+//! [`REQUEST_TIMEOUT`] (408), however slowly its body arrives.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The most connections the API serves at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// How long a client may take to send a request's headers, or to finish the TLS
+/// handshake.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one request may take, reading its body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The TLS configuration from a PEM certificate chain and its private key.
+pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let pem = std::fs::read(cert).with_context(|| format!("--http-tls-cert {}", cert.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("--http-tls-cert {}: not a PEM certificate", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!(
+            "--http-tls-cert {}: no certificate in the file",
+            cert.display()
+        );
+    }
+    let pem = std::fs::read(key).with_context(|| format!("--http-tls-key {}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&pem)
+        .with_context(|| format!("--http-tls-key {}: not a PEM private key", key.display()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .context("--http-tls-cert and --http-tls-key do not make a TLS configuration")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `router` on `listener` until `stop` fires, then lets the requests in flight
+/// finish and returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tls = tls.map(TlsAcceptor::from);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait for some to close.
+                    tracing::warn!(error = %e, "the HTTP API cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "the HTTP API has {MAX_CONNECTIONS} connections; closing a new one");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
+        connections.spawn(async move {
+            connection(tcp, tls, router, stop).await;
+            drop(permit);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+async fn connection(
+    tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    stop: CancellationToken,
+) {
+    match tls {
+        None => http1(TokioIo::new(tcp), router, stop).await,
+        Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => http1(TokioIo::new(stream), router, stop).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        },
+    }
+}
+
+async fn http1<I>(io: I, router: Router, stop: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(io, TowerToHyperService::new(router));
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
