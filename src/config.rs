@@ -94,6 +94,9 @@ pub struct ServeArgs {
     /// to the rule's error action (reason `timeout`) [default: 10s].
     #[arg(long, env = "WEIR_RULE_TIME_BUDGET")]
     pub rule_time_budget: Option<String>,
+    /// Most rules this instance keeps; creating one more is a 409 [default: 1000].
+    #[arg(long, env = "WEIR_MAX_RULES")]
+    pub max_rules: Option<usize>,
     /// Outputs queued per action before the rule waits [default: 1024].
     #[arg(long, env = "WEIR_ACTION_QUEUE")]
     pub action_queue: Option<usize>,
@@ -207,6 +210,7 @@ impl ServeArgs {
                 batch_max_rows,
                 batch_linger,
                 rule_time_budget,
+                max_rules,
                 action_queue,
                 action_buffer_max_bytes,
                 worker_threads,
@@ -245,6 +249,7 @@ pub struct Settings {
     pub batch_max_rows: usize,
     pub batch_linger: Duration,
     pub rule_time_budget: Duration,
+    pub max_rules: usize,
     pub action_queue: usize,
     pub action_buffer_max_bytes: u64,
     pub worker_threads: usize,
@@ -453,6 +458,7 @@ impl Settings {
                 crate::pipeline::evaluate::DEFAULT_BUDGET,
             )?)
             .context("--rule-time-budget")?,
+            max_rules: at_least_one("max-rules", a.max_rules, 1000)?,
             action_queue,
             action_buffer_max_bytes: a.action_buffer_max_bytes.unwrap_or(1 << 30),
             worker_threads,

@@ -190,7 +190,12 @@ pub async fn serve(
     let store = RuleStore::open(&settings.data_dir)?;
     metrics.rule_store_corrupt.inc_by(store.corrupt_lines());
     let auth = Arc::new(auth::Auth::open(&settings.auth, &settings.data_dir)?);
-    let rules = Arc::new(RuleService::new(engine, pipeline.clone(), store));
+    let rules = Arc::new(RuleService::new(
+        engine,
+        pipeline.clone(),
+        store,
+        settings.max_rules,
+    ));
     let state = Arc::new(api::AppState {
         rules: rules.clone(),
         auth,

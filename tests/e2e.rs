@@ -906,3 +906,43 @@ async fn a_rule_starts_its_workers_with_its_first_message() {
         ("out/idle".to_owned(), json!({"v": 2}))
     );
 }
+
+/// An instance keeps at most `--max-rules` rules (a new one past that is a 409; replacing
+/// one is not), and a rule has at most 10 actions (AWS IoT's limit).
+#[tokio::test]
+async fn rules_and_actions_are_bounded() {
+    let dir = temp_dir("max-rules");
+    let weir = Weir::start(&dir, &["--max-rules", "2"]).await;
+    let rule = json!({"sql": "SELECT a FROM 'in'", "actions": [{"republish": {"topic": "out"}}]});
+    assert_eq!(weir.put_rule("a", rule.clone()).await.0, 201);
+    assert_eq!(weir.put_rule("b", rule.clone()).await.0, 201);
+    let (status, body) = weir.put_rule("c", rule.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_rules");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("weir has 2 rules, as many as --max-rules allows"),
+        "{body}"
+    );
+    assert_eq!(weir.put_rule("b", rule.clone()).await.0, 200);
+    weir.request(Method::DELETE, "/v1/rules/a").await;
+    assert_eq!(weir.put_rule("c", rule).await.0, 201);
+
+    let eleven: Vec<_> = (0..11)
+        .map(|i| json!({"republish": {"topic": format!("out/{i}")}}))
+        .collect();
+    let (status, body) = weir
+        .put_rule("c", json!({"sql": "SELECT a FROM 'in'", "actions": eleven}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_rule");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a rule has at most 10 actions, got 11"),
+        "{body}"
+    );
+}

@@ -84,6 +84,9 @@ impl From<RuleError> for ApiError {
             )
             .with("field", context),
             RuleError::InvalidName(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m),
+            e @ RuleError::TooManyRules(_) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_rules", e.to_string())
+            }
             RuleError::NotFound(name) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",

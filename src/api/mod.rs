@@ -453,6 +453,7 @@ mod tests {
                 weir_engine::Engine::new(),
                 pipeline,
                 store,
+                1000,
             )),
             auth: Arc::new(Auth::open(&auth, tmp.path()).unwrap()),
             ready: AtomicBool::new(false),

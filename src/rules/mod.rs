@@ -66,6 +66,9 @@ pub enum RuleError {
     InvalidName(String),
     #[error("no rule named '{0}'")]
     NotFound(String),
+    /// The instance has as many rules as it may.
+    #[error("weir has {0} rules, as many as --max-rules allows; delete one or raise the limit")]
+    TooManyRules(usize),
     /// Something else in the request is wrong.
     #[error("{0}")]
     Request(String),
@@ -89,14 +92,25 @@ pub struct RuleService {
     pipeline: Arc<Pipeline>,
     /// The store; its lock also serialises rule changes.
     store: Mutex<RuleStore>,
+    /// The most rules this instance keeps (`--max-rules`).
+    max_rules: usize,
 }
 
+/// The most actions a rule may have (AWS IoT's limit).
+pub const MAX_ACTIONS: usize = 10;
+
 impl RuleService {
-    pub fn new(engine: Arc<Engine>, pipeline: Arc<Pipeline>, store: RuleStore) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        pipeline: Arc<Pipeline>,
+        store: RuleStore,
+        max_rules: usize,
+    ) -> Self {
         Self {
             engine,
             pipeline,
             store: Mutex::new(store),
+            max_rules,
         }
     }
 
@@ -112,6 +126,15 @@ impl RuleService {
                 message: format!(
                     "SQL version '{}' is not supported; weir implements AWS IoT SQL {SQL_VERSION}",
                     spec.sql_version,
+                ),
+            });
+        }
+        if spec.actions.len() > MAX_ACTIONS {
+            return Err(RuleError::Invalid {
+                field: "actions",
+                message: format!(
+                    "a rule has at most {MAX_ACTIONS} actions, got {}",
+                    spec.actions.len()
                 ),
             });
         }
@@ -176,6 +199,10 @@ impl RuleService {
         let mut spec = spec;
         keep_secrets(&mut spec, store.get(name).map(|r| &r.spec))?;
         let created = store.get(name).map(|r| r.created_at_ms);
+        let count = store.list().count();
+        if created.is_none() && count >= self.max_rules {
+            return Err(RuleError::TooManyRules(count));
+        }
         let rule = StoredRule {
             name: name.to_owned(),
             spec,
