@@ -153,6 +153,11 @@ pub struct ServeArgs {
     /// any].
     #[arg(long, env = "WEIR_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
     pub http_allowed_hosts: Option<Vec<String>>,
+    /// Named connections, in the config file only: `[connections.<name>.<kind>]` tables
+    /// (see docs/security.md). They replace stored connections of the same name at start.
+    #[arg(skip)]
+    #[serde(default)]
+    pub connections: Option<std::collections::BTreeMap<String, FileConnection>>,
     /// Directories, besides the output directory, below which rules' `file://`
     /// destinations may write (comma-separated) [default: none].
     #[arg(long, env = "WEIR_ALLOW_FILE_DIRS", value_delimiter = ',')]
@@ -226,6 +231,7 @@ impl ServeArgs {
                 http_tls_key,
                 http_allowed_origins,
                 http_allowed_hosts,
+                connections,
                 allow_file_dirs,
                 allow_link_local,
                 allow_weir_listeners,
@@ -259,6 +265,19 @@ pub struct Settings {
     pub mqtt_limits: weir_connectors::mqtt::embedded::Limits,
     pub policy: PolicySettings,
     pub http: HttpSettings,
+    /// The config file's connections.
+    pub connections: std::collections::BTreeMap<String, FileConnection>,
+}
+
+/// A connection of the config file; its `Debug` shows no secret.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct FileConnection(pub weir_connectors::sinks::connection::ConnectionConfig);
+
+impl std::fmt::Debug for FileConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0.redacted())
+    }
 }
 
 /// How the HTTP API is served.
@@ -484,6 +503,7 @@ impl Settings {
             },
             policy,
             http,
+            connections: a.connections.clone().unwrap_or_default(),
         })
     }
 }
@@ -596,6 +616,11 @@ mod tests {
         );
         assert_eq!(s.policy.kafka_properties, ["ssl.ca.location"]);
         assert_eq!(s.mqtt_limits.max_subscriptions, 100);
+        let names: Vec<&String> = s.connections.keys().collect();
+        assert_eq!(names, ["events", "lake"]);
+        for c in s.connections.values() {
+            c.0.validate().unwrap();
+        }
         args.http_listen = None;
         let s = Settings::resolve(&args).unwrap();
         assert_eq!(s.http_listen.to_string(), "0.0.0.0:8080");

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod pipeline;
 pub mod private_file;
 pub mod rule_store;
@@ -190,10 +191,12 @@ pub async fn serve(
     let store = RuleStore::open(&settings.data_dir)?;
     metrics.rule_store_corrupt.inc_by(store.corrupt_lines());
     let auth = Arc::new(auth::Auth::open(&settings.auth, &settings.data_dir)?);
+    let connections = connections::ConnectionStore::open(&settings.data_dir)?;
     let rules = Arc::new(RuleService::new(
         engine,
         pipeline.clone(),
         store,
+        connections,
         settings.max_rules,
     ));
     let state = Arc::new(api::AppState {
@@ -212,6 +215,12 @@ pub async fn serve(
     ));
 
     let started = async {
+        for (name, c) in &settings.connections {
+            rules
+                .put_connection(name, c.0.clone(), "config")
+                .await
+                .map_err(|e| anyhow::anyhow!("connection '{name}' of the config file: {e}"))?;
+        }
         rules.load(&settings.queries_dir).await?;
         tokio::spawn(
             pipeline

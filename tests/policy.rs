@@ -186,3 +186,258 @@ async fn rendered_webhook_urls_are_checked_for_each_output() {
     )
     .await;
 }
+
+/// Named connections: an admin defines one with its endpoint and credentials; rules name
+/// it and add only their own parameters; its secrets are never shown; it may reach what
+/// an inline destination may not; changing it restarts the rules that use it; one in use
+/// cannot be deleted.
+#[tokio::test]
+async fn rules_reach_destinations_through_named_connections() {
+    let dir = temp_dir("connections");
+    let weir = Weir::start(&dir, &[]).await;
+    let admin = weir.admin_token().unwrap();
+    let call = |token: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = reqwest::Client::new()
+            .request(method, weir.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (_, editor) = call(
+        &admin,
+        reqwest::Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "ed", "role": "editor"})),
+    )
+    .await;
+    let editor = editor["token"].as_str().unwrap().to_owned();
+
+    let hook = Receiver::start(vec![]).await;
+    let hooks = json!({"webhook": {"url": hook.url("/in"), "headers": {"Authorization": "Bearer hook-secret-9"}}});
+    let (status, _) = call(
+        &editor,
+        reqwest::Method::PUT,
+        "/v1/connections/hooks",
+        Some(hooks.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "an editor may not define connections");
+    let (status, body) = call(
+        &admin,
+        reqwest::Method::PUT,
+        "/v1/connections/hooks",
+        Some(hooks),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["webhook"]["headers"]["Authorization"], "<redacted>");
+    assert_eq!(body["source"], "api");
+    let (status, list) = call(&editor, reqwest::Method::GET, "/v1/connections", None).await;
+    assert_eq!(status, 200);
+    assert!(!list.to_string().contains("hook-secret-9"), "{list}");
+    assert_eq!(list["connections"][0]["name"], "hooks");
+
+    // A rule names the connection and adds a path; the request carries the secret.
+    let rule = json!({"sql": "SELECT a FROM 'c/+'", "actions": [
+        {"webhook": {"connection": "hooks", "path": "dev/${topic(2)}"}}]});
+    let (status, body) = call(&editor, reqwest::Method::PUT, "/v1/rules/fwd", Some(rule)).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, shown) = call(&editor, reqwest::Method::GET, "/v1/rules/fwd", None).await;
+    assert_eq!(shown["actions"][0]["webhook"]["connection"], "hooks");
+    assert!(
+        shown["actions"][0]["webhook"].get("url").is_none(),
+        "{shown}"
+    );
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    device.publish("c/d7", r#"{"a": 1}"#).await;
+    assert_eq!(hook.wait_for(1).await, [json!({"a": 1})]);
+    assert_eq!(
+        hook.requests.lock().unwrap()[0],
+        (
+            "/in/dev/d7".to_owned(),
+            Some("Bearer hook-secret-9".to_owned())
+        )
+    );
+
+    // Sent back redacted, the secret is kept; a new URL restarts the rule with it.
+    let other = Receiver::start(vec![]).await;
+    let (_, current) = call(&admin, reqwest::Method::GET, "/v1/connections/hooks", None).await;
+    let mut changed = json!({"webhook": current["webhook"].clone()});
+    changed["webhook"]["url"] = json!(other.url("/v2"));
+    let (status, body) = call(
+        &admin,
+        reqwest::Method::PUT,
+        "/v1/connections/hooks",
+        Some(changed),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    device.publish("c/d8", r#"{"a": 2}"#).await;
+    assert_eq!(other.wait_for(1).await, [json!({"a": 2})]);
+    assert_eq!(
+        other.requests.lock().unwrap()[0],
+        (
+            "/v2/dev/d8".to_owned(),
+            Some("Bearer hook-secret-9".to_owned())
+        )
+    );
+
+    // What a rule may not reach inline, the operator's connection may.
+    let meta = json!({"webhook": {"url": "http://169.254.169.254/latest"}});
+    assert_eq!(
+        call(
+            &admin,
+            reqwest::Method::PUT,
+            "/v1/connections/meta",
+            Some(meta)
+        )
+        .await
+        .0,
+        201
+    );
+    let uses_meta = json!({"sql": "SELECT a FROM 'm'", "enabled": false,
+        "actions": [{"webhook": {"connection": "meta"}}]});
+    assert_eq!(
+        call(
+            &editor,
+            reqwest::Method::PUT,
+            "/v1/rules/m",
+            Some(uses_meta)
+        )
+        .await
+        .0,
+        201
+    );
+
+    // Refusals.
+    for (rule, code, needle) in [
+        (
+            json!({"sql": "SELECT a FROM 'x'", "actions": [{"webhook": {"connection": "nope"}}]}),
+            "invalid_action",
+            "no connection named 'nope'",
+        ),
+        (
+            json!({"sql": "SELECT a FROM 'x'", "actions": [{"kafka": {"connection": "hooks", "topic": "t"}}]}),
+            "invalid_action",
+            "the connection 'hooks' is for webhook actions, not kafka",
+        ),
+        (
+            json!({"sql": "SELECT a FROM 'x'", "actions": [{"webhook": {"connection": "hooks", "url": "http://x/"}}]}),
+            "invalid_action",
+            "url comes from the connection 'hooks'",
+        ),
+    ] {
+        let (status, body) = call(&editor, reqwest::Method::PUT, "/v1/rules/bad", Some(rule)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(needle),
+            "{body}"
+        );
+    }
+    let (status, body) = call(
+        &admin,
+        reqwest::Method::DELETE,
+        "/v1/connections/hooks",
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "connection_in_use");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("fwd"),
+        "{body}"
+    );
+    call(&editor, reqwest::Method::DELETE, "/v1/rules/fwd", None).await;
+    assert_eq!(
+        call(
+            &admin,
+            reqwest::Method::DELETE,
+            "/v1/connections/hooks",
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        call(&admin, reqwest::Method::GET, "/v1/connections/hooks", None)
+            .await
+            .0,
+        404
+    );
+    // The store keeps the secrets, privately.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("connections.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// Connections of the config file are there at start, marked as such.
+#[tokio::test]
+async fn connections_come_from_the_config_file() {
+    let dir = temp_dir("connections-file");
+    let config = dir.join("weir.toml");
+    std::fs::write(
+        &config,
+        "[connections.lake.object_store]\nurl = \"file:///srv/lake/raw\"\n\n\
+         [connections.events.kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+         properties = { \"sasl.password\" = \"kafka-secret-4\", \"ssl.ca.location\" = \"/etc/ca.pem\" }\n",
+    )
+    .unwrap();
+    let weir = Weir::start(&dir, &["--config", config.to_str().unwrap()]).await;
+    let (status, list) = weir.request(reqwest::Method::GET, "/v1/connections").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["events", "lake"]);
+    assert_eq!(list["connections"][0]["source"], "config");
+    assert!(!list.to_string().contains("kafka-secret-4"), "{list}");
+    // A rule writes below the connection's prefix, outside what inline URLs may reach.
+    let rule = json!({"sql": "SELECT a FROM 'x'", "enabled": false, "actions": [
+        {"object_store": {"connection": "lake", "path": "site=${topic(1)}/", "format": "jsonl"}},
+        {"kafka": {"connection": "events", "topic": "t"}}]});
+    let (status, body) = weir.put_rule("r", rule).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Trying a rule that names a connection shows the action's own templated parameters,
+/// never the connection's headers.
+#[tokio::test]
+async fn a_rule_test_does_not_show_a_connections_secrets() {
+    let dir = temp_dir("connections-test-run");
+    let weir = Weir::start(&dir, &[]).await;
+    let hooks = json!({"webhook": {"url": "https://hooks.example.com/in",
+        "headers": {"Authorization": "Bearer hook-secret-7"}}});
+    let (status, _) = weir
+        .send_json(reqwest::Method::PUT, "/v1/connections/hooks", &hooks)
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = weir
+        .test_rule(&json!({
+            "sql": "SELECT a FROM 'c/+'",
+            "actions": [{"webhook": {"connection": "hooks", "path": "${topic(2)}",
+                "headers": {"x-device": "${clientid()}"}}}],
+            "messages": [{"topic": "c/d1", "payload": {"a": 1}, "clientid": "dev-1"}]
+        }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains("hook-secret-7"), "{body}");
+    let params = &body["results"][0]["actions"][0]["params"];
+    assert_eq!(params["url"], "https://hooks.example.com/in/d1", "{body}");
+}

@@ -84,6 +84,15 @@ impl From<RuleError> for ApiError {
             )
             .with("field", context),
             RuleError::InvalidName(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m),
+            e @ RuleError::ConnectionNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            e @ RuleError::ConnectionInUse { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "connection_in_use", e.to_string())
+            }
+            e @ RuleError::TooManyConnections => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_connections", e.to_string())
+            }
             e @ RuleError::TooManyRules(_) => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_rules", e.to_string())
             }

@@ -3,6 +3,7 @@
 //! change goes through the [`RuleService`], every error is an [`ApiError`]. Every `/v1`
 //! request is authorised first ([`authorize`]): a bearer token whose role may do it.
 
+mod connections;
 mod error;
 pub mod server;
 mod tokens;
@@ -57,6 +58,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/test", post(test_rule))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", axum::routing::delete(tokens::delete))
+        .route("/v1/connections", get(connections::list))
+        .route(
+            "/v1/connections/{name}",
+            get(connections::get)
+                .put(connections::put)
+                .delete(connections::delete),
+        )
         .route("/metrics", get(metrics))
         .route(
             "/healthz",
@@ -240,6 +248,11 @@ fn required_role(method: &Method, path: &str, metrics: bool) -> Option<Role> {
         return metrics.then_some(Role::Viewer);
     }
     if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
+        return Some(Role::Admin);
+    }
+    // Anyone may see which connections exist (secrets redacted); only an admin changes them.
+    let writes = !matches!(*method, Method::GET | Method::HEAD);
+    if writes && (path == "/v1/connections" || path.starts_with("/v1/connections/")) {
         return Some(Role::Admin);
     }
     if path == "/v1" || path.starts_with("/v1/") {
@@ -453,6 +466,7 @@ mod tests {
                 weir_engine::Engine::new(),
                 pipeline,
                 store,
+                crate::connections::ConnectionStore::open(tmp.path()).unwrap(),
                 1000,
             )),
             auth: Arc::new(Auth::open(&auth, tmp.path()).unwrap()),

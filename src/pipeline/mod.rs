@@ -133,6 +133,9 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     publisher: Publisher,
     http: reqwest::Client,
+    /// The client of webhooks through named connections: the operator's, unfiltered.
+    http_trusted: reqwest::Client,
+    trusted_policy: Arc<Policy>,
     settings: BatchSettings,
     external: Option<Arc<ExternalBroker>>,
     /// The rules running now, by name.
@@ -161,10 +164,17 @@ impl Pipeline {
             }))
             .build()
             .expect("the HTTP client builds with the installed TLS provider");
+        let http_trusted = reqwest::Client::builder()
+            .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("the HTTP client builds with the installed TLS provider");
         Arc::new(Self {
             metrics,
             publisher,
             http,
+            http_trusted,
+            trusted_policy: Arc::new(Policy::allow_all()),
             settings,
             external,
             running: Mutex::new(HashMap::new()),
@@ -183,13 +193,20 @@ impl Pipeline {
         &self.metrics
     }
 
-    fn context(&self, rule: &str, label: String) -> SinkContext {
+    /// An action's context; one through a named connection is not held to the policy on
+    /// inline destinations.
+    fn context(&self, rule: &str, label: String, trusted: bool) -> SinkContext {
+        let (http, policy) = if trusted {
+            (self.http_trusted.clone(), self.trusted_policy.clone())
+        } else {
+            (self.http.clone(), self.settings.policy.clone())
+        };
         SinkContext {
             rule: rule.to_owned(),
             publisher: self.publisher.clone(),
             metrics: self.metrics.clone(),
-            http: self.http.clone(),
-            policy: self.settings.policy.clone(),
+            http,
+            policy,
             output_dir: self.settings.output_dir.clone(),
             state_dir: self
                 .settings
@@ -244,7 +261,7 @@ impl Pipeline {
         action: &Action,
         context: String,
     ) -> Result<BuiltAction, BuildError> {
-        let ctx = self.context(rule, label);
+        let ctx = self.context(rule, label, action.is_trusted());
         let worker = action.build(&ctx).await.map_err(|e| BuildError {
             context,
             message: e.to_string(),

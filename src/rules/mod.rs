@@ -19,9 +19,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::Mutex;
 use weir_connectors::sink::ConfigError;
+use weir_connectors::sinks::connection::ConnectionConfig;
+use weir_connectors::sinks::{Action, ActionConfig};
 use weir_engine::template::TemplateExprs;
 use weir_engine::{Engine, Rule, SqlError, now_ms};
 
+use crate::connections::{ConnectionStore, MAX_CONNECTIONS, StoredConnection};
 use crate::pipeline::{CompiledRule, Pipeline};
 use crate::rule_store::RuleStore;
 use spec::{RuleSpec, SQL_VERSION, StoredRule, parse_rule_file, validate_name};
@@ -66,6 +69,12 @@ pub enum RuleError {
     InvalidName(String),
     #[error("no rule named '{0}'")]
     NotFound(String),
+    #[error("no connection named '{0}'")]
+    ConnectionNotFound(String),
+    #[error("the connection '{name}' is used by the rules {rules:?}; change or delete them first")]
+    ConnectionInUse { name: String, rules: Vec<String> },
+    #[error("weir has {MAX_CONNECTIONS} connections, the most it keeps; delete one first")]
+    TooManyConnections,
     /// The instance has as many rules as it may.
     #[error("weir has {0} rules, as many as --max-rules allows; delete one or raise the limit")]
     TooManyRules(usize),
@@ -94,6 +103,16 @@ pub struct RuleService {
     store: Mutex<RuleStore>,
     /// The most rules this instance keeps (`--max-rules`).
     max_rules: usize,
+    /// The operator's named connections. Changed with the rule store locked.
+    connections: std::sync::Mutex<ConnectionStore>,
+}
+
+/// Whether a rule names the connection `name`.
+fn uses(spec: &RuleSpec, name: &str) -> bool {
+    spec.actions
+        .iter()
+        .chain(&spec.error_action)
+        .any(|a| a.connection() == Some(name))
 }
 
 /// The most actions a rule may have (AWS IoT's limit).
@@ -104,6 +123,7 @@ impl RuleService {
         engine: Arc<Engine>,
         pipeline: Arc<Pipeline>,
         store: RuleStore,
+        connections: ConnectionStore,
         max_rules: usize,
     ) -> Self {
         Self {
@@ -111,6 +131,128 @@ impl RuleService {
             pipeline,
             store: Mutex::new(store),
             max_rules,
+            connections: std::sync::Mutex::new(connections),
+        }
+    }
+
+    fn connection_store(&self) -> std::sync::MutexGuard<'_, ConnectionStore> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks an action: one naming a connection is resolved with it (`over` replaces a
+    /// stored connection of its name) and trusted; one written inline is held to the
+    /// operator's policy.
+    fn action(
+        &self,
+        a: &ActionConfig,
+        exprs: &mut TemplateExprs,
+        over: Option<(&str, &ConnectionConfig)>,
+    ) -> Result<Action, ConfigError> {
+        let Some(name) = a.connection() else {
+            return a.validate(exprs, self.pipeline.policy());
+        };
+        let config = match over {
+            Some((n, c)) if n == name => c.clone(),
+            _ => self
+                .connection_store()
+                .get(name)
+                .map(|c| c.config.clone())
+                .ok_or_else(|| {
+                    ConfigError::invalid(a.kind(), format!("no connection named '{name}'"))
+                })?,
+        };
+        a.with_connection(name, &config)?.validate_trusted(exprs)
+    }
+
+    /// The connections, secrets redacted.
+    pub fn connections(&self) -> Vec<StoredConnection> {
+        self.connection_store()
+            .list()
+            .map(StoredConnection::redacted)
+            .collect()
+    }
+
+    /// One connection, secrets redacted.
+    pub fn connection(&self, name: &str) -> Option<StoredConnection> {
+        self.connection_store()
+            .get(name)
+            .map(StoredConnection::redacted)
+    }
+
+    /// Creates or replaces a connection. Every rule that names it must stay valid with
+    /// it; those that run are restarted with it. Returns the connection (redacted) and
+    /// whether it is new.
+    pub async fn put_connection(
+        &self,
+        name: &str,
+        mut config: ConnectionConfig,
+        source: &str,
+    ) -> Result<(StoredConnection, bool), RuleError> {
+        validate_name(name).map_err(RuleError::InvalidName)?;
+        let mut store = self.store.lock().await;
+        let old = self.connection_store().get(name).cloned();
+        config
+            .restore_secrets(old.as_ref().map(|o| &o.config))
+            .map_err(|message| RuleError::Action {
+                context: "connection".to_owned(),
+                message,
+            })?;
+        config.validate().map_err(|e| RuleError::Action {
+            context: "connection".to_owned(),
+            message: e.to_string(),
+        })?;
+        if old.is_none() && self.connection_store().len() >= MAX_CONNECTIONS {
+            return Err(RuleError::TooManyConnections);
+        }
+        let dependents: Vec<StoredRule> = store
+            .list()
+            .filter(|r| uses(&r.spec, name))
+            .cloned()
+            .collect();
+        for r in &dependents {
+            self.check_using(&r.spec, Some((name, &config)))
+                .map_err(|e| RuleError::Action {
+                    context: "connection".to_owned(),
+                    message: format!("the rule '{}' would not be valid with it: {e}", r.name),
+                })?;
+        }
+        let now = now_ms();
+        let stored = StoredConnection {
+            name: name.to_owned(),
+            config,
+            source: source.to_owned(),
+            created_at_ms: old.as_ref().map_or(now, |o| o.created_at_ms),
+            updated_at_ms: now,
+        };
+        self.connection_store()
+            .put(stored.clone())
+            .map_err(RuleError::Store)?;
+        for r in dependents.into_iter().filter(|r| r.spec.enabled) {
+            if let Err(e) = self.apply(&mut store, r.clone()).await {
+                tracing::error!(rule = %r.name, connection = name, error = %e, "a rule could not restart with its changed connection");
+            }
+        }
+        Ok((stored.redacted(), old.is_none()))
+    }
+
+    /// Deletes a connection that no rule names.
+    pub async fn delete_connection(&self, name: &str) -> Result<(), RuleError> {
+        let store = self.store.lock().await;
+        let rules: Vec<String> = store
+            .list()
+            .filter(|r| uses(&r.spec, name))
+            .map(|r| r.name.clone())
+            .collect();
+        if !rules.is_empty() {
+            return Err(RuleError::ConnectionInUse {
+                name: name.to_owned(),
+                rules,
+            });
+        }
+        match self.connection_store().remove(name) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RuleError::ConnectionNotFound(name.to_owned())),
+            Err(e) => Err(RuleError::Store(e)),
         }
     }
 
@@ -120,6 +262,15 @@ impl RuleService {
 
     /// Checks a rule without building anything: SQL version, actions, SQL.
     pub fn check(&self, spec: &RuleSpec) -> Result<CompiledRule, RuleError> {
+        self.check_using(spec, None)
+    }
+
+    /// [`RuleService::check`], with `over` in place of the stored connection of its name.
+    fn check_using(
+        &self,
+        spec: &RuleSpec,
+        over: Option<(&str, &ConnectionConfig)>,
+    ) -> Result<CompiledRule, RuleError> {
         if spec.sql_version != SQL_VERSION {
             return Err(RuleError::Invalid {
                 field: "sql_version",
@@ -144,7 +295,7 @@ impl RuleService {
         let mut actions = Vec::with_capacity(spec.actions.len());
         for (i, a) in spec.actions.iter().enumerate() {
             actions.push(
-                a.validate(&mut exprs, self.pipeline.policy())
+                self.action(a, &mut exprs, over)
                     .map_err(|e| RuleError::action(format!("actions[{i}]"), e))?,
             );
         }
@@ -152,8 +303,8 @@ impl RuleService {
             None => None,
             Some(a) => {
                 let mut own = TemplateExprs::default();
-                let action = a
-                    .validate(&mut own, self.pipeline.policy())
+                let action = self
+                    .action(a, &mut own, over)
                     .map_err(|e| RuleError::action("error_action", e))?;
                 if !own.as_slice().is_empty() {
                     return Err(RuleError::Action {

@@ -78,11 +78,20 @@ impl RuleService {
         };
         let compiled = self.check(&spec)?;
         let rule = &compiled.rule;
-        let params: Vec<(String, &[(String, weir_engine::template::Template)])> = compiled
+        // An action through a named connection shows only its templated parameters: the
+        // literal ones are the connection's (its headers may carry credentials).
+        let params: Vec<(String, Vec<&(String, weir_engine::template::Template)>)> = compiled
             .actions
             .iter()
             .enumerate()
-            .map(|(i, a)| (format!("{i}-{}", a.kind()), a.templates()))
+            .map(|(i, a)| {
+                let shown = a
+                    .templates()
+                    .iter()
+                    .filter(|(_, t)| !a.is_trusted() || !t.is_literal())
+                    .collect();
+                (format!("{i}-{}", a.kind()), shown)
+            })
             .collect();
         let mut results = Vec::with_capacity(req.messages.len());
         for (i, m) in req.messages.into_iter().enumerate() {

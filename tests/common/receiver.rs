@@ -9,6 +9,9 @@ use serde_json::Value;
 
 use super::init;
 
+/// A request's path and `Authorization` header, as the receiver saw them.
+pub type Seen = (String, Option<String>);
+
 /// A real HTTP server that records the bodies POSTed to it and answers with the statuses
 /// it is told to (200 once the script runs out). A scripted 0 is a request that hangs
 /// for 3 seconds and is then answered 503 (the client has timed out by then).
@@ -18,6 +21,8 @@ pub struct Receiver {
     pub bodies: Arc<Mutex<Vec<Value>>>,
     script: Arc<Mutex<Vec<u16>>>,
     pub hits: Arc<Mutex<u32>>,
+    /// Each request's path and `Authorization` header.
+    pub requests: Arc<Mutex<Vec<Seen>>>,
     delay: Arc<Mutex<Duration>>,
 }
 
@@ -32,34 +37,48 @@ impl Receiver {
             bodies: Default::default(),
             script: Arc::new(Mutex::new(script.into_iter().rev().collect())),
             hits: Default::default(),
+            requests: Default::default(),
             delay: Default::default(),
         };
         let state = r.clone();
         let app = axum::Router::new().route(
             "/{*path}",
-            post(move |body: axum::body::Bytes| {
-                let state = state.clone();
-                async move {
-                    *state.hits.lock().unwrap() += 1;
-                    let delay = *state.delay.lock().unwrap();
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    let status = state.script.lock().unwrap().pop().unwrap_or(200);
-                    if status == 0 {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
-                        return StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    if status == 200 {
+            post(
+                move |uri: axum::http::Uri,
+                      headers: axum::http::HeaderMap,
+                      body: axum::body::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        *state.hits.lock().unwrap() += 1;
+                        let auth = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
                         state
-                            .bodies
+                            .requests
                             .lock()
                             .unwrap()
-                            .push(serde_json::from_slice(&body).unwrap());
+                            .push((uri.path().to_owned(), auth));
+                        let delay = *state.delay.lock().unwrap();
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        let status = state.script.lock().unwrap().pop().unwrap_or(200);
+                        if status == 0 {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            return StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        if status == 200 {
+                            state
+                                .bodies
+                                .lock()
+                                .unwrap()
+                                .push(serde_json::from_slice(&body).unwrap());
+                        }
+                        StatusCode::from_u16(status).unwrap()
                     }
-                    StatusCode::from_u16(status).unwrap()
-                }
-            }),
+                },
+            ),
         );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         r

@@ -77,7 +77,7 @@ impl Api {
             .await
     }
 
-    async fn send_json(
+    pub async fn send_json(
         &self,
         method: reqwest::Method,
         path: &str,

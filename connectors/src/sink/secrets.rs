@@ -9,6 +9,34 @@ use std::collections::BTreeMap;
 /// What an API answer shows in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
+/// The secret maps of a configuration (an action's, a connection's).
+pub type SecretMaps<T> = for<'a> fn(&'a mut T) -> Vec<SecretMap<'a>>;
+
+/// `value` with every secret [`REDACTED`].
+pub fn redacted<T: Clone>(value: &T, maps: SecretMaps<T>) -> T {
+    let mut shown = value.clone();
+    maps(&mut shown).iter_mut().for_each(SecretMap::redact);
+    shown
+}
+
+/// Gives the secrets `value` sends back as [`REDACTED`] their values in `old` (the same
+/// configuration as stored, of the same type); `Err` names a secret that has none.
+pub fn restore<T: Clone>(
+    value: &mut T,
+    old: Option<&T>,
+    maps: SecretMaps<T>,
+) -> Result<(), String> {
+    let mut old = old.cloned();
+    let olds: Vec<_> = old
+        .as_mut()
+        .map(|o| maps(o).into_iter().map(|m| &*m.map).collect())
+        .unwrap_or_default();
+    for (i, m) in maps(value).iter_mut().enumerate() {
+        m.restore(olds.get(i).copied())?;
+    }
+    Ok(())
+}
+
 /// A map of an action's configuration whose values may be secrets.
 pub struct SecretMap<'a> {
     /// The map's field in the action (`properties`, `options`, `headers`).

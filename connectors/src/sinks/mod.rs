@@ -7,6 +7,7 @@
 //! action in a rule. Adding a sink is its folder, its `mod` line here and one line in the
 //! list (see `docs/extending.md`).
 
+pub mod connection;
 pub mod kafka;
 pub mod object_store;
 pub mod republish;
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 use weir_engine::template::{Template, TemplateExprs};
 
 use crate::metrics::Metrics;
-use crate::sink::secrets::SecretMap;
+use crate::sink::secrets::{self, SecretMap};
 use crate::sink::{
     ConfigError, Delivery, Policy, RetryPolicy, Sink, SinkConfig, SinkContext, Undeliverable,
     Validated, WorkerSettings, run_worker,
@@ -63,12 +64,26 @@ macro_rules! registry {
                 exprs: &mut TemplateExprs,
                 policy: &Policy,
             ) -> Result<Action, ConfigError> {
+                if let Some(name) = self.connection() {
+                    return Err(ConfigError::invalid(
+                        self.kind(),
+                        format!("the connection '{name}' was not resolved"),
+                    ));
+                }
                 match self {
                     $(Self::$variant(c) => {
                         let v = c.validate(exprs)?;
                         c.check_policy(policy)?;
                         Ok(Action::new::<$config>(v))
                     })*
+                }
+            }
+
+            /// [`ActionConfig::validate`] for an action resolved with an operator's named
+            /// connection: not held to the policy on inline destinations.
+            pub fn validate_trusted(&self, exprs: &mut TemplateExprs) -> Result<Action, ConfigError> {
+                match self {
+                    $(Self::$variant(c) => Ok(Action::new::<$config>(c.validate(exprs)?).trusted()),)*
                 }
             }
         }
@@ -86,30 +101,24 @@ impl ActionConfig {
     /// The action as an API answer shows it: its secrets
     /// [`REDACTED`](crate::sink::secrets::REDACTED).
     pub fn redacted(&self) -> Self {
-        let mut shown = self.clone();
-        shown.secret_maps().iter_mut().for_each(SecretMap::redact);
-        shown
+        secrets::redacted(self, Self::secret_maps)
     }
 
     /// Gives the secrets this action sends back as
     /// [`REDACTED`](crate::sink::secrets::REDACTED) their values in `old`, the action as
     /// stored (if it is of the same type); `Err` names a secret that has none.
     pub fn restore_secrets(&mut self, old: Option<&ActionConfig>) -> Result<(), String> {
-        let mut old = old.filter(|o| o.kind() == self.kind()).cloned();
-        let olds: Vec<_> = old
-            .as_mut()
-            .map(|o| o.secret_maps().into_iter().map(|m| &*m.map).collect())
-            .unwrap_or_default();
-        for (i, m) in self.secret_maps().iter_mut().enumerate() {
-            m.restore(olds.get(i).copied())?;
-        }
-        Ok(())
+        let old = old.filter(|o| o.kind() == self.kind());
+        secrets::restore(self, old, Self::secret_maps)
     }
 }
 
 /// An action that passed validation: ready to be built, whatever its sink.
 pub struct Action {
     kind: &'static str,
+    /// Whether it reaches its destination through an operator's named connection, which
+    /// the policy on inline destinations does not hold.
+    trusted: bool,
     templates: Vec<(String, Template)>,
     retry: RetryPolicy,
     keeps_state: bool,
@@ -120,6 +129,7 @@ impl Action {
     fn new<C: SinkConfig>(v: Validated<<C::Sink as Sink>::Settings>) -> Self {
         Self {
             kind: C::KIND,
+            trusted: false,
             templates: v.templates,
             retry: v.retry,
             keeps_state: C::Sink::KEEPS_STATE,
@@ -130,6 +140,17 @@ impl Action {
     /// The action's type, as written in the rule.
     pub fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    /// Marks the action as reaching its destination through a named connection.
+    pub fn trusted(mut self) -> Self {
+        self.trusted = true;
+        self
+    }
+
+    /// Whether the action goes through a named connection.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted
     }
 
     /// The templated parameters by name (`topic`, `url`, `headers.<name>`).

@@ -16,7 +16,11 @@ use crate::sink::{ConfigError, Policy, SinkConfig, Validated};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// `host:port[,host:port...]`.
+    /// A named connection (`/v1/connections`) that gives the servers and properties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// `host:port[,host:port...]`; from the connection when the action names one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub bootstrap_servers: String,
     /// The topic; may use `${...}` templates.
     pub topic: String,
@@ -39,6 +43,59 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("message.timeout.ms", "30000"),
     ("linger.ms", "5"),
 ];
+
+/// A Kafka connection an operator defines: the servers and the producer's settings
+/// (credentials, TLS), which actions naming it do not repeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConnection {
+    pub bootstrap_servers: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConnection {
+    pub(crate) fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+        vec![SecretMap {
+            field: "properties",
+            map: &mut self.properties,
+            is_secret: KafkaConfig::secret_property,
+        }]
+    }
+
+    /// The action as if written inline with the connection's settings.
+    pub(crate) fn apply(
+        &self,
+        name: &str,
+        action: &KafkaConfig,
+    ) -> Result<KafkaConfig, ConfigError> {
+        if !action.bootstrap_servers.is_empty() || !action.properties.is_empty() {
+            return Err(KafkaConfig::invalid(format!(
+                "bootstrap_servers and properties come from the connection '{name}'; the action \
+                 gives only topic, key and headers"
+            )));
+        }
+        Ok(KafkaConfig {
+            connection: None,
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            properties: self.properties.clone(),
+            ..action.clone()
+        })
+    }
+
+    /// Checks the connection as an action using it would be.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let sample = KafkaConfig {
+            connection: None,
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            topic: "t".to_owned(),
+            key: None,
+            headers: BTreeMap::new(),
+            properties: self.properties.clone(),
+        };
+        sample.validate(&mut TemplateExprs::default()).map(|_| ())
+    }
+}
 
 /// The librdkafka settings a rule may set (beyond them, what the operator allows with
 /// `allow_kafka_properties`), with the values allowed where not every value is safe.

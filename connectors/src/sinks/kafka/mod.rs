@@ -16,7 +16,7 @@ mod tests;
 
 use std::time::Duration;
 
-pub use config::{KafkaConfig, Settings};
+pub use config::{KafkaConfig, KafkaConnection, Settings};
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

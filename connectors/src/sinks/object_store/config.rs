@@ -40,6 +40,13 @@ impl Format {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectStoreConfig {
+    /// A named connection (`/v1/connections`) that gives the store, its prefix and its
+    /// options; the action then gives `path` below the prefix instead of `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// With a connection: the path below its prefix; may use `${...}` templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// `s3://bucket/prefix` (also `gs://`, `az://`, `abfss://`) or `file:///absolute/path`;
     /// the path may use `${...}` templates to partition the files
     /// (`s3://lake/facility=${topic(3)}/`). Without a URL,
@@ -74,6 +81,74 @@ fn default_max_bytes() -> u64 {
 }
 fn default_max_age() -> Duration {
     Duration::from_secs(60)
+}
+
+/// An object-store connection an operator defines: the store and prefix (`url`) and its
+/// options (credentials, endpoint), which actions naming it do not repeat. Unlike a rule's
+/// inline destination, it may use weir's own credentials and any option.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreConnection {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+impl ObjectStoreConnection {
+    pub(crate) fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+        vec![SecretMap {
+            field: "options",
+            map: &mut self.options,
+            is_secret: secret_option,
+        }]
+    }
+
+    /// The action as if written inline: the connection's URL with the action's `path`
+    /// below it, and the connection's options.
+    pub(crate) fn apply(
+        &self,
+        name: &str,
+        action: &ObjectStoreConfig,
+    ) -> Result<ObjectStoreConfig, ConfigError> {
+        if action.url.is_some() || !action.options.is_empty() {
+            return Err(ObjectStoreConfig::invalid(format!(
+                "url and options come from the connection '{name}'; the action gives a path \
+                 below it"
+            )));
+        }
+        let path = action.path.as_deref().unwrap_or_default();
+        if path.starts_with('/') || path.split('/').any(|s| s == ".." || s == ".") {
+            return Err(ObjectStoreConfig::invalid(format!(
+                "path '{path}' must be relative to the connection's prefix, without '.' or '..'"
+            )));
+        }
+        let url = match path {
+            "" => self.url.clone(),
+            p => format!("{}/{p}", self.url.trim_end_matches('/')),
+        };
+        Ok(ObjectStoreConfig {
+            connection: None,
+            path: None,
+            url: Some(url),
+            options: self.options.clone(),
+            ..action.clone()
+        })
+    }
+
+    /// Checks the connection as an action using it would be.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let sample = ObjectStoreConfig {
+            connection: None,
+            path: None,
+            url: Some(self.url.clone()),
+            format: Format::default(),
+            max_rows: default_max_rows(),
+            max_bytes: default_max_bytes(),
+            max_age: default_max_age(),
+            options: self.options.clone(),
+        };
+        sample.validate(&mut TemplateExprs::default()).map(|_| ())
+    }
 }
 
 /// Where the files go.
@@ -274,6 +349,11 @@ struct Parsed {
 
 impl ObjectStoreConfig {
     fn parse(&self) -> Result<Parsed, ConfigError> {
+        if self.path.is_some() {
+            return Err(Self::invalid(
+                "path is for actions that name a connection; give the whole url instead",
+            ));
+        }
         let Some(url) = &self.url else {
             if let Some(k) = self.options.keys().next() {
                 return Err(Self::invalid(format!(

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{Format, ObjectStoreConfig, Settings};
+pub use config::{Format, ObjectStoreConfig, ObjectStoreConnection, Settings};
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use tokio::sync::mpsc;

@@ -16,7 +16,15 @@ use crate::sink::{ConfigError, Policy, RetryPolicy, SinkConfig, Validated};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// A named connection (`/v1/connections`) that gives the base URL and headers; the
+    /// action then gives `path` below it instead of `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// With a connection: the path below its URL; may use `${...}` templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// `http://` or `https://` URL; may use `${...}` templates.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// Extra request headers; values may use `${...}` templates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -30,6 +38,83 @@ pub struct WebhookConfig {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// A webhook connection an operator defines: the receiver's base URL and the headers
+/// (credentials) every request carries, which actions naming it do not repeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConnection {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl WebhookConnection {
+    pub(crate) fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+        vec![SecretMap {
+            field: "headers",
+            map: &mut self.headers,
+            is_secret: secret_header,
+        }]
+    }
+
+    /// The action as if written inline: the connection's URL with the action's `path`
+    /// below it (the host is the connection's, whatever the path renders to), and the
+    /// connection's headers with the action's own.
+    pub(crate) fn apply(
+        &self,
+        name: &str,
+        action: &WebhookConfig,
+    ) -> Result<WebhookConfig, ConfigError> {
+        if !action.url.is_empty() {
+            return Err(WebhookConfig::invalid(format!(
+                "url comes from the connection '{name}'; the action gives a path below it"
+            )));
+        }
+        let mut headers = self.headers.clone();
+        for (k, v) in &action.headers {
+            if headers.keys().any(|h| h.eq_ignore_ascii_case(k)) {
+                return Err(WebhookConfig::invalid(format!(
+                    "header '{k}' is set by the connection '{name}'"
+                )));
+            }
+            headers.insert(k.clone(), v.clone());
+        }
+        let url = match action.path.as_deref() {
+            None | Some("") => self.url.clone(),
+            Some(p) => format!(
+                "{}/{}",
+                self.url.trim_end_matches('/'),
+                p.trim_start_matches('/')
+            ),
+        };
+        Ok(WebhookConfig {
+            connection: None,
+            path: None,
+            url,
+            headers,
+            ..action.clone()
+        })
+    }
+
+    /// Checks the connection as an action using it would be.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.url.contains("${") {
+            return Err(WebhookConfig::invalid(
+                "a connection's url cannot use ${...} templates; actions add a path",
+            ));
+        }
+        let sample = WebhookConfig {
+            connection: None,
+            path: None,
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            timeout: default_timeout(),
+            retry: None,
+        };
+        sample.validate(&mut TemplateExprs::default()).map(|_| ())
+    }
 }
 
 /// A webhook action, checked.
@@ -63,6 +148,11 @@ impl SinkConfig for WebhookConfig {
     }
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
+        if self.path.is_some() {
+            return Err(Self::invalid(
+                "path is for actions that name a connection; give the whole url instead",
+            ));
+        }
         let url = Template::parse(&self.url, exprs)?;
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(Self::invalid(format!(

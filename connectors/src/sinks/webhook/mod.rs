@@ -9,7 +9,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{Settings, WebhookConfig};
+pub use config::{Settings, WebhookConfig, WebhookConnection};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use weir_engine::template::Template;
@@ -79,7 +79,9 @@ impl Webhook {
                 Err(e) => {
                     return Outcome::dead_letter(
                         Reason::InvalidHeader,
-                        format!("header {name}: value '{v}': {e}"),
+                        format!(
+                            "header {name}: the rendered value is not a valid header value: {e}"
+                        ),
                     );
                 }
             }
