@@ -363,3 +363,51 @@ async fn republishing_a_burst_keeps_within_the_brokers_receive_maximum() {
         .sum();
     assert_eq!(retries, 0.0);
 }
+
+/// A republish action can name an MQTT connection: weir (here on its embedded broker)
+/// publishes there, to another broker, on a connection of the action's own; the
+/// connection's password is never shown.
+#[tokio::test]
+async fn republish_reaches_another_broker_through_a_named_connection() {
+    let other = Mosquitto::start().await;
+    let dir = temp_dir("mqtt-connection");
+    let weir = Weir::start(&dir, &[]).await;
+    let plant = json!({"mqtt": {"url": format!("mqtt://{}", other.addr),
+        "username": "weir", "password": "mqtt-secret-5", "client_id": "weir-edge"}});
+    let (status, body) = weir
+        .send_json(reqwest::Method::PUT, "/v1/connections/plant", &plant)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["mqtt"]["password"], "<redacted>");
+    assert_eq!(body["mqtt"]["username"], "weir");
+    let rule = json!({"sql": "SELECT n FROM 'in/#'", "actions": [
+        {"republish": {"connection": "plant", "topic": "up/${topic(2)}", "qos": 1}}]});
+    let (status, body) = weir.put_rule("up", rule).await;
+    assert_eq!(status, 201, "{body}");
+    let mut watcher = Mqtt::connect(other.addr, "watcher").await;
+    watcher.subscribe("up/#").await;
+    let device = Mqtt::connect(weir.mqtt, "dev").await;
+    let mut got = None;
+    for n in 0..50 {
+        device.publish("in/d1", format!(r#"{{"n": {n}}}"#)).await;
+        if let Some(m) = watcher.next(1).await {
+            got = Some(m);
+            break;
+        }
+    }
+    let (topic, payload) = got.expect("the other broker gets the output");
+    assert_eq!(topic, "up/d1");
+    assert!(payload["n"].is_number(), "{payload}");
+    // Sent back redacted, the password is kept; the rule carries on.
+    let (_, shown) = weir
+        .request(reqwest::Method::GET, "/v1/connections/plant")
+        .await;
+    assert!(!shown.to_string().contains("mqtt-secret-5"), "{shown}");
+    let back = json!({"mqtt": shown["mqtt"].clone()});
+    let (status, body) = weir
+        .send_json(reqwest::Method::PUT, "/v1/connections/plant", &back)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let stored = std::fs::read_to_string(dir.join("connections.json")).unwrap();
+    assert!(stored.contains("mqtt-secret-5"), "the password is kept");
+}

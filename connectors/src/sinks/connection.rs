@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::ActionConfig;
 use super::kafka::KafkaConnection;
 use super::object_store::ObjectStoreConnection;
+use super::republish::MqttConnection;
 use super::webhook::WebhookConnection;
 use crate::sink::ConfigError;
 use crate::sink::secrets::{self, SecretMap};
@@ -23,6 +24,8 @@ pub enum ConnectionConfig {
     Kafka(KafkaConnection),
     ObjectStore(ObjectStoreConnection),
     Webhook(WebhookConnection),
+    /// Another MQTT broker, for republish actions.
+    Mqtt(MqttConnection),
 }
 
 impl ConnectionConfig {
@@ -32,6 +35,15 @@ impl ConnectionConfig {
             Self::Kafka(_) => "kafka",
             Self::ObjectStore(_) => "object_store",
             Self::Webhook(_) => "webhook",
+            Self::Mqtt(_) => "mqtt",
+        }
+    }
+
+    /// The type of action that can use it.
+    fn action_kind(&self) -> &'static str {
+        match self {
+            Self::Mqtt(_) => "republish",
+            other => other.kind(),
         }
     }
 
@@ -41,6 +53,7 @@ impl ConnectionConfig {
             Self::Kafka(c) => c.validate(),
             Self::ObjectStore(c) => c.validate(),
             Self::Webhook(c) => c.validate(),
+            Self::Mqtt(c) => c.validate(),
         }
     }
 
@@ -49,18 +62,30 @@ impl ConnectionConfig {
             Self::Kafka(c) => c.secret_maps(),
             Self::ObjectStore(c) => c.secret_maps(),
             Self::Webhook(c) => c.secret_maps(),
+            Self::Mqtt(_) => Vec::new(),
         }
     }
 
     /// The connection as an API answer shows it: its secrets redacted.
     pub fn redacted(&self) -> Self {
-        secrets::redacted(self, Self::secret_maps)
+        let mut shown = secrets::redacted(self, Self::secret_maps);
+        if let Self::Mqtt(m) = &mut shown {
+            m.redact();
+        }
+        shown
     }
 
     /// Gives the secrets sent back redacted their values in `old`, the connection as
     /// stored; `Err` names a secret that has none.
     pub fn restore_secrets(&mut self, old: Option<&ConnectionConfig>) -> Result<(), String> {
         let old = old.filter(|o| o.kind() == self.kind());
+        if let Self::Mqtt(m) = self {
+            let old = match old {
+                Some(Self::Mqtt(o)) => Some(o),
+                _ => None,
+            };
+            return m.restore(old);
+        }
         secrets::restore(self, old, Self::secret_maps)
     }
 }
@@ -72,7 +97,7 @@ impl ActionConfig {
             Self::Kafka(c) => c.connection.as_deref(),
             Self::ObjectStore(c) => c.connection.as_deref(),
             Self::Webhook(c) => c.connection.as_deref(),
-            Self::Republish(_) => None,
+            Self::Republish(c) => c.connection.as_deref(),
         }
     }
 
@@ -90,11 +115,12 @@ impl ActionConfig {
             (Self::Webhook(a), ConnectionConfig::Webhook(c)) => {
                 Ok(Self::Webhook(c.apply(name, a)?))
             }
+            (Self::Republish(a), ConnectionConfig::Mqtt(c)) => Ok(Self::Republish(c.apply(a))),
             (a, c) => Err(ConfigError::invalid(
                 a.kind(),
                 format!(
                     "the connection '{name}' is for {} actions, not {}",
-                    c.kind(),
+                    c.action_kind(),
                     a.kind()
                 ),
             )),
@@ -227,6 +253,19 @@ mod tests {
         let mut orphan: ConnectionConfig =
             serde_json::from_value(serde_json::to_value(c.redacted()).unwrap()).unwrap();
         assert!(orphan.restore_secrets(None).is_err());
+        let m = connection(json!({"mqtt": {"url": "mqtts://b:8883", "password": "pw"}}));
+        let shown = serde_json::to_value(m.redacted()).unwrap();
+        assert_eq!(shown["mqtt"]["password"], "<redacted>");
+        let mut back: ConnectionConfig = serde_json::from_value(shown.clone()).unwrap();
+        back.restore_secrets(Some(&m)).unwrap();
+        assert_eq!(back, m);
+        let mut orphan: ConnectionConfig = serde_json::from_value(shown).unwrap();
+        assert!(orphan.restore_secrets(None).is_err());
+        assert!(
+            connection(json!({"mqtt": {"url": "http://b"}}))
+                .validate()
+                .is_err()
+        );
         assert!(
             connection(json!({"webhook": {"url": "http://h/${topic()}"}}))
                 .validate()

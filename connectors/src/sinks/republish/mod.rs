@@ -6,7 +6,7 @@ mod config;
 #[cfg(test)]
 mod tests;
 
-pub use config::{RepublishConfig, Settings};
+pub use config::{MqttConnection, RepublishConfig, Settings};
 use rumqttc::mqttbytes::QoS;
 use weir_engine::template::Template;
 use weir_engine::topic::validate_topic;
@@ -18,16 +18,43 @@ pub struct Republish {
     topic: Template,
     qos: QoS,
     publisher: Publisher,
+    /// Stops the publisher's own connection, when it has one (a named connection).
+    own: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl Drop for Republish {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.own {
+            stop.cancel();
+        }
+    }
 }
 
 impl Sink for Republish {
     type Settings = Settings;
 
+    /// With a named connection, the action publishes on a connection of its own to that
+    /// broker (client id `<prefix>-<rule>-<action>-pub`); else on weir's broker.
     async fn build(settings: &Settings, ctx: &SinkContext) -> Result<Self, ConfigError> {
+        let (publisher, own) = match &settings.broker {
+            None => (ctx.publisher.clone(), None),
+            Some(b) => {
+                let config = b.external(&ctx.rule, &ctx.label);
+                let url = config.url.clone();
+                let broker = crate::mqtt::ExternalBroker::new(config)
+                    .map_err(|e| ConfigError::invalid("republish", format!("broker {url}: {e}")))?;
+                let stop = tokio_util::sync::CancellationToken::new();
+                (
+                    Publisher::External(broker.publisher(stop.clone())),
+                    Some(stop),
+                )
+            }
+        };
         Ok(Self {
             topic: settings.topic.clone(),
             qos: settings.qos,
-            publisher: ctx.publisher.clone(),
+            publisher,
+            own,
         })
     }
 
