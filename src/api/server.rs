@@ -65,6 +65,7 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tls = tls.map(TlsAcceptor::from);
+    let mut refused: u64 = 0;
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -79,7 +80,11 @@ pub async fn serve(
             },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "the HTTP API has {MAX_CONNECTIONS} connections; closing a new one");
+            // Logged once per 1,000, so that a flood of connections does not flood the log.
+            refused += 1;
+            if refused % 1000 == 1 {
+                tracing::warn!(%peer, refused, "the HTTP API has {MAX_CONNECTIONS} connections; closing new ones");
+            }
             continue;
         };
         let _ = tcp.set_nodelay(true);
