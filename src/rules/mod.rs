@@ -107,6 +107,17 @@ pub struct RuleService {
     connections: std::sync::Mutex<ConnectionStore>,
 }
 
+/// Runs `f`, which may take a while (compiling a rule, evaluating a rule test), without
+/// holding up the other tasks of the runtime's thread (the HTTP API, the broker): on a
+/// multi-threaded runtime the thread hands its tasks to another first.
+pub(crate) fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Whether a rule names the connection `name`.
 fn uses(spec: &RuleSpec, name: &str) -> bool {
     spec.actions
@@ -316,8 +327,8 @@ impl RuleService {
                 Some(action)
             }
         };
-        let rule =
-            Rule::compile(&self.engine, &spec.sql, exprs.as_slice()).map_err(RuleError::Sql)?;
+        let rule = off_runtime(|| Rule::compile(&self.engine, &spec.sql, exprs.as_slice()))
+            .map_err(RuleError::Sql)?;
         debug_assert_eq!(exprs.as_slice().len(), rule.template_count());
         Ok(CompiledRule {
             rule: Arc::new(rule),

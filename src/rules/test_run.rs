@@ -104,7 +104,7 @@ impl RuleService {
                 results.push(Value::Object(result));
                 continue;
             }
-            let outcome = rule.process(std::slice::from_ref(&msg));
+            let outcome = super::off_runtime(|| rule.process(std::slice::from_ref(&msg)));
             let status = if !outcome.outputs.is_empty() {
                 "output"
             } else if !outcome.failures.is_empty() {

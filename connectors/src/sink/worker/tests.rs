@@ -269,6 +269,12 @@ async fn an_outage_is_buffered_on_disk_and_drained_in_order() {
         std::fs::read_dir(dir.path()).unwrap().count() > 0,
         "segments on disk"
     );
+    // At least one retry from the buffer fails before the sink comes back (on a busy
+    // machine the first may come late: asserting it afterwards was flaky).
+    until("a failed retry", || {
+        h.counter(&h.metrics.action_retries) >= 1
+    })
+    .await;
     b.down.store(false, Ordering::SeqCst);
     until("every output delivered", || h.delivered().len() == 10).await;
     assert_eq!(
@@ -276,7 +282,9 @@ async fn an_outage_is_buffered_on_disk_and_drained_in_order() {
         numbers(0..10),
         "in the order the rule produced them"
     );
-    assert!(attempts >= 5);
+    // The first output was tried; how many more depends on how the five were batched
+    // (one alone, the rest behind it untried), which a busy machine decides.
+    assert!(attempts >= 1);
     assert!(h.counter(&h.metrics.action_retries) >= 1);
     until("an empty buffer", || h.buffered() == 0).await;
     let h = h.finish().await;
