@@ -568,7 +568,13 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
         "load{}",
         RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let out_dir = weir.dir.join(format!("out-{rule}"));
+    // Below weir's output directory: the one place a rule's file:// URL may name unless
+    // the operator allows more (see docs/security.md).
+    let out_dir = weir
+        .dir
+        .join("data")
+        .join("out")
+        .join(format!("out-{rule}"));
     let action = match args.sink {
         Sink::Mqtt => {
             serde_json::json!({"republish": {"topic": "out/${topic(2)}", "qos": args.qos}})
