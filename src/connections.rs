@@ -40,6 +40,15 @@ struct ConnectionFile {
 /// The most connections weir keeps.
 pub const MAX_CONNECTIONS: usize = 1000;
 
+/// Why a connection was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    #[error("weir has {MAX_CONNECTIONS} connections, the most it keeps; delete one first")]
+    TooMany,
+    #[error(transparent)]
+    Store(anyhow::Error),
+}
+
 pub struct ConnectionStore {
     path: PathBuf,
     connections: BTreeMap<String, StoredConnection>,
@@ -82,14 +91,18 @@ impl ConnectionStore {
     }
 
     /// Inserts or replaces a connection and saves the store; on failure nothing changes.
-    pub fn put(&mut self, c: StoredConnection) -> anyhow::Result<()> {
+    /// A new one past [`MAX_CONNECTIONS`] is refused.
+    pub fn put(&mut self, c: StoredConnection) -> Result<(), PutError> {
+        if !self.connections.contains_key(&c.name) && self.connections.len() >= MAX_CONNECTIONS {
+            return Err(PutError::TooMany);
+        }
         let old = self.connections.insert(c.name.clone(), c.clone());
         if let Err(e) = self.save() {
             match old {
                 Some(o) => self.connections.insert(c.name.clone(), o),
                 None => self.connections.remove(&c.name),
             };
-            return Err(e);
+            return Err(PutError::Store(e));
         }
         Ok(())
     }
@@ -150,5 +163,32 @@ mod tests {
         assert!(s.remove("events").unwrap());
         assert!(!s.remove("events").unwrap());
         assert_eq!(ConnectionStore::open(tmp.path()).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn at_most_max_connections_are_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = ConnectionStore::open(tmp.path()).unwrap();
+        let c = |name: String| StoredConnection {
+            name,
+            config: serde_json::from_value(serde_json::json!(
+                {"webhook": {"url": "https://hooks.example.com/"}}
+            ))
+            .unwrap(),
+            source: "api".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        for i in 0..MAX_CONNECTIONS - 1 {
+            s.connections.insert(format!("c{i}"), c(format!("c{i}")));
+        }
+        s.put(c("last".to_owned())).unwrap();
+        let err = s.put(c("one-more".to_owned())).unwrap_err();
+        assert!(matches!(err, PutError::TooMany), "{err}");
+        // Replacing one is not a new one.
+        s.put(c("c0".to_owned())).unwrap();
+        assert!(s.remove("c1").unwrap());
+        s.put(c("one-more".to_owned())).unwrap();
+        assert_eq!(s.len(), MAX_CONNECTIONS);
     }
 }

@@ -24,7 +24,7 @@ use weir_connectors::sinks::{Action, ActionConfig};
 use weir_engine::template::TemplateExprs;
 use weir_engine::{Engine, Rule, SqlError, now_ms};
 
-use crate::connections::{ConnectionStore, MAX_CONNECTIONS, StoredConnection};
+use crate::connections::{ConnectionStore, MAX_CONNECTIONS, PutError, StoredConnection};
 use crate::pipeline::{CompiledRule, Pipeline};
 use crate::rule_store::RuleStore;
 use spec::{RuleSpec, SQL_VERSION, StoredRule, parse_rule_file, validate_name};
@@ -199,7 +199,8 @@ impl RuleService {
         mut config: ConnectionConfig,
         source: &str,
     ) -> Result<(StoredConnection, bool), RuleError> {
-        validate_name(name).map_err(RuleError::InvalidName)?;
+        validate_name(name)
+            .map_err(|m| RuleError::InvalidName(m.replace("rule name", "connection name")))?;
         let mut store = self.store.lock().await;
         let old = self.connection_store().get(name).cloned();
         config
@@ -212,9 +213,6 @@ impl RuleService {
             context: "connection".to_owned(),
             message: e.to_string(),
         })?;
-        if old.is_none() && self.connection_store().len() >= MAX_CONNECTIONS {
-            return Err(RuleError::TooManyConnections);
-        }
         let dependents: Vec<StoredRule> = store
             .list()
             .filter(|r| uses(&r.spec, name))
@@ -237,7 +235,10 @@ impl RuleService {
         };
         self.connection_store()
             .put(stored.clone())
-            .map_err(RuleError::Store)?;
+            .map_err(|e| match e {
+                PutError::TooMany => RuleError::TooManyConnections,
+                PutError::Store(e) => RuleError::Store(e),
+            })?;
         for r in dependents.into_iter().filter(|r| r.spec.enabled) {
             if let Err(e) = self.apply(&mut store, r.clone()).await {
                 tracing::error!(rule = %r.name, connection = name, error = %e, "a rule could not restart with its changed connection");
