@@ -28,6 +28,9 @@ use weir_engine::Message;
 use super::Delivery;
 use super::owned_files::{claim, claimed, release, unique_owner};
 
+/// The most bytes checksummed while looking past one corrupt stretch of a segment.
+const RESYNC_WORK: u64 = 256 * 1024 * 1024;
+
 /// A segment is closed and a new one started beyond this size.
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -338,8 +341,17 @@ fn scan(data: &[u8], from: u64) -> Scan {
         corrupt: Vec::new(),
         kept_bytes: 0,
     };
+    // Bytes checksummed while looking for the next whole frame after a corrupt stretch:
+    // a hostile file of frame headers that each claim a large body would otherwise cost
+    // the square of its size.
+    let work = std::cell::Cell::new(0u64);
     let good = |at: usize| -> Option<usize> {
-        let len = whole_frame(data.get(at..)?)?;
+        let rest = data.get(at..)?;
+        let claimed = u32::from_le_bytes(rest.get(0..4)?.try_into().ok()?) as u64;
+        if 8 + claimed <= rest.len() as u64 {
+            work.set(work.get() + claimed); // what whole_frame checksums
+        }
+        let len = whole_frame(rest)?;
         decode(&data[at + 8..at + len]).map(|_| len)
     };
     let mut pos = (from as usize).min(data.len());
@@ -351,10 +363,19 @@ fn scan(data: &[u8], from: u64) -> Scan {
             s.end = pos as u64;
             continue;
         }
-        match (pos + 1..data.len()).find(|&at| good(at).is_some()) {
+        work.set(0);
+        let next = (pos + 1..data.len())
+            .take_while(|_| work.get() <= RESYNC_WORK)
+            .find(|&at| good(at).is_some());
+        match next {
             Some(next) => {
                 s.corrupt.push((pos as u64, next as u64));
                 pos = next;
+            }
+            // Too much to search: the rest is reported as one corrupt stretch.
+            None if work.get() > RESYNC_WORK => {
+                s.corrupt.push((pos as u64, data.len() as u64));
+                break;
             }
             None => break,
         }
@@ -374,7 +395,10 @@ async fn repair(path: &Path, data: &[u8], read: u64, scan: &Scan) -> std::io::Re
         lost.extend_from_slice(&data[start as usize..end as usize]);
         pos = end as usize;
     }
-    kept.extend_from_slice(&data[pos..scan.end as usize]);
+    // Whole frames after the last stretch, if the stretch did not run to the end.
+    if pos < scan.end as usize {
+        kept.extend_from_slice(&data[pos..scan.end as usize]);
+    }
     let mut aside = path.as_os_str().to_owned();
     aside.push(".corrupt");
     let aside = PathBuf::from(aside);
@@ -683,6 +707,37 @@ mod tests {
         s.release();
         let s = DiskBuffer::open(dir, 1 << 30).await.unwrap();
         assert_eq!((s.corrupt_regions(), s.len()), (0, 0));
+    }
+
+    /// A stretch of frame headers that each claim a large body cannot make the search for
+    /// the next whole frame take the square of the file's size: past a bound the rest of
+    /// the segment is reported as corrupt.
+    #[tokio::test]
+    async fn a_hostile_segment_is_searched_within_a_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("buffer");
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = encode(&delivery(1), 7);
+        let mut data = first.clone();
+        // 1 MiB of headers claiming 512 KiB bodies, then a whole frame.
+        for _ in 0..(1 << 18) {
+            data.extend_from_slice(&[0x00, 0x00, 0x08, 0x00]);
+        }
+        data.extend_from_slice(&encode(&delivery(2), 7));
+        std::fs::write(dir.join("old-000001.seg"), &data).unwrap();
+        let started = std::time::Instant::now();
+        let mut s = DiskBuffer::open(dir.clone(), 1 << 30).await.unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(s.corrupt_regions(), 1);
+        let kept = s.peek(10).await.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].delivery.payload, delivery(1).payload);
+        let aside = std::fs::read(dir.join("old-000001.seg.corrupt")).unwrap();
+        assert_eq!(aside.len(), data.len() - first.len());
     }
 
     #[tokio::test]
