@@ -94,6 +94,11 @@ pub struct ServeArgs {
     /// to the rule's error action (reason `timeout`) [default: 10s].
     #[arg(long, env = "WEIR_RULE_TIME_BUDGET")]
     pub rule_time_budget: Option<String>,
+    /// Most memory a rule may allocate to evaluate one batch, in bytes; a batch over it is
+    /// run again in halves, and a message over it on its own fails to the rule's error
+    /// action (reason `memory_budget`) [default: 268435456 (256 MiB)].
+    #[arg(long, env = "WEIR_RULE_MEMORY_BUDGET")]
+    pub rule_memory_budget: Option<usize>,
     /// Most rules this instance keeps; creating one more is a 409 [default: 1000].
     #[arg(long, env = "WEIR_MAX_RULES")]
     pub max_rules: Option<usize>,
@@ -215,6 +220,7 @@ impl ServeArgs {
                 batch_max_rows,
                 batch_linger,
                 rule_time_budget,
+                rule_memory_budget,
                 max_rules,
                 action_queue,
                 action_buffer_max_bytes,
@@ -255,6 +261,7 @@ pub struct Settings {
     pub batch_max_rows: usize,
     pub batch_linger: Duration,
     pub rule_time_budget: Duration,
+    pub rule_memory_budget: usize,
     pub max_rules: usize,
     pub action_queue: usize,
     pub action_buffer_max_bytes: u64,
@@ -477,6 +484,11 @@ impl Settings {
                 crate::pipeline::evaluate::DEFAULT_BUDGET,
             )?)
             .context("--rule-time-budget")?,
+            rule_memory_budget: at_least_one(
+                "rule-memory-budget",
+                a.rule_memory_budget,
+                crate::pipeline::evaluate::DEFAULT_MEMORY_BUDGET,
+            )?,
             max_rules: at_least_one("max-rules", a.max_rules, 1000)?,
             action_queue,
             action_buffer_max_bytes: a.action_buffer_max_bytes.unwrap_or(1 << 30),
@@ -635,6 +647,12 @@ mod tests {
         );
         let s = Settings::resolve(&parse(&["--rule-time-budget", "250ms"])).unwrap();
         assert_eq!(s.rule_time_budget, Duration::from_millis(250));
+        assert_eq!(s.rule_memory_budget, 256 << 20);
+        let err = Settings::resolve(&parse(&["--rule-memory-budget", "0"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--rule-memory-budget must be at least 1"),
+            "{err:#}"
+        );
         let err = Settings::resolve(&parse(&["--batch-linger", "soon"])).unwrap_err();
         assert!(
             format!("{err:#}").contains("--batch-linger 'soon'"),

@@ -181,6 +181,7 @@ pub async fn serve(
             max_rows: settings.batch_max_rows,
             linger: settings.batch_linger,
             budget: settings.rule_time_budget,
+            memory_budget: settings.rule_memory_budget,
             action_queue: settings.action_queue,
             output_dir: settings.output_dir.clone(),
             state_dir: settings.data_dir.join("actions"),

@@ -946,3 +946,86 @@ async fn rules_and_actions_are_bounded() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_rule_over_its_memory_budget_fails_its_messages_and_the_others_carry_on() {
+    let dir = temp_dir("memory");
+    let weir = Weir::start(&dir, &["--rule-memory-budget", "8388608"]).await;
+    let errors = Receiver::start(vec![]).await;
+    let fine = Receiver::start(vec![]).await;
+    // 100 copies of a 100 KB field: 10 MB per message, over the 8 MiB budget.
+    let copies = vec!["s"; 100].join(", ");
+    let (status, body) = weir
+        .put_rule(
+            "greedy",
+            json!({
+                "sql": format!("SELECT i, concat({copies}) AS big FROM 'mem/+'"),
+                "actions": [{"webhook": {"url": fine.url("/greedy")}}],
+                "error_action": {"webhook": {"url": errors.url("/e")}}
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = weir
+        .put_rule(
+            "modest",
+            json!({
+                "sql": "SELECT i FROM 'mem/+'",
+                "actions": [{"webhook": {"url": fine.url("/modest")}}]
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let device = Mqtt::connect(weir.mqtt, "d").await;
+    let s = "y".repeat(100_000);
+    for i in 0..3 {
+        device
+            .publish("mem/a", json!({"i": i, "s": s}).to_string())
+            .await;
+    }
+    // A small message still passes the greedy rule: 100 copies of 10 bytes.
+    device
+        .publish("mem/a", json!({"i": 3, "s": "0123456789"}).to_string())
+        .await;
+    let failed = errors.wait_for(3).await;
+    assert!(
+        failed.iter().all(|e| e["reason"] == "memory_budget"),
+        "{failed:?}"
+    );
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("its memory budget is 8.0 MiB (--rule-memory-budget)"),
+        "{failed:?}"
+    );
+    let got = fine.wait_for(5).await;
+    let mut modest: Vec<i64> = Vec::new();
+    let mut greedy = Vec::new();
+    for v in &got {
+        if v.get("big").is_some() {
+            greedy.push(v["i"].as_i64().unwrap());
+        } else {
+            modest.push(v["i"].as_i64().unwrap());
+        }
+    }
+    modest.sort();
+    assert_eq!((modest, greedy), (vec![0, 1, 2, 3], vec![3]));
+    weir.wait_metric(
+        r#"weir_rule_messages_failed_total{reason="memory_budget",rule="greedy"}"#,
+        3.0,
+    )
+    .await;
+    assert_eq!(weir.request(Method::GET, "/healthz").await.0, 200);
+    // Trying the rule on a sample runs within the same budget.
+    let (status, tried) = weir
+        .test_rule(&json!({
+            "sql": format!("SELECT concat({copies}) AS big FROM 'mem/+'"),
+            "messages": [{"topic": "mem/a", "payload": {"s": s}}]
+        }))
+        .await;
+    assert_eq!(status, 200, "{tried}");
+    let result = &tried["results"][0];
+    assert_eq!(result["status"], "failed", "{result}");
+    assert_eq!(result["error"]["reason"], "memory_budget", "{result}");
+}

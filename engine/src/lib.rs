@@ -22,6 +22,8 @@
 //! * [`rule`]: a compiled rule: plans cached per input schema, evaluated per batch.
 //! * [`json_text`]: values with no one Arrow type, carried as JSON text.
 //! * [`template`]: `${...}` substitution templates in action parameters.
+//! * [`memory`]: the allocator that counts what a rule's evaluation allocates, for its
+//!   memory budget.
 //!
 //! **JSON's dynamic types on Arrow's static ones.** A batch's column types come from its
 //! messages: a field that is always a number is an Int64 or Float64 column and runs
@@ -40,6 +42,7 @@ pub mod decode;
 pub mod dialect;
 pub mod fields;
 pub mod json_text;
+pub mod memory;
 pub mod message;
 pub mod meta;
 pub mod rule;

@@ -448,6 +448,7 @@ mod tests {
                 max_rows: 16,
                 linger: std::time::Duration::ZERO,
                 budget: std::time::Duration::from_secs(10),
+                memory_budget: 256 << 20,
                 action_queue: 16,
                 output_dir: tmp.path().join("out"),
                 state_dir: tmp.path().join("actions"),

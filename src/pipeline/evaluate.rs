@@ -3,14 +3,17 @@
 //! caught and fails the batch's messages (`internal_error`); one that takes longer than
 //! the batch's time budget fails them too (`timeout`), and the rule waits for that
 //! evaluation to end before it starts the next, so that one rule never holds more than
-//! one thread. The other rules and the API carry on meanwhile.
+//! one thread. What the evaluation allocates is counted against the batch's memory budget
+//! (see `weir_engine::memory`): a batch over it is run again in halves, and a message
+//! over it on its own fails (`memory_budget`). The other rules and the API carry on
+//! meanwhile.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use weir_engine::{Failure, FailureReason, Message, Outcome, Rule};
+use weir_engine::{Failure, FailureReason, Message, Outcome, Rule, memory};
 
 /// What evaluates a batch: a rule, or in tests anything that behaves like one.
 type Process = dyn Fn(&[Arc<Message>]) -> Outcome + Send + Sync;
@@ -18,23 +21,43 @@ type Process = dyn Fn(&[Arc<Message>]) -> Outcome + Send + Sync;
 /// How long one batch may take to evaluate, unless configured otherwise.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(10);
 
+/// How much memory one batch may take to evaluate, unless configured otherwise.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+
+/// What one batch's evaluation may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub time: Duration,
+    /// Bytes.
+    pub memory: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            time: DEFAULT_BUDGET,
+            memory: DEFAULT_MEMORY_BUDGET,
+        }
+    }
+}
+
 /// Evaluates a rule's batches one after the other.
 pub(super) struct Evaluator {
     process: Arc<Process>,
-    budget: Duration,
+    budget: Budget,
     /// An evaluation that outran its budget and still runs.
     overdue: Option<JoinHandle<()>>,
 }
 
 impl Evaluator {
-    pub fn new(rule: Arc<Rule>, budget: Duration) -> Self {
+    pub fn new(rule: Arc<Rule>, budget: Budget) -> Self {
         Self::with(
             Arc::new(move |msgs: &[Arc<Message>]| rule.process(msgs)),
             budget,
         )
     }
 
-    fn with(process: Arc<Process>, budget: Duration) -> Self {
+    fn with(process: Arc<Process>, budget: Budget) -> Self {
         Self {
             process,
             budget,
@@ -49,11 +72,17 @@ impl Evaluator {
         }
         let (process, msgs) = (self.process.clone(), batch.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let memory = self.budget.memory;
         let handle = tokio::task::spawn_blocking(move || {
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| process(&msgs)));
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let _scope = memory::Scope::enter(memory);
+                process(&msgs)
+            }));
+            // The batch is released here, outside the scope.
+            drop(msgs);
             let _ = tx.send(outcome);
         });
-        match tokio::time::timeout(self.budget, rx).await {
+        match tokio::time::timeout(self.budget.time, rx).await {
             Ok(Ok(Ok(outcome))) => outcome,
             Ok(Ok(Err(panic))) => {
                 let what = panic
@@ -81,7 +110,7 @@ impl Evaluator {
                     FailureReason::Timeout,
                     &format!(
                         "the rule took more than {:?} to evaluate a batch of {} messages",
-                        self.budget,
+                        self.budget.time,
                         batch.len()
                     ),
                 )
@@ -130,7 +159,7 @@ mod tests {
                     ..Outcome::default()
                 }
             }),
-            DEFAULT_BUDGET,
+            Budget::default(),
         );
         let out = e.run(&batch(3)).await;
         assert_eq!(out.failures.len(), 3);
@@ -164,7 +193,10 @@ mod tests {
                 r.fetch_sub(1, SeqCst);
                 Outcome::default()
             }),
-            Duration::from_millis(50),
+            Budget {
+                time: Duration::from_millis(50),
+                ..Budget::default()
+            },
         );
         for _ in 0..3 {
             let out = e.run(&batch(1)).await;
@@ -173,5 +205,46 @@ mod tests {
             assert!(out.failures[0].message.contains("took more than 50ms"));
         }
         assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_over_its_memory_budget_runs_in_halves_and_a_message_over_it_fails() {
+        let engine = weir_engine::Engine::new();
+        let sql = "SELECT i, repeat(s, 1000) AS a, repeat(s, 1000) AS b, repeat(s, 1000) AS c, \
+                   repeat(s, 1000) AS d, repeat(s, 1000) AS e FROM 't'";
+        let rule = Rule::compile(&engine, sql, &[]).unwrap();
+        let budget = Budget {
+            memory: 4 << 20,
+            ..Budget::default()
+        };
+        let mut e = Evaluator::new(Arc::new(rule), budget);
+        let message = |i: usize, len: usize| {
+            let s = "x".repeat(len);
+            Arc::new(Message::new(
+                "t",
+                format!(r#"{{"i": {i}, "s": "{s}"}}"#).into_bytes(),
+            ))
+        };
+        // 16 messages of 250 KB of output each: 4 MB of columns and as much of JSON, twice
+        // the budget; each message fits.
+        let fits: Arc<Vec<_>> = Arc::new((0..16).map(|i| message(i, 50)).collect());
+        let out = e.run(&fits).await;
+        assert!(out.failures.is_empty(), "{:?}", out.failures);
+        let indices: Vec<usize> = out.outputs.iter().map(|o| o.index).collect();
+        assert_eq!(indices, (0..16).collect::<Vec<_>>());
+        assert!(out.outputs.iter().all(|o| o.payload.len() > 250_000));
+        // One message needs 5 MB on its own: it fails, and the others pass.
+        let mut mixed: Vec<_> = (0..6).map(|i| message(i, 10)).collect();
+        mixed[3] = message(3, 1000);
+        let out = e.run(&Arc::new(mixed)).await;
+        assert_eq!(out.outputs.len(), 5, "{:?}", out.failures);
+        assert_eq!(out.failures.len(), 1);
+        let f = &out.failures[0];
+        assert_eq!((f.index, f.reason), (3, FailureReason::MemoryBudget));
+        assert!(
+            f.message.contains("its memory budget is 4.0 MiB"),
+            "{}",
+            f.message
+        );
     }
 }

@@ -49,6 +49,8 @@ pub struct BatchSettings {
     pub linger: Duration,
     /// How long one batch may take to evaluate (`--rule-time-budget`).
     pub budget: Duration,
+    /// How much memory one batch may take to evaluate (`--rule-memory-budget`).
+    pub memory_budget: usize,
     pub action_queue: usize,
     /// Where file outputs go when their action names no URL.
     pub output_dir: std::path::PathBuf,
@@ -189,6 +191,11 @@ impl Pipeline {
         &self.settings.policy
     }
 
+    /// How much memory one batch may take to evaluate (`--rule-memory-budget`).
+    pub fn memory_budget(&self) -> usize {
+        self.settings.memory_budget
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -324,7 +331,10 @@ impl Pipeline {
             metrics: self.metrics.clone(),
             max_rows: self.settings.max_rows,
             linger: self.settings.linger,
-            budget: self.settings.budget,
+            budget: evaluate::Budget {
+                time: self.settings.budget,
+                memory: self.settings.memory_budget,
+            },
         }));
         tx
     }

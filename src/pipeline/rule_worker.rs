@@ -25,7 +25,7 @@ pub(super) struct RuleWorker {
     pub metrics: Arc<Metrics>,
     pub max_rows: usize,
     pub linger: Duration,
-    pub budget: Duration,
+    pub budget: super::evaluate::Budget,
 }
 
 /// Runs a rule until its channel closes (the rule was replaced, deleted or weir stops).

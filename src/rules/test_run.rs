@@ -104,7 +104,11 @@ impl RuleService {
                 results.push(Value::Object(result));
                 continue;
             }
-            let outcome = super::off_runtime(|| rule.process(std::slice::from_ref(&msg)));
+            let budget = self.pipeline.memory_budget();
+            let outcome = super::off_runtime(|| {
+                let _scope = weir_engine::memory::Scope::enter(budget);
+                rule.process(std::slice::from_ref(&msg))
+            });
             let status = if !outcome.outputs.is_empty() {
                 "output"
             } else if !outcome.failures.is_empty() {

@@ -31,6 +31,8 @@ impl Mqtt {
     pub async fn connect(addr: SocketAddr, client_id: &str) -> Mqtt {
         let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
         opts.set_keep_alive(Duration::from_secs(5));
+        // Up to weir's own default limit (128 KiB), not rumqttc's 10 KiB.
+        opts.set_max_packet_size(128 * 1024, 128 * 1024);
         let (client, eventloop) = AsyncClient::new(opts, 100);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ack_tx, mut acks) = mpsc::unbounded_channel();

@@ -129,6 +129,11 @@ pub(super) fn rewrite(
         let what = match e {
             Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => "a subquery",
             Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => "`*` inside an expression",
+            // Not AWS IoT SQL (`+` and concat() are), and no memory check reaches it.
+            Expr::BinaryOp {
+                op: ast::BinaryOperator::StringConcat,
+                ..
+            } => "the `||` operator (use `+` or concat())",
             _ => return ControlFlow::Continue(()),
         };
         ControlFlow::Break(SqlError::at(

@@ -9,13 +9,14 @@
 //! * `<`, `<=`, `>`, `>=` and arithmetic between a string and a number: the string is
 //!   converted to a number if it is one, else the result is undefined (so a `WHERE` over
 //!   it is false rather than an error).
-//! * `+` on two strings concatenates them.
+//! * `+` on two strings concatenates them (a metered function, see
+//!   [`crate::dialect::functions::bounded`]).
 //! * `AND`, `OR`, `NOT` accept the strings "true" and "false" (any case); so does `=`
 //!   against a boolean (the dialect writes `NOT x` as `x = false`).
 //! * A function given an argument of a type it does not take (`floor([1, 2])`) is
 //!   Undefined, not an error; a wrong number of arguments is still refused.
 //!
-//! Each rule becomes ordinary DataFusion expressions (`TRY_CAST`, `CASE`, `||`), so
+//! Each rule becomes ordinary DataFusion expressions (`TRY_CAST`, `CASE`, function calls), so
 //! evaluation stays vectorised.
 
 use std::sync::Arc;
@@ -83,9 +84,9 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
                 {
                     strings_as(DataType::Float64, (l, &lt), *op, (r, &rt))
                 }
-                Operator::Plus if is_string(&lt) && is_string(&rt) => Expr::BinaryExpr(
-                    BinaryExpr::new(Box::new(l), Operator::StringConcat, Box::new(r)),
-                ),
+                Operator::Plus if is_string(&lt) && is_string(&rt) => {
+                    crate::dialect::functions::strings::plus(l, r)
+                }
                 Operator::Eq | Operator::NotEq
                     if (is_string(&lt) && rt == DataType::Boolean)
                         || (lt == DataType::Boolean && is_string(&rt)) =>
@@ -105,6 +106,10 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
         Expr::ScalarFunction(f) if wrong_argument_types(f, schema)? => {
             Ok(Transformed::yes(lit(ScalarValue::Null)))
         }
+        Expr::ScalarFunction(f) => Ok(match crate::dialect::functions::bounded::meter_call(f) {
+            Some(metered) => Transformed::yes(metered),
+            None => Transformed::no(e),
+        }),
         _ => Ok(Transformed::no(e)),
     })
     .map(|t| t.data)

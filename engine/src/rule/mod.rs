@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::DFSchema;
+use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ExprWithAlias};
 use serde_json::Value;
@@ -24,7 +25,7 @@ use crate::decode::{self, DecodeError};
 use crate::dialect::{self, ParsedRule, SqlError, types};
 use crate::fields::FieldTree;
 use crate::meta::{self, MetaNeeds};
-use crate::{Engine, Message};
+use crate::{Engine, Message, memory};
 
 mod encode;
 mod outcome;
@@ -63,10 +64,26 @@ impl std::fmt::Debug for Rule {
     }
 }
 
-/// Either a problem with the batch's data or with evaluating it.
+/// A problem with the batch's data or with evaluating it, or the batch went over the
+/// memory budget.
 enum RunError {
     Data(String),
     Eval(String),
+    Memory(memory::Exceeded),
+}
+
+impl From<memory::Exceeded> for RunError {
+    fn from(over: memory::Exceeded) -> Self {
+        Self::Memory(over)
+    }
+}
+
+/// An evaluation error, or the memory budget if that is what stopped it.
+fn eval_error(e: impl std::fmt::Display) -> RunError {
+    match memory::check() {
+        Err(over) => RunError::Memory(over),
+        Ok(()) => RunError::Eval(e.to_string()),
+    }
 }
 
 impl Rule {
@@ -146,10 +163,53 @@ impl Rule {
     }
 
     /// Runs the rule over a batch of messages whose topics matched its filter.
+    ///
+    /// Inside a [`memory::Scope`], a batch that goes over the budget is run again in
+    /// halves, each counted afresh, so that only the messages that need more than the
+    /// budget on their own fail (reason `memory_budget`).
     pub fn process<M: Borrow<Message>>(&self, msgs: &[M]) -> Outcome {
+        match self.process_within_budget(msgs) {
+            Ok(outcome) => outcome,
+            Err(over) if msgs.len() == 1 => Outcome {
+                failures: vec![Failure {
+                    index: 0,
+                    reason: FailureReason::MemoryBudget,
+                    message: over.to_string(),
+                }],
+                ..Outcome::default()
+            },
+            Err(_) => {
+                let mid = msgs.len() / 2;
+                memory::restart();
+                let mut outcome = self.process(&msgs[..mid]);
+                memory::restart();
+                let second = self.process(&msgs[mid..]);
+                outcome
+                    .outputs
+                    .extend(second.outputs.into_iter().map(|mut o| {
+                        o.index += mid;
+                        o
+                    }));
+                outcome
+                    .failures
+                    .extend(second.failures.into_iter().map(|mut f| {
+                        f.index += mid;
+                        f
+                    }));
+                outcome.filtered_out += second.filtered_out;
+                outcome
+            }
+        }
+    }
+
+    fn process_within_budget<M: Borrow<Message>>(
+        &self,
+        msgs: &[M],
+    ) -> Result<Outcome, memory::Exceeded> {
         if let Some(shape) = &self.shape {
             let payloads = msgs.iter().map(|m| m.borrow().payload.as_ref());
             if let Some(columns) = shape.decode(payloads) {
+                memory::check()?;
                 let mut outcome = Outcome::default();
                 let indices: Vec<usize> = (0..msgs.len()).collect();
                 let run = self.run(
@@ -159,17 +219,36 @@ impl Rule {
                     columns.json_null,
                     &mut outcome,
                 );
-                if run.is_ok() {
-                    return outcome;
+                match run {
+                    Ok(()) => return Ok(outcome),
+                    Err(RunError::Memory(over)) => return Err(over),
+                    Err(_) => {}
                 }
             }
         }
-        self.process_general(msgs)
+        self.process_general_within_budget(msgs)
     }
 
     /// [`Rule::process`] without the fast decoding path: the reference it is tested against.
     #[doc(hidden)]
     pub fn process_general<M: Borrow<Message>>(&self, msgs: &[M]) -> Outcome {
+        self.process_general_within_budget(msgs)
+            .unwrap_or_else(|over| Outcome {
+                failures: (0..msgs.len())
+                    .map(|index| Failure {
+                        index,
+                        reason: FailureReason::MemoryBudget,
+                        message: over.to_string(),
+                    })
+                    .collect(),
+                ..Outcome::default()
+            })
+    }
+
+    fn process_general_within_budget<M: Borrow<Message>>(
+        &self,
+        msgs: &[M],
+    ) -> Result<Outcome, memory::Exceeded> {
         let mut outcome = Outcome::default();
         let mut rows = Vec::with_capacity(msgs.len());
         // A rule that reads no field of the payload (`SELECT *`, `encode(*, 'base64')`,
@@ -193,9 +272,10 @@ impl Rule {
                     message: e.to_string(),
                 }),
             }
+            memory::check()?;
         }
         if rows.is_empty() {
-            return outcome;
+            return Ok(outcome);
         }
         // AWS keeps Int and Decimal apart per message (20 stays 20, 20.5 stays 20.5), while
         // a column has one type. Messages whose numbers are integers in one place and
@@ -205,11 +285,14 @@ impl Rule {
         for rows in groups {
             match self.run_rows(msgs, &rows, &mut outcome) {
                 Ok(()) => {}
+                Err(RunError::Memory(over)) => return Err(over),
                 Err(_) if rows.len() > 1 => {
                     // Find the culprits: one message at a time.
                     for row in rows.chunks(1) {
-                        if let Err(e) = self.run_rows(msgs, row, &mut outcome) {
-                            outcome.failures.push(failure(row[0].0, e));
+                        match self.run_rows(msgs, row, &mut outcome) {
+                            Ok(()) => {}
+                            Err(RunError::Memory(over)) => return Err(over),
+                            Err(e) => outcome.failures.push(failure(row[0].0, e)),
                         }
                     }
                 }
@@ -220,7 +303,7 @@ impl Rule {
             outcome.outputs.sort_by_key(|o| o.index);
         }
         outcome.failures.sort_by_key(|f| f.index);
-        outcome
+        Ok(outcome)
     }
 
     /// Runs the rule over projected payloads (the general decoding path).
@@ -267,6 +350,7 @@ impl Rule {
             .meta
             .add_columns(payload, msgs, indices, json_null)
             .map_err(RunError::Data)?;
+        memory::check()?;
         let plan = self.plan_for(&batch.schema()).map_err(RunError::Data)?;
         let n = batch.num_rows();
 
@@ -276,7 +360,7 @@ impl Rule {
                 let mask = cond
                     .evaluate(&batch)
                     .and_then(|v| v.into_array(n))
-                    .map_err(|e| RunError::Eval(e.to_string()))?;
+                    .map_err(eval_error)?;
                 if mask.data_type() == &DataType::Null {
                     outcome.filtered_out += n;
                     return Ok(());
@@ -288,8 +372,8 @@ impl Rule {
                     mask.clone()
                 };
                 let selected: Vec<usize> = (0..n).filter(|&i| mask.value(i)).collect();
-                let filtered = filter_record_batch(&batch, &mask)
-                    .map_err(|e| RunError::Eval(e.to_string()))?;
+                let filtered = filter_record_batch(&batch, &mask).map_err(eval_error)?;
+                memory::check()?;
                 (filtered, selected)
             }
         };
@@ -297,21 +381,28 @@ impl Rule {
         if selected.is_empty() {
             return Ok(());
         }
+        let rows = batch.num_rows();
         let eval = |exprs: &[Arc<dyn PhysicalExpr>]| -> Result<Vec<ArrayRef>, RunError> {
             exprs
                 .iter()
                 .map(|e| {
-                    e.evaluate(&batch)
-                        .and_then(|v| v.into_array(batch.num_rows()))
+                    let value = e.evaluate(&batch).map_err(eval_error)?;
+                    if let ColumnarValue::Scalar(s) = &value {
+                        // A literal becomes a column of `rows` copies.
+                        memory::reserve(s.size().saturating_mul(rows))?;
+                    }
+                    let array = value.into_array(rows).map_err(eval_error)?;
+                    memory::check()?;
+                    Ok(array)
                 })
-                .collect::<Result<_, _>>()
-                .map_err(|e| RunError::Eval(e.to_string()))
+                .collect()
         };
         let columns = eval(&plan.columns)?;
         let templates = eval(&plan.templates)?;
         let encoded = self
             .encode(&plan, columns, selected.len())
-            .map_err(RunError::Eval)?;
+            .map_err(eval_error)?;
+        memory::check()?;
         // Pass-through fields that were JSON null: (output name, null flags of the selected rows).
         let nulls: Vec<(&str, &BooleanArray)> = self
             .parsed
@@ -325,6 +416,7 @@ impl Rule {
             })
             .collect();
         for (k, (row, json)) in selected.iter().zip(encoded).enumerate() {
+            memory::check()?;
             let index = indices[*row];
             let json = if nulls.iter().any(|(_, f)| f.value(k)) {
                 with_nulls(
@@ -466,6 +558,7 @@ fn failure(index: usize, e: RunError) -> Failure {
     let (reason, message) = match e {
         RunError::Data(m) => (FailureReason::TypeMismatch, m),
         RunError::Eval(m) => (FailureReason::Evaluation, m),
+        RunError::Memory(over) => (FailureReason::MemoryBudget, over.to_string()),
     };
     Failure {
         index,

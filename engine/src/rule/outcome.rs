@@ -28,6 +28,8 @@ pub enum FailureReason {
     Internal,
     /// The rule took longer than its time budget to evaluate the batch.
     Timeout,
+    /// The rule needed more memory than its budget to evaluate this message.
+    MemoryBudget,
 }
 
 impl FailureReason {
@@ -40,16 +42,18 @@ impl FailureReason {
             Self::Evaluation => "evaluation_error",
             Self::Internal => "internal_error",
             Self::Timeout => "timeout",
+            Self::MemoryBudget => "memory_budget",
         }
     }
 
-    pub const ALL: [FailureReason; 6] = [
+    pub const ALL: [FailureReason; 7] = [
         Self::InvalidJson,
         Self::NotAnObject,
         Self::TypeMismatch,
         Self::Evaluation,
         Self::Internal,
         Self::Timeout,
+        Self::MemoryBudget,
     ];
 }
 

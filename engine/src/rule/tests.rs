@@ -458,3 +458,133 @@ fn functions_sized_by_a_count_are_bounded() {
         }
     }
 }
+
+#[test]
+fn a_rule_over_its_memory_budget_is_stopped_before_it_allocates_the_excess() {
+    let e = Engine::new();
+    let big = "y".repeat(100_000);
+    // 64 messages of 100 KB: 6.4 MB of input.
+    let msgs: Vec<Message> = (0..64)
+        .map(|i| {
+            let payload = serde_json::json!({"i": i, "s": big}).to_string();
+            Message::new("t", payload.into_bytes())
+        })
+        .collect();
+    let budget = 16usize << 20;
+    let copies = |sep: &str| vec!["s"; 100].join(sep);
+    // Each needs 10 MB or more per message, 640 MB or more for the batch.
+    let over = [
+        format!("concat({})", copies(", ")),
+        copies(" + "),
+        "replace(s, 'y', repeat('z', 100))".to_owned(),
+        "regexp_replace(s, 'y', repeat('z', 100), 'g')".to_owned(),
+    ];
+    for expr in over {
+        let rule = Rule::compile(&e, &format!("SELECT {expr} AS out FROM 't'"), &[])
+            .unwrap_or_else(|err| panic!("{expr}: {err}"));
+        let scope = memory::Scope::enter(budget);
+        let out = rule.process(&msgs);
+        let peak = memory::peak();
+        drop(scope);
+        assert!(out.outputs.is_empty(), "{expr}");
+        assert_eq!(out.failures.len(), 64, "{expr}: {:?}", out.failures.first());
+        assert!(
+            out.failures
+                .iter()
+                .all(|f| f.reason == FailureReason::MemoryBudget),
+            "{expr}: {:?}",
+            out.failures.first()
+        );
+        assert!(
+            out.failures[0]
+                .message
+                .contains("its memory budget is 16.0 MiB"),
+            "{:?}",
+            out.failures[0]
+        );
+        // Stopped near the budget, far below what the batch would have taken.
+        assert!(peak < 3 * budget, "{expr}: held {peak} bytes");
+    }
+    // Each of these fits one message at a time, but not the whole batch (64 MB or more):
+    // every message gets its output, in order.
+    let fits = [
+        "lpad(s, 1000000)",
+        "repeat('x', 1000000)",
+        "concat(s, s, s, s, s, s, s, s, s, s)",
+        "array_repeat(s, 10)",
+        // Its estimate (every position a match) is far above what it builds (the first
+        // match only): run a row at a time, it fits.
+        "regexp_replace(s, 'y', repeat('z', 100))",
+    ];
+    for expr in fits {
+        let rule = Rule::compile(&e, &format!("SELECT i, {expr} AS out FROM 't'"), &[])
+            .unwrap_or_else(|err| panic!("{expr}: {err}"));
+        let scope = memory::Scope::enter(budget);
+        let out = rule.process(&msgs);
+        let peak = memory::peak();
+        drop(scope);
+        assert_eq!(out.failures, [], "{expr}");
+        let order: Vec<i64> = out
+            .outputs
+            .iter()
+            .map(|o| json(&o.payload)["i"].as_i64().unwrap())
+            .collect();
+        assert_eq!(order, (0..64).collect::<Vec<_>>(), "{expr}");
+        assert!(peak < 3 * budget, "{expr}: held {peak} bytes");
+    }
+    // Outside a scope nothing is limited (the rule test endpoint and the pipeline enter one).
+    let rule = Rule::compile(
+        &e,
+        "SELECT concat(s, s, s, s, s, s, s, s, s, s) AS out FROM 't'",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(rule.process(&msgs).outputs.len(), 64);
+}
+
+#[test]
+fn constant_expressions_and_array_literals_are_metered() {
+    let e = Engine::new();
+    // Each variable doubles the last: 2^10 MB if computed. Planning computes nothing;
+    // evaluating does, within the budget.
+    let mut sql = "SET @v0 = repeat('x', 1000000)".to_owned();
+    for i in 1..=10 {
+        sql += &format!(", @v{i} = concat(@v{p}, @v{p})", p = i - 1);
+    }
+    let one = [Message::new("t", &b"{}"[..])];
+    for last in ["concat(@v10, 'y')", "[@v10, @v10]", "@v10 + @v10"] {
+        let text = format!("{sql} SELECT {last} AS big FROM 't'");
+        let rule = Rule::compile(&e, &text, &[]).unwrap_or_else(|err| panic!("{last}: {err}"));
+        let scope = memory::Scope::enter(16 << 20);
+        let out = rule.process(&one);
+        let peak = memory::peak();
+        drop(scope);
+        assert_eq!(out.failures.len(), 1, "{last}");
+        assert_eq!(
+            out.failures[0].reason,
+            FailureReason::MemoryBudget,
+            "{last}"
+        );
+        assert!(peak < 48 << 20, "{last}: held {peak} bytes");
+    }
+    // An array literal of fields (DataFusion's planner makes it a call of its own
+    // make_array, not the registry's) is metered too.
+    let fields = vec!["s"; 100].join(", ");
+    let rule = Rule::compile(&e, &format!("SELECT [{fields}] AS a FROM 't'"), &[]).unwrap();
+    let big = "y".repeat(100_000);
+    let msgs: Vec<Message> = (0..64)
+        .map(|_| Message::new("t", serde_json::json!({"s": big}).to_string().into_bytes()))
+        .collect();
+    let scope = memory::Scope::enter(16 << 20);
+    let out = rule.process(&msgs);
+    let peak = memory::peak();
+    drop(scope);
+    assert_eq!(out.failures.len(), 64);
+    assert_eq!(out.failures[0].reason, FailureReason::MemoryBudget);
+    assert!(peak < 48 << 20, "held {peak} bytes");
+    // `||` is not AWS IoT SQL.
+    let err = Rule::compile(&e, "SELECT s || s AS t FROM 't'", &[])
+        .map(|_| ())
+        .unwrap_err();
+    assert!(err.message.contains("`||` operator"), "{err}");
+}

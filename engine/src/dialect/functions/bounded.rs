@@ -1,24 +1,40 @@
-//! DataFusion functions whose output a count argument sizes (`repeat('x', 2000000000)`,
-//! `array_repeat(0, 1e9)`, `range(1e10)`), wrapped so that they refuse to build a value
-//! larger than [`MAX_TEXT_BYTES`] or [`MAX_LIST_LEN`] instead of allocating it. The check
-//! runs on the arguments, before the wrapped function allocates anything; a refusal is an
-//! evaluation error, which fails the batch to the rule's error action (or the rule's
-//! submission, when DataFusion folds a constant call while planning).
+//! Every DataFusion function a rule can call, wrapped so that it stays within the limits
+//! and the memory budget of the evaluation that calls it (see [`crate::memory`]).
+//!
+//! - Functions whose output a count argument sizes (`repeat('x', 2000000000)`,
+//!   `array_repeat(0, 1e9)`, `range(1e10)`) refuse to build a value larger than
+//!   [`MAX_TEXT_BYTES`] or [`MAX_LIST_LEN`]. The check runs on the arguments, before the
+//!   wrapped function allocates anything; a refusal is an evaluation error, which fails
+//!   the batch to the rule's error action (or the rule's submission, when DataFusion folds
+//!   a constant call while planning).
+//! - Inside a rule's evaluation, every call estimates what it will build from its
+//!   arguments (exactly for the count-sized functions and `replace`, an upper bound for
+//!   `regexp_replace`, the size of its arguments for the others) and runs only if that
+//!   fits the budget left. A batch that would not fit is run one row at a time, with the
+//!   budget checked after each, so that a loose estimate does not fail a batch that fits;
+//!   and every call is followed by a check of what it did allocate.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array};
-use datafusion::arrow::compute::{cast, kernels::length::length};
+use datafusion::arrow::compute::{cast, concat, kernels::length::length};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
-use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::{DataFusionError, ExprSchema, Result, ScalarValue, exec_err};
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::interval_arithmetic::Interval;
+use datafusion::logical_expr::preimage::PreimageResult;
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature,
+    ColumnarValue, Documentation, Expr, ExpressionPlacement, ReturnFieldArgs, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping,
 };
 
 use crate::dialect::limits::{MAX_LIST_LEN, MAX_TEXT_BYTES};
+use crate::memory;
 
 /// How a function's arguments bound the size of what it builds, per row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,9 +50,14 @@ enum Bound {
     Resize,
     /// `range([start,] stop [, step])`, `generate_series`: `(stop - start) / step`.
     Series,
+    /// `replace(text, from, to)`: `len(text)` plus `len(to)` per occurrence of `from`.
+    Replace,
+    /// `regexp_replace(text, pattern, to [, flags])`: at most `len(text)` plus, per match
+    /// (at most `len(text) + 1`), `len(to)` and the groups `to` refers to.
+    RegexpReplace,
 }
 
-/// The functions wrapped, with how their arguments bound them.
+/// The functions whose arguments bound what they build, with how.
 const BOUNDED: &[(&str, Bound)] = &[
     ("repeat", Bound::Repeat),
     ("lpad", Bound::Pad),
@@ -45,37 +66,116 @@ const BOUNDED: &[(&str, Bound)] = &[
     ("array_resize", Bound::Resize),
     ("range", Bound::Series),
     ("generate_series", Bound::Series),
+    ("replace", Bound::Replace),
+    ("regexp_replace", Bound::RegexpReplace),
 ];
 
-/// Replaces each function of [`BOUNDED`] in `state`'s registry with its bounded wrapper.
+/// Functions left unwrapped: DataFusion recognises them by their type while planning
+/// (`get_field` of `named_struct`, `log` of `power`), and they build nothing larger than
+/// their arguments.
+const UNWRAPPED: &[&str] = &["get_field", "named_struct", "struct", "log", "power"];
+
+/// Replaces every scalar function in `state`'s registry with its metered wrapper.
 pub fn install(state: &mut SessionState) {
-    for (name, bound) in BOUNDED {
-        let Some(inner) = state.scalar_functions().get(*name).cloned() else {
-            continue; // not in this build's features
+    let mut names: Vec<String> = state
+        .scalar_functions()
+        .values()
+        .map(|f| f.name().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        if UNWRAPPED.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(inner) = state.scalar_functions().get(&name).cloned() else {
+            continue;
         };
-        let wrapped = ScalarUDF::new_from_impl(Bounded {
-            inner,
-            bound: *bound,
-        });
+        let bound = BOUNDED.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
         state
-            .register_udf(Arc::new(wrapped))
+            .register_udf(Arc::new(Metered::wrap(inner, bound)))
             .expect("a wrapper replaces the function it wraps");
     }
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct Bounded {
-    inner: Arc<ScalarUDF>,
-    bound: Bound,
+/// The call `f` with its function metered, if it is not yet: DataFusion's planner builds
+/// some calls (`make_array` for `[a, b]`) from its own functions, not the registry's.
+pub(crate) fn meter_call(f: &ScalarFunction) -> Option<Expr> {
+    let name = f.func.name();
+    if f.func.inner().is::<Metered>() || UNWRAPPED.contains(&name) {
+        return None;
+    }
+    let bound = BOUNDED.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
+    let udf = Metered::wrap(f.func.clone(), bound);
+    Some(Expr::ScalarFunction(ScalarFunction::new_udf(
+        Arc::new(udf),
+        f.args.clone(),
+    )))
 }
 
-impl ScalarUDFImpl for Bounded {
+/// `udf`, metered like the functions of the registry.
+pub(crate) fn metered(udf: ScalarUDF) -> ScalarUDF {
+    Metered::wrap(Arc::new(udf), None)
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Metered {
+    inner: Arc<ScalarUDF>,
+    bound: Option<Bound>,
+}
+
+impl Metered {
+    fn wrap(inner: Arc<ScalarUDF>, bound: Option<Bound>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self { inner, bound })
+    }
+
+    /// Runs the wrapped function on one row at a time, checking the budget after each.
+    fn row_by_row(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let mut parts: Vec<ArrayRef> = Vec::with_capacity(args.number_rows);
+        let mut bytes = 0usize;
+        for i in 0..args.number_rows {
+            let row = ScalarFunctionArgs {
+                args: args
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        ColumnarValue::Array(a) => ColumnarValue::Array(a.slice(i, 1)),
+                        ColumnarValue::Scalar(s) => ColumnarValue::Scalar(s.clone()),
+                    })
+                    .collect(),
+                arg_fields: args.arg_fields.clone(),
+                number_rows: 1,
+                return_field: args.return_field.clone(),
+                config_options: args.config_options.clone(),
+            };
+            let out = self.inner.invoke_with_args(row)?.into_array(1)?;
+            bytes = bytes.saturating_add(out.get_array_memory_size());
+            parts.push(out);
+            memory::check().map_err(over_budget)?;
+        }
+        // The parts are copied into one array.
+        memory::reserve(bytes).map_err(over_budget)?;
+        let parts: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        Ok(ColumnarValue::Array(concat(&parts)?))
+    }
+}
+
+/// The evaluation error of a batch over its memory budget.
+pub(crate) fn over_budget(e: memory::Exceeded) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+impl ScalarUDFImpl for Metered {
     fn name(&self) -> &str {
         self.inner.name()
     }
 
     fn aliases(&self) -> &[String] {
         self.inner.aliases()
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        self.inner.inner().schema_name(args)
     }
 
     fn signature(&self) -> &Signature {
@@ -86,8 +186,81 @@ impl ScalarUDFImpl for Bounded {
         self.inner.return_type(arg_types)
     }
 
+    fn with_updated_config(&self, config: &ConfigOptions) -> Option<ScalarUDF> {
+        let updated = self.inner.inner().with_updated_config(config)?;
+        Some(Self::wrap(Arc::new(updated), self.bound))
+    }
+
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         self.inner.return_field_from_args(args)
+    }
+
+    #[allow(deprecated)]
+    fn is_nullable(&self, args: &[Expr], schema: &dyn ExprSchema) -> bool {
+        self.inner.inner().is_nullable(args, schema)
+    }
+
+    fn is_strict(&self) -> bool {
+        self.inner.inner().is_strict()
+    }
+
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        self.inner.simplify(args, info)
+    }
+
+    fn short_circuits(&self) -> bool {
+        self.inner.short_circuits()
+    }
+
+    fn conditional_arguments<'a>(
+        &self,
+        args: &'a [Expr],
+    ) -> Option<(Vec<&'a Expr>, Vec<&'a Expr>)> {
+        self.inner.inner().conditional_arguments(args)
+    }
+
+    fn evaluate_bounds(&self, input: &[&Interval]) -> Result<Interval> {
+        self.inner.evaluate_bounds(input)
+    }
+
+    fn propagate_constraints(
+        &self,
+        interval: &Interval,
+        inputs: &[&Interval],
+    ) -> Result<Option<Vec<Interval>>> {
+        self.inner.propagate_constraints(interval, inputs)
+    }
+
+    fn preimage(
+        &self,
+        args: &[Expr],
+        lit_expr: &Expr,
+        info: &SimplifyContext,
+    ) -> Result<PreimageResult> {
+        self.inner.inner().preimage(args, lit_expr, info)
+    }
+
+    fn output_ordering(&self, inputs: &[ExprProperties]) -> Result<SortProperties> {
+        self.inner.output_ordering(inputs)
+    }
+
+    fn preserves_lex_ordering(&self, inputs: &[ExprProperties]) -> Result<bool> {
+        self.inner.preserves_lex_ordering(inputs)
+    }
+
+    fn strictly_order_preserving(&self, inputs: &[ExprProperties]) -> Result<bool> {
+        self.inner.inner().strictly_order_preserving(inputs)
+    }
+
+    fn struct_field_mapping(
+        &self,
+        literal_args: &[Option<ScalarValue>],
+    ) -> Option<StructFieldMapping> {
+        self.inner.inner().struct_field_mapping(literal_args)
+    }
+
+    fn placement(&self, args: &[ExpressionPlacement]) -> ExpressionPlacement {
+        self.inner.inner().placement(args)
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
@@ -99,14 +272,71 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        check(self.name(), self.bound, &args.args, args.number_rows)?;
-        self.inner.invoke_with_args(args)
+        let need = measure(self.name(), self.bound, &args.args, args.number_rows)?;
+        let Some(available) = memory::available() else {
+            // Not inside a rule's evaluation (planning, a test of one function).
+            return self.inner.invoke_with_args(args);
+        };
+        let out = if need.total <= available as u128 {
+            self.inner.invoke_with_args(args)?
+        } else if args.number_rows > 1 && need.row <= available as u128 {
+            self.row_by_row(args)?
+        } else {
+            let total = usize::try_from(need.total).unwrap_or(usize::MAX);
+            memory::reserve(total).map_err(over_budget)?;
+            self.inner.invoke_with_args(args)?
+        };
+        memory::check().map_err(over_budget)?;
+        Ok(out)
+    }
+}
+
+/// What a call would build: in all, and for its largest row, in bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Need {
+    total: u128,
+    row: u128,
+}
+
+impl Need {
+    fn add(&mut self, row: u128) {
+        self.total += row;
+        self.row = self.row.max(row);
+    }
+}
+
+/// One argument as an array: a column, or a literal as an array of one value.
+struct Arg(ArrayRef);
+
+impl Arg {
+    /// The index of row `i` in the array (0 for a literal).
+    fn at(&self, i: usize) -> usize {
+        if self.0.len() == 1 { 0 } else { i }
     }
 }
 
 /// Refuses arguments that would build a value over the limits, naming the function, the
-/// size it would build and the limit.
-fn check(name: &str, bound: Bound, args: &[ColumnarValue], rows: usize) -> Result<()> {
+/// size it would build and the limit; otherwise says how much the call would build.
+fn measure(name: &str, bound: Option<Bound>, args: &[ColumnarValue], rows: usize) -> Result<Need> {
+    let Some(bound) = bound else {
+        // A function that builds from its arguments: about as much as they hold, a literal
+        // once per row.
+        let mut need = Need::default();
+        for a in args {
+            let (total, row) = match a {
+                ColumnarValue::Array(a) => {
+                    let bytes = a.get_array_memory_size() as u128;
+                    (bytes, bytes.div_ceil(rows.max(1) as u128))
+                }
+                ColumnarValue::Scalar(s) => {
+                    (s.size() as u128 * rows.max(1) as u128, s.size() as u128)
+                }
+            };
+            need.total += total;
+            need.row += row;
+        }
+        return Ok(need);
+    };
     let too_big = |size: i128, limit: usize, unit: &str| -> Result<()> {
         if size > limit as i128 {
             return exec_err!(
@@ -115,87 +345,130 @@ fn check(name: &str, bound: Bound, args: &[ColumnarValue], rows: usize) -> Resul
         }
         Ok(())
     };
-    let arg = |i: usize| -> Result<Option<ArrayRef>> {
-        args.get(i).map(|a| a.to_array(rows.max(1))).transpose()
+    let arg = |i: usize| -> Result<Option<Arg>> {
+        args.get(i)
+            .map(|a| {
+                Ok(Arg(match a {
+                    ColumnarValue::Array(a) => a.clone(),
+                    ColumnarValue::Scalar(s) => s.to_array_of_size(1)?,
+                }))
+            })
+            .transpose()
     };
+    let rows = if args.iter().any(|a| matches!(a, ColumnarValue::Array(_))) {
+        rows
+    } else {
+        1
+    };
+    let mut need = Need::default();
+    let bytes = |n: i128| n.max(0) as u128;
     match bound {
         Bound::Repeat => {
             let (Some(text), Some(n)) = (arg(0)?, arg(1)?) else {
-                return Ok(());
+                return Ok(need);
             };
-            let (lens, n) = (text_lengths(&text)?, ints(&n)?);
-            for i in 0..lens.len().min(n.len()) {
-                if lens.is_valid(i) && n.is_valid(i) {
-                    let size = i128::from(lens.value(i)) * i128::from(n.value(i).max(0));
+            let (lens, counts) = (text_lengths(&text.0)?, ints(&n.0)?);
+            for i in 0..rows {
+                let (l, c) = (text.at(i), n.at(i));
+                if lens.is_valid(l) && counts.is_valid(c) {
+                    let size = i128::from(lens.value(l)) * i128::from(counts.value(c).max(0));
                     too_big(size, MAX_TEXT_BYTES, "bytes")?;
+                    need.add(bytes(size));
                 }
             }
         }
         Bound::Pad => {
-            if let Some(n) = arg(1)? {
-                max_int(&n, |v| {
-                    // DataFusion's pads panic on a negative length (found by fuzzing).
-                    if v < 0 {
-                        return exec_err!("{name}() takes a length of at least 0, got {v}");
-                    }
-                    too_big(v, MAX_TEXT_BYTES, "characters")
-                })?;
+            let Some(n) = arg(1)? else {
+                return Ok(need);
+            };
+            let counts = ints(&n.0)?;
+            for i in 0..rows {
+                let c = n.at(i);
+                if !counts.is_valid(c) {
+                    continue;
+                }
+                let v = i128::from(counts.value(c));
+                // DataFusion's pads panic on a negative length (found by fuzzing).
+                if v < 0 {
+                    return exec_err!("{name}() takes a length of at least 0, got {v}");
+                }
+                too_big(v, MAX_TEXT_BYTES, "characters")?;
+                need.add(bytes(v) * 4); // up to 4 bytes per character
             }
         }
         Bound::ArrayRepeat => {
             let (Some(element), Some(n)) = (arg(0)?, arg(1)?) else {
-                return Ok(());
+                return Ok(need);
             };
-            let n = ints(&n)?;
-            let per: Option<(Int64Array, usize, &str)> = match element.data_type() {
+            let counts = ints(&n.0)?;
+            // Per element: its length, the limit, the unit, and the bytes per unit.
+            let per: Option<(Int64Array, usize, &str, i128)> = match element.0.data_type() {
                 DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..) => {
-                    Some((list_lengths(&element)?, MAX_LIST_LEN, "elements"))
+                    Some((list_lengths(&element.0)?, MAX_LIST_LEN, "elements", 8))
                 }
                 DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-                    Some((text_lengths(&element)?, MAX_TEXT_BYTES, "bytes"))
+                    Some((text_lengths(&element.0)?, MAX_TEXT_BYTES, "bytes", 1))
                 }
                 _ => None,
             };
-            for i in 0..n.len() {
-                if !n.is_valid(i) {
+            for i in 0..rows {
+                let c = n.at(i);
+                if !counts.is_valid(c) {
                     continue;
                 }
-                let count = i128::from(n.value(i).max(0));
+                let count = i128::from(counts.value(c).max(0));
                 too_big(count, MAX_LIST_LEN, "elements")?;
-                if let Some((lens, limit, unit)) = &per
-                    && lens.is_valid(i)
-                {
-                    too_big(count * i128::from(lens.value(i)), *limit, unit)?;
+                let mut size = count * 8;
+                if let Some((lens, limit, unit, width)) = &per {
+                    let e = element.at(i);
+                    if lens.is_valid(e) {
+                        let all = count * i128::from(lens.value(e));
+                        too_big(all, *limit, unit)?;
+                        size += all * width;
+                    }
                 }
+                need.add(bytes(size));
             }
         }
         Bound::Resize => {
-            if let Some(n) = arg(1)? {
-                max_int(&n, |v| too_big(v, MAX_LIST_LEN, "elements"))?;
+            let Some(n) = arg(1)? else {
+                return Ok(need);
+            };
+            let counts = ints(&n.0)?;
+            for i in 0..rows {
+                let c = n.at(i);
+                if counts.is_valid(c) {
+                    let v = i128::from(counts.value(c));
+                    too_big(v, MAX_LIST_LEN, "elements")?;
+                    need.add(bytes(v) * 16);
+                }
             }
         }
         Bound::Series => {
             let inclusive = name == "generate_series";
-            let cols: Vec<ArrayRef> = (0..args.len()).filter_map(|i| arg(i).ok()?).collect();
-            if cols.iter().any(|c| !c.data_type().is_integer()) {
+            let cols: Vec<Arg> = (0..args.len()).filter_map(|i| arg(i).ok()?).collect();
+            if cols.iter().any(|c| !c.0.data_type().is_integer()) {
                 return exec_err!(
                     "{name}() takes integers only; dates and timestamps are not supported"
                 );
             }
-            let cols = cols.iter().map(ints).collect::<Result<Vec<_>>>()?;
-            let (start, stop, step) = match cols.as_slice() {
-                [stop] => (None, stop, None),
-                [start, stop] => (Some(start), stop, None),
-                [start, stop, step] => (Some(start), stop, Some(step)),
-                _ => return Ok(()),
+            let values = cols
+                .iter()
+                .map(|c| ints(&c.0))
+                .collect::<Result<Vec<_>>>()?;
+            let at = |k: usize, i: usize| -> Option<i64> {
+                let (c, v) = (&cols[k], &values[k]);
+                let j = c.at(i);
+                v.is_valid(j).then(|| v.value(j))
             };
-            for i in 0..stop.len() {
-                let get = |a: Option<&Int64Array>, default: i64| match a {
-                    None => Some(default),
-                    Some(a) => a.is_valid(i).then(|| a.value(i)),
+            for i in 0..rows {
+                let (a, b, s) = match cols.len() {
+                    1 => (Some(0), at(0, i), Some(1)),
+                    2 => (at(0, i), at(1, i), Some(1)),
+                    3 => (at(0, i), at(1, i), at(2, i)),
+                    _ => return Ok(need),
                 };
-                let (Some(a), Some(b), Some(s)) = (get(start, 0), get(Some(stop), 0), get(step, 1))
-                else {
+                let (Some(a), Some(b), Some(s)) = (a, b, s) else {
                     continue;
                 };
                 if s == 0 {
@@ -203,10 +476,71 @@ fn check(name: &str, bound: Bound, args: &[ColumnarValue], rows: usize) -> Resul
                 }
                 let span = (i128::from(b) - i128::from(a)) / i128::from(s);
                 too_big(span + i128::from(inclusive), MAX_LIST_LEN, "elements")?;
+                need.add(bytes(span + 1) * 8);
+            }
+        }
+        Bound::Replace => {
+            let (Some(text), Some(from), Some(to)) = (arg(0)?, arg(1)?, arg(2)?) else {
+                return Ok(need);
+            };
+            let (texts, froms, tos) = (utf8(&text.0)?, utf8(&from.0)?, utf8(&to.0)?);
+            for i in 0..rows {
+                let (Some(s), Some(f), Some(t)) = (
+                    value(&texts, text.at(i)),
+                    value(&froms, from.at(i)),
+                    value(&tos, to.at(i)),
+                ) else {
+                    continue;
+                };
+                // An empty `from` leaves the text as it is (as PostgreSQL does).
+                let occurrences = if f.is_empty() {
+                    0
+                } else {
+                    s.matches(f).count()
+                };
+                need.add(s.len() as u128 + occurrences as u128 * t.len() as u128);
+            }
+        }
+        Bound::RegexpReplace => {
+            let (Some(text), Some(to)) = (arg(0)?, arg(2)?) else {
+                return Ok(need);
+            };
+            let (lens, tos) = (text_lengths(&text.0)?, utf8(&to.0)?);
+            for i in 0..rows {
+                let (l, t) = (text.at(i), to.at(i));
+                if !lens.is_valid(l) {
+                    continue;
+                }
+                let Some(t) = value(&tos, t) else { continue };
+                let s = lens.value(l).max(0) as u128;
+                // Matches do not overlap: the groups `to` repeats hold at most `s` bytes
+                // each time `to` names one (`$1`: 2 bytes of `to` at least).
+                let t = t.len() as u128;
+                need.add(s + (s + 1) * t + (t / 2) * s);
             }
         }
     }
-    Ok(())
+    Ok(need)
+}
+
+/// Text values as one UTF-8 array (other types: all null).
+fn utf8(a: &ArrayRef) -> Result<ArrayRef> {
+    match a.data_type() {
+        DataType::Utf8 => Ok(a.clone()),
+        DataType::LargeUtf8 | DataType::Utf8View => {
+            Ok(cast(a, &DataType::Utf8).map_err(DataFusionError::from)?)
+        }
+        _ => Ok(datafusion::arrow::array::new_null_array(
+            &DataType::Utf8,
+            a.len(),
+        )),
+    }
+}
+
+/// The text at `i` of a UTF-8 array from [`utf8`].
+fn value(a: &ArrayRef, i: usize) -> Option<&str> {
+    let a = a.as_string::<i32>();
+    a.is_valid(i).then(|| a.value(i))
 }
 
 /// The byte length of each text value.
@@ -241,10 +575,4 @@ fn list_lengths(a: &ArrayRef) -> Result<Int64Array> {
 fn ints(a: &ArrayRef) -> Result<Int64Array> {
     let c = cast(a, &DataType::Int64).map_err(DataFusionError::from)?;
     Ok(c.as_primitive::<Int64Type>().clone())
-}
-
-/// Calls `f` with each non-null value of `a` as an integer.
-fn max_int(a: &ArrayRef, f: impl Fn(i128) -> Result<()>) -> Result<()> {
-    let v = ints(a)?;
-    v.iter().flatten().try_for_each(|x| f(i128::from(x)))
 }

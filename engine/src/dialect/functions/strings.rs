@@ -68,3 +68,69 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
     };
     Some(out)
 }
+
+/// `a + b` of two strings, AWS's concatenation (Undefined when either is): a call of
+/// [`TextPlus`], metered like every function, rather than DataFusion's `||` operator,
+/// which no memory check can reach.
+pub(crate) fn plus(
+    l: datafusion::logical_expr::Expr,
+    r: datafusion::logical_expr::Expr,
+) -> datafusion::logical_expr::Expr {
+    use datafusion::logical_expr::expr::ScalarFunction;
+    let udf = super::bounded::metered(datafusion::logical_expr::ScalarUDF::new_from_impl(
+        TextPlus::new(),
+    ));
+    datafusion::logical_expr::Expr::ScalarFunction(ScalarFunction::new_udf(
+        std::sync::Arc::new(udf),
+        vec![l, r],
+    ))
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TextPlus {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl TextPlus {
+    fn new() -> Self {
+        use datafusion::arrow::datatypes::DataType;
+        use datafusion::logical_expr::{Signature, Volatility};
+        Self {
+            signature: Signature::uniform(2, vec![DataType::Utf8], Volatility::Immutable),
+        }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for TextPlus {
+    super::args::name_and_signature!("__weir_text_plus");
+
+    fn return_type(
+        &self,
+        _arg_types: &[datafusion::arrow::datatypes::DataType],
+    ) -> datafusion::common::Result<datafusion::arrow::datatypes::DataType> {
+        Ok(datafusion::arrow::datatypes::DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::compute::kernels::concat_elements::concat_elements_utf8;
+        use datafusion::common::ScalarValue;
+        use datafusion::logical_expr::ColumnarValue;
+        if let [ColumnarValue::Scalar(l), ColumnarValue::Scalar(r)] = args.args.as_slice() {
+            let text = |v: &ScalarValue| match v {
+                ScalarValue::Utf8(s) => s.clone(),
+                _ => None,
+            };
+            let joined = text(l).zip(text(r)).map(|(l, r)| l + &r);
+            return Ok(ColumnarValue::Scalar(ScalarValue::Utf8(joined)));
+        }
+        let arrays = super::args::arg_arrays(&args)?;
+        let (l, r) = (arrays[0].as_string::<i32>(), arrays[1].as_string::<i32>());
+        Ok(ColumnarValue::Array(std::sync::Arc::new(
+            concat_elements_utf8(l, r)?,
+        )))
+    }
+}
