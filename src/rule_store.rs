@@ -298,6 +298,30 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_that_cannot_be_written_refuses_the_change_and_memory_stays_in_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = RuleStore::open(&dir).unwrap();
+        assert!(s.put(rule("a")).unwrap());
+        // The journal cannot be opened again (as on a full or read-only disk).
+        s.journal = None;
+        std::fs::remove_file(dir.join("rules.journal")).unwrap();
+        std::fs::create_dir(dir.join("rules.journal")).unwrap();
+        let err = s.put(rule("b")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot write rule journal"),
+            "{err:#}"
+        );
+        assert!(s.remove("a").is_err());
+        let names = |s: &RuleStore| s.list().map(|r| r.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&s), ["a"], "memory keeps what the disk has");
+        // The disk recovers: the next change writes a whole snapshot.
+        std::fs::remove_dir(dir.join("rules.journal")).unwrap();
+        assert!(s.put(rule("b")).unwrap());
+        assert_eq!(names(&RuleStore::open(&dir).unwrap()), ["a", "b"]);
+    }
+
+    #[test]
     fn persists_across_opens() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");

@@ -376,6 +376,33 @@ async fn what_does_not_fit_in_the_buffer_is_dead_lettered() {
 }
 
 #[tokio::test]
+async fn what_the_disk_buffer_cannot_write_is_dead_lettered_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = dir.path().join("buffer");
+    let b = Behaviour::down();
+    let h = Harness::start(b, settings(&buffer, policy()), None).await;
+    until("the buffer opened", || buffer.is_dir()).await;
+    // The disk goes away under the open buffer: no segment can be written any more.
+    std::fs::remove_dir_all(&buffer).unwrap();
+    std::fs::write(&buffer, b"not a directory").unwrap();
+    h.send(0..2).await;
+    let mut h = h;
+    for _ in 0..2 {
+        let dead = h.dead_letter().await;
+        assert_eq!(dead.error.reason, Reason::BufferIo);
+        assert!(
+            dead.error
+                .to_string()
+                .contains("cannot write the disk buffer"),
+            "{}",
+            dead.error
+        );
+    }
+    assert_eq!(h.dead_lettered(Reason::BufferIo), 2);
+    h.finish().await;
+}
+
+#[tokio::test]
 async fn what_stays_buffered_is_delivered_by_the_next_worker() {
     let dir = tempfile::tempdir().unwrap();
     let b = Behaviour::down();
