@@ -30,7 +30,7 @@ static ALLOCATOR: Counting = Counting;
 struct Meter {
     /// The scope's limit in bytes; 0 outside any scope.
     limit: Cell<usize>,
-    /// Bytes allocated and not released since the scope began (or last [`restart`]).
+    /// Bytes allocated and not released since the scope began (or last [`restart_at`]).
     used: Cell<usize>,
     /// The most `used` has been since then.
     peak: Cell<usize>,
@@ -153,13 +153,14 @@ impl Drop for Scope {
     }
 }
 
-/// Starts this thread's count again from zero, within the same limit: for a second
-/// attempt at what went over.
-pub fn restart() {
+/// Starts this thread's count again, within the same limit, at `held` bytes: what the
+/// evaluation still holds from before (the outputs of a first attempt's half). For a
+/// second attempt at what went over.
+pub fn restart_at(held: usize) {
     METER.with(|m| {
         m.high.set(m.high.get().max(m.peak.get()));
-        m.used.set(0);
-        m.peak.set(0);
+        m.used.set(held);
+        m.peak.set(held);
         m.refused.set(0);
     });
 }
@@ -210,7 +211,7 @@ pub fn check() -> Result<(), Exceeded> {
 }
 
 /// The most this thread's evaluation has held at once since its scope began, counted from
-/// zero at each [`restart`]: what it did allocate, not what it was refused.
+/// where each [`restart_at`] puts it: what it did allocate, not what it was refused.
 pub fn peak() -> usize {
     METER.with(|m| m.high.get().max(m.peak.get()))
 }
@@ -266,7 +267,7 @@ mod tests {
         drop(big);
         // Going over stays marked until the count starts again.
         assert!(check().is_err());
-        restart();
+        restart_at(0);
         assert_eq!(check(), Ok(()));
         drop(small); // allocated before the restart: the count stays at zero, not below
         let again = vec![2u8; 900 << 10];

@@ -51,6 +51,9 @@ fn element_field(path: &[Ident]) -> Expr {
 }
 
 fn lambda(body: Expr) -> Expr {
+    // Metered: what the body gives for every element is charged before the array function
+    // repeats it (see `functions::bounded::MATERIALIZE`).
+    let body = call(super::functions::bounded::MATERIALIZE, vec![body]);
     Expr::Lambda(LambdaFunction {
         params: OneOrManyWithParens::One(LambdaFunctionParameter {
             name: Ident::new(ELEMENT),

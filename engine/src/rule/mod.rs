@@ -168,6 +168,11 @@ impl Rule {
     /// halves, each counted afresh, so that only the messages that need more than the
     /// budget on their own fail (reason `memory_budget`).
     pub fn process<M: Borrow<Message>>(&self, msgs: &[M]) -> Outcome {
+        self.process_holding(msgs, 0)
+    }
+
+    /// [`Rule::process`] with `held` bytes of earlier outputs of the same batch still held.
+    fn process_holding<M: Borrow<Message>>(&self, msgs: &[M], held: usize) -> Outcome {
         match self.process_within_budget(msgs) {
             Ok(outcome) => outcome,
             Err(over) if msgs.len() == 1 => Outcome {
@@ -179,11 +184,14 @@ impl Rule {
                 ..Outcome::default()
             },
             Err(_) => {
+                // Each half counts from what the batch's outputs so far hold, so that
+                // all of them together stay within the budget too.
                 let mid = msgs.len() / 2;
-                memory::restart();
-                let mut outcome = self.process(&msgs[..mid]);
-                memory::restart();
-                let second = self.process(&msgs[mid..]);
+                memory::restart_at(held);
+                let mut outcome = self.process_holding(&msgs[..mid], held);
+                let held = held.saturating_add(outcome.bytes());
+                memory::restart_at(held);
+                let second = self.process_holding(&msgs[mid..], held);
                 outcome
                     .outputs
                     .extend(second.outputs.into_iter().map(|mut o| {
@@ -399,6 +407,15 @@ impl Rule {
         };
         let columns = eval(&plan.columns)?;
         let templates = eval(&plan.templates)?;
+        // The JSON takes about what its columns hold, each counted (a column may be the
+        // same array as another: `SELECT s AS a, s AS b`).
+        memory::reserve(
+            columns
+                .iter()
+                .chain(&templates)
+                .map(|c| c.get_array_memory_size())
+                .fold(0usize, usize::saturating_add),
+        )?;
         let encoded = self
             .encode(&plan, columns, selected.len())
             .map_err(eval_error)?;

@@ -73,3 +73,14 @@ pub struct Outcome {
     /// Messages for which WHERE was false (or undefined).
     pub filtered_out: usize,
 }
+
+impl Outcome {
+    /// About how many bytes the outcome holds.
+    pub fn bytes(&self) -> usize {
+        let outputs = self.outputs.iter().map(|o| {
+            o.payload.len() + o.params.iter().flatten().map(String::len).sum::<usize>() + 64
+        });
+        let failures = self.failures.iter().map(|f| f.message.len() + 32);
+        outputs.chain(failures).fold(0, usize::saturating_add)
+    }
+}

@@ -405,6 +405,11 @@ fn functions_sized_by_a_count_are_bounded() {
             "array_repeat(repeat(s, 1000), n / 1000000)",
             "would build a value of 2000000 bytes",
         ),
+        // A fill value that is itself a list counts its elements too.
+        (
+            "array_resize(make_array(make_array(1)), n / 20000, range(0, 100000))",
+            "would build a value of 10000000000 elements",
+        ),
         // A negative length made DataFusion's pads panic (found by fuzzing).
         (
             "lpad(s, 3 - n)",
@@ -505,8 +510,9 @@ fn a_rule_over_its_memory_budget_is_stopped_before_it_allocates_the_excess() {
         // Stopped near the budget, far below what the batch would have taken.
         assert!(peak < 3 * budget, "{expr}: held {peak} bytes");
     }
-    // Each of these fits one message at a time, but not the whole batch (64 MB or more):
-    // every message gets its output, in order.
+    // Each of these fits one message at a time, but not the whole batch of 8 (8 MB of
+    // output and as much again while it is built): every message gets its output, in order.
+    let msgs = &msgs[..8];
     let fits = [
         "lpad(s, 1000000)",
         "repeat('x', 1000000)",
@@ -520,7 +526,7 @@ fn a_rule_over_its_memory_budget_is_stopped_before_it_allocates_the_excess() {
         let rule = Rule::compile(&e, &format!("SELECT i, {expr} AS out FROM 't'"), &[])
             .unwrap_or_else(|err| panic!("{expr}: {err}"));
         let scope = memory::Scope::enter(budget);
-        let out = rule.process(&msgs);
+        let out = rule.process(msgs);
         let peak = memory::peak();
         drop(scope);
         assert_eq!(out.failures, [], "{expr}");
@@ -529,7 +535,7 @@ fn a_rule_over_its_memory_budget_is_stopped_before_it_allocates_the_excess() {
             .iter()
             .map(|o| json(&o.payload)["i"].as_i64().unwrap())
             .collect();
-        assert_eq!(order, (0..64).collect::<Vec<_>>(), "{expr}");
+        assert_eq!(order, (0..8).collect::<Vec<_>>(), "{expr}");
         assert!(peak < 3 * budget, "{expr}: held {peak} bytes");
     }
     // Outside a scope nothing is limited (the rule test endpoint and the pipeline enter one).
@@ -539,7 +545,79 @@ fn a_rule_over_its_memory_budget_is_stopped_before_it_allocates_the_excess() {
         &[],
     )
     .unwrap();
-    assert_eq!(rule.process(&msgs).outputs.len(), 64);
+    assert_eq!(rule.process(msgs).outputs.len(), 8);
+}
+
+#[test]
+fn what_a_batch_keeps_and_what_it_repeats_counts_against_its_budget() {
+    let e = Engine::new();
+    let big = "y".repeat(100_000);
+    let msgs: Vec<Message> = (0..64)
+        .map(|i| {
+            let payload = serde_json::json!({"i": i, "s": big, "a": vec![0; 10_000]});
+            Message::new("t", payload.to_string().into_bytes())
+        })
+        .collect();
+    let budget = 16usize << 20;
+    let run = |sql: &str, msgs: &[Message]| {
+        let rule = Rule::compile(&e, sql, &[]).unwrap_or_else(|err| panic!("{sql}: {err}"));
+        let scope = memory::Scope::enter(budget);
+        let out = rule.process(msgs);
+        let peak = memory::peak();
+        drop(scope);
+        assert!(peak < 3 * budget, "{sql}: held {peak} bytes");
+        out
+    };
+    let all_over = |sql: &str| {
+        let out = run(sql, &msgs);
+        assert!(out.outputs.is_empty(), "{sql}");
+        assert_eq!(out.failures.len(), 64, "{sql}");
+        assert!(
+            out.failures
+                .iter()
+                .all(|f| f.reason == FailureReason::MemoryBudget),
+            "{sql}: {:?}",
+            out.failures.first()
+        );
+    };
+    // The same column 200 times: no copy until the JSON, which would take 20 MB a message.
+    let columns: Vec<String> = (0..200).map(|i| format!("s AS c{i}")).collect();
+    all_over(&format!("SELECT {} FROM 't'", columns.join(", ")));
+    // A value computed once and repeated for each of 10,000 elements: 1 GB a message.
+    all_over("SELECT (SELECT repeat('x', 100000) AS r FROM a) AS x FROM 't'");
+    // The delimiter repeated between 100,000 elements: 100 GB a message.
+    all_over("SELECT array_to_string(range(0, 100000), repeat('x', 1000000)) AS j FROM 't'");
+    // Each message's 1 MB output fits, but not all 64 together: those past the budget
+    // fail, the others pass.
+    let out = run("SELECT i, repeat(s, 10) AS r FROM 't'", &msgs);
+    assert_eq!(out.outputs.len() + out.failures.len(), 64);
+    assert!(
+        (4..16).contains(&out.outputs.len()),
+        "{} outputs",
+        out.outputs.len()
+    );
+    assert!(
+        out.failures
+            .iter()
+            .all(|f| f.reason == FailureReason::MemoryBudget)
+    );
+    // A replacement whose bound (every position a match) is 200 MB, with one actual match:
+    // counted, not refused.
+    let one = [Message::new(
+        "t",
+        serde_json::json!({"s": format!("{big}z")})
+            .to_string()
+            .into_bytes(),
+    )];
+    let out = run(
+        "SELECT regexp_replace(s, 'z', repeat('q', 2000)) AS r FROM 't'",
+        &one,
+    );
+    assert_eq!(out.failures, []);
+    assert_eq!(
+        json(&out.outputs[0].payload)["r"].as_str().unwrap().len(),
+        102_000
+    );
 }
 
 #[test]

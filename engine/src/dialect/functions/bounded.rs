@@ -53,8 +53,15 @@ enum Bound {
     /// `replace(text, from, to)`: `len(text)` plus `len(to)` per occurrence of `from`.
     Replace,
     /// `regexp_replace(text, pattern, to [, flags])`: at most `len(text)` plus, per match
-    /// (at most `len(text) + 1`), `len(to)` and the groups `to` refers to.
+    /// (at most `len(text) + 1`), `len(to)` and the groups `to` refers to; counted exactly
+    /// when that bound does not fit.
     RegexpReplace,
+    /// `array_to_string(list, delimiter [, null_text])`: the elements as text, with a
+    /// delimiter (and the null text) per element.
+    ArrayToString,
+    /// `array_replace(list, from, to [, n])`, `array_replace_n`, `array_replace_all`: at
+    /// most one `to` per element.
+    ArrayReplace,
 }
 
 /// The functions whose arguments bound what they build, with how.
@@ -68,12 +75,55 @@ const BOUNDED: &[(&str, Bound)] = &[
     ("generate_series", Bound::Series),
     ("replace", Bound::Replace),
     ("regexp_replace", Bound::RegexpReplace),
+    ("array_to_string", Bound::ArrayToString),
+    ("array_replace", Bound::ArrayReplace),
+    ("array_replace_n", Bound::ArrayReplace),
+    ("array_replace_all", Bound::ArrayReplace),
 ];
 
 /// Functions left unwrapped: DataFusion recognises them by their type while planning
 /// (`get_field` of `named_struct`, `log` of `power`), and they build nothing larger than
 /// their arguments.
 const UNWRAPPED: &[&str] = &["get_field", "named_struct", "struct", "log", "power"];
+
+/// The identity, metered: a value computed once (a literal, a function of literals) that
+/// an array function's lambda returns for every element is charged once per element
+/// before the array function repeats it.
+pub(crate) const MATERIALIZE: &str = "__weir_materialize";
+
+/// The functions this module adds to the registry.
+pub(super) fn udfs() -> Vec<ScalarUDF> {
+    vec![ScalarUDF::new_from_impl(Materialize {
+        signature: Signature::any(1, datafusion::logical_expr::Volatility::Immutable),
+    })]
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Materialize {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Materialize {
+    fn name(&self) -> &str {
+        MATERIALIZE
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(args.arg_fields[0].clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(args.args[0].clone())
+    }
+}
 
 /// Replaces every scalar function in `state`'s registry with its metered wrapper.
 pub fn install(state: &mut SessionState) {
@@ -277,7 +327,8 @@ impl ScalarUDFImpl for Metered {
             // Not inside a rule's evaluation, and no limit of its own.
             return self.inner.invoke_with_args(args);
         }
-        let need = measure(self.name(), self.bound, &args.args, args.number_rows)?;
+        let rows = args.number_rows;
+        let need = measure(self.name(), self.bound, &args.args, rows, available)?;
         let Some(available) = available else {
             return self.inner.invoke_with_args(args);
         };
@@ -291,9 +342,19 @@ impl ScalarUDFImpl for Metered {
             self.inner.invoke_with_args(args)?
         };
         memory::check().map_err(over_budget)?;
+        if let ColumnarValue::Scalar(v) = &out
+            && v.size() > LARGE_VALUE
+        {
+            // One value for every row: whatever uses it (CASE, a struct, an array
+            // function's lambda) may repeat it `rows` times.
+            memory::reserve(v.size().saturating_mul(rows)).map_err(over_budget)?;
+        }
         Ok(out)
     }
 }
+
+/// A single value larger than this is charged as if repeated on every row.
+const LARGE_VALUE: usize = 4096;
 
 /// What a call would build: in all, and for its largest row, in bytes.
 #[derive(Debug, Default, Clone, Copy)]
@@ -321,7 +382,13 @@ impl Arg {
 
 /// Refuses arguments that would build a value over the limits, naming the function, the
 /// size it would build and the limit; otherwise says how much the call would build.
-fn measure(name: &str, bound: Option<Bound>, args: &[ColumnarValue], rows: usize) -> Result<Need> {
+fn measure(
+    name: &str,
+    bound: Option<Bound>,
+    args: &[ColumnarValue],
+    rows: usize,
+    available: Option<usize>,
+) -> Result<Need> {
     let Some(bound) = bound else {
         // A function that builds from its arguments: about as much as they hold, a literal
         // once per row.
@@ -415,6 +482,12 @@ fn measure(name: &str, bound: Option<Bound>, args: &[ColumnarValue], rows: usize
                 }
                 _ => None,
             };
+            // Structs, maps, binary: what one element holds, on average.
+            let each = if per.is_none() {
+                row_bytes(&element)
+            } else {
+                0
+            };
             for i in 0..rows {
                 let c = n.at(i);
                 if !counts.is_valid(c) {
@@ -422,7 +495,7 @@ fn measure(name: &str, bound: Option<Bound>, args: &[ColumnarValue], rows: usize
                 }
                 let count = i128::from(counts.value(c).max(0));
                 too_big(count, MAX_LIST_LEN, "elements")?;
-                let mut size = count * 8;
+                let mut size = count * (8 + each as i128);
                 if let Some((lens, limit, unit, width)) = &per {
                     let e = element.at(i);
                     if lens.is_valid(e) {
@@ -435,16 +508,79 @@ fn measure(name: &str, bound: Option<Bound>, args: &[ColumnarValue], rows: usize
             }
         }
         Bound::Resize => {
-            let Some(n) = arg(1)? else {
+            let (Some(list), Some(n)) = (arg(0)?, arg(1)?) else {
                 return Ok(need);
             };
             let counts = ints(&n.0)?;
+            // What one element holds: the fill value's size, or the list's elements'.
+            let fill = arg(2)?;
+            let each = match &fill {
+                Some(f) => row_bytes(f),
+                None => element_bytes(&list.0),
+            }
+            .max(16);
+            let inner = match &fill {
+                Some(f) => Some((list_lengths(&f.0)?, f)),
+                None => None,
+            };
             for i in 0..rows {
                 let c = n.at(i);
                 if counts.is_valid(c) {
                     let v = i128::from(counts.value(c));
                     too_big(v, MAX_LIST_LEN, "elements")?;
-                    need.add(bytes(v) * 16);
+                    if let Some((lens, f)) = &inner
+                        && lens.is_valid(f.at(i))
+                    {
+                        let all = v.max(0) * i128::from(lens.value(f.at(i)));
+                        too_big(all, MAX_LIST_LEN, "elements")?;
+                    }
+                    need.add(bytes(v) * each);
+                }
+            }
+        }
+        Bound::ArrayToString => {
+            let (Some(list), Some(delimiter)) = (arg(0)?, arg(1)?) else {
+                return Ok(need);
+            };
+            let lens = list_lengths(&list.0)?;
+            let d = text_lengths(&delimiter.0)?;
+            let null_text = match arg(2)? {
+                Some(t) => Some((text_lengths(&t.0)?, t)),
+                None => None,
+            };
+            // A number takes up to 24 characters as text: three times its 8 bytes.
+            let each = 3 * element_bytes(&list.0).max(8);
+            for i in 0..rows {
+                let l = list.at(i);
+                if !lens.is_valid(l) {
+                    continue;
+                }
+                let n = lens.value(l).max(0) as u128;
+                let at = delimiter.at(i);
+                let mut per = each
+                    + if d.is_valid(at) {
+                        d.value(at).max(0) as u128
+                    } else {
+                        0
+                    };
+                if let Some((t, a)) = &null_text
+                    && t.is_valid(a.at(i))
+                {
+                    per += t.value(a.at(i)).max(0) as u128;
+                }
+                need.add(n * per);
+            }
+        }
+        Bound::ArrayReplace => {
+            let (Some(list), Some(to)) = (arg(0)?, arg(2)?) else {
+                return Ok(need);
+            };
+            let lens = list_lengths(&list.0)?;
+            let each = row_bytes(&to).max(element_bytes(&list.0)).max(8);
+            for i in 0..rows {
+                let l = list.at(i);
+                if lens.is_valid(l) {
+                    need.add(lens.value(l).max(0) as u128 * each);
                 }
             }
         }
@@ -522,9 +658,89 @@ fn measure(name: &str, bound: Option<Bound>, args: &[ColumnarValue], rows: usize
                 let t = t.len() as u128;
                 need.add(s + (s + 1) * t + (t / 2) * s);
             }
+            if available.is_some_and(|a| need.total > a as u128) {
+                // Too loose to run on: count what the matches do build.
+                need = regexp_replace_exactly(args, rows)?;
+            }
         }
     }
     Ok(need)
+}
+
+/// What `regexp_replace` builds, row by row, from its actual matches: the text, plus per
+/// match the replacement and the groups it names (DataFusion's rules: without the `g`
+/// flag only the first match is replaced, the other flags go into the pattern).
+fn regexp_replace_exactly(args: &[ColumnarValue], rows: usize) -> Result<Need> {
+    let text = |i: usize| -> Result<Option<Arg>> {
+        args.get(i)
+            .map(|a| {
+                Ok(Arg(utf8(&match a {
+                    ColumnarValue::Array(a) => a.clone(),
+                    ColumnarValue::Scalar(s) => s.to_array_of_size(1)?,
+                })?))
+            })
+            .transpose()
+    };
+    let (Some(s), Some(p), Some(t)) = (text(0)?, text(1)?, text(2)?) else {
+        return Ok(Need::default());
+    };
+    let flags = text(3)?;
+    let mut compiled: std::collections::HashMap<String, regex::Regex> = Default::default();
+    let mut need = Need::default();
+    for i in 0..rows {
+        let (Some(string), Some(pattern), Some(to)) = (
+            value(&s.0, s.at(i)),
+            value(&p.0, p.at(i)),
+            value(&t.0, t.at(i)),
+        ) else {
+            continue;
+        };
+        let flags = flags
+            .as_ref()
+            .and_then(|f| value(&f.0, f.at(i)))
+            .unwrap_or("");
+        let all = flags.contains('g');
+        let rest = flags.replace('g', "");
+        let pattern = if rest.is_empty() {
+            pattern.to_owned()
+        } else {
+            format!("(?{rest}){pattern}")
+        };
+        if !compiled.contains_key(&pattern) {
+            match regex::Regex::new(&pattern) {
+                Ok(re) => {
+                    compiled.insert(pattern.clone(), re);
+                }
+                // The function says what is wrong with it.
+                Err(_) => continue,
+            }
+        }
+        let re = &compiled[&pattern];
+        let (mut matches, mut matched) = (0u128, 0u128);
+        for m in re.find_iter(string).take(if all { usize::MAX } else { 1 }) {
+            matches += 1;
+            matched += m.len() as u128;
+        }
+        let refs = (to.matches('$').count() + to.matches('\\').count()) as u128;
+        need.add(string.len() as u128 + matches * to.len() as u128 + refs * matched);
+    }
+    Ok(need)
+}
+
+/// The bytes one row of `a` holds, on average.
+fn row_bytes(a: &Arg) -> u128 {
+    (a.0.get_array_memory_size() / a.0.len().max(1)) as u128
+}
+
+/// The bytes one element of the lists in `a` holds, on average (0 if `a` holds no lists).
+fn element_bytes(a: &ArrayRef) -> u128 {
+    let values = match a.data_type() {
+        DataType::List(_) => a.as_list::<i32>().values().clone(),
+        DataType::LargeList(_) => a.as_list::<i64>().values().clone(),
+        DataType::FixedSizeList(..) => a.as_fixed_size_list().values().clone(),
+        _ => return 0,
+    };
+    (values.get_array_memory_size() / values.len().max(1)) as u128
 }
 
 /// Text values as one UTF-8 array (other types: all null).

@@ -49,6 +49,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         hashes::udfs(),
         collections::udfs(),
         time::udfs(),
+        bounded::udfs(),
     ]
     .concat()
 }
@@ -82,8 +83,9 @@ pub(super) fn resolve(
     if let Some(r) = rewritten {
         return r.map(Some);
     }
-    // Both forms of a nested SELECT: their calls are checked one by one.
-    if name == crate::dialect::nested::SELECT_FROM {
+    // Both forms of a nested SELECT, and the metered identity of its lambdas: the calls
+    // inside are checked one by one.
+    if name == crate::dialect::nested::SELECT_FROM || name == bounded::MATERIALIZE {
         return Ok(None);
     }
     if name.starts_with("__weir") {
