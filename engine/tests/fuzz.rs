@@ -3,7 +3,9 @@
 //! templates. Each target generates inputs for `FUZZ_SECONDS` seconds (1 by default, so
 //! that the test suite runs them briefly) and checks that compiling and evaluating never
 //! panics and that every message of a batch is accounted for (an output, a failure or
-//! filtered out). A failing input is printed; keep it as a regression case below.
+//! filtered out); the rule targets also run each rule within a small memory budget and
+//! check that it gives the same results, or fails messages for the budget. A failing
+//! input is printed; keep it as a regression case below.
 //!
 //! Longer runs (see docs/security.md):
 //! `FUZZ_SECONDS=300 cargo test --release --workspace --test fuzz -- --nocapture`
@@ -16,7 +18,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use weir_engine::template::{Template, TemplateExprs};
-use weir_engine::{Engine, Message, Rule};
+use weir_engine::{Engine, FailureReason, Message, Outcome, Rule, memory};
 
 /// How long each target runs.
 fn budget() -> Duration {
@@ -67,20 +69,49 @@ fn compile_and_run(
         .map(|p| Message::new("plant/p1/metrics", p.clone()).with_client_id("dev-1"))
         .collect();
     let out = rule.process(&msgs);
+    accounted(&out, msgs.len(), templates.len())?;
+    // Again within a small memory budget, as the pipeline runs rules: the metered paths
+    // (row by row, halves) give the same results, or fail messages with memory_budget.
+    let scope = memory::Scope::enter(1 << 20);
+    let budgeted = rule.process(&msgs);
+    drop(scope);
+    accounted(&budgeted, msgs.len(), templates.len())?;
+    let lower = format!("{sql} {}", templates.join(" ")).to_ascii_lowercase();
+    let volatile = ["timestamp", "newuuid", "traceid"]
+        .iter()
+        .any(|f| lower.contains(f));
+    let over = budgeted
+        .failures
+        .iter()
+        .any(|f| f.reason == FailureReason::MemoryBudget);
+    if !volatile && !over {
+        let failed = |o: &Outcome| -> Vec<(usize, FailureReason)> {
+            o.failures.iter().map(|f| (f.index, f.reason)).collect()
+        };
+        if budgeted.outputs != out.outputs || failed(&budgeted) != failed(&out) {
+            return Err(format!(
+                "within a budget: {:?} / {:?}, without: {:?} / {:?}",
+                budgeted.outputs, budgeted.failures, out.outputs, out.failures
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every message is an output, a failure or filtered out, and outputs carry every
+/// template value.
+fn accounted(out: &Outcome, messages: usize, templates: usize) -> Result<(), String> {
     let seen = out.outputs.len() + out.failures.len() + out.filtered_out;
-    if seen != msgs.len() {
+    if seen != messages {
         return Err(format!(
-            "{} messages, but {} outputs, {} failures, {} filtered",
-            msgs.len(),
+            "{messages} messages, but {} outputs, {} failures, {} filtered",
             out.outputs.len(),
             out.failures.len(),
             out.filtered_out
         ));
     }
-    for o in &out.outputs {
-        if o.params.len() != templates.len() {
-            return Err("an output lacks template values".to_owned());
-        }
+    if out.outputs.iter().any(|o| o.params.len() != templates) {
+        return Err("an output lacks template values".to_owned());
     }
     Ok(())
 }
@@ -117,6 +148,8 @@ const FUNCTIONS: &[&str] = &[
     "generate_series",
     "array_repeat",
     "array_resize",
+    "array_to_string",
+    "array_replace_all",
     "transform",
     "get_or_default",
     "nanvl",
