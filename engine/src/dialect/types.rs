@@ -103,16 +103,81 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
         Expr::Not(inner) if is_string(&inner.get_type(schema)?) => Ok(Transformed::yes(Expr::Not(
             Box::new(try_cast(inner.as_ref().clone(), DataType::Boolean)),
         ))),
-        Expr::ScalarFunction(f) if wrong_argument_types(f, schema)? => {
-            Ok(Transformed::yes(lit(ScalarValue::Null)))
+        Expr::ScalarFunction(f) => {
+            let numeric = NUMERIC.contains(&f.name());
+            let mut f = f.clone();
+            if numeric {
+                // AWS converts a String argument of a numeric function to a Decimal.
+                f.args = f
+                    .args
+                    .into_iter()
+                    .map(|a| {
+                        Ok(if is_string(&a.get_type(schema)?) {
+                            try_cast(a, DataType::Float64)
+                        } else {
+                            a
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            if wrong_argument_types(&f, schema)? {
+                return Ok(Transformed::yes(lit(ScalarValue::Null)));
+            }
+            if !numeric {
+                return Ok(match crate::dialect::functions::bounded::meter_call(&f) {
+                    Some(metered) => Transformed::yes(metered),
+                    None => Transformed::no(e),
+                });
+            }
+            Ok(Transformed::yes(aws_numeric_result(f, schema)?))
         }
-        Expr::ScalarFunction(f) => Ok(match crate::dialect::functions::bounded::meter_call(f) {
-            Some(metered) => Transformed::yes(metered),
-            None => Transformed::no(e),
-        }),
         _ => Ok(Transformed::no(e)),
     })
     .map(|t| t.data)
+}
+
+/// AWS's numeric functions, by their DataFusion names (`sign` is `signum`): a String
+/// argument is converted to a Decimal, and a result that is not a real number (`acos(2)`,
+/// `sqrt(-1)`) is Undefined.
+const NUMERIC: &[&str] = &[
+    "abs", "acos", "asin", "atan", "atan2", "ceil", "cos", "cosh", "exp", "floor", "ln", "log",
+    "power", "round", "signum", "sin", "sinh", "sqrt", "tan", "tanh", "trunc",
+];
+
+/// The numeric functions whose result AWS gives as an Int.
+const TO_INT: &[&str] = &["ceil", "floor", "round", "signum"];
+
+/// The call `f` of a numeric function, with AWS's result: an Int for [`TO_INT`], Undefined
+/// for what is not a real number.
+fn aws_numeric_result(f: ScalarFunction, schema: &DFSchema) -> Result<Expr> {
+    let name = f.name().to_owned();
+    let first = f.args.first().cloned();
+    let call = |f: &ScalarFunction| {
+        crate::dialect::functions::bounded::meter_call(f)
+            .unwrap_or_else(|| Expr::ScalarFunction(f.clone()))
+    };
+    let mut out = call(&f);
+    if name == "sqrt"
+        && let Some(x) = first
+    {
+        // DataFusion's sqrt fails on a negative number.
+        out = when(x.lt(lit(0)), lit(ScalarValue::Null)).otherwise(out)?;
+    }
+    // `round(x, places)` is DataFusion's, not AWS's: it keeps its Decimal.
+    let aws_round = name != "round" || f.args.len() == 1;
+    if TO_INT.contains(&name.as_str()) && aws_round {
+        if !matches!(out.get_type(schema)?, DataType::Int64) {
+            out = try_cast(out, DataType::Int64);
+        }
+        return Ok(out);
+    }
+    if matches!(out.get_type(schema)?, DataType::Float64 | DataType::Float32) {
+        // NaN, what AWS calls an imaginary result, is Undefined.
+        let finite =
+            ScalarFunction::new_udf(datafusion::functions::math::isnan(), vec![out.clone()]);
+        out = when(Expr::ScalarFunction(finite), lit(ScalarValue::Null)).otherwise(out)?;
+    }
+    Ok(out)
 }
 
 /// Whether the function does not take its arguments' types although it takes that many
