@@ -24,7 +24,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, Result, ScalarValue};
-use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr::{Cast, ScalarFunction};
 use datafusion::logical_expr::type_coercion::functions::fields_with_udf;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator, lit, try_cast, when};
 
@@ -103,9 +103,51 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
         Expr::Not(inner) if is_string(&inner.get_type(schema)?) => Ok(Transformed::yes(Expr::Not(
             Box::new(try_cast(inner.as_ref().clone(), DataType::Boolean)),
         ))),
+        Expr::Cast(Cast { expr, field }) => {
+            let data_type = field.data_type();
+            let from = expr.get_type(schema)?;
+            let inner = expr.as_ref().clone();
+            let rewritten = match data_type {
+                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => {
+                    to_text(inner, schema)?
+                }
+                // AWS: a String is read as a Decimal, which is rounded down.
+                DataType::Int64 if is_string(&from) => {
+                    try_cast(try_cast(inner, DataType::Float64), DataType::Int64)
+                }
+                DataType::Int64 if matches!(from, DataType::Float64 | DataType::Float32) => {
+                    try_cast(inner, DataType::Int64)
+                }
+                DataType::Int64 | DataType::Float64 | DataType::Boolean if is_nested(&from) => {
+                    lit(ScalarValue::Null)
+                }
+                DataType::Float64 | DataType::Boolean if is_string(&from) => {
+                    try_cast(inner, data_type.clone())
+                }
+                _ => return Ok(Transformed::no(e)),
+            };
+            Ok(Transformed::yes(rewritten))
+        }
         Expr::ScalarFunction(f) => {
             let numeric = NUMERIC.contains(&f.name());
             let mut f = f.clone();
+            if TEXT.contains(&f.name()) {
+                // AWS converts the arguments of a string function to Strings, an Array or
+                // Object to its JSON text; a count stays a number.
+                let counts = matches!(f.name(), "lpad" | "rpad");
+                f.args = f
+                    .args
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        if counts && i == 1 {
+                            Ok(a)
+                        } else {
+                            to_text(a, schema)
+                        }
+                    })
+                    .collect::<Result<_>>()?;
+            }
             if numeric {
                 // AWS converts a String argument of a numeric function to a Decimal.
                 f.args = f
@@ -126,7 +168,7 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
             if !numeric {
                 return Ok(match crate::dialect::functions::bounded::meter_call(&f) {
                     Some(metered) => Transformed::yes(metered),
-                    None => Transformed::no(e),
+                    None => Transformed::yes(Expr::ScalarFunction(f)),
                 });
             }
             Ok(Transformed::yes(aws_numeric_result(f, schema)?))
@@ -134,6 +176,46 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
         _ => Ok(Transformed::no(e)),
     })
     .map(|t| t.data)
+}
+
+/// AWS's string functions, by their DataFusion names (`trim` is `btrim`,
+/// `regexp_matches` is `regexp_like`, `regexp_substr` reads `regexp_match`).
+const TEXT: &[&str] = &[
+    "lower",
+    "upper",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "replace",
+    "regexp_like",
+    "regexp_replace",
+    "regexp_match",
+    "lpad",
+    "rpad",
+];
+
+fn is_nested(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(..)
+            | DataType::Struct(_)
+            | DataType::Map(..)
+    )
+}
+
+/// `e` as the String AWS converts it to: numbers and Booleans written out, an Array or
+/// Object as its JSON text; Null and Undefined stay Undefined.
+fn to_text(e: Expr, schema: &DFSchema) -> Result<Expr> {
+    let t = e.get_type(schema)?;
+    Ok(if is_string(&t) || t == DataType::Null {
+        e
+    } else if is_nested(&t) {
+        crate::dialect::functions::conversions::json_text(e)
+    } else {
+        try_cast(e, DataType::Utf8)
+    })
 }
 
 /// AWS's numeric functions, by their DataFusion names (`sign` is `signum`): a String

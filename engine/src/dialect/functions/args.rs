@@ -50,6 +50,14 @@ pub(super) fn int(e: Expr) -> Expr {
     cast(e, DataType::BigInt(None))
 }
 
+/// `CAST(e AS DOUBLE)`: a number, from a String if it holds one (Undefined if not).
+pub(super) fn double(e: Expr) -> Expr {
+    cast(
+        e,
+        DataType::Double(datafusion::sql::sqlparser::ast::ExactNumberInfo::None),
+    )
+}
+
 fn cast(e: Expr, data_type: DataType) -> Expr {
     Expr::Cast {
         kind: CastKind::Cast,

@@ -210,7 +210,7 @@ impl Concat {
 }
 
 /// The JSON form of every value of `array` (`None` where it is null).
-fn to_json(array: &ArrayRef) -> Result<Vec<Option<JsonValue>>> {
+pub(super) fn to_json(array: &ArrayRef) -> Result<Vec<Option<JsonValue>>> {
     let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![Field::new(
         "v",
         array.data_type().clone(),

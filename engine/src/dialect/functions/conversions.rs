@@ -1,7 +1,64 @@
 //! Conversions: `CAST(x AS <type>)` with AWS's type names (Int, Decimal, Bool/Boolean,
 //! String), and the ones DataFusion knows under those names.
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::StringBuilder;
+use datafusion::arrow::datatypes::DataType as ArrowType;
+use datafusion::common::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::sql::sqlparser::ast::{DataType, ExactNumberInfo};
+
+use super::args::name_and_signature;
+
+/// `__weir_json_text(x)`: an Array or Object as the String AWS makes of it, its JSON text
+/// (`lower(['HELLO'])` is `'["hello"]'`).
+pub(crate) const JSON_TEXT: &str = "__weir_json_text";
+
+/// The family's kernels.
+pub(super) fn udfs() -> Vec<ScalarUDF> {
+    vec![ScalarUDF::from(JsonText {
+        signature: Signature::any(1, Volatility::Immutable),
+    })]
+}
+
+/// The call `__weir_json_text(e)`, metered like every function.
+pub(crate) fn json_text(e: datafusion::logical_expr::Expr) -> datafusion::logical_expr::Expr {
+    use datafusion::logical_expr::expr::ScalarFunction;
+    let udf = super::bounded::metered(ScalarUDF::from(JsonText {
+        signature: Signature::any(1, Volatility::Immutable),
+    }));
+    datafusion::logical_expr::Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![e]))
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonText {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for JsonText {
+    name_and_signature!(JSON_TEXT);
+
+    fn return_type(&self, _arg_types: &[ArrowType]) -> Result<ArrowType> {
+        Ok(ArrowType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let array = args.args[0].to_array(args.number_rows)?;
+        let values = super::collections::to_json(&array)?;
+        let mut out = StringBuilder::new();
+        for v in values {
+            match v {
+                None | Some(serde_json::Value::Null) => out.append_null(),
+                Some(serde_json::Value::String(s)) => out.append_value(s),
+                Some(v) => out.append_value(v.to_string()),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
 
 /// The DataFusion type of an AWS type name in `CAST(x AS <type>)`, where they differ.
 pub(crate) fn cast_type(t: &DataType) -> Option<DataType> {

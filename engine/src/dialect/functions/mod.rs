@@ -49,6 +49,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         hashes::udfs(),
         collections::udfs(),
         time::udfs(),
+        conversions::udfs(),
         bounded::udfs(),
     ]
     .concat()

@@ -1,11 +1,11 @@
 //! Strings: `startswith`, `endswith`, `indexof`, `length`, `numbytes`, `substring`,
-//! `regexp_matches` and `regexp_substr`. Each is a rewrite into DataFusion's string
+//! `regexp_matches`, `regexp_substr`, `lpad` and `rpad`. Each is a rewrite into DataFusion's string
 //! functions that converts its arguments to strings and shifts positions to AWS's 0-based
 //! ones.
 
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
-use super::args::{Call, binary, int, number, string};
+use super::args::{Call, binary, double, if_undefined, int, number, string, text};
 use crate::dialect::ast::call;
 
 /// The rewrite of a string function, if `c` calls one.
@@ -59,11 +59,48 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
         "regexp_matches" => c
             .arity(2)
             .map(|()| call("regexp_like", vec![string(a(0)), a(1)])),
+        // AWS replaces every match: DataFusion's `g` flag.
+        "regexp_replace" if c.args.len() == 3 => Ok(call(
+            "regexp_replace",
+            vec![string(a(0)), a(1), a(2), text("g")],
+        )),
         "regexp_substr" => c.arity(2).map(|()| {
-            // The first match: element 1 of regexp_match's array (NULL when none).
-            let m = call("regexp_match", vec![string(a(0)), a(1)]);
+            // The whole first match: group 1 of the pattern in a group of its own (the
+            // pattern's own groups come after it), NULL when there is none.
+            let whole = binary(
+                binary(text("("), BinaryOperator::StringConcat, a(1)),
+                BinaryOperator::StringConcat,
+                text(")"),
+            );
+            let m = call("regexp_match", vec![string(a(0)), whole]);
             call("array_element", vec![m, number("1")])
         }),
+        // AWS's pads add `n` spaces (0 to 1000), whatever the text's length; with a fill
+        // argument they are DataFusion's.
+        "lpad" | "rpad" if c.args.len() == 2 => {
+            // The count is a number (a String converted, rounded down), as an Int.
+            let count = int(call("floor", vec![double(a(1))]));
+            // greatest and least pass over a NULL: an Undefined count stays Undefined.
+            let clamped = call(
+                "greatest",
+                vec![
+                    number("0"),
+                    call("least", vec![number("1000"), count.clone()]),
+                ],
+            );
+            let n = if_undefined(
+                count,
+                Expr::value(datafusion::sql::sqlparser::ast::Value::Null),
+                clamped,
+            );
+            let spaces = call("repeat", vec![text(" "), n]);
+            let s = string(a(0));
+            Ok(if c.name == "lpad" {
+                binary(spaces, BinaryOperator::StringConcat, s)
+            } else {
+                binary(s, BinaryOperator::StringConcat, spaces)
+            })
+        }
         _ => return None,
     };
     Some(out)
