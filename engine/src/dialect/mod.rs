@@ -68,6 +68,9 @@ pub struct ParsedRule {
     /// Output columns that pass a payload field through (`SELECT a.b AS x`): their
     /// position and the field's path. A JSON `null` there is output as `null`, as AWS does.
     pub passthrough: Vec<(usize, String)>,
+    /// Output columns that are the literal `NULL`: output as `null`, as AWS does
+    /// (`SELECT NULL AS n` gives `{"n": null}`).
+    pub null_literals: Vec<usize>,
     /// The variables of the rule's SET clause, in order; templates may use them too.
     pub variables: Vec<Variable>,
 }
@@ -192,11 +195,16 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
         fields: FieldTree::default(),
         meta: MetaNeeds::default(),
         passthrough: Vec::new(),
+        null_literals: Vec::new(),
         variables,
     };
     let mut fields = FieldTree::default();
     let mut needs = MetaNeeds::default();
     for (i, col) in rule.columns.iter_mut().enumerate() {
+        // As written: rewrites also make NULLs, for what AWS calls Undefined.
+        if is_null_literal(&col.expr) && !rule.value {
+            rule.null_literals.push(i);
+        }
         rewrite(
             engine,
             &mut col.expr,
@@ -217,6 +225,15 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
     rule.fields = fields;
     rule.meta = needs;
     Ok(rule)
+}
+
+/// Whether `e` is the literal `NULL` (in parentheses or not).
+fn is_null_literal(e: &Expr) -> bool {
+    match e {
+        Expr::Value(v) => v.value == datafusion::sql::sqlparser::ast::Value::Null,
+        Expr::Nested(inner) => is_null_literal(inner),
+        _ => false,
+    }
 }
 
 /// The topic filter of a rule's FROM clause, without checking the rest of the rule.

@@ -432,14 +432,19 @@ impl Rule {
                 Some((self.parsed.columns[*i].name.as_str(), flags))
             })
             .collect();
+        // Columns that are the literal NULL: null in every output.
+        let always: Vec<&str> = self
+            .parsed
+            .null_literals
+            .iter()
+            .map(|i| self.parsed.columns[*i].name.as_str())
+            .collect();
         for (k, (row, json)) in selected.iter().zip(encoded).enumerate() {
             memory::check()?;
             let index = indices[*row];
-            let json = if nulls.iter().any(|(_, f)| f.value(k)) {
-                with_nulls(
-                    &json,
-                    nulls.iter().filter(|(_, f)| f.value(k)).map(|(n, _)| *n),
-                )
+            let json = if !always.is_empty() || nulls.iter().any(|(_, f)| f.value(k)) {
+                let passed = nulls.iter().filter(|(_, f)| f.value(k)).map(|(n, _)| *n);
+                with_nulls(&json, always.iter().copied().chain(passed))
             } else {
                 json
             };
