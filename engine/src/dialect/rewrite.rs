@@ -70,6 +70,39 @@ pub(super) fn substitute_variables(
     done(outcome)
 }
 
+/// A member access chain as DataFusion takes it: AWS indexes arrays from 0 (`a[0]`),
+/// DataFusion from 1; `a[1].b` takes the field as `['b']`.
+fn to_datafusion_access(access_chain: &mut [ast::AccessExpr]) {
+    for access in access_chain.iter_mut() {
+        if let ast::AccessExpr::Dot(Expr::Identifier(field)) = access {
+            *access = ast::AccessExpr::Subscript(ast::Subscript::Index {
+                index: Expr::value(ast::Value::SingleQuotedString(field.value.clone())),
+            });
+            continue;
+        }
+        if let ast::AccessExpr::Subscript(ast::Subscript::Index { index }) = access {
+            let is_key = matches!(index, Expr::Value(v)
+                if matches!(v.value, ast::Value::SingleQuotedString(_)));
+            if !is_key {
+                *index = Expr::BinaryOp {
+                    left: Box::new(Expr::Nested(Box::new(index.clone()))),
+                    op: ast::BinaryOperator::Plus,
+                    right: Box::new(Expr::value(ast::Value::Number("1".into(), false))),
+                };
+            }
+        }
+    }
+}
+
+/// Whether `e` is a function call (in parentheses or not).
+fn is_call(e: &Expr) -> bool {
+    match e {
+        Expr::Function(_) => true,
+        Expr::Nested(inner) => is_call(inner),
+        _ => false,
+    }
+}
+
 /// The variable an expression names (`@v` or `@v.member`), if it names one.
 fn variable_named(e: &Expr) -> Option<&str> {
     match e {
@@ -155,29 +188,33 @@ pub(super) fn rewrite(
                     *data_type = t;
                 }
             }
-            // AWS indexes arrays from 0 (`a[0]`), DataFusion from 1.
-            Expr::CompoundFieldAccess { access_chain, .. } => {
-                for access in access_chain.iter_mut() {
-                    // `a[1].b`: DataFusion takes the field as `['b']`.
-                    if let ast::AccessExpr::Dot(Expr::Identifier(field)) = access {
-                        *access = ast::AccessExpr::Subscript(ast::Subscript::Index {
-                            index: Expr::value(ast::Value::SingleQuotedString(field.value.clone())),
-                        });
-                        continue;
-                    }
-                    if let ast::AccessExpr::Subscript(ast::Subscript::Index { index }) = access {
-                        let is_key = matches!(index, Expr::Value(v)
-                            if matches!(v.value, ast::Value::SingleQuotedString(_)));
-                        if !is_key {
-                            *index = Expr::BinaryOp {
-                                left: Box::new(Expr::Nested(Box::new(index.clone()))),
-                                op: ast::BinaryOperator::Plus,
-                                right: Box::new(Expr::value(ast::Value::Number("1".into(), false))),
-                            };
-                        }
-                    }
+            // A member of what a function returned (`decode(x, 'base64').temperature`): of
+            // an object, or of the JSON document a String holds; `.a.b` one after the other.
+            Expr::CompoundFieldAccess { root, access_chain }
+                if is_call(root)
+                    && matches!(
+                        access_chain.first(),
+                        Some(ast::AccessExpr::Dot(Expr::Identifier(_)))
+                    ) =>
+            {
+                let mut value = (**root).clone();
+                while let Some(ast::AccessExpr::Dot(Expr::Identifier(m))) = access_chain.first() {
+                    let key = Expr::value(ast::Value::SingleQuotedString(m.value.clone()));
+                    value = call(functions::collections::MEMBER, vec![value, key]);
+                    access_chain.remove(0);
                 }
+                let mut rest = std::mem::take(access_chain);
+                *e = if rest.is_empty() {
+                    value
+                } else {
+                    to_datafusion_access(&mut rest);
+                    Expr::CompoundFieldAccess {
+                        root: Box::new(value),
+                        access_chain: rest,
+                    }
+                };
             }
+            Expr::CompoundFieldAccess { access_chain, .. } => to_datafusion_access(access_chain),
             // `substring(s, start, end)` is AWS's function (0-based, end exclusive), which
             // sqlparser parses as SQL's SUBSTRING; only `SUBSTRING(s FROM a FOR n)` is SQL's.
             Expr::Substring {

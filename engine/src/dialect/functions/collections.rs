@@ -31,6 +31,10 @@ type JsonValue = serde_json::Value;
 
 const ENRICH: &str = "__weir_enrich_array";
 
+/// `__weir_member(value, 'key')`: a member of what a function returned (`decode(x,
+/// 'base64').temperature`): of an object, or of the JSON document a String holds.
+pub(crate) const MEMBER: &str = "__weir_member";
+
 /// `__weir_concat(a, b, ...)`: AWS's `concat` of two or more values.
 const CONCAT: &str = "__weir_concat";
 
@@ -39,6 +43,9 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(EnrichArray::new()),
         ScalarUDF::from(Concat::new()),
+        ScalarUDF::from(Member {
+            signature: Signature::any(2, Volatility::Immutable),
+        }),
     ]
 }
 
@@ -306,5 +313,77 @@ impl ScalarUDFImpl for Concat {
             }
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Member {
+    signature: Signature,
+}
+
+impl Member {
+    /// The member's name: the second argument, a string literal.
+    fn key<'a>(args: &'a [Option<&'a datafusion::common::ScalarValue>]) -> Result<&'a str> {
+        match args.get(1).copied().flatten() {
+            Some(datafusion::common::ScalarValue::Utf8(Some(k))) => Ok(k),
+            _ => plan_err!("{MEMBER}() takes a member name"),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Member {
+    name_and_signature!(MEMBER);
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        plan_err!("{MEMBER}() has its type from its arguments")
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let key = Self::key(args.scalar_arguments)?;
+        Ok(match args.arg_fields[0].data_type() {
+            DataType::Struct(fields) => match fields.iter().find(|f| f.name() == key) {
+                Some(f) => f.clone(),
+                None => Arc::new(Field::new(MEMBER, DataType::Null, true)),
+            },
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                Arc::new(json_text_field(MEMBER))
+            }
+            _ => Arc::new(Field::new(MEMBER, DataType::Null, true)),
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let value = args.args[0].to_array(n)?;
+        let key = match &args.args[1] {
+            ColumnarValue::Scalar(datafusion::common::ScalarValue::Utf8(Some(k))) => k.clone(),
+            _ => return exec_err!("{MEMBER}() takes a member name"),
+        };
+        match value.data_type() {
+            DataType::Struct(_) => {
+                let s = value.as_struct();
+                Ok(ColumnarValue::Array(match s.column_by_name(&key) {
+                    Some(c) => c.clone(),
+                    None => datafusion::arrow::array::new_null_array(&DataType::Null, n),
+                }))
+            }
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                let text = datafusion::arrow::compute::cast(&value, &DataType::Utf8)?;
+                let mut out = StringBuilder::new();
+                for t in text.as_string::<i32>() {
+                    let member = t
+                        .and_then(|t| serde_json::from_str::<JsonValue>(t).ok())
+                        .and_then(|mut v| v.get_mut(&key).map(JsonValue::take));
+                    match member {
+                        Some(m) if !m.is_null() => out.append_value(m.to_string()),
+                        _ => out.append_null(),
+                    }
+                }
+                Ok(ColumnarValue::Array(Arc::new(out.finish())))
+            }
+            _ => Ok(ColumnarValue::Array(
+                datafusion::arrow::array::new_null_array(&DataType::Null, n),
+            )),
+        }
     }
 }

@@ -86,7 +86,10 @@ pub(super) fn resolve(
     }
     // Both forms of a nested SELECT, and the metered identity of its lambdas: the calls
     // inside are checked one by one.
-    if name == crate::dialect::nested::SELECT_FROM || name == bounded::MATERIALIZE {
+    if name == crate::dialect::nested::SELECT_FROM
+        || name == bounded::MATERIALIZE
+        || name == collections::MEMBER
+    {
         return Ok(None);
     }
     if name.starts_with("__weir") {
