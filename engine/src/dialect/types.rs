@@ -6,10 +6,11 @@
 //!
 //! * `=` and `<>` between a string and a number: different types are never equal
 //!   (`50 <> '50'` is true); an undefined operand keeps the result undefined.
-//! * `<`, `<=`, `>`, `>=` and arithmetic between a string and a number: the string is
+//! * `<`, `<=`, `>`, `>=` and arithmetic other than `+` between a string and a number: the string is
 //!   converted to a number if it is one, else the result is undefined (so a `WHERE` over
 //!   it is false rather than an error).
-//! * `+` on two strings concatenates them (a metered function, see
+//! * `+` with a string on either side concatenates, the other operand converted to a
+//!   string (`'5' + 3` is `'53'`; a metered function, see
 //!   [`crate::dialect::functions::bounded`]).
 //! * `AND`, `OR`, `NOT` accept the strings "true" and "false" (any case); so does `=`
 //!   against a boolean (the dialect writes `NOT x` as `x = false`).
@@ -65,7 +66,26 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
             let (lt, rt) = (left.get_type(schema)?, right.get_type(schema)?);
             let mixed = (is_string(&lt) && is_number(&rt)) || (is_number(&lt) && is_string(&rt));
             let (l, r) = (left.as_ref().clone(), right.as_ref().clone());
+            let arithmetic = matches!(
+                op,
+                Operator::Plus
+                    | Operator::Minus
+                    | Operator::Multiply
+                    | Operator::Divide
+                    | Operator::Modulo
+            );
+            let operand = |t: &DataType| is_number(t) || is_string(t) || *t == DataType::Null;
             let rewritten = match op {
+                // AWS: `+` with a String on either side converts the other operand to a
+                // String and concatenates (`'5' + 3` is `'53'`).
+                Operator::Plus if is_string(&lt) || is_string(&rt) => {
+                    crate::dialect::functions::strings::plus(
+                        to_text(l, schema)?,
+                        to_text(r, schema)?,
+                    )
+                }
+                // AWS: arithmetic on a Boolean, an Array or an Object is Undefined.
+                _ if arithmetic && !(operand(&lt) && operand(&rt)) => lit(ScalarValue::Null),
                 Operator::Eq | Operator::NotEq if mixed => {
                     let undefined = l.is_null().or(r.is_null());
                     when(undefined, lit(ScalarValue::Boolean(None)))
@@ -75,7 +95,6 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
                 | Operator::LtEq
                 | Operator::Gt
                 | Operator::GtEq
-                | Operator::Plus
                 | Operator::Minus
                 | Operator::Multiply
                 | Operator::Divide
@@ -83,9 +102,6 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
                     if mixed =>
                 {
                     strings_as(DataType::Float64, (l, &lt), *op, (r, &rt))
-                }
-                Operator::Plus if is_string(&lt) && is_string(&rt) => {
-                    crate::dialect::functions::strings::plus(l, r)
                 }
                 Operator::Eq | Operator::NotEq
                     if (is_string(&lt) && rt == DataType::Boolean)
