@@ -6,7 +6,8 @@
 //! | [`context`] | `topic()`, `topic(n)`, `clientid()`, `thingName()`, `principal()`, `sourceip()`, `timestamp()`, `traceid()`, `newuuid()`, `get_mqtt_property()`, `get_user_properties()` |
 //! | [`nulls`] | `isNull()`, `isUndefined()`, `get_or_default()` |
 //! | [`math`] | `mod`, `remainder`, `bitand`, `bitor`, `bitxor`, `bitnot`, `sign`, `nanvl` |
-//! | [`strings`] | `startswith`, `endswith`, `indexof`, `length`, `numbytes`, `substring`, `regexp_matches`, `regexp_substr` |
+//! | [`strings`] | `startswith`, `endswith`, `indexof`, `length`, `numbytes`, `substring`, `lpad`, `rpad` |
+//! | [`regex`] | `regexp_matches`, `regexp_replace`, `regexp_substr` (Java syntax) |
 //! | [`encoding`] | `encode`, `decode` |
 //! | [`hashes`] | `md2`, `md5`, `sha1`, `sha224`, `sha256`, `sha384`, `sha512`, `crc32` |
 //! | [`collections`] | `get`, `concat`, `transform` |
@@ -29,6 +30,7 @@ pub(super) mod encoding;
 pub(super) mod hashes;
 pub(super) mod math;
 pub(super) mod nulls;
+pub(super) mod regex;
 pub(super) mod strings;
 pub(super) mod time;
 
@@ -50,6 +52,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         collections::udfs(),
         time::udfs(),
         conversions::udfs(),
+        regex::udfs(),
         bounded::udfs(),
     ]
     .concat()
@@ -78,6 +81,7 @@ pub(super) fn resolve(
         .or_else(|| nulls::rewrite(&c, needs))
         .or_else(|| math::rewrite(&c))
         .or_else(|| strings::rewrite(&c))
+        .or_else(|| regex::rewrite(&c))
         .or_else(|| encoding::rewrite(&c))
         .or_else(|| hashes::rewrite(&c))
         .or_else(|| collections::rewrite(&c));

@@ -1,5 +1,5 @@
 //! Strings: `startswith`, `endswith`, `indexof`, `length`, `numbytes`, `substring`,
-//! `regexp_matches`, `regexp_substr`, `lpad` and `rpad`. Each is a rewrite into DataFusion's string
+//! `lpad` and `rpad`. Each is a rewrite into DataFusion's string
 //! functions that converts its arguments to strings and shifts positions to AWS's 0-based
 //! ones.
 
@@ -56,25 +56,6 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
                 })
             }
         }
-        "regexp_matches" => c
-            .arity(2)
-            .map(|()| call("regexp_like", vec![string(a(0)), a(1)])),
-        // AWS replaces every match: DataFusion's `g` flag.
-        "regexp_replace" if c.args.len() == 3 => Ok(call(
-            "regexp_replace",
-            vec![string(a(0)), a(1), a(2), text("g")],
-        )),
-        "regexp_substr" => c.arity(2).map(|()| {
-            // The whole first match: group 1 of the pattern in a group of its own (the
-            // pattern's own groups come after it), NULL when there is none.
-            let whole = binary(
-                binary(text("("), BinaryOperator::StringConcat, a(1)),
-                BinaryOperator::StringConcat,
-                text(")"),
-            );
-            let m = call("regexp_match", vec![string(a(0)), whole]);
-            call("array_element", vec![m, number("1")])
-        }),
         // AWS's pads add `n` spaces (0 to 1000), whatever the text's length; with a fill
         // argument they are DataFusion's.
         "lpad" | "rpad" if c.args.len() == 2 => {
