@@ -385,8 +385,8 @@ impl Rule {
                 (filtered, selected)
             }
         };
-        outcome.filtered_out += n - selected.len();
         if selected.is_empty() {
+            outcome.filtered_out += n;
             return Ok(());
         }
         let rows = batch.num_rows();
@@ -420,6 +420,9 @@ impl Rule {
             .encode(&plan, columns, selected.len())
             .map_err(eval_error)?;
         memory::check()?;
+        // Counted only now: a batch that fails before this point runs again a message at a
+        // time, which counts them then (found by fuzzing: a message counted twice).
+        outcome.filtered_out += n - selected.len();
         // Pass-through fields that were JSON null: (output name, null flags of the selected rows).
         let nulls: Vec<(&str, &BooleanArray)> = self
             .parsed

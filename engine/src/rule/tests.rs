@@ -666,3 +666,25 @@ fn constant_expressions_and_array_literals_are_metered() {
         .unwrap_err();
     assert!(err.message.contains("`||` operator"), "{err}");
 }
+
+#[test]
+fn a_batch_run_again_a_message_at_a_time_counts_each_message_once() {
+    // Found by fuzzing: the filtered messages of a batch that then failed were counted
+    // again when the batch ran a message at a time.
+    let rule = Rule::compile(
+        &Engine::new(),
+        "SELECT 10 / x AS r FROM 't' WHERE keep",
+        &[],
+    )
+    .unwrap();
+    let out = rule.process(&[
+        Message::new("t", &br#"{"keep": true, "x": 0}"#[..]),
+        Message::new("t", &br#"{"keep": false, "x": 1}"#[..]),
+        Message::new("t", &br#"{"keep": true, "x": 2}"#[..]),
+    ]);
+    assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
+    assert_eq!(out.failures[0].index, 0);
+    assert_eq!(out.filtered_out, 1);
+    assert_eq!(out.outputs.len(), 1);
+    assert_eq!(json(&out.outputs[0].payload), serde_json::json!({"r": 5}));
+}
