@@ -229,16 +229,12 @@ pub(super) fn rewrite(
                 *e = call("substring", args);
             }
             // DataFusion's planner refuses NOT over a string before the AWS coercions in
-            // `types` can run; `x = false` means the same and reaches them.
+            // `types` can run: AWS's NOT is a function of weir's.
             Expr::UnaryOp {
                 op: ast::UnaryOperator::Not,
                 expr: inner,
             } => {
-                *e = Expr::BinaryOp {
-                    left: Box::new(Expr::Nested(inner.clone())),
-                    op: ast::BinaryOperator::Eq,
-                    right: Box::new(Expr::value(ast::Value::Boolean(false))),
-                };
+                *e = call(functions::conversions::NOT, vec![(**inner).clone()]);
             }
             _ => {}
         }

@@ -59,55 +59,83 @@ fn strings_as(
     ))
 }
 
+/// The operand kinds AWS's operator tables tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Number,
+    Text,
+    Boolean,
+    Nested,
+    /// The type of a literal NULL or of a field no message of the batch has.
+    Undefined,
+    Other,
+}
+
+impl Kind {
+    fn of(t: &DataType) -> Self {
+        if is_number(t) {
+            Kind::Number
+        } else if is_string(t) {
+            Kind::Text
+        } else if is_nested(t) {
+            Kind::Nested
+        } else {
+            match t {
+                DataType::Boolean => Kind::Boolean,
+                DataType::Null => Kind::Undefined,
+                _ => Kind::Other,
+            }
+        }
+    }
+}
+
 /// Applies AWS IoT SQL's mixed-type operator rules to `expr`.
 pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
     expr.transform_up(|e| match &e {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let (lt, rt) = (left.get_type(schema)?, right.get_type(schema)?);
-            let mixed = (is_string(&lt) && is_number(&rt)) || (is_number(&lt) && is_string(&rt));
             let (l, r) = (left.as_ref().clone(), right.as_ref().clone());
-            let arithmetic = matches!(
-                op,
-                Operator::Plus
-                    | Operator::Minus
-                    | Operator::Multiply
-                    | Operator::Divide
-                    | Operator::Modulo
-            );
-            let operand = |t: &DataType| is_number(t) || is_string(t) || *t == DataType::Null;
+            let (lk, rk) = (Kind::of(&lt), Kind::of(&rt));
+            let numeric = |k: Kind| matches!(k, Kind::Number | Kind::Text);
+            let undefined = || lit(ScalarValue::Null);
             let rewritten = match op {
-                // AWS: `+` with a String on either side converts the other operand to a
-                // String and concatenates (`'5' + 3` is `'53'`).
-                Operator::Plus if is_string(&lt) || is_string(&rt) => {
+                // `+` with a String on either side converts the other operand to a String
+                // and concatenates (`'5' + 3` is `'53'`).
+                Operator::Plus if lk == Kind::Text || rk == Kind::Text => {
                     crate::dialect::functions::strings::plus(
                         to_text(l, schema)?,
                         to_text(r, schema)?,
                     )
                 }
-                // AWS: arithmetic on a Boolean, an Array or an Object is Undefined.
-                _ if arithmetic && !(operand(&lt) && operand(&rt)) => lit(ScalarValue::Null),
-                Operator::Eq | Operator::NotEq if mixed => {
-                    let undefined = l.is_null().or(r.is_null());
-                    when(undefined, lit(ScalarValue::Boolean(None)))
-                        .otherwise(lit(*op == Operator::NotEq))?
-                }
-                Operator::Lt
-                | Operator::LtEq
-                | Operator::Gt
-                | Operator::GtEq
+                // Arithmetic and order: on numbers, and on Strings read as numbers
+                // (Undefined when one is not); on anything else Undefined. Strings are
+                // never compared as text.
+                Operator::Plus
                 | Operator::Minus
                 | Operator::Multiply
                 | Operator::Divide
                 | Operator::Modulo
-                    if mixed =>
-                {
-                    strings_as(DataType::Float64, (l, &lt), *op, (r, &rt))
+                | Operator::Lt
+                | Operator::LtEq
+                | Operator::Gt
+                | Operator::GtEq => {
+                    // Kind::Undefined is not numeric: it is Undefined too.
+                    if !(numeric(lk) && numeric(rk)) {
+                        undefined()
+                    } else if lk == Kind::Text || rk == Kind::Text {
+                        strings_as(DataType::Float64, (l, &lt), *op, (r, &rt))
+                    } else {
+                        return Ok(Transformed::no(e));
+                    }
                 }
+                // Different types are never equal; an Undefined operand keeps the result
+                // Undefined.
                 Operator::Eq | Operator::NotEq
-                    if (is_string(&lt) && rt == DataType::Boolean)
-                        || (lt == DataType::Boolean && is_string(&rt)) =>
+                    if lk != rk && lk != Kind::Undefined && rk != Kind::Undefined =>
                 {
-                    strings_as(DataType::Boolean, (l, &lt), *op, (r, &rt))
+                    let undefined = l.is_null().or(r.is_null());
+                    when(undefined, lit(ScalarValue::Boolean(None)))
+                        .otherwise(lit(*op == Operator::NotEq))?
                 }
                 Operator::And | Operator::Or if is_string(&lt) || is_string(&rt) => {
                     strings_as(DataType::Boolean, (l, &lt), *op, (r, &rt))
@@ -116,9 +144,6 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
             };
             Ok(Transformed::yes(rewritten))
         }
-        Expr::Not(inner) if is_string(&inner.get_type(schema)?) => Ok(Transformed::yes(Expr::Not(
-            Box::new(try_cast(inner.as_ref().clone(), DataType::Boolean)),
-        ))),
         Expr::Cast(Cast { expr, field }) => {
             let data_type = field.data_type();
             let from = expr.get_type(schema)?;

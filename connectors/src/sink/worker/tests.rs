@@ -380,8 +380,10 @@ async fn what_the_disk_buffer_cannot_write_is_dead_lettered_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let buffer = dir.path().join("buffer");
     let b = Behaviour::down();
-    let h = Harness::start(b, settings(&buffer, policy()), None).await;
-    until("the buffer opened", || buffer.is_dir()).await;
+    let tick = Some(Duration::from_millis(5));
+    let h = Harness::start(b.clone(), settings(&buffer, policy()), tick).await;
+    // The worker ticks once its buffer is open.
+    until("the worker running", || b.ticks.load(Ordering::SeqCst) >= 1).await;
     // The disk goes away under the open buffer: no segment can be written any more.
     std::fs::remove_dir_all(&buffer).unwrap();
     std::fs::write(&buffer, b"not a directory").unwrap();

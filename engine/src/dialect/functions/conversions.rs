@@ -17,11 +17,56 @@ use super::args::name_and_signature;
 /// (`lower(['HELLO'])` is `'["hello"]'`).
 pub(crate) const JSON_TEXT: &str = "__weir_json_text";
 
+/// `__weir_not(x)`: AWS's `NOT`: of a Boolean, or of the Strings "true" and "false" (any
+/// case); Undefined for anything else. DataFusion's planner refuses `NOT` over a String
+/// before the types are known.
+pub(crate) const NOT: &str = "__weir_not";
+
 /// The family's kernels.
 pub(super) fn udfs() -> Vec<ScalarUDF> {
-    vec![ScalarUDF::from(JsonText {
-        signature: Signature::any(1, Volatility::Immutable),
-    })]
+    vec![
+        ScalarUDF::from(JsonText {
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
+        ScalarUDF::from(Not {
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
+    ]
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Not {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Not {
+    name_and_signature!(NOT);
+
+    fn return_type(&self, _arg_types: &[ArrowType]) -> Result<ArrowType> {
+        Ok(ArrowType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+        let n = args.number_rows;
+        let a = args.args[0].to_array(n)?;
+        let out: BooleanArray = match a.data_type() {
+            ArrowType::Boolean => datafusion::arrow::compute::not(a.as_boolean())?,
+            ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View => {
+                let text = datafusion::arrow::compute::cast(&a, &ArrowType::Utf8)?;
+                text.as_string::<i32>()
+                    .iter()
+                    .map(|t| match t {
+                        Some(t) if t.eq_ignore_ascii_case("true") => Some(false),
+                        Some(t) if t.eq_ignore_ascii_case("false") => Some(true),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            _ => BooleanArray::new_null(a.len()),
+        };
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }
 
 /// The call `__weir_json_text(e)`, metered like every function.

@@ -93,6 +93,7 @@ pub(super) fn resolve(
     if name == crate::dialect::nested::SELECT_FROM
         || name == bounded::MATERIALIZE
         || name == collections::MEMBER
+        || name == conversions::NOT
     {
         return Ok(None);
     }
