@@ -87,6 +87,20 @@ pub(super) fn text(v: &str) -> Expr {
     Expr::value(Value::SingleQuotedString(v.into()))
 }
 
+/// `CASE WHEN condition THEN then END`: Undefined where the condition does not hold.
+pub(super) fn only_if(condition: Expr, then: Expr) -> Expr {
+    Expr::Case {
+        case_token: AttachedToken::empty(),
+        end_token: AttachedToken::empty(),
+        operand: None,
+        conditions: vec![CaseWhen {
+            condition,
+            result: then,
+        }],
+        else_result: None,
+    }
+}
+
 /// `CASE WHEN x IS NULL THEN then ELSE otherwise END`.
 pub(super) fn if_undefined(x: Expr, then: Expr, otherwise: Expr) -> Expr {
     Expr::Case {

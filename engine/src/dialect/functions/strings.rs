@@ -1,11 +1,11 @@
 //! Strings: `startswith`, `endswith`, `indexof`, `length`, `numbytes`, `substring`,
-//! `lpad` and `rpad`. Each is a rewrite into DataFusion's string
+//! `lpad`, `rpad` and `chr`. Each is a rewrite into DataFusion's string
 //! functions that converts its arguments to strings and shifts positions to AWS's 0-based
 //! ones.
 
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
-use super::args::{Call, binary, double, if_undefined, int, number, string, text};
+use super::args::{Call, binary, double, if_undefined, int, number, only_if, string, text};
 use crate::dialect::ast::call;
 
 /// The rewrite of a string function, if `c` calls one.
@@ -56,6 +56,17 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
                 })
             }
         }
+        // chr(n): the ASCII character n (a Decimal or a String holding a number rounded
+        // down), Undefined outside ASCII.
+        "chr" => c.arity(1).map(|()| {
+            let n = int(call("floor", vec![a(0)]));
+            let ascii = binary(
+                binary(n.clone(), BinaryOperator::GtEq, number("0")),
+                BinaryOperator::And,
+                binary(n.clone(), BinaryOperator::LtEq, number("127")),
+            );
+            only_if(ascii, call("chr", vec![n]))
+        }),
         // AWS's pads add `n` spaces (0 to 1000), whatever the text's length; with a fill
         // argument they are DataFusion's.
         "lpad" | "rpad" if c.args.len() == 2 => {
