@@ -203,8 +203,35 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
                     })
                     .collect::<Result<_>>()?;
             }
+            if f.name() == "nanvl"
+                && let [a, b] = f.args.as_slice()
+            {
+                // Only a Decimal can be NaN: any other value is itself (an Undefined one
+                // was taken care of by the rewrite). A fallback of another type than the
+                // value's is a known gap: a column has one type.
+                let (at, bt) = (a.get_type(schema)?, b.get_type(schema)?);
+                if !matches!(at, DataType::Float64 | DataType::Float32) && at == bt {
+                    return Ok(Transformed::yes(a.clone()));
+                }
+            }
             if wrong_argument_types(&f, schema)? {
                 return Ok(Transformed::yes(lit(ScalarValue::Null)));
+            }
+            if f.name() == "array_element"
+                && let Some(first) = f.args.first()
+            {
+                // get(x, i): an item of an Array, a character of a String, Undefined for
+                // anything else.
+                let t = first.get_type(schema)?;
+                if is_string(&t) {
+                    return Ok(Transformed::yes(character_at(&f)?));
+                }
+                if !matches!(
+                    t,
+                    DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..)
+                ) {
+                    return Ok(Transformed::yes(lit(ScalarValue::Null)));
+                }
             }
             if !numeric {
                 return Ok(match crate::dialect::functions::bounded::meter_call(&f) {
@@ -257,6 +284,17 @@ fn to_text(e: Expr, schema: &DFSchema) -> Result<Expr> {
     } else {
         try_cast(e, DataType::Utf8)
     })
+}
+
+/// `get(s, i)` of a String (planned as `array_element(s, i + 1)`): its character at the
+/// 0-based index `i`, Undefined outside the string.
+fn character_at(f: &ScalarFunction) -> Result<Expr> {
+    use datafusion::functions::unicode::{character_length, substr};
+    let (s, i) = (f.args[0].clone(), f.args[1].clone());
+    let length = Expr::ScalarFunction(ScalarFunction::new_udf(character_length(), vec![s.clone()]));
+    let inside = i.clone().gt_eq(lit(1)).and(i.clone().lt_eq(length));
+    let char = Expr::ScalarFunction(ScalarFunction::new_udf(substr(), vec![s, i, lit(1)]));
+    when(inside, char).end()
 }
 
 /// AWS's numeric functions, by their DataFusion names (`sign` is `signum`): a String

@@ -66,8 +66,16 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
             _ => call(CONCAT, c.args.to_vec()),
         }),
         "get" => c.arity(2).and_then(|()| match &c.args[1] {
+            // A negative index is outside every array: Undefined.
+            Expr::UnaryOp {
+                op: datafusion::sql::sqlparser::ast::UnaryOperator::Minus,
+                expr,
+            } if matches!(expr.as_ref(), Expr::Value(v) if matches!(v.value, Value::Number(..))) => {
+                Ok(Expr::value(Value::Null))
+            }
             Expr::Value(v) => match &v.value {
-                Value::SingleQuotedString(key) => Ok(call("get_field", vec![a(0), text(key)])),
+                // A missing key is Undefined, as is a key of what is no object.
+                Value::SingleQuotedString(key) => Ok(call(MEMBER, vec![a(0), text(key)])),
                 // AWS indexes arrays from 0, DataFusion from 1.
                 Value::Number(n, _) => n
                     .parse::<i64>()

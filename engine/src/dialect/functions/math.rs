@@ -2,10 +2,16 @@
 //! Each is a rewrite into DataFusion's operators and functions; the bit functions convert
 //! their arguments to Int, as AWS does.
 
-use datafusion::sql::sqlparser::ast::{self, BinaryOperator, Expr};
+use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
 use super::args::{Call, binary, if_undefined, int, number};
 use crate::dialect::ast::call;
+
+/// `x` as the bit functions take it: a number or a String holding one, rounded down to an
+/// Int; anything else (a Boolean, an Array) Undefined.
+fn whole(x: Expr) -> Expr {
+    int(call("floor", vec![x]))
+}
 
 /// The rewrite of a math function, if `c` calls one.
 pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
@@ -16,25 +22,17 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
             .map(|()| binary(a(0), BinaryOperator::Modulo, a(1))),
         "bitand" => c
             .arity(2)
-            .map(|()| binary(int(a(0)), BinaryOperator::BitwiseAnd, int(a(1)))),
+            .map(|()| binary(whole(a(0)), BinaryOperator::BitwiseAnd, whole(a(1)))),
         "bitor" => c
             .arity(2)
-            .map(|()| binary(int(a(0)), BinaryOperator::BitwiseOr, int(a(1)))),
+            .map(|()| binary(whole(a(0)), BinaryOperator::BitwiseOr, whole(a(1)))),
         "bitxor" => c
             .arity(2)
-            .map(|()| binary(int(a(0)), BinaryOperator::BitwiseXor, int(a(1)))),
-        "bitnot" => c.arity(1).map(|()| {
-            // Two's complement: ~x = -x - 1.
-            let x = int(a(0));
-            binary(
-                Expr::UnaryOp {
-                    op: ast::UnaryOperator::Minus,
-                    expr: Box::new(x),
-                },
-                BinaryOperator::Minus,
-                number("1"),
-            )
-        }),
+            .map(|()| binary(whole(a(0)), BinaryOperator::BitwiseXor, whole(a(1)))),
+        // Two's complement: ~x = -1 - x.
+        "bitnot" => c
+            .arity(1)
+            .map(|()| binary(number("-1"), BinaryOperator::Minus, whole(a(0)))),
         "sign" => c.arity(1).map(|()| call("signum", vec![a(0)])),
         // An undefined first argument gives the second, as a NaN does.
         "nanvl" => c
