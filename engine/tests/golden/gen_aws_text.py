@@ -3,6 +3,7 @@ Array, Object, Null, Undefined) for the AWS IoT SQL functions that read a String
 standard String conversion first: numbers and Booleans written out, an Array or Object as
 its JSON text, Null and Undefined Undefined), and for chr. Run `python3 gen_aws_text.py`
 from this directory."""
+import base64
 import hashlib
 import json
 
@@ -22,6 +23,7 @@ FUNCS = [
     ("endswith", "endswith(x, '1')", lambda t: t.endswith("1")),
     ("indexof", "indexof(x, '1')", lambda t: t.find("1")),
     ("substring", "substring(x, 1)", lambda t: t[1:]),
+    ("encode", "encode(x, 'base64')", lambda t: base64.b64encode(t.encode()).decode()),
 ]
 
 cases = []
@@ -36,7 +38,13 @@ for label, value, expected in CHR:
     cases.append((f"chr-{label}", "chr(x)", value, expected))
 
 out = ["# Functions that read a String, one case per argument type; and chr. Written by",
-       "# gen_aws_text.py.", ""]
+       "# gen_aws_text.py.", "",
+       "# The reference's decode example, with its double-quoted scheme.",
+       "case decode-example",
+       "sql: SELECT decode(encoded_temp, \"base64\").temperature AS temp FROM 'topic/subtopic'",
+       "topic: topic/subtopic",
+       'in: {"encoded_temp": "eyAidGVtcGVyYXR1cmUiOiAzMyB9Cg=="}',
+       'exact: {"temp":33}', ""]
 for name, expr, value, expected in cases:
     out += [f"case {name}", f"sql: SELECT {expr} AS r FROM 's'", "topic: s",
             "in: " + ("{}" if value is UNDEF else json.dumps({"x": value}, ensure_ascii=False)),
