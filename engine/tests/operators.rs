@@ -17,6 +17,8 @@ fn operands() -> Vec<(&'static str, Operand)> {
         ("numeric string", Some(json!("4"))),
         ("decimal string", Some(json!("1.5"))),
         ("text", Some(json!("abc"))),
+        ("spaced number", Some(json!(" 5"))),
+        ("exponent string", Some(json!("1e2"))),
         ("boolean", Some(json!(true))),
         ("array", Some(json!([1, 2]))),
         ("undefined", None),
@@ -44,9 +46,30 @@ fn number(v: &Value, strings: bool) -> Option<Num> {
     match v {
         Value::Number(n) if n.is_i64() => Some(Num::Int(n.as_i64()?)),
         Value::Number(n) => Some(Num::Dec(n.as_f64()?)),
-        Value::String(s) if strings => s.parse::<f64>().ok().map(Num::Dec),
+        Value::String(s) if strings && aws_number(s) => s.parse::<f64>().ok().map(Num::Dec),
         _ => None,
     }
+}
+
+/// Whether a String holds a number as AWS writes one: `-?\d+(\.\d+)?([eE]-?\d+)?`.
+fn aws_number(s: &str) -> bool {
+    let (int, rest) = s.strip_prefix('-').unwrap_or(s).split_at(
+        s.strip_prefix('-')
+            .unwrap_or(s)
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.strip_prefix('-').unwrap_or(s).len()),
+    );
+    let digits = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
+    if !digits(int) {
+        return false;
+    }
+    let (fraction, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let fraction_ok = fraction.is_empty() || fraction.strip_prefix('.').is_some_and(digits);
+    let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix('-').unwrap_or(e)));
+    fraction_ok && exponent_ok
 }
 
 /// AWS's conversion to String: numbers and Booleans written out, arrays as JSON text.

@@ -46,10 +46,12 @@ fn strings_as(
     right: (Expr, &DataType),
 ) -> Expr {
     let convert = |(x, t): (Expr, &DataType)| {
-        if is_string(t) {
-            try_cast(x, to.clone())
-        } else {
+        if !is_string(t) {
             x
+        } else if to == DataType::Float64 {
+            crate::dialect::functions::conversions::number(x)
+        } else {
+            try_cast(x, to.clone())
         }
     };
     Expr::BinaryExpr(BinaryExpr::new(
@@ -153,18 +155,20 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
                     to_text(inner, schema)?
                 }
                 // AWS: a String is read as a Decimal, which is rounded down.
-                DataType::Int64 if is_string(&from) => {
-                    try_cast(try_cast(inner, DataType::Float64), DataType::Int64)
-                }
+                DataType::Int64 if is_string(&from) => try_cast(
+                    crate::dialect::functions::conversions::number(inner),
+                    DataType::Int64,
+                ),
                 DataType::Int64 if matches!(from, DataType::Float64 | DataType::Float32) => {
                     try_cast(inner, DataType::Int64)
                 }
                 DataType::Int64 | DataType::Float64 | DataType::Boolean if is_nested(&from) => {
                     lit(ScalarValue::Null)
                 }
-                DataType::Float64 | DataType::Boolean if is_string(&from) => {
-                    try_cast(inner, data_type.clone())
+                DataType::Float64 if is_string(&from) => {
+                    crate::dialect::functions::conversions::number(inner)
                 }
+                DataType::Boolean if is_string(&from) => try_cast(inner, DataType::Boolean),
                 _ => return Ok(Transformed::no(e)),
             };
             Ok(Transformed::yes(rewritten))
@@ -196,7 +200,7 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
                     .into_iter()
                     .map(|a| {
                         Ok(if is_string(&a.get_type(schema)?) {
-                            try_cast(a, DataType::Float64)
+                            crate::dialect::functions::conversions::number(a)
                         } else {
                             a
                         })

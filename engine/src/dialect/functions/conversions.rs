@@ -22,6 +22,88 @@ pub(crate) const JSON_TEXT: &str = "__weir_json_text";
 /// before the types are known.
 pub(crate) const NOT: &str = "__weir_not";
 
+/// `__weir_number(s)`: a String read as a Decimal the way AWS reads one: the whole text
+/// must be `-?digits(.digits)?(e-?digits)?` (`"5"`, `"-1.2"`, `"5E-12"`); anything else
+/// (`" 5"`, `"+5"`, `".5"`, `"NaN"`) is Undefined.
+pub(crate) fn number(e: datafusion::logical_expr::Expr) -> datafusion::logical_expr::Expr {
+    use datafusion::logical_expr::expr::ScalarFunction;
+    let udf = super::bounded::metered(ScalarUDF::from(Number {
+        signature: Signature::uniform(1, vec![ArrowType::Utf8], Volatility::Immutable),
+    }));
+    datafusion::logical_expr::Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![e]))
+}
+
+/// Whether `s` is a number as AWS writes one (see [`number`]).
+fn is_aws_number(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i > start
+    };
+    if !digits(&mut i) {
+        return false;
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Number {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Number {
+    name_and_signature!("__weir_number");
+
+    fn return_type(&self, _arg_types: &[ArrowType]) -> Result<ArrowType> {
+        Ok(ArrowType::Float64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{AsArray, Float64Array};
+        let a = args.args[0].to_array(args.number_rows)?;
+        let out: Float64Array = a
+            .as_string::<i32>()
+            .iter()
+            .map(|t| t.filter(|t| is_aws_number(t)).and_then(|t| t.parse().ok()))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbers_are_read_as_aws_writes_them() {
+        for ok in ["0", "-1.2", "5E-12", "5e3", "12", "-0.5"] {
+            assert!(super::is_aws_number(ok), "{ok}");
+        }
+        for bad in [
+            "", " 5", "5 ", "+5", ".5", "5.", "1e+3", "0x10", "NaN", "inf", "-", "1e",
+        ] {
+            assert!(!super::is_aws_number(bad), "{bad}");
+        }
+    }
+}
+
 /// The family's kernels.
 pub(super) fn udfs() -> Vec<ScalarUDF> {
     vec![
