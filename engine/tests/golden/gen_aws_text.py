@@ -31,6 +31,14 @@ for fn, expr, f in FUNCS:
     for label, value, text in ROWS:
         cases.append((f"{fn}-{label}", expr, value, UNDEF if text is UNDEF else f(text)))
 
+# concat(x, 'y'): Strings joined, an Array among the values makes one Array (AWS's table;
+# with Null or Undefined the reference says nothing, so those rows are left out).
+for label, value, text in ROWS:
+    if text is UNDEF:
+        continue
+    expected = value + ["y"] if isinstance(value, list) else text + "y"
+    cases.append((f"concat-{label}", "concat(x, 'y')", value, expected))
+
 CHR = [("int", 65, "A"), ("decimal", 66.9, "B"), ("string", "67.2", "C"), ("boolean", True, UNDEF),
        ("array", [65], UNDEF), ("object", {"a": 65}, UNDEF), ("null", None, UNDEF),
        ("undefined", UNDEF, UNDEF), ("not-ascii", 200, UNDEF), ("negative", -1, UNDEF)]

@@ -262,11 +262,27 @@ impl ScalarUDFImpl for Concat {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
         let arrays = arg_arrays(&args)?;
+        // An Object's (or Array's) String form is its JSON text.
+        let json_forms = arrays
+            .iter()
+            .map(|a| match a.data_type() {
+                DataType::Struct(_) | DataType::Map(..) | DataType::List(_) => to_json(a).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let string_forms = |i: usize| -> Result<String> {
             let mut s = String::new();
-            for a in &arrays {
-                if !a.is_null(i) {
-                    s.push_str(&array_value_to_string(a, i)?);
+            for (a, json) in arrays.iter().zip(&json_forms) {
+                if a.is_null(i) {
+                    continue;
+                }
+                match json {
+                    Some(values) => {
+                        if let Some(v) = &values[i] {
+                            s.push_str(&v.to_string());
+                        }
+                    }
+                    None => s.push_str(&array_value_to_string(a, i)?),
                 }
             }
             Ok(s)
