@@ -1,10 +1,11 @@
 //! Regular expressions: `regexp_matches`, `regexp_replace` and `regexp_substr`, with the
 //! Java syntax AWS uses (look-around and back-references included, through fancy-regex),
-//! each pattern compiled once and kept for the rules that use it.
+//! a literal pattern compiled once and kept for the rules that use it.
 //!
 //! Every argument is converted to a String first (see `types`), as for the other string
-//! functions. A pattern that does not compile, or a match that needs more backtracking
-//! than fancy-regex allows, gives Undefined, as AWS does for an invalid pattern.
+//! functions. A pattern that does not compile (or would take more than 1 MiB compiled), or
+//! a match that needs more backtracking than fancy-regex allows, gives Undefined, as AWS
+//! does for an invalid pattern.
 //! `regexp_replace` replaces every match; `$1`, `${name}` name the groups and `$$` is a
 //! dollar. Before it builds a row it counts what the row's matches will make, against the
 //! evaluation's memory budget.
@@ -56,15 +57,29 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
     )
 }
 
-/// Compiled patterns, shared by every rule: most rules use one literal pattern, compiled
-/// once. `None` for a pattern that does not compile. Emptied when it holds too many.
-static PATTERNS: Mutex<Option<HashMap<String, Option<Arc<fancy_regex::Regex>>>>> = Mutex::new(None);
+/// Compiled literal patterns (the usual case: `regexp_matches(s, 'a+')`), shared by every
+/// rule, so that a rule's pattern is compiled once, not once per batch. `None` for one that
+/// does not compile. Emptied when it holds [`KEPT`]; patterns that vary by message are
+/// compiled once per batch and not kept.
+static LITERALS: Mutex<Option<HashMap<String, Option<Arc<fancy_regex::Regex>>>>> = Mutex::new(None);
 
-/// The most patterns kept compiled.
-const KEPT: usize = 1024;
+/// The most literal patterns kept compiled.
+const KEPT: usize = 256;
 
-fn compiled(pattern: &str) -> Option<Arc<fancy_regex::Regex>> {
-    let mut cache = PATTERNS.lock().unwrap_or_else(|p| p.into_inner());
+/// The most memory one compiled pattern may take (regex's own default is 10 MiB): with
+/// [`KEPT`], what the kept patterns can hold is bounded.
+const PATTERN_BYTES: usize = 1 << 20;
+
+fn compile(pattern: &str) -> Option<Arc<fancy_regex::Regex>> {
+    fancy_regex::RegexBuilder::new(pattern)
+        .delegate_size_limit(PATTERN_BYTES)
+        .build()
+        .ok()
+        .map(Arc::new)
+}
+
+fn literal(pattern: &str) -> Option<Arc<fancy_regex::Regex>> {
+    let mut cache = LITERALS.lock().unwrap_or_else(|p| p.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
     if let Some(re) = cache.get(pattern) {
         return re.clone();
@@ -72,9 +87,39 @@ fn compiled(pattern: &str) -> Option<Arc<fancy_regex::Regex>> {
     if cache.len() >= KEPT {
         cache.clear();
     }
-    let re = fancy_regex::Regex::new(pattern).ok().map(Arc::new);
+    let re = compile(pattern);
     cache.insert(pattern.to_owned(), re.clone());
     re
+}
+
+/// The compiled pattern of each row: a literal's from [`LITERALS`], looked up once per
+/// batch; patterns that vary by row compiled once each for this batch.
+struct Patterns {
+    literal: Option<Option<Arc<fancy_regex::Regex>>>,
+    by_row: HashMap<String, Option<Arc<fancy_regex::Regex>>>,
+}
+
+impl Patterns {
+    fn new(arg: &ColumnarValue) -> Self {
+        let literal = match arg {
+            ColumnarValue::Scalar(v) => Some(v.try_as_str().flatten().and_then(literal)),
+            ColumnarValue::Array(_) => None,
+        };
+        Self {
+            literal,
+            by_row: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, pattern: &str) -> Option<Arc<fancy_regex::Regex>> {
+        if let Some(re) = &self.literal {
+            return re.clone();
+        }
+        self.by_row
+            .entry(pattern.to_owned())
+            .or_insert_with(|| compile(pattern))
+            .clone()
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -101,13 +146,14 @@ impl ScalarUDFImpl for Regexp {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let mut patterns = Patterns::new(&args.args[1]);
         let arrays = arg_arrays(&args)?;
         let texts: Vec<_> = arrays.iter().map(|a| a.as_string::<i32>()).collect();
         let n = args.number_rows;
         let value = |a: usize, i: usize| texts[a].is_valid(i).then(|| texts[a].value(i));
         // The row's text and compiled pattern; None where either is Undefined or the
         // pattern does not compile.
-        let row = |i: usize| Some((value(0, i)?, compiled(value(1, i)?)?));
+        let mut row = |i: usize| Some((value(0, i)?, patterns.get(value(1, i)?)?));
         let out: ArrayRef = match self.name {
             MATCHES => {
                 let mut b = BooleanBuilder::with_capacity(n);
@@ -143,19 +189,37 @@ impl ScalarUDFImpl for Regexp {
 
 /// Every match of `re` in `s` replaced by `to`, or None (Undefined) when matching fails.
 /// What the row will build is counted against the memory budget first: the text, plus per
-/// match the replacement and the groups it names (each at most the match's length).
+/// match the replacement and the groups it names (each at most the match's length, and the
+/// matches at most the text). The matches are counted only when that bound, taken with
+/// every position a match, does not fit.
 fn replace_all(re: &fancy_regex::Regex, s: &str, to: &str) -> Result<Option<String>> {
-    let (mut matches, mut matched) = (0usize, 0usize);
-    for m in re.find_iter(s) {
-        let Ok(m) = m else { return Ok(None) };
-        matches += 1;
-        matched += m.as_str().len();
-    }
     let refs = to.matches('$').count();
-    let size = s
-        .len()
-        .saturating_add(matches.saturating_mul(to.len()))
-        .saturating_add(refs.saturating_mul(matched));
-    memory::reserve(size).map_err(over_budget)?;
+    let size = |matches: usize, matched: usize| {
+        s.len()
+            .saturating_add(matches.saturating_mul(to.len()))
+            .saturating_add(refs.saturating_mul(matched))
+    };
+    let bound = size(s.len() + 1, s.len());
+    if memory::available().is_some_and(|free| bound > free) {
+        let (mut matches, mut matched) = (0usize, 0usize);
+        for m in re.find_iter(s) {
+            let Ok(m) = m else { return Ok(None) };
+            matches += 1;
+            matched += m.as_str().len();
+        }
+        memory::reserve(size(matches, matched)).map_err(over_budget)?;
+    }
     Ok(re.try_replacen(s, 0, to).ok().map(|c| c.into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_pattern_is_held_to_its_compiled_size() {
+        assert!(super::compile("(?<=a)b\\d+").is_some());
+        // Over 1 MiB compiled, within regex's own 10 MiB: refused here (Undefined).
+        let big = "[a-z]{20000}";
+        assert!(fancy_regex::Regex::new(big).is_ok());
+        assert!(super::compile(big).is_none());
+    }
 }
