@@ -94,9 +94,9 @@ pub struct ServeArgs {
     /// to the rule's error action (reason `timeout`) [default: 10s].
     #[arg(long, env = "WEIR_RULE_TIME_BUDGET")]
     pub rule_time_budget: Option<String>,
-    /// Most memory a rule may allocate to evaluate one batch, in bytes; a batch over it is
-    /// run again in halves, and a message over it on its own fails to the rule's error
-    /// action (reason `memory_budget`) [default: 268435456 (256 MiB)].
+    /// Most memory a rule may allocate to evaluate one batch, in bytes (at least 1 MiB); a
+    /// batch over it is run again in halves, and a message over it on its own fails to the
+    /// rule's error action (reason `memory_budget`) [default: 268435456 (256 MiB)].
     #[arg(long, env = "WEIR_RULE_MEMORY_BUDGET")]
     pub rule_memory_budget: Option<usize>,
     /// Most rules this instance keeps; creating one more is a 409 [default: 1000].
@@ -484,11 +484,16 @@ impl Settings {
                 crate::pipeline::evaluate::DEFAULT_BUDGET,
             )?)
             .context("--rule-time-budget")?,
-            rule_memory_budget: at_least_one(
-                "rule-memory-budget",
-                a.rule_memory_budget,
-                crate::pipeline::evaluate::DEFAULT_MEMORY_BUDGET,
-            )?,
+            rule_memory_budget: match a
+                .rule_memory_budget
+                .unwrap_or(crate::pipeline::evaluate::DEFAULT_MEMORY_BUDGET)
+            {
+                // Less would fail every batch after halving it down to single messages.
+                n if n < MIN_MEMORY_BUDGET => bail!(
+                    "--rule-memory-budget must be at least {MIN_MEMORY_BUDGET} (1 MiB), got {n}"
+                ),
+                n => n,
+            },
             max_rules: at_least_one("max-rules", a.max_rules, 1000)?,
             action_queue,
             action_buffer_max_bytes: a.action_buffer_max_bytes.unwrap_or(1 << 30),
@@ -529,6 +534,9 @@ fn positive(d: Duration) -> anyhow::Result<Duration> {
 }
 
 /// `value`, or `default`; refused when 0.
+/// The smallest memory budget a rule may have, in bytes.
+const MIN_MEMORY_BUDGET: usize = 1 << 20;
+
 fn at_least_one(setting: &str, value: Option<usize>, default: usize) -> anyhow::Result<usize> {
     match value.unwrap_or(default) {
         0 => bail!("--{setting} must be at least 1"),
@@ -648,11 +656,15 @@ mod tests {
         let s = Settings::resolve(&parse(&["--rule-time-budget", "250ms"])).unwrap();
         assert_eq!(s.rule_time_budget, Duration::from_millis(250));
         assert_eq!(s.rule_memory_budget, 256 << 20);
-        let err = Settings::resolve(&parse(&["--rule-memory-budget", "0"])).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("--rule-memory-budget must be at least 1"),
-            "{err:#}"
-        );
+        for small in ["0", "1048575"] {
+            let err = Settings::resolve(&parse(&["--rule-memory-budget", small])).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("--rule-memory-budget must be at least 1048576"),
+                "{err:#}"
+            );
+        }
+        let s = Settings::resolve(&parse(&["--rule-memory-budget", "1048576"])).unwrap();
+        assert_eq!(s.rule_memory_budget, 1 << 20);
         let err = Settings::resolve(&parse(&["--batch-linger", "soon"])).unwrap_err();
         assert!(
             format!("{err:#}").contains("--batch-linger 'soon'"),
