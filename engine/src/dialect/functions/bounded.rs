@@ -163,9 +163,11 @@ pub(crate) fn meter_call(f: &ScalarFunction) -> Option<Expr> {
     )))
 }
 
-/// `udf`, metered like the functions of the registry.
-pub(crate) fn metered(udf: ScalarUDF) -> ScalarUDF {
-    Metered::wrap(Arc::new(udf), None)
+/// A call of one of weir's own kernels that the dialect plans directly (not through the
+/// registry), metered like the functions of the registry.
+pub(crate) fn metered_call<F: ScalarUDFImpl + 'static>(kernel: F, args: Vec<Expr>) -> Expr {
+    let udf = Metered::wrap(Arc::new(ScalarUDF::new_from_impl(kernel)), None);
+    Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), args))
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

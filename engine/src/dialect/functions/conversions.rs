@@ -15,7 +15,7 @@ use super::args::name_and_signature;
 
 /// `__weir_json_text(x)`: an Array or Object as the String AWS makes of it, its JSON text
 /// (`lower(['HELLO'])` is `'["hello"]'`).
-pub(crate) const JSON_TEXT: &str = "__weir_json_text";
+const JSON_TEXT: &str = "__weir_json_text";
 
 /// `__weir_not(x)`: AWS's `NOT`: of a Boolean, or of the Strings "true" and "false" (any
 /// case); Undefined for anything else. DataFusion's planner refuses `NOT` over a String
@@ -26,11 +26,10 @@ pub(crate) const NOT: &str = "__weir_not";
 /// must be `-?digits(.digits)?(e-?digits)?` (`"5"`, `"-1.2"`, `"5E-12"`); anything else
 /// (`" 5"`, `"+5"`, `".5"`, `"NaN"`) is Undefined.
 pub(crate) fn number(e: datafusion::logical_expr::Expr) -> datafusion::logical_expr::Expr {
-    use datafusion::logical_expr::expr::ScalarFunction;
-    let udf = super::bounded::metered(ScalarUDF::from(Number {
+    let kernel = Number {
         signature: Signature::uniform(1, vec![ArrowType::Utf8], Volatility::Immutable),
-    }));
-    datafusion::logical_expr::Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![e]))
+    };
+    super::bounded::metered_call(kernel, vec![e])
 }
 
 /// Whether `s` is a number as AWS writes one (see [`number`]).
@@ -106,14 +105,9 @@ mod tests {
 
 /// The family's kernels.
 pub(super) fn udfs() -> Vec<ScalarUDF> {
-    vec![
-        ScalarUDF::from(JsonText {
-            signature: Signature::any(1, Volatility::Immutable),
-        }),
-        ScalarUDF::from(Not {
-            signature: Signature::any(1, Volatility::Immutable),
-        }),
-    ]
+    vec![ScalarUDF::from(Not {
+        signature: Signature::any(1, Volatility::Immutable),
+    })]
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -153,11 +147,10 @@ impl ScalarUDFImpl for Not {
 
 /// The call `__weir_json_text(e)`, metered like every function.
 pub(crate) fn json_text(e: datafusion::logical_expr::Expr) -> datafusion::logical_expr::Expr {
-    use datafusion::logical_expr::expr::ScalarFunction;
-    let udf = super::bounded::metered(ScalarUDF::from(JsonText {
+    let kernel = JsonText {
         signature: Signature::any(1, Volatility::Immutable),
-    }));
-    datafusion::logical_expr::Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![e]))
+    };
+    super::bounded::metered_call(kernel, vec![e])
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

@@ -105,14 +105,7 @@ pub(crate) fn plus(
     l: datafusion::logical_expr::Expr,
     r: datafusion::logical_expr::Expr,
 ) -> datafusion::logical_expr::Expr {
-    use datafusion::logical_expr::expr::ScalarFunction;
-    let udf = super::bounded::metered(datafusion::logical_expr::ScalarUDF::new_from_impl(
-        TextPlus::new(),
-    ));
-    datafusion::logical_expr::Expr::ScalarFunction(ScalarFunction::new_udf(
-        std::sync::Arc::new(udf),
-        vec![l, r],
-    ))
+    super::bounded::metered_call(TextPlus::new(), vec![l, r])
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
