@@ -173,98 +173,80 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
             };
             Ok(Transformed::yes(rewritten))
         }
-        Expr::ScalarFunction(f) => {
-            let numeric = NUMERIC.contains(&f.name());
-            let mut f = f.clone();
-            if TEXT.contains(&f.name()) {
-                // AWS converts the arguments of a string function to Strings, an Array or
-                // Object to its JSON text; a count stays a number.
-                let counts = matches!(f.name(), "lpad" | "rpad");
-                f.args = f
-                    .args
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, a)| {
-                        if counts && i == 1 {
-                            Ok(a)
-                        } else {
-                            to_text(a, schema)
-                        }
-                    })
-                    .collect::<Result<_>>()?;
-            }
-            if numeric {
-                // AWS converts a String argument of a numeric function to a Decimal.
-                f.args = f
-                    .args
-                    .into_iter()
-                    .map(|a| {
-                        Ok(if is_string(&a.get_type(schema)?) {
-                            crate::dialect::functions::conversions::number(a)
-                        } else {
-                            a
-                        })
-                    })
-                    .collect::<Result<_>>()?;
-            }
-            if f.name() == "nanvl"
-                && let [a, b] = f.args.as_slice()
-            {
-                // Only a Decimal can be NaN: any other value is itself (an Undefined one
-                // was taken care of by the rewrite). A fallback of another type than the
-                // value's is a known gap: a column has one type.
-                let (at, bt) = (a.get_type(schema)?, b.get_type(schema)?);
-                if !matches!(at, DataType::Float64 | DataType::Float32) && at == bt {
-                    return Ok(Transformed::yes(a.clone()));
-                }
-            }
-            if wrong_argument_types(&f, schema)? {
-                return Ok(Transformed::yes(lit(ScalarValue::Null)));
-            }
-            if f.name() == "array_element"
-                && let Some(first) = f.args.first()
-            {
-                // get(x, i): an item of an Array, a character of a String, Undefined for
-                // anything else.
-                let t = first.get_type(schema)?;
-                if is_string(&t) {
-                    return Ok(Transformed::yes(character_at(&f)?));
-                }
-                if !matches!(
-                    t,
-                    DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..)
-                ) {
-                    return Ok(Transformed::yes(lit(ScalarValue::Null)));
-                }
-            }
-            if !numeric {
-                return Ok(match crate::dialect::functions::bounded::meter_call(&f) {
-                    Some(metered) => Transformed::yes(metered),
-                    None => Transformed::yes(Expr::ScalarFunction(f)),
-                });
-            }
-            Ok(Transformed::yes(aws_numeric_result(f, schema)?))
-        }
+        Expr::ScalarFunction(f) => aws_call(f, schema).map(Transformed::yes),
         _ => Ok(Transformed::no(e)),
     })
     .map(|t| t.data)
 }
 
-/// AWS's string functions, by their DataFusion names (`trim` is `btrim`,
-/// `regexp_matches` is `regexp_like`, `regexp_substr` reads `regexp_match`).
-const TEXT: &[&str] = &[
-    "lower",
-    "upper",
-    "btrim",
-    "ltrim",
-    "rtrim",
-    "replace",
-    "regexp_like",
-    "regexp_replace",
-    "regexp_match",
-    "lpad",
-    "rpad",
-];
+/// A function call with AWS's argument conversions, Undefined for arguments of types the
+/// function does not take, and metered.
+fn aws_call(f: &ScalarFunction, schema: &DFSchema) -> Result<Expr> {
+    let name = f.name();
+    let mut f = f.clone();
+    let convert = |f: &mut ScalarFunction, to: fn(Expr, &DFSchema) -> Result<Expr>| {
+        f.args = std::mem::take(&mut f.args)
+            .into_iter()
+            .map(|a| to(a, schema))
+            .collect::<Result<_>>()?;
+        Ok::<_, datafusion::common::DataFusionError>(())
+    };
+    if TEXT.contains(&name) {
+        // AWS converts the arguments of a string function to Strings, an Array or Object
+        // to its JSON text.
+        convert(&mut f, to_text)?;
+    }
+    let numeric = NUMERIC.contains(&name);
+    if numeric {
+        // AWS converts a String argument of a numeric function to a Decimal.
+        convert(&mut f, |a, schema| {
+            Ok(if is_string(&a.get_type(schema)?) {
+                crate::dialect::functions::conversions::number(a)
+            } else {
+                a
+            })
+        })?;
+    }
+    if name == "nanvl"
+        && let [a, b] = f.args.as_slice()
+    {
+        // Only a Decimal can be NaN: any other value is itself (an Undefined one was taken
+        // care of by the rewrite). A fallback of another type than the value's is a known
+        // gap: a column has one type.
+        let (at, bt) = (a.get_type(schema)?, b.get_type(schema)?);
+        if !matches!(at, DataType::Float64 | DataType::Float32) && at == bt {
+            return Ok(a.clone());
+        }
+    }
+    if wrong_argument_types(&f, schema)? {
+        return Ok(lit(ScalarValue::Null));
+    }
+    if name == "array_element"
+        && let Some(first) = f.args.first()
+    {
+        // get(x, i): an item of an Array, a character of a String, Undefined for anything
+        // else.
+        let t = first.get_type(schema)?;
+        if is_string(&t) {
+            return character_at(&f);
+        }
+        if !matches!(
+            t,
+            DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..)
+        ) {
+            return Ok(lit(ScalarValue::Null));
+        }
+    }
+    if numeric {
+        return aws_numeric_result(f, schema);
+    }
+    Ok(crate::dialect::functions::bounded::meter_call(&f)
+        .unwrap_or_else(|| Expr::ScalarFunction(f)))
+}
+
+/// AWS's string functions that are DataFusion's, by DataFusion's names (`trim` is
+/// `btrim`); the others convert their arguments in their rewrites.
+const TEXT: &[&str] = &["lower", "upper", "btrim", "ltrim", "rtrim", "replace"];
 
 fn is_nested(t: &DataType) -> bool {
     matches!(
