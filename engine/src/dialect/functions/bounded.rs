@@ -8,9 +8,9 @@
 //!   the batch to the rule's error action (or the rule's submission, when DataFusion folds
 //!   a constant call while planning).
 //! - Inside a rule's evaluation, every call estimates what it will build from its
-//!   arguments (exactly for the count-sized functions and `replace`, an upper bound for
-//!   `regexp_replace`, the size of its arguments for the others) and runs only if that
-//!   fits the budget left. A batch that would not fit is run one row at a time, with the
+//!   arguments (exactly for the count-sized functions and `replace`, the size of its
+//!   arguments for the others; weir's own `regexp_replace` counts its matches itself)
+//!   and runs only if that fits the budget left. A batch that would not fit is run one row at a time, with the
 //!   budget checked after each, so that a loose estimate does not fail a batch that fits;
 //!   and every call is followed by a check of what it did allocate.
 
@@ -52,10 +52,6 @@ enum Bound {
     Series,
     /// `replace(text, from, to)`: `len(text)` plus `len(to)` per occurrence of `from`.
     Replace,
-    /// `regexp_replace(text, pattern, to [, flags])`: at most `len(text)` plus, per match
-    /// (at most `len(text) + 1`), `len(to)` and the groups `to` refers to; counted exactly
-    /// when that bound does not fit.
-    RegexpReplace,
     /// `array_to_string(list, delimiter [, null_text])`: the elements as text, with a
     /// delimiter (and the null text) per element.
     ArrayToString,
@@ -74,7 +70,6 @@ const BOUNDED: &[(&str, Bound)] = &[
     ("range", Bound::Series),
     ("generate_series", Bound::Series),
     ("replace", Bound::Replace),
-    ("regexp_replace", Bound::RegexpReplace),
     ("array_to_string", Bound::ArrayToString),
     ("array_replace", Bound::ArrayReplace),
     ("array_replace_n", Bound::ArrayReplace),
@@ -540,6 +535,8 @@ fn measure(
                 }
             }
         }
+        // No limit of their own: measured only inside a budget.
+        Bound::ArrayToString | Bound::ArrayReplace if available.is_none() => {}
         Bound::ArrayToString => {
             let (Some(list), Some(delimiter)) = (arg(0)?, arg(1)?) else {
                 return Ok(need);
@@ -622,109 +619,40 @@ fn measure(
             }
         }
         Bound::Replace => {
+            // No limit of its own: measured only inside a budget.
+            let Some(free) = available else {
+                return Ok(need);
+            };
             let (Some(text), Some(from), Some(to)) = (arg(0)?, arg(1)?, arg(2)?) else {
                 return Ok(need);
             };
             let (texts, froms, tos) = (utf8(&text.0)?, utf8(&from.0)?, utf8(&to.0)?);
-            for i in 0..rows {
-                let (Some(s), Some(f), Some(t)) = (
-                    value(&texts, text.at(i)),
-                    value(&froms, from.at(i)),
-                    value(&tos, to.at(i)),
-                ) else {
-                    continue;
-                };
-                // An empty `from` leaves the text as it is (as PostgreSQL does).
-                let occurrences = if f.is_empty() {
-                    0
-                } else {
-                    s.matches(f).count()
-                };
-                need.add(s.len() as u128 + occurrences as u128 * t.len() as u128);
-            }
-        }
-        Bound::RegexpReplace => {
-            let (Some(text), Some(to)) = (arg(0)?, arg(2)?) else {
-                return Ok(need);
+            let row = |i: usize| {
+                Some((
+                    value(&texts, text.at(i))?,
+                    value(&froms, from.at(i))?,
+                    value(&tos, to.at(i))?,
+                ))
             };
-            let (lens, tos) = (text_lengths(&text.0)?, utf8(&to.0)?);
-            for i in 0..rows {
-                let (l, t) = (text.at(i), to.at(i));
-                if !lens.is_valid(l) {
-                    continue;
+            // A bound first, as if `from` were everywhere; the occurrences counted only
+            // when that does not fit. An empty `from` leaves the text as it is (as
+            // PostgreSQL does).
+            for exact in [false, true] {
+                need = Need::default();
+                for i in 0..rows {
+                    let Some((s, f, t)) = row(i) else { continue };
+                    let occurrences = match (f.is_empty(), exact) {
+                        (true, _) => 0,
+                        (false, false) => s.len() / f.len(),
+                        (false, true) => s.matches(f).count(),
+                    };
+                    need.add(s.len() as u128 + occurrences as u128 * t.len() as u128);
                 }
-                let Some(t) = value(&tos, t) else { continue };
-                let s = lens.value(l).max(0) as u128;
-                // Matches do not overlap: the groups `to` repeats hold at most `s` bytes
-                // each time `to` names one (`$1`: 2 bytes of `to` at least).
-                let t = t.len() as u128;
-                need.add(s + (s + 1) * t + (t / 2) * s);
-            }
-            if available.is_some_and(|a| need.total > a as u128) {
-                // Too loose to run on: count what the matches do build.
-                need = regexp_replace_exactly(args, rows)?;
-            }
-        }
-    }
-    Ok(need)
-}
-
-/// What `regexp_replace` builds, row by row, from its actual matches: the text, plus per
-/// match the replacement and the groups it names (DataFusion's rules: without the `g`
-/// flag only the first match is replaced, the other flags go into the pattern).
-fn regexp_replace_exactly(args: &[ColumnarValue], rows: usize) -> Result<Need> {
-    let text = |i: usize| -> Result<Option<Arg>> {
-        args.get(i)
-            .map(|a| {
-                Ok(Arg(utf8(&match a {
-                    ColumnarValue::Array(a) => a.clone(),
-                    ColumnarValue::Scalar(s) => s.to_array_of_size(1)?,
-                })?))
-            })
-            .transpose()
-    };
-    let (Some(s), Some(p), Some(t)) = (text(0)?, text(1)?, text(2)?) else {
-        return Ok(Need::default());
-    };
-    let flags = text(3)?;
-    let mut compiled: std::collections::HashMap<String, regex::Regex> = Default::default();
-    let mut need = Need::default();
-    for i in 0..rows {
-        let (Some(string), Some(pattern), Some(to)) = (
-            value(&s.0, s.at(i)),
-            value(&p.0, p.at(i)),
-            value(&t.0, t.at(i)),
-        ) else {
-            continue;
-        };
-        let flags = flags
-            .as_ref()
-            .and_then(|f| value(&f.0, f.at(i)))
-            .unwrap_or("");
-        let all = flags.contains('g');
-        let rest = flags.replace('g', "");
-        let pattern = if rest.is_empty() {
-            pattern.to_owned()
-        } else {
-            format!("(?{rest}){pattern}")
-        };
-        if !compiled.contains_key(&pattern) {
-            match regex::Regex::new(&pattern) {
-                Ok(re) => {
-                    compiled.insert(pattern.clone(), re);
+                if need.total <= free as u128 {
+                    break;
                 }
-                // The function says what is wrong with it.
-                Err(_) => continue,
             }
         }
-        let re = &compiled[&pattern];
-        let (mut matches, mut matched) = (0u128, 0u128);
-        for m in re.find_iter(string).take(if all { usize::MAX } else { 1 }) {
-            matches += 1;
-            matched += m.len() as u128;
-        }
-        let refs = (to.matches('$').count() + to.matches('\\').count()) as u128;
-        need.add(string.len() as u128 + matches * to.len() as u128 + refs * matched);
     }
     Ok(need)
 }
