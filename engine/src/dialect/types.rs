@@ -318,11 +318,11 @@ fn aws_numeric_result(f: ScalarFunction, schema: &DFSchema) -> Result<Expr> {
         }
         return Ok(out);
     }
-    if matches!(out.get_type(schema)?, DataType::Float64 | DataType::Float32) {
-        // NaN, what AWS calls an imaginary result, is Undefined.
-        let finite =
-            ScalarFunction::new_udf(datafusion::functions::math::isnan(), vec![out.clone()]);
-        out = when(Expr::ScalarFunction(finite), lit(ScalarValue::Null)).otherwise(out)?;
+    // NaN, what AWS calls an imaginary result, is Undefined: only these make one from
+    // numbers JSON can carry (`sqrt` is guarded above).
+    if matches!(name.as_str(), "acos" | "asin" | "ln" | "log" | "power") {
+        let nan = ScalarFunction::new_udf(datafusion::functions::math::isnan(), vec![out.clone()]);
+        out = when(Expr::ScalarFunction(nan), lit(ScalarValue::Null)).otherwise(out)?;
     }
     Ok(out)
 }
