@@ -387,6 +387,11 @@ impl ScalarUDFImpl for Member {
             DataType::Struct(_) => {
                 let s = value.as_struct();
                 Ok(ColumnarValue::Array(match s.column_by_name(&key) {
+                    // A child may hold values where its parent is null (Undefined).
+                    Some(c) if s.null_count() > 0 => {
+                        let parent_null = datafusion::arrow::compute::is_null(s)?;
+                        datafusion::arrow::compute::nullif(c, &parent_null)?
+                    }
                     Some(c) => c.clone(),
                     None => datafusion::arrow::array::new_null_array(&DataType::Null, n),
                 }))
