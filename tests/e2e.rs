@@ -371,13 +371,33 @@ async fn bad_rules_get_a_400_that_says_where_and_why() {
     let (status, e) = weir
         .put_rule(
             "bad",
-            json!({"sql": "SELECT a FROM 'x'", "actions": [], "sql_version": "2015-10-08"}),
+            json!({"sql": "SELECT a FROM 'x'", "actions": [], "sql_version": "beta"}),
         )
         .await;
     assert_eq!(status, 400);
     assert_eq!(
         (e["error"]["code"].as_str(), e["error"]["field"].as_str()),
         (Some("invalid_rule"), Some("sql_version"))
+    );
+    // A 2015-10-08 rule cannot use what 2016-03-23 added, and is told where.
+    let (status, e) = weir
+        .put_rule(
+            "old",
+            json!({"sql": "SELECT length(a) AS n FROM 'x'", "actions": [], "sql_version": "2015-10-08"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(e["error"]["code"], "invalid_sql", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("length() needs sql_version 2016-03-23"),
+        "{e}"
+    );
+    assert_eq!(
+        (e["error"]["line"].clone(), e["error"]["column"].clone()),
+        (json!(1), json!(8))
     );
     let (_, e) = weir
         .put_rule(
@@ -796,6 +816,18 @@ async fn a_rule_can_be_tested_on_sample_messages_without_deploying_it() {
         json!({"ct": "text/plain", "tags": ["a", "b"]})
     );
     assert_eq!(res[0]["actions"][0]["params"]["topic"], "out/b");
+
+    // The rule's SQL version decides how a whole-number Decimal is written.
+    for (version, want) in [
+        ("2016-03-23", r#"{"r":10}"#),
+        ("2015-10-08", r#"{"r":10.0}"#),
+    ] {
+        let body = json!({"sql": "SELECT r FROM 'v'", "sql_version": version,
+            "messages": [{"topic": "v", "payload": {"r": 10.0}}]});
+        let (status, v) = weir.test_rule(&body).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["results"][0]["outputs"][0].to_string(), want, "{version}");
+    }
     // Without properties (MQTT 3.1.1) both are Undefined.
     assert_eq!(res[1]["outputs"][0], json!({}));
 }

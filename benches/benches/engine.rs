@@ -109,7 +109,8 @@ fn encoding(c: &mut Criterion) {
     });
     g.bench_function("json_objects", |b| {
         b.iter(|| {
-            let out = weir_engine::rule::encode_json_rows(black_box(&batch)).unwrap();
+            let out =
+                weir_engine::rule::encode_json_rows(black_box(&batch), Default::default()).unwrap();
             assert_eq!(out.len(), rows);
             out
         })

@@ -9,13 +9,15 @@
 //! `80` comes out as the number 80, `hello` as `"hello"`, `[1,"a"]` as an array.
 //! A field that is always of one type never takes this path.
 
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::array::{Array, AsArray, Float64Array};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::json::writer::{
     Encoder, EncoderFactory, EncoderOptions, LineDelimited, NullableEncoder, WriterBuilder,
+    make_encoder,
 };
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -33,22 +35,68 @@ pub fn is_json_text(f: &Field) -> bool {
     f.metadata().contains_key(JSON_TEXT)
 }
 
+/// A value as JSON text: a String as itself unless it reads as JSON (then quoted, so that
+/// it stays a String), anything else as its JSON.
+pub fn json_text_of(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s)
+            if serde_json::from_str::<serde::de::IgnoredAny>(s).is_err() =>
+        {
+            s.clone()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Writes a batch as JSON lines, one object per row, the way rules write their outputs:
 /// null (undefined) values are left out, and JSON text columns are written as the JSON
-/// they hold.
-pub fn write_lines(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+/// they hold. With `whole_decimals_as_ints` (AWS IoT SQL 2016-03-23), a Decimal that is a
+/// whole number is written as an Int: `10.0` as `10`.
+pub fn write_lines(
+    batch: &RecordBatch,
+    whole_decimals_as_ints: bool,
+) -> Result<Vec<u8>, ArrowError> {
     let mut writer = WriterBuilder::new()
         .with_explicit_nulls(false)
-        .with_encoder_factory(Arc::new(Encoders))
+        .with_encoder_factory(Arc::new(Encoders {
+            whole_decimals_as_ints,
+        }))
         .build::<_, LineDelimited>(Vec::new());
     writer.write(batch)?;
     writer.finish()?;
     Ok(writer.into_inner())
 }
 
-/// The output encoders: JSON text columns as JSON, everything else as arrow-json does.
+/// The output encoders: JSON text columns as JSON, whole Decimals perhaps as Ints,
+/// everything else as arrow-json does.
 #[derive(Debug)]
-pub struct Encoders;
+struct Encoders {
+    whole_decimals_as_ints: bool,
+}
+
+/// The encoders' options without [`Encoders`]: arrow-json's own encoders.
+static PLAIN: LazyLock<EncoderOptions> = LazyLock::new(EncoderOptions::default);
+
+/// The largest magnitude below which every whole `f64` is exactly an `i64` (2^53).
+const EXACT_WHOLE: f64 = 9_007_199_254_740_992.0;
+
+/// Decimals, with whole numbers written as Ints and the rest as arrow-json writes them.
+struct WholeAsInt<'a> {
+    values: &'a Float64Array,
+    plain: NullableEncoder<'a>,
+}
+
+impl Encoder for WholeAsInt<'_> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        let v = self.values.value(idx);
+        if v.fract() == 0.0 && v.abs() < EXACT_WHOLE {
+            // Exact: |v| < 2^53 and whole.
+            write!(out, "{}", v as i64).expect("writing to a Vec cannot fail");
+        } else {
+            self.plain.encode(idx, out);
+        }
+    }
+}
 
 struct JsonTextEncoder<'a>(&'a datafusion::arrow::array::StringArray);
 
@@ -70,6 +118,16 @@ impl EncoderFactory for Encoders {
         array: &'a dyn Array,
         _options: &'a EncoderOptions,
     ) -> Result<Option<NullableEncoder<'a>>, ArrowError> {
+        if self.whole_decimals_as_ints && array.data_type() == &DataType::Float64 {
+            let values = array.as_primitive::<Float64Type>();
+            return Ok(Some(NullableEncoder::new(
+                Box::new(WholeAsInt {
+                    values,
+                    plain: make_encoder(field, array, &PLAIN)?,
+                }),
+                values.nulls().cloned(),
+            )));
+        }
         if !is_json_text(field) || array.data_type() != &DataType::Utf8 {
             return Ok(None);
         }
@@ -91,7 +149,7 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![json_text_field("v")]));
         let array: ArrayRef = Arc::new(StringArray::from(texts.to_vec()));
         let batch = RecordBatch::try_new(schema, vec![array]).unwrap();
-        String::from_utf8(write_lines(&batch).unwrap()).unwrap()
+        String::from_utf8(write_lines(&batch, true).unwrap()).unwrap()
     }
 
     #[test]

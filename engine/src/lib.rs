@@ -53,7 +53,7 @@ use std::sync::Arc;
 
 /// The Arrow version the engine (DataFusion) uses, for crates that build batches too.
 pub use datafusion::arrow;
-pub use dialect::SqlError;
+pub use dialect::{SqlError, SqlVersion};
 pub use message::{Ack, Message, MqttProperties, next_seq, now_ms, trace_id};
 pub use rule::{Failure, FailureReason, Outcome, Output, Rule};
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use weir_engine::topic::{basic_ingest, matches};
-use weir_engine::{Engine, Message, Rule};
+use weir_engine::{Engine, Message, Rule, SqlVersion};
 
 #[derive(Debug, Default)]
 struct Case {
@@ -16,6 +16,8 @@ struct Case {
     line: usize,
     name: String,
     sql: String,
+    /// The rule's AWS IoT SQL version; the default when absent.
+    version: Option<SqlVersion>,
     topic: String,
     client_id: Option<String>,
     principal: Option<String>,
@@ -86,6 +88,12 @@ fn parse(path: &Path) -> Vec<Case> {
                 c.sql = value.to_owned();
                 in_sql = true;
             }
+            "version" => {
+                c.version =
+                    Some(SqlVersion::parse(value).unwrap_or_else(|| {
+                        panic!("{}:{}: unknown SQL version", path.display(), i + 1)
+                    }))
+            }
             "topic" => c.topic = value.to_owned(),
             "clientid" => c.client_id = Some(value.to_owned()),
             "principal" => c.principal = Some(value.to_owned()),
@@ -129,7 +137,7 @@ fn same(a: &Value, b: &Value) -> bool {
 
 /// Runs a case; `Err` says how it differs from what is expected.
 fn run(engine: &std::sync::Arc<Engine>, c: &Case) -> Result<(), String> {
-    let rule = match Rule::compile(engine, &c.sql, &[]) {
+    let rule = match Rule::compile_for(engine, c.version.unwrap_or_default(), &c.sql, &[]) {
         Ok(r) => r,
         Err(e) => {
             return match &c.rejects {

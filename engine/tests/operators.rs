@@ -1,7 +1,6 @@
 //! weir's operators against a small model of the AWS IoT SQL reference's operator tables:
 //! every operator over every pair of operand kinds (Int, Decimal, numeric and other
-//! Strings, Boolean, Array, Undefined), in both orders. JSON null is left out: inside
-//! expressions weir treats it as Undefined, a documented difference.
+//! Strings, Boolean, Array, JSON null, Undefined), in both orders.
 
 use serde_json::{Value, json};
 use weir_engine::{Engine, Message, Rule};
@@ -21,6 +20,7 @@ fn operands() -> Vec<(&'static str, Operand)> {
         ("exponent string", Some(json!("1e2"))),
         ("boolean", Some(json!(true))),
         ("array", Some(json!([1, 2]))),
+        ("null", Some(Value::Null)),
         ("undefined", None),
     ]
 }
@@ -101,6 +101,8 @@ fn model(op: &str, a: &Value, b: &Value) -> Option<Value> {
         }
     };
     match op {
+        // Null converts to no String ("To string": Null is Undefined).
+        "+" if a.is_null() || b.is_null() => None,
         "+" if a.is_string() || b.is_string() => Some(json!(text(a) + &text(b))),
         "+" => match (number(a, false)?, number(b, false)?) {
             (Num::Int(x), Num::Int(y)) => Some(json!(x + y)),
@@ -119,6 +121,7 @@ fn model(op: &str, a: &Value, b: &Value) -> Option<Value> {
                 _ => x >= y,
             }))
         }
+        // Null = Null; Null and any other value are of mismatched types.
         "=" | "<>" => {
             let equal = match (number(a, false), number(b, false)) {
                 (Some(x), Some(y)) => x.f() == y.f(),

@@ -22,12 +22,12 @@ use weir_connectors::sink::ConfigError;
 use weir_connectors::sinks::connection::ConnectionConfig;
 use weir_connectors::sinks::{Action, ActionConfig};
 use weir_engine::template::TemplateExprs;
-use weir_engine::{Engine, Rule, SqlError, now_ms};
+use weir_engine::{Engine, Rule, SqlError, SqlVersion, now_ms};
 
 use crate::connections::{ConnectionStore, MAX_CONNECTIONS, PutError, StoredConnection};
 use crate::pipeline::{CompiledRule, Pipeline};
 use crate::rule_store::RuleStore;
-use spec::{RuleSpec, SQL_VERSION, StoredRule, parse_rule_file, validate_name};
+use spec::{RuleSpec, StoredRule, parse_rule_file, validate_name};
 
 /// Gives the secrets a rule sends back redacted (as an API answer showed them) the values
 /// the stored version of the rule has, action by action.
@@ -283,15 +283,16 @@ impl RuleService {
         spec: &RuleSpec,
         over: Option<(&str, &ConnectionConfig)>,
     ) -> Result<CompiledRule, RuleError> {
-        if spec.sql_version != SQL_VERSION {
+        let Some(version) = SqlVersion::parse(&spec.sql_version) else {
             return Err(RuleError::Invalid {
                 field: "sql_version",
                 message: format!(
-                    "SQL version '{}' is not supported; weir implements AWS IoT SQL {SQL_VERSION}",
+                    "SQL version '{}' is not supported; weir implements AWS IoT SQL {}",
                     spec.sql_version,
+                    SqlVersion::ALL.map(SqlVersion::as_str).join(" and "),
                 ),
             });
-        }
+        };
         if spec.actions.len() > MAX_ACTIONS {
             return Err(RuleError::Invalid {
                 field: "actions",
@@ -328,8 +329,9 @@ impl RuleService {
                 Some(action)
             }
         };
-        let rule = off_runtime(|| Rule::compile(&self.engine, &spec.sql, exprs.as_slice()))
-            .map_err(RuleError::Sql)?;
+        let rule =
+            off_runtime(|| Rule::compile_for(&self.engine, version, &spec.sql, exprs.as_slice()))
+                .map_err(RuleError::Sql)?;
         debug_assert_eq!(exprs.as_slice().len(), rule.template_count());
         Ok(CompiledRule {
             rule: Arc::new(rule),

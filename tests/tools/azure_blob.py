@@ -8,6 +8,7 @@ Usage:
 """
 import io
 import json
+import os
 import sys
 
 import pyarrow.parquet as pq
@@ -43,3 +44,6 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # As in s3.py: pyarrow's thread pool can abort the interpreter's teardown.
+    sys.stdout.flush()
+    os._exit(0)

@@ -10,12 +10,15 @@
 //!    its position, so errors still point into the text the user wrote ([`error`]).
 //! 2. [`shape`]: a rule is exactly one SELECT over the message. Other statements, joins,
 //!    GROUP BY, ORDER BY, subqueries and the like are refused with their position.
-//! 3. [`rewrite`]: each expression is made one DataFusion plans: nested SELECTs
+//! 3. [`version`]: what the rule's SQL version does not have is refused, `sql_version()`
+//!    becomes the version's name; `=` and `<>` with an operand that may be JSON `null` get
+//!    AWS's null rules ([`functions::nulls`]).
+//! 4. [`rewrite`]: each expression is made one DataFusion plans: nested SELECTs
 //!    ([`nested`]) and `SET` variables are expanded, AWS syntax becomes SQL, and every
 //!    function call is resolved by [`functions`], where every SQL function a rule can call
 //!    lives. The payload fields the rule reads are collected into a [`FieldTree`] (so that
 //!    the decoder materialises only those) and the metadata columns into [`MetaNeeds`].
-//! 4. [`types`]: once a batch's schema is known, AWS's rules for operators on mixed types
+//! 5. [`types`]: once a batch's schema is known, AWS's rules for operators on mixed types
 //!    are applied to the planned expressions.
 //!
 //! Dotted paths (`geoCoordinates.latitude`) need no rewrite: with identifier
@@ -30,6 +33,7 @@ mod rewrite;
 mod shape;
 mod tokens;
 pub mod types;
+mod version;
 
 use datafusion::sql::sqlparser::ast::{Expr, SelectItem, SetExpr, Spanned, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -37,12 +41,13 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 pub use error::SqlError;
+pub use version::SqlVersion;
 
 use crate::Engine;
 use crate::fields::FieldTree;
 use crate::meta::MetaNeeds;
 use ast::{default_name, field_path};
-use rewrite::{desugar, rewrite, substitute_variables};
+use rewrite::{desugar, read_null_flagged, rewrite, substitute_variables};
 use tokens::{take_select_value, take_set_clause, take_topic_filter, undefined_as_unknown};
 
 /// One output column of a rule.
@@ -73,6 +78,8 @@ pub struct ParsedRule {
     pub null_literals: Vec<usize>,
     /// The variables of the rule's SET clause, in order; templates may use them too.
     pub variables: Vec<Variable>,
+    /// The AWS IoT SQL version the rule is written for.
+    pub version: SqlVersion,
 }
 
 /// A variable of a rule's `SET @name = <expr>` clause. Its expression has the earlier
@@ -94,7 +101,7 @@ pub struct ParsedExpr {
 }
 
 /// Parses, validates and rewrites a rule.
-pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
+pub fn parse_rule(engine: &Engine, sql: &str, version: SqlVersion) -> Result<ParsedRule, SqlError> {
     limits::check_text(sql)?;
     let dialect = GenericDialect {};
     let mut tokens = Tokenizer::new(&dialect, sql)
@@ -106,6 +113,8 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
         })?;
     undefined_as_unknown(&mut tokens);
     let assignments = take_set_clause(&mut tokens)?;
+    // What the rule reads besides payload fields, SET variables included.
+    let mut needs = MetaNeeds::default();
     let topic_filter = take_topic_filter(&mut tokens)?;
     let value = take_select_value(&mut tokens);
     let mut variables: Vec<Variable> = Vec::with_capacity(assignments.len());
@@ -120,6 +129,8 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
             ));
         }
         limits::check(&expr)?;
+        version::apply(&mut expr, version)?;
+        functions::nulls::null_equality(&mut expr, &mut needs);
         desugar(&mut expr)?;
         substitute_variables(&mut expr, &variables)?;
         let nodes = limits::check(&expr)?;
@@ -197,14 +208,16 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
         passthrough: Vec::new(),
         null_literals: Vec::new(),
         variables,
+        version,
     };
     let mut fields = FieldTree::default();
-    let mut needs = MetaNeeds::default();
     for (i, col) in rule.columns.iter_mut().enumerate() {
         // As written: rewrites also make NULLs, for what AWS calls Undefined.
         if is_null_literal(&col.expr) && !rule.value {
             rule.null_literals.push(i);
         }
+        limits::check(&col.expr)?;
+        version::apply(&mut col.expr, version)?;
         rewrite(
             engine,
             &mut col.expr,
@@ -220,8 +233,12 @@ pub fn parse_rule(engine: &Engine, sql: &str) -> Result<ParsedRule, SqlError> {
         }
     }
     if let Some(cond) = &mut rule.condition {
+        limits::check(cond)?;
+        version::apply(cond, version)?;
         rewrite(engine, cond, &rule.variables, &mut fields, &mut needs)?;
     }
+    // A SET variable's comparisons with null, though no expression may use it.
+    read_null_flagged(&mut fields, &needs);
     rule.fields = fields;
     rule.meta = needs;
     Ok(rule)
@@ -250,6 +267,7 @@ pub fn parse_expr(
     engine: &Engine,
     text: &str,
     variables: &[Variable],
+    version: SqlVersion,
 ) -> Result<ParsedExpr, SqlError> {
     limits::check_text(text)?;
     let dialect = GenericDialect {};
@@ -270,6 +288,8 @@ pub fn parse_expr(
     }
     let mut fields = FieldTree::default();
     let mut needs = MetaNeeds::default();
+    limits::check(&expr)?;
+    version::apply(&mut expr, version)?;
     rewrite(engine, &mut expr, variables, &mut fields, &mut needs)?;
     Ok(ParsedExpr {
         expr,
@@ -284,7 +304,7 @@ mod tests {
     use crate::meta;
 
     fn parse(sql: &str) -> Result<ParsedRule, SqlError> {
-        parse_rule(&Engine::new(), sql)
+        parse_rule(&Engine::new(), sql, SqlVersion::default())
     }
 
     /// The walkthrough rule, as shipped.

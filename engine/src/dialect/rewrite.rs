@@ -153,6 +153,7 @@ pub(super) fn rewrite(
     needs: &mut MetaNeeds,
 ) -> Result<(), SqlError> {
     limits::check(expr)?;
+    functions::nulls::null_equality(expr, needs);
     desugar(expr)?;
     substitute_variables(expr, variables)?;
     limits::check(expr)?;
@@ -272,10 +273,15 @@ pub(super) fn rewrite(
         }
         ControlFlow::<()>::Continue(())
     });
-    // isNull(a.b) reads a.b, though its rewrite only names the null-flag column.
+    read_null_flagged(fields, needs);
+    Ok(())
+}
+
+/// `isNull(a.b)` and `a.b = NULL` read `a.b`, though their rewrites name only its
+/// null-flag column.
+pub(super) fn read_null_flagged(fields: &mut FieldTree, needs: &MetaNeeds) {
     for path in &needs.json_null {
         let parts: Vec<String> = path.split('.').map(str::to_owned).collect();
         fields.add(&parts);
     }
-    Ok(())
 }

@@ -29,7 +29,8 @@ use datafusion::logical_expr::expr::{Cast, ScalarFunction};
 use datafusion::logical_expr::type_coercion::functions::fields_with_udf;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator, lit, try_cast, when};
 
-fn is_string(t: &DataType) -> bool {
+/// Whether a type is one of Arrow's string types.
+pub(crate) fn is_string(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
@@ -198,6 +199,12 @@ fn aws_call(f: &ScalarFunction, schema: &DFSchema) -> Result<Expr> {
     }
     let numeric = NUMERIC.contains(&name);
     if numeric {
+        // An argument that is Undefined in every message (some kernels fail on its type).
+        for a in &f.args {
+            if a.get_type(schema)? == DataType::Null {
+                return Ok(lit(ScalarValue::Null));
+            }
+        }
         // AWS converts a String argument of a numeric function to a Decimal.
         convert(&mut f, |a, schema| {
             Ok(if is_string(&a.get_type(schema)?) {
@@ -206,17 +213,6 @@ fn aws_call(f: &ScalarFunction, schema: &DFSchema) -> Result<Expr> {
                 a
             })
         })?;
-    }
-    if name == "nanvl"
-        && let [a, b] = f.args.as_slice()
-    {
-        // Only a Decimal can be NaN: any other value is itself (an Undefined one was taken
-        // care of by the rewrite). A fallback of another type than the value's is a known
-        // gap: a column has one type.
-        let (at, bt) = (a.get_type(schema)?, b.get_type(schema)?);
-        if !matches!(at, DataType::Float64 | DataType::Float32) && at == bt {
-            return Ok(a.clone());
-        }
     }
     if wrong_argument_types(&f, schema)? {
         return Ok(lit(ScalarValue::Null));

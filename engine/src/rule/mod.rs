@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::DFSchema;
@@ -22,7 +22,7 @@ use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ExprWithAlias};
 use serde_json::Value;
 
 use crate::decode::{self, DecodeError};
-use crate::dialect::{self, ParsedRule, SqlError, types};
+use crate::dialect::{self, ParsedRule, SqlError, SqlVersion, types};
 use crate::fields::FieldTree;
 use crate::meta::{self, MetaNeeds};
 use crate::{Engine, Message, memory};
@@ -95,13 +95,25 @@ impl Rule {
         sql: &str,
         template_exprs: &[String],
     ) -> Result<Self, SqlError> {
+        Self::compile_for(engine, SqlVersion::default(), sql, template_exprs)
+    }
+
+    /// [`Rule::compile`], for a rule written for AWS IoT SQL `version`.
+    pub fn compile_for(
+        engine: &Arc<Engine>,
+        version: SqlVersion,
+        sql: &str,
+        template_exprs: &[String],
+    ) -> Result<Self, SqlError> {
         // On a thread of its own with a deep stack: the parser and the passes before the
         // depth check recurse as deep as the text nests (see `dialect::limits`).
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("weir-compile".to_owned())
                 .stack_size(dialect::limits::COMPILE_STACK)
-                .spawn_scoped(scope, || Self::compile_here(engine, sql, template_exprs))
+                .spawn_scoped(scope, || {
+                    Self::compile_here(engine, version, sql, template_exprs)
+                })
                 .map_err(|e| SqlError::new(format!("cannot start compiling the rule: {e}")))?
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -110,20 +122,23 @@ impl Rule {
 
     fn compile_here(
         engine: &Arc<Engine>,
+        version: SqlVersion,
         sql: &str,
         template_exprs: &[String],
     ) -> Result<Self, SqlError> {
-        let parsed = dialect::parse_rule(engine, sql)?;
+        let parsed = dialect::parse_rule(engine, sql, version)?;
         let mut fields = parsed.fields.clone();
         let mut meta = parsed.meta.clone();
         let mut templates = Vec::with_capacity(template_exprs.len());
         for text in template_exprs {
-            let e = dialect::parse_expr(engine, text, &parsed.variables).map_err(|mut e| {
-                e.message = format!("in template expression '${{{text}}}': {}", e.message);
-                e.line = None;
-                e.column = None;
-                e
-            })?;
+            let e = dialect::parse_expr(engine, text, &parsed.variables, version).map_err(
+                |mut e| {
+                    e.message = format!("in template expression '${{{text}}}': {}", e.message);
+                    e.line = None;
+                    e.column = None;
+                    e
+                },
+            )?;
             fields.merge(&e.fields);
             meta.merge(e.meta.clone());
             templates.push(e.expr);
@@ -455,6 +470,11 @@ impl Rule {
                 splice(&msgs[index].borrow().payload, &json)
             } else if self.parsed.value {
                 match unwrap_value(&json) {
+                    // 2015-10-08 outputs one item, never an array.
+                    Some(v) if v.starts_with(b"[") && !self.parsed.version.arrays_as_values() => {
+                        outcome.filtered_out += 1;
+                        continue;
+                    }
                     Some(v) => v,
                     None => {
                         // SELECT VALUE of an undefined value: nothing to send.
@@ -470,6 +490,8 @@ impl Rule {
                 .map(|a| {
                     if a.is_null(k) {
                         None
+                    } else if let Some(whole) = self.whole_number(a, k) {
+                        Some(whole)
                     } else {
                         array_value_to_string(a, k).ok()
                     }
@@ -482,6 +504,16 @@ impl Rule {
             });
         }
         Ok(())
+    }
+
+    /// A template's value at `row` as an Int's text, where it is a whole-number Decimal
+    /// and the rule's SQL version writes those as Ints.
+    fn whole_number(&self, values: &ArrayRef, row: usize) -> Option<String> {
+        let v = values.as_primitive_opt::<Float64Type>()?.value(row);
+        (self.parsed.version.whole_decimals_as_ints()
+            && v.fract() == 0.0
+            && v.abs() < 9_007_199_254_740_992.0)
+            .then(|| (v as i64).to_string())
     }
 
     /// Encodes the output columns as one JSON object per row. Null (undefined) values are
@@ -497,7 +529,7 @@ impl Rule {
         }
         let batch =
             RecordBatch::try_new(plan.output_schema.clone(), columns).map_err(|e| e.to_string())?;
-        encode_json_rows(&batch)
+        encode_json_rows(&batch, self.parsed.version)
     }
 
     /// The plan for a batch schema, from the cache or planned now.

@@ -44,10 +44,11 @@ fn seed_rule_transforms_and_filters() {
     let third = json(&out.outputs[1].payload);
     assert_eq!(out.outputs[1].index, 2);
     assert_eq!(third.as_object().unwrap().len(), 3, "{third}");
-    // Batched with 90.5, the integer 100 stays an integer (AWS's Int).
+    // Batched with 90.5, the integer 100 stays an integer (AWS's Int), and the whole
+    // Decimal 212.0 is written as an Int, as 2016-03-23 does.
     assert_eq!(
         out.outputs[1].payload.slice(..).as_ref(),
-        &br#"{"deviceIdentifier":"dev-7","celsiusReading":100,"fahrenheitReading":212.0}"#[..]
+        &br#"{"deviceIdentifier":"dev-7","celsiusReading":100,"fahrenheitReading":212}"#[..]
     );
     assert_eq!(third["celsiusReading"], 100);
 }
@@ -133,6 +134,26 @@ fn templates_are_evaluated_per_message() {
         [Some("c".into()), Some("me".into()), Some("4".into())]
     );
     assert_eq!(out.outputs[1].params, [Some("d".into()), None, None]);
+}
+
+#[test]
+fn templates_write_whole_decimals_as_the_sql_version_says() {
+    let exprs = vec!["v * 2".to_owned(), "v + 0.25".to_owned()];
+    let params = |version| {
+        let rule = Rule::compile_for(&Engine::new(), version, "SELECT v FROM 'a'", &exprs).unwrap();
+        rule.process(&[Message::new("a", &br#"{"v": 2.5}"#[..])])
+            .outputs[0]
+            .params
+            .clone()
+    };
+    assert_eq!(
+        params(SqlVersion::V2016_03_23),
+        [Some("5".into()), Some("2.75".into())]
+    );
+    assert_eq!(
+        params(SqlVersion::V2015_10_08),
+        [Some("5.0".into()), Some("2.75".into())]
+    );
 }
 
 #[test]

@@ -48,15 +48,21 @@ examples = [
     ("cast(7 AS String)", "7"), ("cast(false AS String)", "false"),
 ]
 
+def v2(x):
+    """As 2016-03-23 writes a value: a whole-number Decimal as an Int."""
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return x
+
 out = ["# String functions and CAST, one case per argument type of the AWS IoT SQL reference,",
        "# and its examples. Written by gen_aws_strings.py.", ""]
 for name, expr, value, expected in cases:
     out += [f"case {name}", f"sql: SELECT {expr} AS r FROM 's'", "topic: s",
             "in: " + ("{}" if value is UNDEF else json.dumps({"x": value})),
-            "exact: " + ("{}" if expected is UNDEF else json.dumps({"r": expected}, separators=(",", ":"), ensure_ascii=False)), ""]
+            "exact: " + ("{}" if expected is UNDEF else json.dumps({"r": v2(expected)}, separators=(",", ":"), ensure_ascii=False)), ""]
 for k, (expr, expected) in enumerate(examples):
     name = expr.split("(")[0]
     out += [f"case example-{k}-{name}", f"sql: SELECT {expr} AS r FROM 's'", "topic: s", "in: {}",
-            "exact: " + ("{}" if expected is UNDEF else json.dumps({"r": expected}, separators=(",", ":"), ensure_ascii=False)), ""]
+            "exact: " + ("{}" if expected is UNDEF else json.dumps({"r": v2(expected)}, separators=(",", ":"), ensure_ascii=False)), ""]
 open("aws_strings.golden", "w").write("\n".join(out))
 print(len(cases) + len(examples))

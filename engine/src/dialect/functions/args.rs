@@ -1,9 +1,13 @@
 //! What every family of functions needs: the call being rewritten, the conversions AWS
 //! applies to arguments, expression builders, and the arguments of a UDF as arrays.
 
-use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::compute::cast as cast_array;
+use datafusion::arrow::datatypes::{DataType as ArrowType, Float64Type};
 use datafusion::common::Result;
 use datafusion::logical_expr::ScalarFunctionArgs;
+
+use super::conversions::is_aws_number;
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{BinaryOperator, CaseWhen, CastKind, DataType, Expr, Value};
 
@@ -48,14 +52,6 @@ pub(super) fn string(e: Expr) -> Expr {
 /// `CAST(e AS BIGINT)`: AWS bit functions convert their arguments to Int.
 pub(super) fn int(e: Expr) -> Expr {
     cast(e, DataType::BigInt(None))
-}
-
-/// `CAST(e AS DOUBLE)`: a number, from a String if it holds one (Undefined if not).
-pub(super) fn double(e: Expr) -> Expr {
-    cast(
-        e,
-        DataType::Double(datafusion::sql::sqlparser::ast::ExactNumberInfo::None),
-    )
 }
 
 fn cast(e: Expr, data_type: DataType) -> Expr {
@@ -103,12 +99,17 @@ pub(super) fn only_if(condition: Expr, then: Expr) -> Expr {
 
 /// `CASE WHEN x IS NULL THEN then ELSE otherwise END`.
 pub(super) fn if_undefined(x: Expr, then: Expr, otherwise: Expr) -> Expr {
+    when(Expr::IsNull(Box::new(x)), then, otherwise)
+}
+
+/// `CASE WHEN condition THEN then ELSE otherwise END`.
+pub(super) fn when(condition: Expr, then: Expr, otherwise: Expr) -> Expr {
     Expr::Case {
         case_token: AttachedToken::empty(),
         end_token: AttachedToken::empty(),
         operand: None,
         conditions: vec![CaseWhen {
-            condition: Expr::IsNull(Box::new(x)),
+            condition,
             result: then,
         }],
         else_result: Some(Box::new(otherwise)),
@@ -136,4 +137,44 @@ pub(super) fn arg_arrays(args: &ScalarFunctionArgs) -> Result<Vec<ArrayRef>> {
         .iter()
         .map(|a| a.to_array(args.number_rows))
         .collect()
+}
+
+/// An argument AWS converts to an Int, row by row: a number or a numeric String, rounded
+/// down; anything else (a Boolean, an Array, a String that is no number) is Undefined.
+pub(super) enum Whole {
+    Numbers(ArrayRef),
+    Texts(ArrayRef),
+    None,
+}
+
+impl Whole {
+    pub(super) fn new(key: &ArrayRef) -> Result<Self> {
+        Ok(if key.data_type().is_numeric() {
+            Whole::Numbers(cast_array(key, &ArrowType::Float64)?)
+        } else if crate::dialect::types::is_string(key.data_type()) {
+            Whole::Texts(cast_array(key, &ArrowType::Utf8)?)
+        } else {
+            Whole::None
+        })
+    }
+
+    /// The value at row `i`, if it converts.
+    pub(super) fn at(&self, i: usize) -> Option<i64> {
+        let v = match self {
+            Whole::Numbers(a) => a
+                .is_valid(i)
+                .then(|| a.as_primitive::<Float64Type>().value(i))?,
+            Whole::Texts(a) => {
+                let t = a.as_string::<i32>();
+                let t = t
+                    .is_valid(i)
+                    .then(|| t.value(i))
+                    .filter(|t| is_aws_number(t))?;
+                t.parse::<f64>().ok()?
+            }
+            Whole::None => return None,
+        };
+        // Finite; one beyond i64 saturates (`as` does), which is outside every value anyway.
+        v.is_finite().then(|| v.floor() as i64)
+    }
 }

@@ -21,11 +21,13 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility,
 };
-use datafusion::sql::sqlparser::ast::{Expr, Value};
+use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Value};
 
-use super::args::{Call, arg_arrays, name_and_signature, number, text};
+use super::args::{Call, arg_arrays, binary, name_and_signature, number, only_if, text};
 use crate::dialect::ast::call;
 use crate::json_text::{self, is_json_text, json_text_field};
+
+mod get;
 
 type JsonValue = serde_json::Value;
 
@@ -46,6 +48,9 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::from(Member {
             signature: Signature::any(2, Volatility::Immutable),
         }),
+        ScalarUDF::from(get::Get {
+            signature: Signature::any(2, Volatility::Immutable),
+        }),
     ]
 }
 
@@ -53,11 +58,19 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
 pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
     let a = |i: usize| c.arg(i);
     let out = match c.name {
-        "transform" => c.arity(3).and_then(|()| match &c.args[0] {
-            Expr::Value(v) if matches!(&v.value, Value::SingleQuotedString(m) if m == "enrichArray") => {
-                Ok(call(ENRICH, vec![a(1), a(2)]))
+        // Any mode but 'enrichArray' is Undefined.
+        "transform" => c.arity(3).map(|()| {
+            let enrich = call(ENRICH, vec![a(1), a(2)]);
+            match &c.args[0] {
+                Expr::Value(v) if matches!(&v.value, Value::SingleQuotedString(m) if m == "enrichArray") => {
+                    enrich
+                }
+                Expr::Value(_) => Expr::value(Value::Null),
+                mode => only_if(
+                    binary(mode.clone(), BinaryOperator::Eq, text("enrichArray")),
+                    enrich,
+                ),
             }
-            _ => Err("transform() supports the mode 'enrichArray'".to_owned()),
         }),
         // concat() is Undefined, concat(x) is x; with an array among the values, an array.
         "concat" => Ok(match c.args.len() {
@@ -65,27 +78,24 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
             1 => a(0),
             _ => call(CONCAT, c.args.to_vec()),
         }),
-        "get" => c.arity(2).and_then(|()| match &c.args[1] {
+        "get" => c.arity(2).map(|()| match &c.args[1] {
             // A negative index is outside every array: Undefined.
             Expr::UnaryOp {
                 op: datafusion::sql::sqlparser::ast::UnaryOperator::Minus,
                 expr,
             } if matches!(expr.as_ref(), Expr::Value(v) if matches!(v.value, Value::Number(..))) => {
-                Ok(Expr::value(Value::Null))
+                Expr::value(Value::Null)
             }
-            Expr::Value(v) => match &v.value {
-                // A missing key is Undefined, as is a key of what is no object.
-                Value::SingleQuotedString(key) => Ok(call(MEMBER, vec![a(0), text(key)])),
-                // AWS indexes arrays from 0, DataFusion from 1.
-                Value::Number(n, _) => n
-                    .parse::<i64>()
-                    .map(|i| call("array_element", vec![a(0), number(&(i + 1).to_string())]))
-                    .map_err(|_| format!("get(): index {n} is not an integer")),
-                _ => Err("get() takes a string key or an integer index".to_owned()),
-            },
-            _ => {
-                Err("get() with a computed key is not supported yet; use a literal key".to_owned())
+            // A whole-number index: DataFusion's, which indexes arrays from 1.
+            Expr::Value(v) if matches!(&v.value, Value::Number(n, _) if n.parse::<i64>().is_ok_and(|i| i < i64::MAX)) =>
+            {
+                let Value::Number(n, _) = &v.value else {
+                    unreachable!()
+                };
+                let i: i64 = n.parse().expect("checked above");
+                call("array_element", vec![a(0), number(&(i + 1).to_string())])
             }
+            _ => call(get::GET, vec![a(0), a(1)]),
         }),
         _ => return None,
     };
@@ -116,20 +126,16 @@ fn merged(element: &Fields, object: &Fields) -> Fields {
     Fields::from(out)
 }
 
-fn shapes(arg_types: &[DataType]) -> Result<(Fields, Fields)> {
+/// The object's and the array elements' fields, or `None` where the arguments are not an
+/// object and an array of objects (the result is then Undefined).
+fn shapes(arg_types: &[DataType]) -> Option<(Fields, Fields)> {
     match arg_types {
         [DataType::Struct(object), DataType::List(item)] => match item.data_type() {
-            DataType::Struct(element) => Ok((object.clone(), element.clone())),
-            DataType::Null => Ok((object.clone(), Fields::empty())),
-            other => {
-                plan_err!("transform('enrichArray', ...): the array must hold objects, got {other}")
-            }
+            DataType::Struct(element) => Some((object.clone(), element.clone())),
+            DataType::Null => Some((object.clone(), Fields::empty())),
+            _ => None,
         },
-        [DataType::Null, _] | [_, DataType::Null] => Ok((Fields::empty(), Fields::empty())),
-        [o, a] => plan_err!(
-            "transform('enrichArray', object, array) needs an object and an array of objects, got {o} and {a}"
-        ),
-        _ => plan_err!("transform() takes 3 arguments"),
+        _ => None,
     }
 }
 
@@ -137,11 +143,13 @@ impl ScalarUDFImpl for EnrichArray {
     name_and_signature!(ENRICH);
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        let (object, element) = shapes(arg_types)?;
-        Ok(DataType::List(Arc::new(Field::new_list_field(
-            DataType::Struct(merged(&element, &object)),
-            true,
-        ))))
+        Ok(match shapes(arg_types) {
+            Some((object, element)) => DataType::List(Arc::new(Field::new_list_field(
+                DataType::Struct(merged(&element, &object)),
+                true,
+            ))),
+            None => DataType::Null,
+        })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -150,9 +158,7 @@ impl ScalarUDFImpl for EnrichArray {
             return exec_err!("transform() takes 3 arguments");
         };
         let (object, array) = (object.to_array(n)?, array.to_array(n)?);
-        if matches!(object.data_type(), DataType::Null)
-            || matches!(array.data_type(), DataType::Null)
-        {
+        if matches!(args.return_field.data_type(), DataType::Null) {
             return Ok(ColumnarValue::Array(
                 datafusion::arrow::array::new_null_array(args.return_field.data_type(), n),
             ));
@@ -233,7 +239,7 @@ pub(super) fn to_json(array: &ArrayRef) -> Result<Vec<Option<JsonValue>>> {
     )]));
     let batch = RecordBatch::try_new(schema, vec![array.clone()])?;
     // An object may hold JSON text (a mixed array): written as the JSON it is.
-    let text = json_text::write_lines(&batch)?;
+    let text = json_text::write_lines(&batch, false)?;
     text.split(|b| *b == b'\n')
         .take(array.len())
         .map(|line| {

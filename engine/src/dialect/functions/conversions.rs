@@ -33,7 +33,7 @@ pub(crate) fn number(e: datafusion::logical_expr::Expr) -> datafusion::logical_e
 }
 
 /// Whether `s` is a number as AWS writes one (see [`number`]).
-fn is_aws_number(s: &str) -> bool {
+pub(super) fn is_aws_number(s: &str) -> bool {
     let b = s.as_bytes();
     let mut i = usize::from(b.first() == Some(&b'-'));
     let digits = |i: &mut usize| {
@@ -103,11 +103,41 @@ mod tests {
     }
 }
 
+/// `__weir_whole(x)`: `x` converted to an Int as AWS converts an index: a number or a
+/// String holding one, rounded down (saturating at the ends of Int64); Undefined for
+/// anything else.
+pub(crate) const WHOLE: &str = "__weir_whole";
+
 /// The family's kernels.
 pub(super) fn udfs() -> Vec<ScalarUDF> {
-    vec![ScalarUDF::from(Not {
-        signature: Signature::any(1, Volatility::Immutable),
-    })]
+    vec![
+        ScalarUDF::from(Not {
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
+        ScalarUDF::from(Whole {
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
+    ]
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Whole {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Whole {
+    name_and_signature!(WHOLE);
+
+    fn return_type(&self, _arg_types: &[ArrowType]) -> Result<ArrowType> {
+        Ok(ArrowType::Int64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let values = super::args::Whole::new(&args.args[0].to_array(n)?)?;
+        let out: datafusion::arrow::array::Int64Array = (0..n).map(|i| values.at(i)).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -185,7 +215,11 @@ pub(crate) fn cast_type(t: &DataType) -> Option<DataType> {
     match t {
         DataType::Int(_) | DataType::Integer(_) => Some(DataType::BigInt(None)),
         DataType::Decimal(_) => Some(DataType::Double(ExactNumberInfo::None)),
-        DataType::String(_) => Some(DataType::Varchar(None)),
+        // AWS's names for a String that DataFusion does not know.
+        DataType::String(_) | DataType::Nvarchar(_) => Some(DataType::Varchar(None)),
+        DataType::Custom(name, _) if name.to_string().eq_ignore_ascii_case("ntext") => {
+            Some(DataType::Varchar(None))
+        }
         _ => None,
     }
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{AsArray, StringBuilder};
+
 use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::Result;
 use datafusion::logical_expr::{
@@ -20,9 +22,17 @@ use crate::meta;
 /// `__weir_json(s)`: the string `s`, marked as JSON text.
 const MARK: &str = "__weir_json";
 
+/// `__weir_decode_base64(s)`: AWS's `decode(s, 'base64')`.
+const DECODE_BASE64: &str = "__weir_decode_base64";
+
 /// The family's kernels.
 pub(super) fn udfs() -> Vec<ScalarUDF> {
-    vec![ScalarUDF::from(Mark::new())]
+    vec![
+        ScalarUDF::from(Mark::new()),
+        ScalarUDF::from(DecodeBase64 {
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+        }),
+    ]
 }
 
 /// The rewrite of an encoding function, if `c` calls one.
@@ -30,7 +40,11 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
     let a = |i: usize| c.arg(i);
     let out = match c.name {
         "decode" => c.arity(2).map(|()| {
-            call(MARK, vec![string(call("decode", vec![string(a(0)), a(1)]))])
+            if is_base64(&c.args[1]) {
+                call(DECODE_BASE64, vec![string(a(0))])
+            } else {
+                call(MARK, vec![string(call("decode", vec![string(a(0)), a(1)]))])
+            }
         }),
         "encode" => c.arity(2).map(|()| {
             // `encode(*, ...)` encodes the payload's bytes as received.
@@ -40,13 +54,21 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
                 vec![if is_payload { a(0) } else { string(a(0)) }, a(1)],
             );
             // DataFusion's base64 has no padding; AWS's (standard base64) has.
-            let is_base64 = matches!(&c.args[1], Expr::Value(v)
-                if matches!(&v.value, Value::SingleQuotedString(s) if s.eq_ignore_ascii_case("base64")));
-            if is_base64 { pad_base64(e) } else { e }
+            if is_base64(&c.args[1]) {
+                pad_base64(e)
+            } else {
+                e
+            }
         }),
         _ => return None,
     };
     Some(out)
+}
+
+/// Whether a scheme argument is the literal `'base64'`.
+fn is_base64(scheme: &Expr) -> bool {
+    matches!(scheme, Expr::Value(v)
+        if matches!(&v.value, Value::SingleQuotedString(s) if s.eq_ignore_ascii_case("base64")))
 }
 
 /// `rpad(e, ceil(len / 4) * 4, '=')`.
@@ -91,5 +113,47 @@ impl ScalarUDFImpl for Mark {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         Ok(args.args[0].clone())
+    }
+}
+
+/// `decode(s, 'base64')`: the text the base64 holds (padding optional, as Java's decoder
+/// takes it; bytes that are not UTF-8 replaced), as JSON text, so that a JSON document is
+/// that document. Text that is not base64 gives `null`, as the reference says.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct DecodeBase64 {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for DecodeBase64 {
+    name_and_signature!(DECODE_BASE64);
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn return_field_from_args(&self, _args: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(json_text_field("json")))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use base64::Engine as _;
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        const BASE64: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let n = args.number_rows;
+        let texts = args.args[0].to_array(n)?;
+        let mut out = StringBuilder::with_capacity(n, n * 16);
+        for t in texts.as_string::<i32>() {
+            match t {
+                None => out.append_null(),
+                Some(t) => match BASE64.decode(t) {
+                    Ok(bytes) => out.append_value(String::from_utf8_lossy(&bytes)),
+                    Err(_) => out.append_value("null"),
+                },
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }

@@ -2,10 +2,32 @@
 //! Each is a rewrite into DataFusion's operators and functions; the bit functions convert
 //! their arguments to Int, as AWS does.
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringBuilder};
+use datafusion::arrow::compute::kernels::zip::zip;
+use datafusion::arrow::compute::{cast, is_not_null};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
+use datafusion::common::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
-use super::args::{Call, binary, if_undefined, int, number};
+use super::args::{Call, arg_arrays, binary, int, name_and_signature, number, when};
 use crate::dialect::ast::call;
+use crate::json_text::{json_text_field, json_text_of};
+
+/// `__weir_nanvl(x, fallback)`: AWS's `nanvl`.
+const NANVL: &str = "__weir_nanvl";
+
+/// The family's kernels.
+pub(super) fn udfs() -> Vec<ScalarUDF> {
+    vec![ScalarUDF::from(Nanvl {
+        signature: Signature::any(2, Volatility::Immutable),
+    })]
+}
 
 /// `x` as the bit functions take it: a number or a String holding one, rounded down to an
 /// Int; anything else (a Boolean, an Array) Undefined.
@@ -34,11 +56,93 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
             .arity(1)
             .map(|()| binary(number("-1"), BinaryOperator::Minus, whole(a(0)))),
         "sign" => c.arity(1).map(|()| call("signum", vec![a(0)])),
-        // An undefined first argument gives the second, as a NaN does.
-        "nanvl" => c
-            .arity(2)
-            .map(|()| if_undefined(a(0), a(1), call("nanvl", vec![a(0), a(1)]))),
+        "nanvl" => c.arity(2).map(|()| call(NANVL, vec![a(0), a(1)])),
+        // trunc(x, places): places rounded down and held to 0..=34.
+        "trunc" if c.args.len() == 2 => {
+            let places = whole(a(1));
+            let low = when(
+                binary(places.clone(), BinaryOperator::Lt, number("0")),
+                number("0"),
+                places,
+            );
+            let places = when(
+                binary(low.clone(), BinaryOperator::Gt, number("34")),
+                number("34"),
+                low,
+            );
+            Ok(call("trunc", vec![a(0), places]))
+        }
         _ => return None,
     };
     Some(out)
+}
+
+/// `nanvl(x, fallback)`: `x`, or `fallback` where `x` is Undefined, null or a NaN. Of two
+/// values of one type the result has that type, of two numbers it is a Decimal; otherwise
+/// its JSON type is known per message and it is JSON text (see [`crate::json_text`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Nanvl {
+    signature: Signature,
+}
+
+/// The type `nanvl` gives for its arguments' types, or `None` for JSON text.
+fn nanvl_type(x: &DataType, fallback: &DataType) -> Option<DataType> {
+    if x == fallback || fallback == &DataType::Null {
+        Some(x.clone())
+    } else if x == &DataType::Null {
+        Some(fallback.clone())
+    } else if x.is_numeric() && fallback.is_numeric() {
+        Some(DataType::Float64)
+    } else {
+        None
+    }
+}
+
+impl ScalarUDFImpl for Nanvl {
+    name_and_signature!(NANVL);
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(nanvl_type(&arg_types[0], &arg_types[1]).unwrap_or(DataType::Utf8))
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let [x, fallback] = args.arg_fields else {
+            unreachable!("the signature takes two arguments")
+        };
+        Ok(match nanvl_type(x.data_type(), fallback.data_type()) {
+            Some(t) => Arc::new(Field::new(NANVL, t, true)),
+            None => Arc::new(json_text_field(NANVL)),
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = arg_arrays(&args)?;
+        let (x, fallback) = (&arrays[0], &arrays[1]);
+        // Where x is kept: defined, not null, not a NaN.
+        let keep: BooleanArray = match x.as_primitive_opt::<Float64Type>() {
+            Some(d) => d
+                .iter()
+                .map(|v| Some(v.is_some_and(|v| !v.is_nan())))
+                .collect(),
+            None => is_not_null(x)?,
+        };
+        let out: ArrayRef = match nanvl_type(x.data_type(), fallback.data_type()) {
+            Some(t) => zip(&keep, &cast(x, &t)?, &cast(fallback, &t)?)?,
+            None => {
+                let (xs, fs) = (
+                    super::collections::to_json(x)?,
+                    super::collections::to_json(fallback)?,
+                );
+                let mut out = StringBuilder::with_capacity(x.len(), x.len() * 8);
+                for (i, keep) in keep.values().iter().enumerate() {
+                    match if keep { &xs[i] } else { &fs[i] } {
+                        None => out.append_null(),
+                        Some(v) => out.append_value(json_text_of(v)),
+                    }
+                }
+                Arc::new(out.finish())
+            }
+        };
+        Ok(ColumnarValue::Array(out))
+    }
 }

@@ -4,15 +4,15 @@
 //! | family | functions |
 //! |---|---|
 //! | [`context`] | `topic()`, `topic(n)`, `clientid()`, `thingName()`, `principal()`, `sourceip()`, `timestamp()`, `traceid()`, `newuuid()`, `get_mqtt_property()`, `get_user_properties()` |
-//! | [`nulls`] | `isNull()`, `isUndefined()`, `get_or_default()` |
+//! | [`nulls`] | `isNull()`, `isUndefined()`, `get_or_default()`, `=`/`<>` with JSON `null` |
 //! | [`math`] | `mod`, `remainder`, `bitand`, `bitor`, `bitxor`, `bitnot`, `sign`, `nanvl` |
 //! | [`strings`] | `startswith`, `endswith`, `indexof`, `length`, `numbytes`, `substring`, `lpad`, `rpad` |
 //! | [`regex`] | `regexp_matches`, `regexp_replace`, `regexp_substr` (Java syntax) |
 //! | [`encoding`] | `encode`, `decode` |
 //! | [`hashes`] | `md2`, `md5`, `sha1`, `sha224`, `sha256`, `sha384`, `sha512`, `crc32` |
-//! | [`collections`] | `get`, `concat`, `transform` |
+//! | [`collections`] | `get` (computed keys in `collections/get.rs`), `concat`, `transform` |
 //! | [`time`] | `parse_time`, `time_to_epoch` |
-//! | [`conversions`] | `CAST(x AS Int \| Decimal \| Boolean \| String)` |
+//! | [`conversions`] | `CAST(x AS Int \| Decimal \| Boolean \| String)`, AWS's conversion to Int (`__weir_whole`) |
 //!
 //! A call is resolved by [`resolve`]: functions that call AWS services are refused with
 //! the reason ([`unsupported`]); an AWS function becomes the expression its family
@@ -52,6 +52,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         collections::udfs(),
         time::udfs(),
         conversions::udfs(),
+        math::udfs(),
         regex::udfs(),
         bounded::udfs(),
     ]

@@ -5,7 +5,7 @@
 
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
-use super::args::{Call, binary, double, if_undefined, int, number, only_if, string, text};
+use super::args::{Call, binary, if_undefined, int, number, only_if, string, text, when};
 use crate::dialect::ast::call;
 
 /// The rewrite of a string function, if `c` calls one.
@@ -38,20 +38,26 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
                 ))
             } else {
                 let s = string(a(0));
-                let pos = |e: Expr| int(call("floor", vec![e]));
-                let start = call("greatest", vec![pos(a(1)), number("0")]);
+                // Unlike greatest() and least(), these keep an Undefined index Undefined.
+                let at_least = |e: Expr, low: Expr| {
+                    when(binary(e.clone(), BinaryOperator::Lt, low.clone()), low, e)
+                };
+                let at_most = |e: Expr, high: Expr| {
+                    when(binary(e.clone(), BinaryOperator::Gt, high.clone()), high, e)
+                };
+                // An index rounded down and held to 0..2^31 before it becomes an Int
+                // (`substring(false, -2.411E247)` is "false").
+                let pos = |e: Expr| {
+                    let whole = call(super::conversions::WHOLE, vec![e]);
+                    at_most(at_least(whole, number("0")), number("2147483647"))
+                };
+                let start = at_least(pos(a(1)), number("0"));
                 let from = binary(start.clone(), BinaryOperator::Plus, number("1"));
                 Ok(if c.args.len() == 2 {
                     call("substr", vec![s, from])
                 } else {
-                    let end = call(
-                        "least",
-                        vec![pos(a(2)), call("character_length", vec![s.clone()])],
-                    );
-                    let len = call(
-                        "greatest",
-                        vec![binary(end, BinaryOperator::Minus, start), number("0")],
-                    );
+                    let end = at_most(pos(a(2)), call("character_length", vec![s.clone()]));
+                    let len = at_least(binary(end, BinaryOperator::Minus, start), number("0"));
                     call("substr", vec![s, from, len])
                 })
             }
@@ -70,8 +76,9 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
         // AWS's pads add `n` spaces (0 to 1000), whatever the text's length; with a fill
         // argument they are DataFusion's.
         "lpad" | "rpad" if c.args.len() == 2 => {
-            // The count is a number (a String converted, rounded down), as an Int.
-            let count = int(call("floor", vec![double(a(1))]));
+            // The count is AWS's Int: a number or a String holding one, rounded down; a
+            // Boolean, Array or Object gives Undefined.
+            let count = call(super::conversions::WHOLE, vec![a(1)]);
             // greatest and least pass over a NULL: an Undefined count stays Undefined.
             let clamped = call(
                 "greatest",

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use datafusion::arrow::array::{Array, AsArray, Int64Builder, StringBuilder};
-use datafusion::arrow::datatypes::{DataType, Int64Type};
-use datafusion::common::{Result, exec_err, plan_err};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::args::{arg_arrays, name_and_signature};
+use super::args::{Whole, arg_arrays, name_and_signature};
 
 /// The family's kernels, called by their AWS names.
 pub(super) fn udfs() -> Vec<ScalarUDF> {
@@ -140,9 +140,16 @@ impl ScalarUDFImpl for ParseTime {
     name_and_signature!("parse_time");
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        // Strings as Utf8; the time is converted by the kernel, as AWS converts an Int, and
+        // a pattern or zone that is no String gives Undefined.
         match arg_types.len() {
-            2 => Ok(vec![DataType::Utf8, DataType::Int64]),
-            3 => Ok(vec![DataType::Utf8, DataType::Int64, DataType::Utf8]),
+            2 | 3 => Ok(arg_types
+                .iter()
+                .map(|t| match t {
+                    DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+                    t => t.clone(),
+                })
+                .collect()),
             n => plan_err!(
                 "parse_time() takes 2 or 3 arguments (pattern, epoch ms[, zone]), got {n}"
             ),
@@ -156,32 +163,34 @@ impl ScalarUDFImpl for ParseTime {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
         let arrays = arg_arrays(&args)?;
-        let patterns = arrays[0].as_string::<i32>();
-        let times = arrays[1].as_primitive::<Int64Type>();
-        let zones = arrays.get(2).map(|z| z.as_string::<i32>());
         let mut out = StringBuilder::with_capacity(n, n * 24);
+        let zones = match arrays.get(2) {
+            None => Some(None),
+            Some(z) => z.as_string_opt::<i32>().map(Some),
+        };
+        let (Some(patterns), Some(zones)) = (arrays[0].as_string_opt::<i32>(), zones) else {
+            out.append_nulls(n);
+            return Ok(ColumnarValue::Array(Arc::new(out.finish())));
+        };
+        let times = Whole::new(&arrays[1])?;
         // Patterns are nearly always one literal: translate each distinct one once.
         let mut cached: Option<(String, String)> = None;
         for i in 0..n {
-            if patterns.is_null(i) || times.is_null(i) || zones.is_some_and(|z| z.is_null(i)) {
+            let (Some(ms), true, false) = (
+                times.at(i),
+                patterns.is_valid(i),
+                zones.is_some_and(|z| z.is_null(i)),
+            ) else {
                 out.append_null();
                 continue;
-            }
+            };
             let pattern = patterns.value(i);
             if cached.as_ref().is_none_or(|(p, _)| p != pattern) {
                 cached = Some((pattern.to_owned(), joda_to_chrono(pattern)));
             }
             let format = &cached.as_ref().expect("set above").1;
-            match format_one(format, times.value(i), zones.map(|z| z.value(i))) {
-                Some(s) => out.append_value(s),
-                None => {
-                    let zone = zones.map(|z| z.value(i)).unwrap_or("UTC");
-                    return exec_err!(
-                        "parse_time(): cannot format {} ms in zone '{zone}'",
-                        times.value(i)
-                    );
-                }
-            }
+            // A zone that is none, or a time outside chrono's range: Undefined.
+            out.append_option(format_one(format, ms, zones.map(|z| z.value(i))));
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
