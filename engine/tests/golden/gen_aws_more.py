@@ -136,6 +136,12 @@ EXAMPLES = [
     ("substring-example-j", "substring('012345', 3, 1)", UNDEF, ""),
     ("md2-example", "md2('hello')", UNDEF, "a9046c73e00331af68917d3804f70655"),
     ("md5-example", "md5('hello')", UNDEF, "5d41402abc4b2a76b9719d911017c592"),
+    ("chr-example", "chr(49)", UNDEF, "1"),
+    ("ln-example", "ln(2.718281828459045)", UNDEF, 1),
+    ("get-example-array", 'get(["a", "b", "c"], 1)', UNDEF, "b"),
+    ("get-example-object", 'get({"a":"b"}, "a")', UNDEF, "b"),
+    # The reference's example says "a", against its own table (0-based, as for Arrays).
+    ("get-example-string", 'get("abc", 1)', UNDEF, "b"),
     ("get-computed-key-object", "get(x.o, x.k)", {"o": {"a": "b"}, "k": "a"}, "b"),
     ("get-computed-index-array", "get(x.a, x.i)", {"a": ["p", "q", "r"], "i": 2}, "r"),
     ("get-computed-index-string", "get(x.a, x.i)", {"a": "pqr", "i": 0}, "p"),
