@@ -411,3 +411,51 @@ async fn republish_reaches_another_broker_through_a_named_connection() {
     let stored = std::fs::read_to_string(dir.join("connections.json")).unwrap();
     assert!(stored.contains("mqtt-secret-5"), "the password is kept");
 }
+
+/// AWS IoT Basic Ingest through an external broker: weir subscribes to
+/// `$aws/rules/<rule>/<filter>` for each rule, and a message published there reaches that
+/// rule only, with the prefix taken off its topic.
+#[tokio::test]
+async fn basic_ingest_through_an_external_broker_reaches_the_named_rule_only() {
+    let broker = Mosquitto::start().await;
+    let dir = temp_dir("external-basic-ingest");
+    let url = format!("mqtt://{}", broker.addr);
+    let weir = Weir::start(&dir, &["--broker", &url, "--broker-qos", "1"]).await;
+    for (name, out) in [("named", "bi/named"), ("other", "bi/other")] {
+        let rule = json!({
+            "sql": "SELECT n, topic() AS t FROM 'plant/+'",
+            "actions": [{"republish": {"topic": out}}]
+        });
+        assert_eq!(weir.put_rule(name, rule).await.0, 201);
+    }
+    let mut watcher = Mqtt::connect(broker.addr, "watcher").await;
+    watcher.subscribe("bi/#").await;
+    let device = Mqtt::connect(broker.addr, "device").await;
+    let (topic, v) = device
+        .publish_until_seen("$aws/rules/named/plant/7", r#"{"n": 1}"#, &mut watcher)
+        .await;
+    assert_eq!(
+        (topic.as_str(), v),
+        ("bi/named", json!({"n": 1, "t": "plant/7"}))
+    );
+    // Only the named rule: nothing on the other rule's output, though its filter matches.
+    while let Some((topic, _)) = watcher.next(1).await {
+        assert_eq!(
+            topic, "bi/named",
+            "the other rule got a Basic Ingest message"
+        );
+    }
+    // The plain topic still reaches both (publishing again until both subscriptions are
+    // in place).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "only {got:?}");
+        device.publish("plant/8", r#"{"n": 2}"#).await;
+        while let Some((topic, v)) = watcher.next(1).await {
+            assert_eq!(v["n"], 2, "{topic}: {v}");
+            got.insert(topic);
+        }
+    }
+    assert_eq!(got, ["bi/named".to_owned(), "bi/other".to_owned()].into());
+}

@@ -125,6 +125,12 @@ pub fn basic_ingest(topic: &str) -> Option<(&str, &str)> {
     (!rule.is_empty() && !topic.is_empty()).then_some((rule, topic))
 }
 
+/// The topic filter that carries a rule's Basic Ingest messages: `$aws/rules/<rule>/`
+/// and the rule's own filter.
+pub fn basic_ingest_filter(rule: &str, filter: &str) -> String {
+    format!("$aws/rules/{rule}/{filter}")
+}
+
 /// A trie of topic filters, each carrying values of type `T` (rule ids, subscriber ids).
 #[derive(Debug, Clone)]
 pub struct TopicTrie<T> {
@@ -470,6 +476,15 @@ mod tests {
         assert_eq!(basic_ingest("$aws/rules/r"), None);
         assert_eq!(basic_ingest("$aws/rules//x"), None);
         assert_eq!(basic_ingest("plant/1"), None);
+        let filter = basic_ingest_filter("BuildingManager", "Buildings/+");
+        assert!(matches(
+            &filter,
+            "$aws/rules/BuildingManager/Buildings/Building5"
+        ));
+        assert_eq!(
+            basic_ingest("$aws/rules/BuildingManager/Buildings/Building5"),
+            Some(("BuildingManager", "Buildings/Building5"))
+        );
     }
 
     #[test]

@@ -388,12 +388,21 @@ impl Pipeline {
     }
 
     /// Makes the rules in `running` the ones messages are routed to, and tells the
-    /// external broker which topic filters they read.
+    /// external broker which topic filters they read: each rule's own, and its Basic
+    /// Ingest filter (`$aws/rules/<rule>/<filter>`), which only that rule receives.
     fn publish_routes(&self, running: &HashMap<String, Arc<RunningRule>>) {
         let routes = Routes::new(running.values());
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
         if let Some(ext) = &self.external {
-            let filters: BTreeSet<String> = running.values().map(|r| r.filter.clone()).collect();
+            let filters: BTreeSet<String> = running
+                .values()
+                .flat_map(|r| {
+                    [
+                        r.filter.clone(),
+                        weir_engine::topic::basic_ingest_filter(&r.name, &r.filter),
+                    ]
+                })
+                .collect();
             ext.set_filters(filters);
         }
     }
