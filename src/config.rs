@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// Log filter, e.g. info or weir=debug [default: info].
     #[arg(long, env = "WEIR_LOG")]
     pub log: Option<String>,
+    /// Log format: `human` (a line of text per event) or `json` (a JSON object per line,
+    /// for log collectors) [default: human].
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_name = "human|json")]
+    pub log_format: Option<String>,
     /// API authentication: `on` (every /v1 request needs `Authorization: Bearer <token>`)
     /// or `off` [default: on].
     #[arg(long, env = "WEIR_AUTH", value_name = "on|off")]
@@ -226,6 +230,7 @@ impl ServeArgs {
                 action_buffer_max_bytes,
                 worker_threads,
                 log,
+                log_format,
                 auth,
                 admin_token_file,
                 metrics_auth,
@@ -267,6 +272,8 @@ pub struct Settings {
     pub action_buffer_max_bytes: u64,
     pub worker_threads: usize,
     pub log: String,
+    /// Log lines as JSON objects rather than text.
+    pub log_json: bool,
     pub auth: AuthSettings,
     /// What each client of the embedded broker may hold.
     pub mqtt_limits: weir_connectors::mqtt::embedded::Limits,
@@ -499,6 +506,11 @@ impl Settings {
             action_buffer_max_bytes: a.action_buffer_max_bytes.unwrap_or(1 << 30),
             worker_threads,
             log: a.log.clone().unwrap_or_else(|| "info".to_owned()),
+            log_json: match a.log_format.as_deref() {
+                None | Some("human") => false,
+                Some("json") => true,
+                Some(other) => bail!("--log-format must be human or json, got '{other}'"),
+            },
             auth,
             mqtt_limits: weir_connectors::mqtt::embedded::Limits {
                 max_packet: mqtt_max_packet_size,
@@ -594,6 +606,11 @@ mod tests {
         assert!(matches!(s.auth.admin_token, AdminToken::DataDir));
         let s = Settings::resolve(&parse(&["--auth", "off", "--metrics-auth", "true"])).unwrap();
         assert!(!s.auth.enabled && s.auth.metrics);
+        assert!(!s.log_json);
+        let s = Settings::resolve(&parse(&["--log-format", "json"])).unwrap();
+        assert!(s.log_json);
+        let err = Settings::resolve(&parse(&["--log-format", "xml"])).unwrap_err();
+        assert!(format!("{err:#}").contains("--log-format must be human or json"));
         let err = Settings::resolve(&parse(&["--auth", "maybe"])).unwrap_err();
         assert!(
             format!("{err:#}").contains("--auth must be on or off"),

@@ -17,10 +17,18 @@ fn main() -> std::process::ExitCode {
         }
     };
     let filter = EnvFilter::try_new(&settings.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if settings.log_json {
+        // One JSON object per line; an API request's id is in "span".
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        logs.init();
+    }
     if rustls::crypto::ring::default_provider()
         .install_default()
         .is_err()

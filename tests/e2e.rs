@@ -1063,3 +1063,65 @@ async fn a_rule_over_its_memory_budget_fails_its_messages_and_the_others_carry_o
     assert_eq!(result["status"], "failed", "{result}");
     assert_eq!(result["error"]["reason"], "memory_budget", "{result}");
 }
+
+/// Every API response carries `x-request-id`: the caller's when it is sane, otherwise one
+/// weir makes; and with `--log-format json` every log line is a JSON object, the lines
+/// logged while answering a request carrying its id.
+#[tokio::test]
+async fn requests_have_ids_and_logs_can_be_json() {
+    let dir = temp_dir("request-ids");
+    let weir = WeirProcess::start(&dir, &["--log-format", "json"]).await;
+    let id_of = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-request-id")
+            .expect("a request id")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let get = |id: Option<&str>| {
+        let mut req = weir.client.get(weir.url("/healthz"));
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        req.send()
+    };
+    let (a, b) = (get(None).await.unwrap(), get(None).await.unwrap());
+    assert_ne!(id_of(&a), id_of(&b));
+    assert_eq!(
+        id_of(&get(Some("job-42.step:3")).await.unwrap()),
+        "job-42.step:3"
+    );
+    for bad in ["has spaces", "quote\"d", &"x".repeat(65)] {
+        let made = id_of(&get(Some(bad)).await.unwrap());
+        assert!(made != bad && made.len() == 24, "{bad} gave {made}");
+    }
+
+    // A token made over the API is logged, inside the request's span.
+    let made = weir
+        .client
+        .post(weir.url("/v1/tokens"))
+        .header("x-request-id", "make-token-1")
+        .json(&json!({"name": "ci", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201);
+    let log = std::fs::read_to_string(dir.join("weir.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["fields"].is_object())
+    );
+    let made_line = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "API token made")
+        .unwrap_or_else(|| panic!("no token line in {log}"));
+    assert_eq!(made_line["span"]["id"], "make-token-1", "{made_line}");
+    assert_eq!(made_line["span"]["path"], "/v1/tokens");
+}

@@ -80,8 +80,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this route",
             )
         })
-        // The last layer runs first: the deadline, where from, who may, then what the
-        // body is.
+        // The last layer runs first: the request's id, the deadline, where from, who
+        // may, then what the body is.
         .layer(axum::middleware::from_fn(json_bodies))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
@@ -93,7 +93,56 @@ pub fn router(state: Arc<AppState>) -> Router {
             from_browsers,
         ))
         .layer(axum::middleware::from_fn(deadline))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// The header that carries a request's id.
+const REQUEST_ID: &str = "x-request-id";
+
+/// Every request has an id: the caller's `x-request-id` (1 to 64 of `A-Za-z0-9._:-`), or
+/// one weir makes. The response carries it back, and what weir logs while it answers
+/// carries it in the `request` span, so a client's report finds weir's log lines.
+async fn request_id(req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        })
+        .map_or_else(new_request_id, str::to_owned);
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %req.method(),
+        path = %req.uri().path()
+    );
+    let mut response = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+    response.headers_mut().insert(
+        REQUEST_ID,
+        header::HeaderValue::from_str(&id).expect("the id is checked or made of hex digits"),
+    );
+    response
+}
+
+/// A request id unique in this process and unlikely to repeat across restarts: a random
+/// number drawn at the first request, then a count.
+fn new_request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::AtomicU64;
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let nonce = *NONCE.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    });
+    format!("{nonce:016x}{:08x}", COUNT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The largest request body weir reads: a rule's SQL is at most 64 KiB, a rule test's
