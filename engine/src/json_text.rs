@@ -77,8 +77,11 @@ struct Encoders {
 /// The encoders' options without [`Encoders`]: arrow-json's own encoders.
 static PLAIN: LazyLock<EncoderOptions> = LazyLock::new(EncoderOptions::default);
 
-/// The largest magnitude below which every whole `f64` is exactly an `i64` (2^53).
-const EXACT_WHOLE: f64 = 9_007_199_254_740_992.0;
+/// `v` as an Int, where it is a whole number that an `i64` holds exactly (|v| < 2^53):
+/// how AWS IoT SQL 2016-03-23 writes such a Decimal.
+pub fn whole_number(v: f64) -> Option<i64> {
+    (v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0).then_some(v as i64)
+}
 
 /// Decimals, with whole numbers written as Ints and the rest as arrow-json writes them.
 struct WholeAsInt<'a> {
@@ -88,10 +91,8 @@ struct WholeAsInt<'a> {
 
 impl Encoder for WholeAsInt<'_> {
     fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
-        let v = self.values.value(idx);
-        if v.fract() == 0.0 && v.abs() < EXACT_WHOLE {
-            // Exact: |v| < 2^53 and whole.
-            write!(out, "{}", v as i64).expect("writing to a Vec cannot fail");
+        if let Some(i) = whole_number(self.values.value(idx)) {
+            write!(out, "{i}").expect("writing to a Vec cannot fail");
         } else {
             self.plain.encode(idx, out);
         }

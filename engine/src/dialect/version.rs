@@ -11,6 +11,7 @@ use std::ops::ControlFlow;
 use datafusion::sql::sqlparser::ast::{self, DataType, Expr, Spanned, visit_expressions_mut};
 
 use super::SqlError;
+use super::ast::done;
 
 /// The AWS IoT SQL version a rule is written for.
 ///
@@ -119,8 +120,5 @@ pub(super) fn apply(expr: &mut Expr, version: SqlVersion) -> Result<(), SqlError
             None => ControlFlow::Continue(()),
         }
     });
-    match outcome {
-        ControlFlow::Break(e) => Err(e),
-        ControlFlow::Continue(()) => Ok(()),
-    }
+    done(outcome)
 }

@@ -469,15 +469,12 @@ impl Rule {
             let payload = if self.parsed.star {
                 splice(&msgs[index].borrow().payload, &json)
             } else if self.parsed.value {
-                match unwrap_value(&json) {
-                    // 2015-10-08 outputs one item, never an array.
-                    Some(v) if v.starts_with(b"[") && !self.parsed.version.arrays_as_values() => {
-                        outcome.filtered_out += 1;
-                        continue;
-                    }
+                // Nothing to send for an undefined value, nor for an array with 2015-10-08
+                // (one item only).
+                let arrays = self.parsed.version.arrays_as_values();
+                match unwrap_value(&json).filter(|v| arrays || !v.starts_with(b"[")) {
                     Some(v) => v,
                     None => {
-                        // SELECT VALUE of an undefined value: nothing to send.
                         outcome.filtered_out += 1;
                         continue;
                     }
@@ -510,10 +507,12 @@ impl Rule {
     /// and the rule's SQL version writes those as Ints.
     fn whole_number(&self, values: &ArrayRef, row: usize) -> Option<String> {
         let v = values.as_primitive_opt::<Float64Type>()?.value(row);
-        (self.parsed.version.whole_decimals_as_ints()
-            && v.fract() == 0.0
-            && v.abs() < 9_007_199_254_740_992.0)
-            .then(|| (v as i64).to_string())
+        self.parsed
+            .version
+            .whole_decimals_as_ints()
+            .then(|| crate::json_text::whole_number(v))
+            .flatten()
+            .map(|i| i.to_string())
     }
 
     /// Encodes the output columns as one JSON object per row. Null (undefined) values are

@@ -49,11 +49,6 @@ pub(super) fn string(e: Expr) -> Expr {
     cast(e, DataType::Varchar(None))
 }
 
-/// `CAST(e AS BIGINT)`: AWS bit functions convert their arguments to Int.
-pub(super) fn int(e: Expr) -> Expr {
-    cast(e, DataType::BigInt(None))
-}
-
 fn cast(e: Expr, data_type: DataType) -> Expr {
     Expr::Cast {
         kind: CastKind::Cast,
@@ -85,16 +80,7 @@ pub(super) fn text(v: &str) -> Expr {
 
 /// `CASE WHEN condition THEN then END`: Undefined where the condition does not hold.
 pub(super) fn only_if(condition: Expr, then: Expr) -> Expr {
-    Expr::Case {
-        case_token: AttachedToken::empty(),
-        end_token: AttachedToken::empty(),
-        operand: None,
-        conditions: vec![CaseWhen {
-            condition,
-            result: then,
-        }],
-        else_result: None,
-    }
+    case(condition, then, None)
 }
 
 /// `CASE WHEN x IS NULL THEN then ELSE otherwise END`.
@@ -104,6 +90,10 @@ pub(super) fn if_undefined(x: Expr, then: Expr, otherwise: Expr) -> Expr {
 
 /// `CASE WHEN condition THEN then ELSE otherwise END`.
 pub(super) fn when(condition: Expr, then: Expr, otherwise: Expr) -> Expr {
+    case(condition, then, Some(otherwise))
+}
+
+fn case(condition: Expr, then: Expr, otherwise: Option<Expr>) -> Expr {
     Expr::Case {
         case_token: AttachedToken::empty(),
         end_token: AttachedToken::empty(),
@@ -112,8 +102,25 @@ pub(super) fn when(condition: Expr, then: Expr, otherwise: Expr) -> Expr {
             condition,
             result: then,
         }],
-        else_result: Some(Box::new(otherwise)),
+        else_result: otherwise.map(Box::new),
     }
+}
+
+/// `x` held to `low..=high`, an Undefined `x` staying Undefined (where `greatest()` and
+/// `least()` would pass over it).
+pub(super) fn held(x: Expr, low: Expr, high: Expr) -> Expr {
+    let low_held = when(binary(x.clone(), BinaryOperator::Lt, low.clone()), low, x);
+    when(
+        binary(low_held.clone(), BinaryOperator::Gt, high.clone()),
+        high,
+        low_held,
+    )
+}
+
+/// `x` converted to an Int as AWS converts one: a number or a String holding one, rounded
+/// down; anything else Undefined (see [`Whole`]).
+pub(super) fn whole(x: Expr) -> Expr {
+    crate::dialect::ast::call(super::conversions::WHOLE, vec![x])
 }
 
 /// The name and the signature of one of weir's UDFs, whose struct keeps its signature in

@@ -87,19 +87,25 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
                 Expr::value(Value::Null)
             }
             // A whole-number index: DataFusion's, which indexes arrays from 1.
-            Expr::Value(v) if matches!(&v.value, Value::Number(n, _) if n.parse::<i64>().is_ok_and(|i| i < i64::MAX)) =>
-            {
-                let Value::Number(n, _) = &v.value else {
-                    unreachable!()
-                };
-                let i: i64 = n.parse().expect("checked above");
-                call("array_element", vec![a(0), number(&(i + 1).to_string())])
-            }
-            _ => call(get::GET, vec![a(0), a(1)]),
+            key => match literal_index(key) {
+                Some(i) => call("array_element", vec![a(0), number(&(i + 1).to_string())]),
+                None => call(get::GET, vec![a(0), a(1)]),
+            },
         }),
         _ => return None,
     };
     Some(out)
+}
+
+/// A key that is a whole-number literal (below `i64::MAX`, so that one more is one too).
+fn literal_index(key: &Expr) -> Option<i64> {
+    match key {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse::<i64>().ok().filter(|i| *i < i64::MAX),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

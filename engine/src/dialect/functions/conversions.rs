@@ -114,18 +114,18 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::from(Not {
             signature: Signature::any(1, Volatility::Immutable),
         }),
-        ScalarUDF::from(Whole {
+        ScalarUDF::from(ToWhole {
             signature: Signature::any(1, Volatility::Immutable),
         }),
     ]
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct Whole {
+struct ToWhole {
     signature: Signature,
 }
 
-impl ScalarUDFImpl for Whole {
+impl ScalarUDFImpl for ToWhole {
     name_and_signature!(WHOLE);
 
     fn return_type(&self, _arg_types: &[ArrowType]) -> Result<ArrowType> {

@@ -15,7 +15,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
-use super::args::{Call, arg_arrays, binary, int, name_and_signature, number, when};
+use super::args::{Call, arg_arrays, binary, held, name_and_signature, number, whole};
 use crate::dialect::ast::call;
 use crate::json_text::{json_text_field, json_text_of};
 
@@ -27,12 +27,6 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
     vec![ScalarUDF::from(Nanvl {
         signature: Signature::any(2, Volatility::Immutable),
     })]
-}
-
-/// `x` as the bit functions take it: a number or a String holding one, rounded down to an
-/// Int; anything else (a Boolean, an Array) Undefined.
-fn whole(x: Expr) -> Expr {
-    int(call("floor", vec![x]))
 }
 
 /// The rewrite of a math function, if `c` calls one.
@@ -59,17 +53,7 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
         "nanvl" => c.arity(2).map(|()| call(NANVL, vec![a(0), a(1)])),
         // trunc(x, places): places rounded down and held to 0..=34.
         "trunc" if c.args.len() == 2 => {
-            let places = whole(a(1));
-            let low = when(
-                binary(places.clone(), BinaryOperator::Lt, number("0")),
-                number("0"),
-                places,
-            );
-            let places = when(
-                binary(low.clone(), BinaryOperator::Gt, number("34")),
-                number("34"),
-                low,
-            );
+            let places = held(whole(a(1)), number("0"), number("34"));
             Ok(call("trunc", vec![a(0), places]))
         }
         _ => return None,

@@ -5,7 +5,7 @@
 
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
-use super::args::{Call, binary, if_undefined, int, number, only_if, string, text, when};
+use super::args::{Call, binary, held, number, only_if, string, text, whole};
 use crate::dialect::ast::call;
 
 /// The rewrite of a string function, if `c` calls one.
@@ -38,26 +38,21 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
                 ))
             } else {
                 let s = string(a(0));
-                // Unlike greatest() and least(), these keep an Undefined index Undefined.
-                let at_least = |e: Expr, low: Expr| {
-                    when(binary(e.clone(), BinaryOperator::Lt, low.clone()), low, e)
-                };
-                let at_most = |e: Expr, high: Expr| {
-                    when(binary(e.clone(), BinaryOperator::Gt, high.clone()), high, e)
-                };
                 // An index rounded down and held to 0..2^31 before it becomes an Int
                 // (`substring(false, -2.411E247)` is "false").
-                let pos = |e: Expr| {
-                    let whole = call(super::conversions::WHOLE, vec![e]);
-                    at_most(at_least(whole, number("0")), number("2147483647"))
-                };
-                let start = at_least(pos(a(1)), number("0"));
+                let big = || number("2147483647");
+                let start = held(whole(a(1)), number("0"), big());
                 let from = binary(start.clone(), BinaryOperator::Plus, number("1"));
                 Ok(if c.args.len() == 2 {
                     call("substr", vec![s, from])
                 } else {
-                    let end = at_most(pos(a(2)), call("character_length", vec![s.clone()]));
-                    let len = at_least(binary(end, BinaryOperator::Minus, start), number("0"));
+                    let length = call("character_length", vec![s.clone()]);
+                    let end = held(whole(a(2)), number("0"), length);
+                    let len = held(
+                        binary(end, BinaryOperator::Minus, start),
+                        number("0"),
+                        big(),
+                    );
                     call("substr", vec![s, from, len])
                 })
             }
@@ -65,7 +60,7 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
         // chr(n): the ASCII character n (a Decimal or a String holding a number rounded
         // down), Undefined outside ASCII.
         "chr" => c.arity(1).map(|()| {
-            let n = int(call("floor", vec![a(0)]));
+            let n = whole(a(0));
             let ascii = binary(
                 binary(n.clone(), BinaryOperator::GtEq, number("0")),
                 BinaryOperator::And,
@@ -76,22 +71,9 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
         // AWS's pads add `n` spaces (0 to 1000), whatever the text's length; with a fill
         // argument they are DataFusion's.
         "lpad" | "rpad" if c.args.len() == 2 => {
-            // The count is AWS's Int: a number or a String holding one, rounded down; a
-            // Boolean, Array or Object gives Undefined.
-            let count = call(super::conversions::WHOLE, vec![a(1)]);
-            // greatest and least pass over a NULL: an Undefined count stays Undefined.
-            let clamped = call(
-                "greatest",
-                vec![
-                    number("0"),
-                    call("least", vec![number("1000"), count.clone()]),
-                ],
-            );
-            let n = if_undefined(
-                count,
-                Expr::value(datafusion::sql::sqlparser::ast::Value::Null),
-                clamped,
-            );
+            // The count is AWS's Int (a Boolean, Array or Object gives Undefined), held to
+            // 0..=1000.
+            let n = held(whole(a(1)), number("0"), number("1000"));
             let spaces = call("repeat", vec![text(" "), n]);
             let s = string(a(0));
             Ok(if c.name == "lpad" {
