@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use weir_connectors::mqtt::ExternalConfig;
+use weir_connectors::mqtt::embedded::access::{Access, Acl, PasswordFile};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -147,6 +148,19 @@ pub struct ServeArgs {
     /// further behind is disconnected [default: 16777216 (16 MiB)].
     #[arg(long, env = "WEIR_MQTT_MAX_QUEUED_BYTES")]
     pub mqtt_max_queued_bytes: Option<usize>,
+    /// Users of the embedded broker and their password hashes, in Mosquitto's
+    /// `mosquitto_passwd` format; a client that sends a username must match it
+    /// [default: none].
+    #[arg(long, env = "WEIR_MQTT_PASSWORD_FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// What each client of the embedded broker may publish and read, in Mosquitto's
+    /// `acl_file` syntax [default: none, every client may publish and read every topic].
+    #[arg(long, env = "WEIR_MQTT_ACL_FILE")]
+    pub mqtt_acl_file: Option<PathBuf>,
+    /// Let clients without a username connect to the embedded broker [default: true
+    /// when --mqtt-listen is a loopback address, false otherwise].
+    #[arg(long, env = "WEIR_MQTT_ALLOW_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub mqtt_allow_anonymous: Option<bool>,
     /// PEM certificate chain for the HTTP API: with --http-tls-key, the API speaks HTTPS
     /// only [default: none, plain HTTP].
     #[arg(long, env = "WEIR_HTTP_TLS_CERT")]
@@ -238,6 +252,9 @@ impl ServeArgs {
                 mqtt_max_connections,
                 mqtt_max_subscriptions,
                 mqtt_max_queued_bytes,
+                mqtt_password_file,
+                mqtt_acl_file,
+                mqtt_allow_anonymous,
                 http_tls_cert,
                 http_tls_key,
                 http_allowed_origins,
@@ -277,6 +294,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// What each client of the embedded broker may hold.
     pub mqtt_limits: weir_connectors::mqtt::embedded::Limits,
+    /// Who may connect to the embedded broker, and what each client may do.
+    pub mqtt_access: Access,
     pub policy: PolicySettings,
     pub http: HttpSettings,
     /// The config file's connections.
@@ -469,9 +488,28 @@ impl Settings {
                 hosts: a.http_allowed_hosts.clone().unwrap_or_default(),
             },
         };
+        let mqtt_listen = a.mqtt_listen.unwrap_or(([127, 0, 0, 1], 1883).into());
+        let mqtt_access = Access {
+            passwords: a
+                .mqtt_password_file
+                .as_deref()
+                .map(PasswordFile::load)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--mqtt-password-file: {e}"))?,
+            acl: a
+                .mqtt_acl_file
+                .as_deref()
+                .map(Acl::load)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--mqtt-acl-file: {e}"))?,
+            // As Mosquitto 2: anonymous clients only where only this host can connect.
+            allow_anonymous: a
+                .mqtt_allow_anonymous
+                .unwrap_or_else(|| mqtt_listen.ip().is_loopback()),
+        };
         Ok(Self {
             http_listen: a.http_listen.unwrap_or(([127, 0, 0, 1], 8080).into()),
-            mqtt_listen: a.mqtt_listen.unwrap_or(([127, 0, 0, 1], 1883).into()),
+            mqtt_listen,
             output_dir,
             data_dir,
             queries_dir: a
@@ -530,6 +568,7 @@ impl Settings {
                     defaults.max_queued_bytes,
                 )?,
             },
+            mqtt_access,
             policy,
             http,
             connections: a.connections.clone().unwrap_or_default(),
@@ -633,6 +672,41 @@ mod tests {
         assert_eq!(s.policy.file_dirs[1], PathBuf::from("/srv/b"));
         let s = Settings::resolve(&parse(&["--admin-token-file", "/run/secrets/weir"])).unwrap();
         assert!(matches!(s.auth.admin_token, AdminToken::File(_)));
+    }
+
+    #[test]
+    fn anonymous_mqtt_clients_only_on_loopback_unless_told() {
+        let s = Settings::resolve(&ServeArgs::default()).unwrap();
+        assert!(s.mqtt_access.allow_anonymous);
+        assert!(s.mqtt_access.passwords.is_none() && s.mqtt_access.acl.is_none());
+        let s = Settings::resolve(&parse(&["--mqtt-listen", "0.0.0.0:1883"])).unwrap();
+        assert!(!s.mqtt_access.allow_anonymous);
+        let s = Settings::resolve(&parse(&[
+            "--mqtt-listen",
+            "0.0.0.0:1883",
+            "--mqtt-allow-anonymous",
+        ]))
+        .unwrap();
+        assert!(s.mqtt_access.allow_anonymous);
+        let s = Settings::resolve(&parse(&["--mqtt-allow-anonymous", "false"])).unwrap();
+        assert!(!s.mqtt_access.allow_anonymous);
+        // Files that cannot be read or parsed stop the start, naming flag and line.
+        let err =
+            Settings::resolve(&parse(&["--mqtt-password-file", "/nonexistent/pw"])).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("--mqtt-password-file: cannot read /nonexistent/pw"),
+            "{err:#}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let acl = dir.path().join("acl");
+        std::fs::write(&acl, "user a\ntopic raed x\nbogus\n").unwrap();
+        let err =
+            Settings::resolve(&parse(&["--mqtt-acl-file", acl.to_str().unwrap()])).unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .ends_with("line 3: unknown keyword 'bogus' (expected user, topic or pattern)"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -162,8 +162,12 @@ pub async fn serve(
             (publisher, Ingress::External(ext))
         }
         (None, Some(listener)) => {
-            let broker =
-                Broker::with_limits(ingress_tx.clone(), metrics.clone(), settings.mqtt_limits);
+            let broker = Broker::with_access(
+                ingress_tx.clone(),
+                metrics.clone(),
+                settings.mqtt_limits,
+                settings.mqtt_access.clone(),
+            );
             let publisher = Publisher::Embedded(broker.clone());
             (publisher, Ingress::Embedded(broker, listener))
         }

@@ -226,10 +226,33 @@ async fn an_mqtt5_client_without_a_client_id_is_given_one() {
     Mqtt::connect(weir.mqtt, "v4-client").await;
 }
 
+/// `alice`'s password is `secret`, as written by `mosquitto_passwd -b` (Mosquitto 2.0.11).
+const PASSWORDS: &str = "alice:$7$101$9FFuGn8T1Ff1GSxw$pP1r1ORPPoBEPkUIuj9P/2oe0Vszf+l2Afy84Oeuyb/ien/kaUnXy6ByKD+NWV7YxWFVAPt9Zs+ZzKKzqKQMkw==\n";
+
+/// A client of weir's embedded broker with these credentials: its CONNACK's code.
+async fn connack_code(
+    weir: &Weir,
+    client_id: &str,
+    credentials: Option<(&str, &str)>,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), rumqttc::ConnectReturnCode> {
+    let mut opts = MqttOptions::new(client_id, weir.mqtt.ip().to_string(), weir.mqtt.port());
+    if let Some((user, password)) = credentials {
+        opts.set_credentials(user, password);
+    }
+    let (client, mut el) = AsyncClient::new(opts, 10);
+    match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+        Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => Ok((client, el)),
+        Ok(Err(rumqttc::ConnectionError::ConnectionRefused(code))) => Err(code),
+        other => panic!("expected a CONNACK, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn rules_see_the_publishers_username_and_address() {
+async fn rules_see_the_proven_username_and_the_address() {
     let dir = temp_dir("broker-principal");
-    let weir = Weir::start(&dir, &[]).await;
+    let passwords = dir.join("passwords");
+    std::fs::write(&passwords, PASSWORDS).unwrap();
+    let weir = Weir::start(&dir, &["--mqtt-password-file", passwords.to_str().unwrap()]).await;
     let rule = json!({
         "sql": "SELECT principal() AS p, sourceip() AS ip, clientid() AS c FROM 'who'",
         "actions": [{"republish": {"topic": "who/out"}}]
@@ -237,9 +260,9 @@ async fn rules_see_the_publishers_username_and_address() {
     assert_eq!(weir.put_rule("who", rule).await.0, 201);
     let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
     watcher.subscribe("who/out").await;
-    let mut opts = MqttOptions::new("dev-9", weir.mqtt.ip().to_string(), weir.mqtt.port());
-    opts.set_credentials("alice", "secret");
-    let (client, mut el) = AsyncClient::new(opts, 10);
+    let (client, mut el) = connack_code(&weir, "dev-9", Some(("alice", "secret")))
+        .await
+        .expect("alice is let in");
     tokio::spawn(async move { while el.poll().await.is_ok() {} });
     client
         .publish("who", QoS::AtLeastOnce, false, "{}")
@@ -247,6 +270,184 @@ async fn rules_see_the_publishers_username_and_address() {
         .unwrap();
     let (_, v) = watcher.next(10).await.expect("output");
     assert_eq!(v, json!({"p": "alice", "ip": "127.0.0.1", "c": "dev-9"}));
+    // An anonymous client (allowed on loopback) has no principal.
+    let anonymous = Mqtt::connect(weir.mqtt, "dev-10").await;
+    anonymous.publish("who", "{}").await;
+    let (_, v) = watcher.next(10).await.expect("output");
+    assert_eq!(v, json!({"ip": "127.0.0.1", "c": "dev-10"}));
+}
+
+#[tokio::test]
+async fn a_password_file_lets_its_users_in_and_refuses_the_rest() {
+    let dir = temp_dir("broker-passwords");
+    let passwords = dir.join("passwords");
+    std::fs::write(&passwords, PASSWORDS).unwrap();
+    let weir = Weir::start(
+        &dir,
+        &[
+            "--mqtt-password-file",
+            passwords.to_str().unwrap(),
+            "--mqtt-allow-anonymous",
+            "false",
+        ],
+    )
+    .await;
+    use rumqttc::ConnectReturnCode as Code;
+    assert!(
+        connack_code(&weir, "a", Some(("alice", "secret")))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        connack_code(&weir, "b", Some(("alice", "Secret")))
+            .await
+            .err(),
+        Some(Code::BadUserNamePassword)
+    );
+    assert_eq!(
+        connack_code(&weir, "c", Some(("mallory", "secret")))
+            .await
+            .err(),
+        Some(Code::BadUserNamePassword)
+    );
+    assert_eq!(
+        connack_code(&weir, "d", None).await.err(),
+        Some(Code::NotAuthorized)
+    );
+    // A refused client cannot take over a connected client's id either.
+    assert_eq!(
+        connack_code(&weir, "a", Some(("alice", "wrong")))
+            .await
+            .err(),
+        Some(Code::BadUserNamePassword)
+    );
+    // MQTT 5 clients get MQTT 5's reason code.
+    let mut opts = rumqttc::v5::MqttOptions::new("e", weir.mqtt.ip().to_string(), weir.mqtt.port());
+    opts.set_credentials("alice", "nope");
+    let (_c, mut el) = rumqttc::v5::AsyncClient::new(opts, 10);
+    match el.poll().await {
+        Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => assert_eq!(
+            code,
+            rumqttc::v5::mqttbytes::v5::ConnectReturnCode::BadUserNamePassword
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    weir.wait_metric(
+        r#"weir_broker_connections_refused_total{reason="bad_credentials"}"#,
+        4.0,
+    )
+    .await;
+    assert_eq!(
+        weir.metric(r#"weir_broker_connections_refused_total{reason="anonymous"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_acl_confines_each_client_to_its_topics() {
+    let dir = temp_dir("broker-acl");
+    let passwords = dir.join("passwords");
+    std::fs::write(&passwords, PASSWORDS).unwrap();
+    let acl = dir.join("acl");
+    std::fs::write(
+        &acl,
+        "# devices write their own telemetry and read their own commands\n\
+         pattern write devices/%c/telemetry\n\
+         pattern read devices/%c/commands\n\
+         user alice\n\
+         topic read devices/#\n\
+         topic deny devices/secret/#\n",
+    )
+    .unwrap();
+    let weir = Weir::start(
+        &dir,
+        &[
+            "--mqtt-password-file",
+            passwords.to_str().unwrap(),
+            "--mqtt-acl-file",
+            acl.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let rule = json!({"sql": "SELECT clientid() AS c FROM 'devices/+/telemetry'", "actions": []});
+    assert_eq!(weir.put_rule("telemetry", rule).await.0, 201);
+
+    // alice reads every device's telemetry but no secret.
+    let (alice, mut alice_el) = connack_code(&weir, "dash", Some(("alice", "secret")))
+        .await
+        .unwrap();
+    alice
+        .subscribe("devices/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    alice
+        .subscribe("devices/secret/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut granted = Vec::new();
+    while granted.len() < 2 {
+        if let Event::Incoming(Packet::SubAck(ack)) = alice_el.poll().await.unwrap() {
+            granted.push(ack.return_codes[0]);
+        }
+    }
+    assert_eq!(
+        granted,
+        [
+            rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            rumqttc::SubscribeReasonCode::Failure
+        ]
+    );
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = alice_el.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let _ = tx.send(p.topic);
+            }
+        }
+    });
+
+    // A device may not read others' topics, and may write only its own telemetry.
+    let mut device = Mqtt::connect(weir.mqtt, "dev-1").await;
+    device
+        .client
+        .subscribe("devices/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    device.subscribe("devices/dev-1/commands").await;
+    device.publish("devices/dev-2/telemetry", "{}").await;
+    device.publish("devices/secret/telemetry", "{}").await;
+    device.publish("devices/dev-1/telemetry", "{}").await;
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .unwrap(),
+        Some("devices/dev-1/telemetry".to_owned()),
+        "only what the device may write reaches its readers"
+    );
+    weir.wait_metric(r#"weir_rule_messages_matched_total{rule="telemetry"}"#, 1.0)
+        .await;
+    weir.wait_metric(
+        r#"weir_broker_messages_dropped_total{reason="not_authorized"}"#,
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        weir.metric(r#"weir_broker_subscriptions_refused_total{reason="not_authorized"}"#)
+            .await,
+        2.0
+    );
+    // alice may not write, so nothing reaches the device's commands.
+    alice
+        .publish("devices/dev-1/commands", QoS::AtLeastOnce, false, "{}")
+        .await
+        .unwrap();
+    assert!(device.next(1).await.is_none());
+    assert_eq!(
+        weir.metric(r#"weir_rule_messages_matched_total{rule="telemetry"}"#)
+            .await,
+        1.0
+    );
 }
 
 /// One client's 9,000-level filter or topic (which once exhausted a thread's stack in the
@@ -505,8 +706,11 @@ async fn connections_past_the_limit_are_closed() {
         third.closed_within(10).await,
         "the third connection is closed"
     );
-    weir.wait_metric("weir_broker_connections_refused_total", 1.0)
-        .await;
+    weir.wait_metric(
+        r#"weir_broker_connections_refused_total{reason="max_connections"}"#,
+        1.0,
+    )
+    .await;
     drop(a);
     weir.wait_metric_eq("weir_broker_connections", 1.0).await;
     let _c = Raw::connect(weir.mqtt, "c").await;
@@ -522,8 +726,11 @@ async fn subscriptions_past_the_limit_are_refused() {
     assert_eq!(c.subscribe(1, &["a/#", "b/#", "c/#"]).await, [1, 1, 0x80]);
     assert_eq!(c.subscribe(2, &["a/#"]).await, [1]);
     assert_eq!(c.subscribe(3, &["d"]).await, [0x80]);
-    weir.wait_metric("weir_broker_subscriptions_refused_total", 2.0)
-        .await;
+    weir.wait_metric(
+        r#"weir_broker_subscriptions_refused_total{reason="max_subscriptions"}"#,
+        2.0,
+    )
+    .await;
 }
 
 /// A subscriber that stops reading is disconnected once more than

@@ -9,6 +9,20 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// The reasons of `weir_broker_messages_dropped_total`.
+pub const BROKER_DROP_REASONS: &[&str] = &["slow_subscriber", "too_large", "not_authorized"];
+/// The reasons of `weir_broker_connections_refused_total`.
+pub const BROKER_REFUSAL_REASONS: &[&str] = &[
+    "max_connections",
+    "anonymous",
+    "bad_credentials",
+    "client_id",
+    "protocol",
+];
+/// The reasons of `weir_broker_subscriptions_refused_total`.
+pub const BROKER_SUBSCRIBE_REFUSAL_REASONS: &[&str] =
+    &["max_subscriptions", "not_authorized", "invalid"];
+
 pub struct Metrics {
     registry: Registry,
     /// Messages the ingress received (embedded broker or external broker).
@@ -19,12 +33,14 @@ pub struct Metrics {
     /// SUBSCRIBE and UNSUBSCRIBE packets the external broker has not acknowledged yet.
     pub external_subscriptions_pending: IntGauge,
     pub broker_received: IntCounter,
-    /// Messages the embedded broker could not queue for a slow subscriber.
-    pub broker_dropped: IntCounter,
+    /// Messages the embedded broker did not pass on, by reason (see [`BROKER_DROP_REASONS`]).
+    pub broker_dropped: IntCounterVec,
     pub broker_slow: IntCounter,
     pub rule_store_corrupt: IntCounter,
-    pub broker_refused: IntCounter,
-    pub broker_subscriptions_refused: IntCounter,
+    /// Connections the embedded broker refused, by reason ([`BROKER_REFUSAL_REASONS`]).
+    pub broker_refused: IntCounterVec,
+    /// SUBSCRIBE filters refused, by reason ([`BROKER_SUBSCRIBE_REFUSAL_REASONS`]).
+    pub broker_subscriptions_refused: IntCounterVec,
     /// Messages whose topic matched the rule's FROM filter.
     pub rule_matched: IntCounterVec,
     /// Messages for which the rule produced an output (WHERE true).
@@ -69,6 +85,15 @@ impl Metrics {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
+            c
+        };
+        // A counter with one label, `reason`, from a closed set: every reason is exported
+        // from the start (at 0), so that dashboards and alerts see it before it happens.
+        let labelled = |name: &str, help: &str, reasons: &[&str]| {
+            let c = vec(name, help, &["reason"]);
+            for r in reasons {
+                c.with_label_values(&[*r]);
+            }
             c
         };
         let gauge = |name: &str, help: &str| {
@@ -123,9 +148,10 @@ impl Metrics {
                 "weir_broker_messages_received_total",
                 "PUBLISH packets the embedded broker received.",
             ),
-            broker_dropped: counter(
-                "weir_broker_subscriber_dropped_total",
-                "Messages the embedded broker dropped because a subscriber's queue was full.",
+            broker_dropped: labelled(
+                "weir_broker_messages_dropped_total",
+                "Messages the embedded broker did not pass on, by reason: slow_subscriber (the subscriber's queue was full), too_large (over the subscriber's maximum packet size), not_authorized (the ACL refused the publisher's write or the subscriber's read).",
+                BROKER_DROP_REASONS,
             ),
             rule_store_corrupt: counter(
                 "weir_rule_store_corrupt_lines_total",
@@ -135,13 +161,15 @@ impl Metrics {
                 "weir_broker_slow_subscribers_disconnected_total",
                 "Subscribers of the embedded broker disconnected because their queue outgrew its bounds.",
             ),
-            broker_refused: counter(
+            broker_refused: labelled(
                 "weir_broker_connections_refused_total",
-                "Connections the embedded broker closed because it had its maximum of clients.",
+                "Connections the embedded broker refused, by reason: max_connections, anonymous (no username where anonymous clients are not allowed), bad_credentials, client_id, protocol.",
+                BROKER_REFUSAL_REASONS,
             ),
-            broker_subscriptions_refused: counter(
+            broker_subscriptions_refused: labelled(
                 "weir_broker_subscriptions_refused_total",
-                "SUBSCRIBE filters refused because the client had its maximum of subscriptions.",
+                "SUBSCRIBE filters the embedded broker refused, by reason: max_subscriptions, not_authorized (the ACL), invalid.",
+                BROKER_SUBSCRIBE_REFUSAL_REASONS,
             ),
             rule_matched: vec(
                 "weir_rule_messages_matched_total",

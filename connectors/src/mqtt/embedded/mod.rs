@@ -10,6 +10,9 @@
 //! not stored, and MQTT 5's topic aliases, shared subscriptions and subscription
 //! identifiers are not offered: for those, point weir at a full broker with `--broker`.
 //!
+//! Clients authenticate against a password file and are confined by an ACL file, both in
+//! Mosquitto's formats ([`access`]); a refused client never touches another's session.
+//!
 //! No client takes the broker down ([`Limits`]): packets, connections, subscriptions per
 //! client and the bytes queued for each subscriber are bounded; a subscriber that falls
 //! further behind, or does not read for [`WRITE_TIMEOUT`], is disconnected (and counted)
@@ -20,6 +23,7 @@
 //! `clientid()` works) before it is acknowledged, and the hand-off waits when the pipeline
 //! is full, which pushes back on the publishing client instead of growing memory.
 
+pub mod access;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -36,7 +40,8 @@ use tokio_util::sync::CancellationToken;
 use weir_engine::topic::{TopicTrie, validate_filter, validate_topic};
 use weir_engine::{Message, MqttProperties, now_ms};
 
-use self::wire::{Inbound, Outbound, Refusal, Wire};
+use self::access::{Access, Denied, Want};
+use self::wire::{Inbound, Outbound, Refusal, SubRefusal, Wire};
 use crate::mqtt::packets::qos_v4;
 
 use crate::metrics::Metrics;
@@ -86,13 +91,15 @@ type ConnId = u64;
 /// Who is on the other end of a connection, as rules see it.
 struct Peer {
     client_id: String,
-    /// The MQTT username, if the client sent one.
+    /// The username the client proved with its password; `None` for anonymous clients.
     principal: Option<String>,
     source_ip: String,
 }
 
 struct Connection {
     client_id: String,
+    /// As [`Peer::principal`], for the ACL's read checks.
+    principal: Option<String>,
     tx: mpsc::Sender<Outgoing>,
     /// Bytes queued in `tx`, against [`Limits::max_queued_bytes`].
     queued: Arc<AtomicUsize>,
@@ -127,10 +134,11 @@ struct Inner {
     limits: Limits,
     /// Permits for [`Limits::max_connections`].
     connection_permits: Arc<tokio::sync::Semaphore>,
+    access: Access,
 }
 
 impl Broker {
-    /// A broker that hands every PUBLISH it receives to `ingress`.
+    /// A broker that hands every PUBLISH it receives to `ingress`, open to every client.
     pub fn new(ingress: mpsc::Sender<Message>, metrics: Arc<Metrics>) -> Self {
         Self::with_limits(ingress, metrics, Limits::default())
     }
@@ -141,6 +149,20 @@ impl Broker {
         metrics: Arc<Metrics>,
         limits: Limits,
     ) -> Self {
+        let open = Access {
+            allow_anonymous: true,
+            ..Access::default()
+        };
+        Self::with_access(ingress, metrics, limits, open)
+    }
+
+    /// [`Broker::with_limits`], letting in and confining clients as `access` says.
+    pub fn with_access(
+        ingress: mpsc::Sender<Message>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        access: Access,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 subscriptions: RwLock::new(TopicTrie::new()),
@@ -150,6 +172,7 @@ impl Broker {
                 metrics,
                 limits,
                 connection_permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+                access,
             }),
         }
     }
@@ -162,7 +185,7 @@ impl Broker {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let Ok(permit) = self.inner.connection_permits.clone().try_acquire_owned() else {
-                            self.inner.metrics.broker_refused.inc();
+                            self.refused("max_connections");
                             tracing::debug!(%peer, "mqtt connection refused: {} clients are connected", self.inner.limits.max_connections);
                             continue;
                         };
@@ -223,6 +246,12 @@ impl Broker {
         let mut delivered = 0;
         for (conn, granted) in targets {
             let Some(c) = conns.get(&conn) else { continue };
+            if let Some(acl) = &self.inner.access.acl
+                && !acl.allows(c.principal.as_deref(), &c.client_id, Want::Read, &topic)
+            {
+                self.dropped("not_authorized");
+                continue;
+            }
             let out = Outgoing::Publish {
                 topic: topic.clone(),
                 payload: payload.clone(),
@@ -239,7 +268,7 @@ impl Broker {
                 Some(Ok(())) => delivered += 1,
                 _ => {
                     c.queued.fetch_sub(size, Ordering::AcqRel);
-                    self.inner.metrics.broker_dropped.inc();
+                    self.dropped("slow_subscriber");
                     // A subscriber this far behind will not catch up: let it go, and
                     // its queue with it.
                     if !c.slow.is_cancelled() {
@@ -259,12 +288,43 @@ impl Broker {
         cancel: CancellationToken,
     ) -> Result<(), String> {
         let (mut wire, connect) =
-            Wire::accept(stream, self.inner.limits.max_packet, CONNECT_TIMEOUT).await?;
+            Wire::accept(stream, self.inner.limits.max_packet, CONNECT_TIMEOUT)
+                .await
+                .inspect_err(|e| {
+                    if e.starts_with(wire::UNSUPPORTED_PROTOCOL) {
+                        self.refused("protocol");
+                    }
+                })?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let principal = match self.inner.access.authenticate(
+            connect.username.as_deref(),
+            connect.password.as_deref().map(str::as_bytes),
+        ) {
+            Ok(principal) => principal,
+            Err(denied) => {
+                self.refused(denied.reason());
+                // The username helps an operator find the device; the password is never
+                // logged.
+                tracing::info!(
+                    %peer,
+                    client_id = connect.client_id,
+                    username = connect.username.as_deref().unwrap_or(""),
+                    reason = denied.reason(),
+                    "mqtt client refused"
+                );
+                wire.refuse(match denied {
+                    Denied::Anonymous => Refusal::NotAuthorized,
+                    Denied::BadCredentials => Refusal::BadCredentials,
+                })
+                .await;
+                return Err(format!("refused: {}", denied.reason()));
+            }
+        };
         let (client_id, assigned) = if connect.client_id.is_empty() {
             // MQTT 3.1.1 allows an empty id only with a clean session; MQTT 5 always, and
             // the CONNACK tells the client the id it got.
             if !connect.clean_start && !wire.is_v5() {
+                self.refused("client_id");
                 wire.refuse(Refusal::ClientId).await;
                 return Err("empty client id needs a clean session".to_owned());
             }
@@ -298,6 +358,7 @@ impl Broker {
                 id,
                 Connection {
                     client_id: client_id.clone(),
+                    principal: principal.clone(),
                     tx,
                     queued: queued.clone(),
                     kicked: kicked.clone(),
@@ -310,7 +371,7 @@ impl Broker {
         let mut filters = Vec::new();
         let peer = Peer {
             client_id: client_id.clone(),
-            principal: connect.username.clone(),
+            principal,
             source_ip: peer.ip().to_string(),
         };
         let result = async {
@@ -397,7 +458,7 @@ impl Broker {
                         _ = queue.slow.cancelled() => return Err("a slow subscriber".to_owned()),
                     };
                     if !sent {
-                        self.inner.metrics.broker_dropped.inc();
+                        self.dropped("too_large");
                     }
                 }
                 incoming = tokio::time::timeout(idle, wire.recv()) => {
@@ -411,6 +472,18 @@ impl Broker {
                         Inbound::Publish { topic, pkid, qos, payload, properties } => {
                             if validate_topic(&topic).is_err() {
                                 return Err(format!("invalid topic name '{topic}'"));
+                            }
+                            if let Some(acl) = &self.inner.access.acl
+                                && !acl.allows(principal.as_deref(), client_id, Want::Write, &topic)
+                            {
+                                self.dropped("not_authorized");
+                                tracing::debug!(client_id, topic, "mqtt publish refused by the ACL");
+                                match qos {
+                                    0 => {}
+                                    1 => { send(wire, Outbound::PubAckDenied(pkid)).await?; }
+                                    _ => { send(wire, Outbound::PubRecDenied(pkid)).await?; }
+                                }
+                                continue;
                             }
                             let fresh = match qos {
                                 2 => qos2_inflight.insert(pkid),
@@ -449,11 +522,24 @@ impl Broker {
                             let mut granted_all = Vec::with_capacity(filters.len());
                             for (path, asked) in filters {
                                 let full = my_filters.len() >= max_subscriptions && !my_filters.contains(&path);
-                                if validate_filter(&path).is_err() || full {
-                                    if full {
-                                        self.inner.metrics.broker_subscriptions_refused.inc();
-                                    }
-                                    granted_all.push(None);
+                                let refusal = if validate_filter(&path).is_err() {
+                                    Some(SubRefusal::Invalid)
+                                } else if full {
+                                    Some(SubRefusal::Quota)
+                                } else if self.inner.access.acl.as_ref().is_some_and(|acl| {
+                                    !acl.allows(principal.as_deref(), client_id, Want::Subscribe, &path)
+                                }) {
+                                    Some(SubRefusal::NotAuthorized)
+                                } else {
+                                    None
+                                };
+                                if let Some(refusal) = refusal {
+                                    self.inner.metrics.broker_subscriptions_refused.with_label_values(&[match refusal {
+                                        SubRefusal::Invalid => "invalid",
+                                        SubRefusal::Quota => "max_subscriptions",
+                                        SubRefusal::NotAuthorized => "not_authorized",
+                                    }]).inc();
+                                    granted_all.push(Err(refusal));
                                     continue;
                                 }
                                 let granted = asked.min(1);
@@ -465,7 +551,7 @@ impl Broker {
                                 subs.insert(&path, (id, granted));
                                 my_filters.retain(|x| x != &path);
                                 my_filters.push(path);
-                                granted_all.push(Some(granted));
+                                granted_all.push(Ok(granted));
                             }
                             send(wire, Outbound::SubAck { pkid, granted: granted_all }).await?;
                         }
@@ -489,6 +575,22 @@ impl Broker {
                 }
             }
         }
+    }
+
+    fn refused(&self, reason: &str) {
+        self.inner
+            .metrics
+            .broker_refused
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    fn dropped(&self, reason: &str) {
+        self.inner
+            .metrics
+            .broker_dropped
+            .with_label_values(&[reason])
+            .inc();
     }
 
     fn drop_subscriptions(&self, id: ConnId, filters: &[String]) {

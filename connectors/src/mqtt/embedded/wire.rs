@@ -29,6 +29,8 @@ pub struct Connect {
     pub clean_start: bool,
     pub keep_alive: u16,
     pub username: Option<String>,
+    /// Never logged.
+    pub password: Option<String>,
 }
 
 /// A packet from the client after CONNECT.
@@ -72,11 +74,16 @@ pub enum Outbound<'a> {
     },
     PubAck(u16),
     PubRec(u16),
+    /// A PUBLISH the client may not send: MQTT 5 clients are told (0x87 Not authorized);
+    /// MQTT 3.1.1 has no way to say so, so they get the plain acknowledgement, as from
+    /// Mosquitto.
+    PubAckDenied(u16),
+    PubRecDenied(u16),
     PubComp(u16),
-    /// The QoS granted per filter, or `None` for a filter that was refused.
+    /// The QoS granted per filter, or why it was refused.
     SubAck {
         pkid: u16,
-        granted: Vec<Option<u8>>,
+        granted: Vec<Result<u8, SubRefusal>>,
     },
     UnsubAck {
         pkid: u16,
@@ -90,6 +97,21 @@ pub enum Outbound<'a> {
 pub enum Refusal {
     ProtocolVersion,
     ClientId,
+    /// An unknown username or a wrong password.
+    BadCredentials,
+    /// No credentials where they are needed.
+    NotAuthorized,
+}
+
+/// Why a SUBSCRIBE filter was refused. MQTT 3.1.1 says 0x80 for all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubRefusal {
+    /// Not a valid topic filter (0x8F).
+    Invalid,
+    /// The ACL does not let the client read it (0x87).
+    NotAuthorized,
+    /// The client holds its maximum of subscriptions (0x97).
+    Quota,
 }
 
 pub enum Wire {
@@ -102,6 +124,9 @@ pub enum Wire {
         max_incoming: u32,
     },
 }
+
+/// How the error of [`Wire::accept`] starts when the client was refused for its protocol.
+pub const UNSUPPORTED_PROTOCOL: &str = "unsupported protocol";
 
 /// The largest packet the broker sends, where the client sets no limit of its own.
 const MAX_OUTGOING: usize = 1024 * 1024;
@@ -194,7 +219,8 @@ impl Wire {
                     client_id: c.client_id,
                     clean_start: c.clean_session,
                     keep_alive: c.keep_alive,
-                    username: c.login.map(|l| l.username),
+                    username: c.login.as_ref().map(|l| l.username.clone()),
+                    password: c.login.map(|l| l.password),
                 };
                 Ok((Self::V4(framed), connect))
             }
@@ -203,6 +229,7 @@ impl Wire {
                 // An MQTT 3.1 client: say which protocols this broker speaks.
                 if matches!(e, rumqttc::mqttbytes::Error::InvalidProtocolLevel(_)) {
                     Self::V4(framed).refuse(Refusal::ProtocolVersion).await;
+                    return Err(format!("{UNSUPPORTED_PROTOCOL}: {e}"));
                 }
                 Err(format!("bad CONNECT: {e}"))
             }
@@ -235,7 +262,8 @@ impl Wire {
                     client_id: c.client_id,
                     clean_start: c.clean_start,
                     keep_alive: c.keep_alive,
-                    username: login.map(|l| l.username),
+                    username: login.as_ref().map(|l| l.username.clone()),
+                    password: login.map(|l| l.password),
                 };
                 Ok((
                     Self::V5 {
@@ -259,6 +287,8 @@ impl Wire {
                 let code = match why {
                     Refusal::ProtocolVersion => v4::ConnectReturnCode::RefusedProtocolVersion,
                     Refusal::ClientId => v4::ConnectReturnCode::BadClientId,
+                    Refusal::BadCredentials => v4::ConnectReturnCode::BadUserNamePassword,
+                    Refusal::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
                 };
                 f.send(v4::Packet::ConnAck(v4::ConnAck::new(code, false)))
                     .await
@@ -268,6 +298,8 @@ impl Wire {
                 let code = match why {
                     Refusal::ProtocolVersion => v5::ConnectReturnCode::UnsupportedProtocolVersion,
                     Refusal::ClientId => v5::ConnectReturnCode::ClientIdentifierNotValid,
+                    Refusal::BadCredentials => v5::ConnectReturnCode::BadUserNamePassword,
+                    Refusal::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
                 };
                 framed
                     .send(v5::Packet::ConnAck(v5::ConnAck {
@@ -410,16 +442,20 @@ fn to_v4(p: Outbound<'_>) -> v4::Packet {
             p.pkid = pkid;
             v4::Packet::Publish(p)
         }
-        Outbound::PubAck(pkid) => v4::Packet::PubAck(v4::PubAck::new(pkid)),
-        Outbound::PubRec(pkid) => v4::Packet::PubRec(v4::PubRec::new(pkid)),
+        Outbound::PubAck(pkid) | Outbound::PubAckDenied(pkid) => {
+            v4::Packet::PubAck(v4::PubAck::new(pkid))
+        }
+        Outbound::PubRec(pkid) | Outbound::PubRecDenied(pkid) => {
+            v4::Packet::PubRec(v4::PubRec::new(pkid))
+        }
         Outbound::PubComp(pkid) => v4::Packet::PubComp(v4::PubComp::new(pkid)),
         Outbound::SubAck { pkid, granted } => v4::Packet::SubAck(v4::SubAck::new(
             pkid,
             granted
                 .into_iter()
                 .map(|g| match g {
-                    Some(q) => v4::SubscribeReasonCode::Success(qos_v4(q)),
-                    None => v4::SubscribeReasonCode::Failure,
+                    Ok(q) => v4::SubscribeReasonCode::Success(qos_v4(q)),
+                    Err(_) => v4::SubscribeReasonCode::Failure,
                 })
                 .collect(),
         )),
@@ -479,14 +515,26 @@ fn to_v5(p: Outbound<'_>, max_incoming: u32) -> v5::Packet {
         }
         Outbound::PubAck(pkid) => v5::Packet::PubAck(v5::PubAck::new(pkid, None)),
         Outbound::PubRec(pkid) => v5::Packet::PubRec(v5::PubRec::new(pkid, None)),
+        Outbound::PubAckDenied(pkid) => v5::Packet::PubAck(v5::PubAck {
+            pkid,
+            reason: v5::PubAckReason::NotAuthorized,
+            properties: None,
+        }),
+        Outbound::PubRecDenied(pkid) => v5::Packet::PubRec(v5::PubRec {
+            pkid,
+            reason: v5::PubRecReason::NotAuthorized,
+            properties: None,
+        }),
         Outbound::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp::new(pkid, None)),
         Outbound::SubAck { pkid, granted } => v5::Packet::SubAck(v5::SubAck {
             pkid,
             return_codes: granted
                 .into_iter()
                 .map(|g| match g {
-                    Some(q) => v5::SubscribeReasonCode::Success(qos_v5(q)),
-                    None => v5::SubscribeReasonCode::TopicFilterInvalid,
+                    Ok(q) => v5::SubscribeReasonCode::Success(qos_v5(q)),
+                    Err(SubRefusal::Invalid) => v5::SubscribeReasonCode::TopicFilterInvalid,
+                    Err(SubRefusal::NotAuthorized) => v5::SubscribeReasonCode::NotAuthorized,
+                    Err(SubRefusal::Quota) => v5::SubscribeReasonCode::QuotaExceeded,
                 })
                 .collect(),
             properties: None,
