@@ -148,6 +148,11 @@ pub struct ServeArgs {
     /// further behind is disconnected [default: 16777216 (16 MiB)].
     #[arg(long, env = "WEIR_MQTT_MAX_QUEUED_BYTES")]
     pub mqtt_max_queued_bytes: Option<usize>,
+    /// The longest keep-alive an MQTT 5 client of the embedded broker may use: one that
+    /// asks for more, or for none, is told this one in the CONNACK (from 1s to 65535s)
+    /// [default: 60s].
+    #[arg(long, env = "WEIR_MQTT_MAX_KEEP_ALIVE")]
+    pub mqtt_max_keep_alive: Option<String>,
     /// Users of the embedded broker and their password hashes, in Mosquitto's
     /// `mosquitto_passwd` format; a client that sends a username must match it
     /// [default: none].
@@ -252,6 +257,7 @@ impl ServeArgs {
                 mqtt_max_connections,
                 mqtt_max_subscriptions,
                 mqtt_max_queued_bytes,
+                mqtt_max_keep_alive,
                 mqtt_password_file,
                 mqtt_acl_file,
                 mqtt_allow_anonymous,
@@ -567,6 +573,21 @@ impl Settings {
                     a.mqtt_max_queued_bytes,
                     defaults.max_queued_bytes,
                 )?,
+                max_keep_alive: {
+                    let d = duration(
+                        "mqtt-max-keep-alive",
+                        a.mqtt_max_keep_alive.as_deref(),
+                        Duration::from_secs(defaults.max_keep_alive.into()),
+                    )?;
+                    match u16::try_from(d.as_secs()) {
+                        Ok(s) if s > 0 && d.subsec_nanos() == 0 => s,
+                        _ => bail!(
+                            "--mqtt-max-keep-alive must be whole seconds from 1s to 65535s, got {}",
+                            humantime::format_duration(d)
+                        ),
+                    }
+                },
+                ..defaults
             },
             mqtt_access,
             policy,
@@ -690,6 +711,16 @@ mod tests {
         assert!(s.mqtt_access.allow_anonymous);
         let s = Settings::resolve(&parse(&["--mqtt-allow-anonymous", "false"])).unwrap();
         assert!(!s.mqtt_access.allow_anonymous);
+        assert_eq!(s.mqtt_limits.max_keep_alive, 60);
+        let s = Settings::resolve(&parse(&["--mqtt-max-keep-alive", "20m"])).unwrap();
+        assert_eq!(s.mqtt_limits.max_keep_alive, 1200);
+        for bad in ["0s", "1500ms", "19h"] {
+            let err = Settings::resolve(&parse(&["--mqtt-max-keep-alive", bad])).unwrap_err();
+            assert!(
+                format!("{err:#}").starts_with("--mqtt-max-keep-alive must be whole seconds"),
+                "{err:#}"
+            );
+        }
         // Files that cannot be read or parsed stop the start, naming flag and line.
         let err =
             Settings::resolve(&parse(&["--mqtt-password-file", "/nonexistent/pw"])).unwrap_err();

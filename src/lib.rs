@@ -177,6 +177,14 @@ pub async fn serve(
         Ingress::External(e) => Some(e.clone()),
         Ingress::Embedded(..) => None,
     };
+    // The embedded broker's sessions and retained messages, saved under the data dir.
+    let embedded = match &ingress {
+        Ingress::Embedded(b, _) => {
+            b.open_store(settings.data_dir.join("broker"), shutdown.clone());
+            Some(b.clone())
+        }
+        Ingress::External(_) => None,
+    };
     let pipeline = Pipeline::new(
         metrics.clone(),
         publisher,
@@ -270,6 +278,9 @@ pub async fn serve(
     http_stop.cancel();
     http.await.context("HTTP server")?;
     pipeline.shutdown(SHUTDOWN_GRACE).await;
+    if let Some(broker) = embedded {
+        broker.save(std::time::Duration::from_secs(2)).await;
+    }
     // Republish deliveries made while draining still reach the broker.
     publisher_stop.cancel();
     tracing::info!("weir stopped");

@@ -219,9 +219,12 @@ async fn an_mqtt5_client_without_a_client_id_is_given_one() {
     let props = anon.connack.properties.expect("CONNACK properties");
     let assigned = props.assigned_client_identifier.expect("an assigned id");
     assert!(assigned.starts_with("weir-anon-"), "{assigned}");
-    // What the broker does not offer, it says.
-    assert_eq!(props.shared_subscription_available, Some(0));
-    assert_eq!(props.topic_alias_max, None);
+    // What the broker offers: shared subscriptions and subscription identifiers
+    // (absent means available), topic aliases and a receive maximum.
+    assert_eq!(props.shared_subscription_available, None);
+    assert_eq!(props.subscription_identifiers_available, None);
+    assert_eq!(props.topic_alias_max, Some(10));
+    assert_eq!(props.receive_max, Some(100));
     // MQTT 3.1.1 clients are still served on the same port.
     Mqtt::connect(weir.mqtt, "v4-client").await;
 }
@@ -764,4 +767,283 @@ async fn a_slow_subscriber_is_disconnected() {
     assert_eq!((topic.as_str(), body), ("after", json!({"ok": 1})));
     let (status, _) = weir.request(reqwest::Method::GET, "/healthz").await;
     assert_eq!(status, 200);
+}
+
+/// A rumqttc client of weir's broker with these options, its events on a channel.
+async fn client_with(
+    weir: &Weir,
+    client_id: &str,
+    configure: impl FnOnce(&mut MqttOptions),
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<Event>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut opts = MqttOptions::new(client_id, weir.mqtt.ip().to_string(), weir.mqtt.port());
+    opts.set_keep_alive(Duration::from_secs(5));
+    configure(&mut opts);
+    let (client, mut el) = AsyncClient::new(opts, 100);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok(event) = el.poll().await {
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    (client, rx, task)
+}
+
+/// The next PUBLISH among `events`, within 5 s.
+async fn next_publish(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> Option<rumqttc::Publish> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await? {
+                Event::Incoming(Packet::Publish(p)) => return Some(p),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A client with a persistent session subscribes to `filter` and goes away.
+async fn subscribe_and_vanish(weir: &Weir, client_id: &str, filter: &str) {
+    let (client, mut events, task) = client_with(weir, client_id, |o| {
+        o.set_clean_session(false);
+    })
+    .await;
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Some(Event::Incoming(Packet::SubAck(_))) = events.recv().await {
+            break;
+        }
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn retained_messages_reach_later_subscribers_until_cleared() {
+    let dir = temp_dir("broker-retained");
+    let weir = Weir::start(&dir, &[]).await;
+    let (publisher, _p, _pt) = client_with(&weir, "publisher", |_| {}).await;
+    publisher
+        .publish("plant/1/state", QoS::AtLeastOnce, true, "on")
+        .await
+        .unwrap();
+    publisher
+        .publish("plant/2/state", QoS::AtMostOnce, true, "off")
+        .await
+        .unwrap();
+    weir.wait_metric("weir_broker_retained_messages", 2.0).await;
+    let (reader, mut events, _rt) = client_with(&weir, "reader", |_| {}).await;
+    reader
+        .subscribe("plant/+/state", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = next_publish(&mut events).await.expect("a retained message");
+        assert!(p.retain, "sent because retained, so marked so");
+        got.push((p.topic, p.payload, p.qos as u8));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("plant/1/state".into(), "on".into(), 1),
+            ("plant/2/state".into(), "off".into(), 0)
+        ]
+    );
+    // A live message is not marked retained; an empty retained message clears the topic.
+    publisher
+        .publish("plant/1/state", QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
+    let p = next_publish(&mut events).await.expect("the live message");
+    assert!(!p.retain && p.payload.is_empty());
+    weir.wait_metric_eq("weir_broker_retained_messages", 1.0)
+        .await;
+    let (late, mut late_events, _lt) = client_with(&weir, "late", |_| {}).await;
+    late.subscribe("plant/#", QoS::AtLeastOnce).await.unwrap();
+    let p = next_publish(&mut late_events).await.expect("one retained");
+    assert_eq!(p.topic, "plant/2/state");
+    assert!(next_publish(&mut late_events).await.is_none());
+}
+
+#[tokio::test]
+async fn a_will_is_published_to_subscribers_and_rules_when_its_client_vanishes() {
+    let dir = temp_dir("broker-will");
+    let weir = Weir::start(&dir, &[]).await;
+    let rule = json!({"sql": "SELECT *, clientid() AS c FROM 'status/#'", "actions": [{"republish": {"topic": "seen"}}]});
+    assert_eq!(weir.put_rule("wills", rule).await.0, 201);
+    let (watcher, mut events, _wt) = client_with(&weir, "watcher", |_| {}).await;
+    watcher
+        .subscribe("status/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    watcher.subscribe("seen", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A client that says goodbye leaves no will.
+    let (polite, _pe, _ptask) = client_with(&weir, "polite", |o| {
+        o.set_last_will(rumqttc::LastWill::new(
+            "status/polite",
+            r#"{"gone": true}"#,
+            QoS::AtLeastOnce,
+            false,
+        ));
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    polite.disconnect().await.unwrap();
+    // One whose connection just drops does.
+    let (_abrupt, _ae, abrupt_task) = client_with(&weir, "device-7", |o| {
+        o.set_last_will(rumqttc::LastWill::new(
+            "status/device-7",
+            r#"{"gone": true}"#,
+            QoS::AtLeastOnce,
+            false,
+        ));
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    abrupt_task.abort();
+    let mut got = Vec::new();
+    while let Some(p) = next_publish(&mut events).await {
+        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+        got.push((p.topic, v.to_string()));
+        if got.len() == 2 {
+            break;
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                "seen".to_owned(),
+                json!({"gone": true, "c": "device-7"}).to_string()
+            ),
+            (
+                "status/device-7".to_owned(),
+                json!({"gone": true}).to_string()
+            ),
+        ]
+    );
+    assert!(
+        next_publish(&mut events).await.is_none(),
+        "no will for the client that disconnected"
+    );
+}
+
+#[tokio::test]
+async fn a_persistent_session_keeps_subscriptions_and_queued_messages_while_away() {
+    let dir = temp_dir("broker-session");
+    let weir = Weir::start(&dir, &[]).await;
+    let persistent = |o: &mut MqttOptions| {
+        o.set_clean_session(false);
+    };
+    subscribe_and_vanish(&weir, "reader", "jobs/#").await;
+    weir.wait_metric_eq("weir_broker_connections", 0.0).await;
+    assert_eq!(weir.metric("weir_broker_sessions").await, 1.0);
+
+    let publisher = Mqtt::connect(weir.mqtt, "publisher").await;
+    for n in 0..3 {
+        publisher
+            .publish("jobs/x", format!(r#"{{"n": {n}}}"#))
+            .await;
+    }
+    // QoS 0 is not kept for a client that is away.
+    publisher
+        .client
+        .publish("jobs/x", QoS::AtMostOnce, false, r#"{"n": 99}"#)
+        .await
+        .unwrap();
+    weir.wait_metric("weir_broker_messages_received_total", 4.0)
+        .await;
+    assert!(weir.metric("weir_broker_queued_bytes").await > 0.0);
+
+    let (_reader, mut events, _rt) = client_with(&weir, "reader", persistent).await;
+    match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+        Ok(Some(Event::Incoming(Packet::ConnAck(ack)))) => {
+            assert!(ack.session_present, "the session was kept")
+        }
+        other => panic!("expected a CONNACK, got {other:?}"),
+    }
+    let mut got = Vec::new();
+    while let Some(p) = next_publish(&mut events).await {
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        if got.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(got, [r#"{"n": 0}"#, r#"{"n": 1}"#, r#"{"n": 2}"#]);
+    assert!(next_publish(&mut events).await.is_none());
+    weir.wait_metric_eq("weir_broker_queued_bytes", 0.0).await;
+
+    // A clean session ends what was kept.
+    let (_clean, mut events, _ct) = client_with(&weir, "reader", |_| {}).await;
+    match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+        Ok(Some(Event::Incoming(Packet::ConnAck(ack)))) => assert!(!ack.session_present),
+        other => panic!("expected a CONNACK, got {other:?}"),
+    }
+    publisher.publish("jobs/x", r#"{"n": 3}"#).await;
+    assert!(
+        next_publish(&mut events).await.is_none(),
+        "no subscription left"
+    );
+}
+
+#[tokio::test]
+async fn retained_messages_and_persistent_sessions_survive_a_restart() {
+    let dir = temp_dir("broker-restart");
+    let weir = Weir::start(&dir, &[]).await;
+    let persistent = |o: &mut MqttOptions| {
+        o.set_clean_session(false);
+    };
+    subscribe_and_vanish(&weir, "reader", "jobs/#").await;
+    let publisher = Mqtt::connect(weir.mqtt, "publisher").await;
+    publisher
+        .client
+        .publish("state/lamp", QoS::AtLeastOnce, true, "on")
+        .await
+        .unwrap();
+    for n in 0..3 {
+        publisher.publish("jobs/x", format!("{n}")).await;
+    }
+    weir.wait_metric("weir_broker_messages_received_total", 4.0)
+        .await;
+    drop(publisher);
+    // Stopped as on SIGTERM: the queue for the reader is saved with the rest.
+    let weir = weir.restart().await;
+    assert_eq!(weir.metric("weir_broker_sessions").await, 1.0);
+    assert_eq!(weir.metric("weir_broker_retained_messages").await, 1.0);
+    let (_reader, mut events, _rt) = client_with(&weir, "reader", persistent).await;
+    match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+        Ok(Some(Event::Incoming(Packet::ConnAck(ack)))) => assert!(ack.session_present),
+        other => panic!("expected a CONNACK, got {other:?}"),
+    }
+    let mut got = Vec::new();
+    while let Some(p) = next_publish(&mut events).await {
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        if got.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(got, ["0", "1", "2"], "the offline queue, once each");
+    assert!(next_publish(&mut events).await.is_none());
+    let (late, mut late_events, _lt) = client_with(&weir, "late", |_| {}).await;
+    late.subscribe("state/#", QoS::AtLeastOnce).await.unwrap();
+    let p = next_publish(&mut late_events)
+        .await
+        .expect("the retained message");
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("state/lamp", &b"on"[..])
+    );
 }

@@ -10,7 +10,14 @@ use prometheus::{
 };
 
 /// The reasons of `weir_broker_messages_dropped_total`.
-pub const BROKER_DROP_REASONS: &[&str] = &["slow_subscriber", "too_large", "not_authorized"];
+pub const BROKER_DROP_REASONS: &[&str] = &[
+    "slow_subscriber",
+    "queue_full",
+    "too_large",
+    "not_authorized",
+    "expired",
+    "retained_full",
+];
 /// The reasons of `weir_broker_connections_refused_total`.
 pub const BROKER_REFUSAL_REASONS: &[&str] = &[
     "max_connections",
@@ -30,6 +37,12 @@ pub struct Metrics {
     /// Messages that matched no enabled rule.
     pub ingress_unmatched: IntCounter,
     pub broker_connections: IntGauge,
+    /// Sessions the embedded broker holds, connected or not.
+    pub broker_sessions: IntGauge,
+    /// Retained messages the embedded broker holds.
+    pub broker_retained: IntGauge,
+    /// Bytes queued or in flight for the embedded broker's clients.
+    pub broker_queued_bytes: IntGauge,
     /// SUBSCRIBE and UNSUBSCRIBE packets the external broker has not acknowledged yet.
     pub external_subscriptions_pending: IntGauge,
     pub broker_received: IntCounter,
@@ -37,6 +50,8 @@ pub struct Metrics {
     pub broker_dropped: IntCounterVec,
     pub broker_slow: IntCounter,
     pub rule_store_corrupt: IntCounter,
+    /// Files of the embedded broker's saved state that could not be read at start.
+    pub broker_state_corrupt: IntCounter,
     /// Connections the embedded broker refused, by reason ([`BROKER_REFUSAL_REASONS`]).
     pub broker_refused: IntCounterVec,
     /// SUBSCRIBE filters refused, by reason ([`BROKER_SUBSCRIBE_REFUSAL_REASONS`]).
@@ -104,22 +119,21 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
-        let broker_connections = IntGauge::new(
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let broker_connections = plain_gauge(
             "weir_broker_connections",
             "Clients connected to the embedded MQTT broker.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(broker_connections.clone()))
-            .expect("unique metric");
-        let external_subscriptions_pending = IntGauge::new(
+        );
+        let external_subscriptions_pending = plain_gauge(
             "weir_external_subscription_changes_pending",
             "SUBSCRIBE and UNSUBSCRIBE packets sent to the external broker and not acknowledged yet.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(external_subscriptions_pending.clone()))
-            .expect("unique metric");
+        );
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let h = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(vec![
@@ -143,6 +157,18 @@ impl Metrics {
                 "Messages that matched no enabled rule.",
             ),
             broker_connections,
+            broker_sessions: plain_gauge(
+                "weir_broker_sessions",
+                "Sessions the embedded MQTT broker holds, of connected clients and of persistent sessions whose client is away.",
+            ),
+            broker_retained: plain_gauge(
+                "weir_broker_retained_messages",
+                "Retained messages the embedded MQTT broker holds.",
+            ),
+            broker_queued_bytes: plain_gauge(
+                "weir_broker_queued_bytes",
+                "Bytes of messages queued or in flight for the embedded MQTT broker's clients.",
+            ),
             external_subscriptions_pending,
             broker_received: counter(
                 "weir_broker_messages_received_total",
@@ -150,12 +176,16 @@ impl Metrics {
             ),
             broker_dropped: labelled(
                 "weir_broker_messages_dropped_total",
-                "Messages the embedded broker did not pass on, by reason: slow_subscriber (the subscriber's queue was full), too_large (over the subscriber's maximum packet size), not_authorized (the ACL refused the publisher's write or the subscriber's read).",
+                "Messages the embedded broker did not pass on, by reason: slow_subscriber (a connected subscriber's queue was full), queue_full (an offline session's queue, or all queues together, was full), too_large (over the subscriber's maximum packet size), not_authorized (the ACL refused the publisher's write or the subscriber's read), expired (MQTT 5 message expiry), retained_full (passed on but not retained: the retained store was full).",
                 BROKER_DROP_REASONS,
             ),
             rule_store_corrupt: counter(
                 "weir_rule_store_corrupt_lines_total",
                 "Lines of the rule journal that could not be read at start: rule changes lost to a damaged file.",
+            ),
+            broker_state_corrupt: counter(
+                "weir_broker_state_corrupt_files_total",
+                "Files of the embedded broker's saved state (sessions, retained messages, queues) that could not be read at start and were set aside.",
             ),
             broker_slow: counter(
                 "weir_broker_slow_subscribers_disconnected_total",

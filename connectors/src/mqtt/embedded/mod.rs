@@ -1,61 +1,73 @@
 //! The embedded MQTT broker: weir's zero-setup default, so devices can publish to weir
-//! itself with no other server.
+//! itself with no other server, and for them weir is the broker.
 //!
 //! It speaks MQTT 3.1.1 and MQTT 5 over TCP, whichever each client's CONNECT asks for (see
-//! [`wire`]; the packet codecs are rumqttc's), and keeps what a rules engine's front
-//! door needs: QoS 0, 1 and 2 in (QoS 2 exactly once per connection), QoS 0 and 1 out,
-//! subscriptions with `+`/`#` wildcards so other clients can read what the rules
-//! republish, keep-alive, client-id takeover, and a PUBLISH's MQTT 5 properties passed to
-//! the rules and to MQTT 5 subscribers. Sessions are not persisted, retained messages are
-//! not stored, and MQTT 5's topic aliases, shared subscriptions and subscription
-//! identifiers are not offered: for those, point weir at a full broker with `--broker`.
+//! [`wire`]; the packet codecs are rumqttc's). The session logic is weir's own
+//! ([`session`]): QoS 0, 1 and 2 both ways; persistent sessions (subscriptions, the
+//! offline queue, messages in flight, sent again on reconnect) with MQTT 5's session
+//! expiry; retained messages ([`retained`]); will messages, with MQTT 5's will delay;
+//! MQTT 5's message expiry, topic aliases both ways, subscription identifiers,
+//! subscribe options (no-local, retain-as-published, retain handling), shared
+//! subscriptions (`$share/<group>/<filter>`), receive maximum both ways and reason codes.
 //!
 //! Clients authenticate against a password file and are confined by an ACL file, both in
 //! Mosquitto's formats ([`access`]); a refused client never touches another's session.
 //!
 //! No client takes the broker down ([`Limits`]): packets, connections, subscriptions per
-//! client and the bytes queued for each subscriber are bounded; a subscriber that falls
-//! further behind, or does not read for [`WRITE_TIMEOUT`], is disconnected (and counted)
-//! instead of holding memory; a client that stays silent past its keep-alive (or
-//! [`IDLE_WITHOUT_KEEP_ALIVE`], when it asked for none) is disconnected.
+//! client, the bytes queued for each client and for all, and retained bytes are bounded;
+//! a connected subscriber that falls further behind, or does not read for
+//! [`WRITE_TIMEOUT`], is disconnected (and counted) instead of holding memory; a client
+//! that stays silent past its keep-alive (or [`IDLE_WITHOUT_KEEP_ALIVE`], when it asked
+//! for none) is disconnected.
 //!
 //! Every PUBLISH is handed to weir's pipeline with the publisher's client id (so
-//! `clientid()` works) before it is acknowledged, and the hand-off waits when the pipeline
-//! is full, which pushes back on the publishing client instead of growing memory.
+//! `clientid()` works), and a QoS 1 or 2 PUBLISH is acknowledged (PUBACK, PUBREC, in the
+//! order received) only once the rules that match it hold their outputs: delivered, or in
+//! a disk buffer. The hand-off waits when the pipeline is full, which pushes back on the
+//! publishing client instead of growing memory.
 
 pub mod access;
+mod retained;
+mod session;
+mod store;
 mod wire;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use weir_engine::topic::{TopicTrie, validate_filter, validate_topic};
-use weir_engine::{Message, MqttProperties, now_ms};
+use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
 use self::access::{Access, Denied, Want};
-use self::wire::{Inbound, Outbound, Refusal, SubRefusal, Wire};
-use crate::mqtt::packets::qos_v4;
-
+use self::retained::{Retained, RetainedStore};
+use self::session::{ConnId, Delivery, Flight, Link, MAX_INFLIGHT, Offered, Session, SubOptions};
+use self::store::{SavedMessage, SavedQueue, SavedSession, SavedSub, Store};
+use self::wire::{
+    Inbound, OutPublish, Outbound, RECEIVE_MAX, Refusal, Stream, SubRefusal, TOPIC_ALIAS_MAX, Will,
+    Wire,
+};
 use crate::metrics::Metrics;
 
 /// Largest packet the broker accepts, unless configured otherwise (`--mqtt-max-packet-size`).
 pub const DEFAULT_MAX_PACKET: usize = 128 * 1024;
-/// Outgoing messages queued per subscriber; one more disconnects it as too slow.
-const SUBSCRIBER_QUEUE: usize = 4096;
 /// How long a new connection has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may leave a packet of ours unread before it is disconnected.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client that asked for no keep-alive (0) may stay silent.
 pub const IDLE_WITHOUT_KEEP_ALIVE: Duration = Duration::from_secs(3600);
+/// Session expiry intervals longer than this (about ten years) count as "for ever".
+const FOREVER_SECS: u32 = 10 * 365 * 24 * 3600;
 
 /// What one client may hold of the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +82,19 @@ pub struct Limits {
     /// gets a failure return code in the SUBACK.
     pub max_subscriptions: usize,
     /// The most bytes (topic and payload) queued for one subscriber
-    /// (`--mqtt-max-queued-bytes`); a subscriber that falls further behind is
-    /// disconnected.
+    /// (`--mqtt-max-queued-bytes`); a connected subscriber that falls further behind is
+    /// disconnected, and what does not fit in an offline client's queue is dropped.
     pub max_queued_bytes: usize,
+    /// The most bytes queued for all clients together; past it, messages for any
+    /// client are dropped as for a full queue.
+    pub max_total_queued_bytes: usize,
+    /// The most bytes of retained messages; a retained message that does not fit is
+    /// passed on but not retained.
+    pub max_retained_bytes: usize,
+    /// The longest keep-alive an MQTT 5 client may use, in seconds
+    /// (`--mqtt-max-keep-alive`): one that asks for more, or for none, is told this one
+    /// in the CONNACK (Server Keep Alive). MQTT 3.1.1 cannot be told.
+    pub max_keep_alive: u16,
 }
 
 impl Default for Limits {
@@ -82,41 +104,41 @@ impl Default for Limits {
             max_connections: 10_000,
             max_subscriptions: 100,
             max_queued_bytes: 16 * 1024 * 1024,
+            max_total_queued_bytes: 1024 * 1024 * 1024,
+            max_retained_bytes: 64 * 1024 * 1024,
+            max_keep_alive: 60,
         }
     }
 }
 
-type ConnId = u64;
-
-/// Who is on the other end of a connection, as rules see it.
-struct Peer {
-    client_id: String,
-    /// The username the client proved with its password; `None` for anonymous clients.
-    principal: Option<String>,
-    source_ip: String,
+/// One subscription in the routing trie (keyed by its topic filter, without any
+/// `$share/<group>/`).
+#[derive(Clone)]
+struct Sub {
+    client: Arc<str>,
+    /// The filter as subscribed, with any `$share/<group>/`: the key in the session.
+    filter: Arc<str>,
+    group: Option<Arc<str>>,
+    opts: SubOptions,
 }
 
-struct Connection {
-    client_id: String,
-    /// As [`Peer::principal`], for the ACL's read checks.
-    principal: Option<String>,
-    tx: mpsc::Sender<Outgoing>,
-    /// Bytes queued in `tx`, against [`Limits::max_queued_bytes`].
-    queued: Arc<AtomicUsize>,
-    /// Cancelled when another connection takes over this client id.
-    kicked: CancellationToken,
-    /// Cancelled when the client falls too far behind with what it subscribed to.
-    slow: CancellationToken,
+impl PartialEq for Sub {
+    fn eq(&self, other: &Self) -> bool {
+        self.client == other.client && self.filter == other.filter
+    }
 }
 
-enum Outgoing {
-    Publish {
-        topic: Arc<str>,
-        payload: Bytes,
-        qos: QoS,
-        /// The publisher's MQTT 5 properties, forwarded to MQTT 5 subscribers.
-        properties: Option<Arc<MqttProperties>>,
-    },
+/// `$share/<group>/<filter>` split into its group and filter; `None` for a plain filter.
+/// An invalid share (empty group, wildcard in the group, no filter) is an `Err`.
+fn shared(filter: &str) -> Result<Option<(&str, &str)>, ()> {
+    let Some(rest) = filter.strip_prefix("$share/") else {
+        return Ok(None);
+    };
+    let (group, inner) = rest.split_once('/').ok_or(())?;
+    if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
+        return Err(());
+    }
+    Ok(Some((group, inner)))
 }
 
 /// A handle to the embedded broker: publish into it from inside weir.
@@ -126,8 +148,9 @@ pub struct Broker {
 }
 
 struct Inner {
-    subscriptions: RwLock<TopicTrie<(ConnId, u8)>>,
-    connections: Mutex<HashMap<ConnId, Connection>>,
+    subscriptions: RwLock<TopicTrie<Sub>>,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Mutex<Session>>>>,
+    retained: Mutex<RetainedStore>,
     next_id: AtomicU64,
     ingress: mpsc::Sender<Message>,
     metrics: Arc<Metrics>,
@@ -135,6 +158,56 @@ struct Inner {
     /// Permits for [`Limits::max_connections`].
     connection_permits: Arc<tokio::sync::Semaphore>,
     access: Access,
+    /// Picks the member of a shared subscription group that gets the next message.
+    share_cursor: AtomicUsize,
+    /// Where sessions and retained messages are saved; none: kept in memory only.
+    store: std::sync::OnceLock<Store>,
+    /// Persistent sessions or their subscriptions changed since they were saved.
+    sessions_dirty: AtomicBool,
+    /// Retained messages changed since they were saved.
+    retained_dirty: AtomicBool,
+}
+
+/// A message entering the broker, from a client, a will or weir's own republish.
+struct Incoming<'a> {
+    topic: &'a str,
+    payload: Bytes,
+    qos: u8,
+    retain: bool,
+    properties: Option<Arc<MqttProperties>>,
+    expires_at: Option<Instant>,
+    /// The publishing client, for no-local subscriptions.
+    publisher: Option<&'a str>,
+}
+
+/// Who is on the other end of a connection, as rules see it.
+#[derive(Clone)]
+struct Peer {
+    client_id: Arc<str>,
+    /// The username the client proved with its password; `None` for anonymous clients.
+    principal: Option<String>,
+    source_ip: String,
+}
+
+/// How a connection ended, when it ended without an error.
+enum End {
+    /// The client sent DISCONNECT.
+    Disconnect {
+        with_will: bool,
+        session_expiry: Option<u32>,
+    },
+    /// The client closed the connection without DISCONNECT.
+    Closed,
+    /// weir is shutting down.
+    Shutdown,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn expires_at(seconds: Option<u32>) -> Option<Instant> {
+    seconds.and_then(|s| Instant::now().checked_add(Duration::from_secs(u64::from(s))))
 }
 
 impl Broker {
@@ -166,13 +239,18 @@ impl Broker {
         Self {
             inner: Arc::new(Inner {
                 subscriptions: RwLock::new(TopicTrie::new()),
-                connections: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(HashMap::new()),
+                retained: Mutex::new(RetainedStore::default()),
                 next_id: AtomicU64::new(1),
                 ingress,
                 metrics,
                 limits,
                 connection_permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
                 access,
+                share_cursor: AtomicUsize::new(0),
+                store: std::sync::OnceLock::new(),
+                sessions_dirty: AtomicBool::new(false),
+                retained_dirty: AtomicBool::new(false),
             }),
         }
     }
@@ -193,7 +271,7 @@ impl Broker {
                         let broker = self.clone();
                         let cancel = cancel.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = broker.connection(stream, peer, cancel).await {
+                            if let Err(e) = broker.connection(Box::new(stream), peer, cancel).await {
                                 tracing::debug!(%peer, error = %e, "mqtt connection closed");
                             }
                             drop(permit);
@@ -211,79 +289,196 @@ impl Broker {
     /// Delivers a message to the broker's subscribers (as a republish action does). It
     /// does not go back into weir's own pipeline. Returns how many subscribers got it.
     pub fn publish(&self, topic: &str, payload: Bytes, qos: QoS) -> usize {
-        self.route(topic, payload, qos, None)
+        self.route(&Incoming {
+            topic,
+            payload,
+            qos: qos as u8,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+        })
     }
 
-    fn route(
-        &self,
-        topic: &str,
-        payload: Bytes,
-        qos: QoS,
-        properties: Option<Arc<MqttProperties>>,
-    ) -> usize {
-        let mut targets: HashMap<ConnId, u8> = HashMap::new();
+    /// Queues a message for every session with a matching subscription (one member of
+    /// each shared subscription group). Returns how many sessions took it.
+    fn route(&self, m: &Incoming<'_>) -> usize {
+        // Per client: the highest QoS granted, retain-as-published, the subscription
+        // identifiers of every matching subscription.
+        let mut direct: HashMap<Arc<str>, (u8, bool, Vec<u32>)> = HashMap::new();
+        let mut groups: HashMap<(Arc<str>, Arc<str>), Vec<Sub>> = HashMap::new();
         {
             let subs = self
                 .inner
                 .subscriptions
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
-            subs.for_each_match(topic, |(conn, granted)| {
-                let q = targets.entry(*conn).or_insert(0);
-                *q = (*q).max(*granted);
+            subs.for_each_match(m.topic, |s| {
+                if let Some(group) = &s.group {
+                    groups
+                        .entry((group.clone(), s.filter.clone()))
+                        .or_default()
+                        .push(s.clone());
+                    return;
+                }
+                if s.opts.no_local && m.publisher == Some(&*s.client) {
+                    return;
+                }
+                let e = direct
+                    .entry(s.client.clone())
+                    .or_insert((0, false, Vec::new()));
+                e.0 = e.0.max(s.opts.qos);
+                e.1 |= s.opts.retain_as_published;
+                e.2.extend(s.opts.id);
             });
         }
-        if targets.is_empty() {
+        if direct.is_empty() && groups.is_empty() {
             return 0;
         }
-        let topic: Arc<str> = Arc::from(topic);
-        let size = topic.len() + payload.len();
-        let conns = self
-            .inner
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let sessions: HashMap<Arc<str>, Arc<Mutex<Session>>> = {
+            let all = lock(&self.inner.sessions);
+            direct
+                .keys()
+                .chain(groups.values().flatten().map(|s| &s.client))
+                .filter_map(|c| Some((c.clone(), all.get(c)?.clone())))
+                .collect()
+        };
+        let topic: Arc<str> = Arc::from(m.topic);
         let mut delivered = 0;
-        for (conn, granted) in targets {
-            let Some(c) = conns.get(&conn) else { continue };
-            if let Some(acl) = &self.inner.access.acl
-                && !acl.allows(c.principal.as_deref(), &c.client_id, Want::Read, &topic)
-            {
-                self.dropped("not_authorized");
+        for (client, (granted, rap, ids)) in direct {
+            let Some(session) = sessions.get(&client) else {
                 continue;
-            }
-            let out = Outgoing::Publish {
-                topic: topic.clone(),
-                payload: payload.clone(),
-                qos: if granted.min(qos as u8) >= 1 {
-                    QoS::AtLeastOnce
-                } else {
-                    QoS::AtMostOnce
-                },
-                properties: properties.clone(),
             };
-            let queued = c.queued.fetch_add(size, Ordering::AcqRel) + size;
-            let fits = queued <= self.inner.limits.max_queued_bytes;
-            match fits.then(|| c.tx.try_send(out)) {
-                Some(Ok(())) => delivered += 1,
-                _ => {
-                    c.queued.fetch_sub(size, Ordering::AcqRel);
-                    self.dropped("slow_subscriber");
-                    // A subscriber this far behind will not catch up: let it go, and
-                    // its queue with it.
-                    if !c.slow.is_cancelled() {
-                        c.slow.cancel();
-                        self.inner.metrics.broker_slow.inc();
-                    }
-                }
-            }
+            let d = Delivery {
+                topic: topic.clone(),
+                payload: m.payload.clone(),
+                qos: granted.min(m.qos),
+                retain: rap && m.retain,
+                properties: m.properties.clone(),
+                expires_at: m.expires_at,
+                subscription_ids: ids,
+            };
+            delivered += usize::from(self.offer(session, d));
+        }
+        for (_, members) in groups {
+            // The next connected member, round robin; any member when none is.
+            let n = members.len();
+            let start = self.inner.share_cursor.fetch_add(1, Ordering::Relaxed) % n;
+            let connected = |s: &Sub| {
+                sessions
+                    .get(&s.client)
+                    .is_some_and(|x| lock(x).link.is_some())
+            };
+            let pick = (0..n)
+                .map(|i| &members[(start + i) % n])
+                .find(|s| connected(s))
+                .unwrap_or(&members[start]);
+            let Some(session) = sessions.get(&pick.client) else {
+                continue;
+            };
+            let d = Delivery {
+                topic: topic.clone(),
+                payload: m.payload.clone(),
+                qos: pick.opts.qos.min(m.qos),
+                retain: pick.opts.retain_as_published && m.retain,
+                properties: m.properties.clone(),
+                expires_at: m.expires_at,
+                subscription_ids: pick.opts.id.into_iter().collect(),
+            };
+            delivered += usize::from(self.offer(session, d));
         }
         delivered
     }
 
+    /// Queues `d` for one session, if the ACL lets its client read it. Whether it did.
+    fn offer(&self, session: &Mutex<Session>, d: Delivery) -> bool {
+        let limits = &self.inner.limits;
+        let mut s = lock(session);
+        if let Some(acl) = &self.inner.access.acl
+            && !acl.allows(s.principal.as_deref(), &s.client_id, Want::Read, &d.topic)
+        {
+            self.dropped("not_authorized");
+            return false;
+        }
+        match s.offer(
+            d,
+            limits.max_queued_bytes,
+            &self.inner.metrics.broker_queued_bytes,
+            limits.max_total_queued_bytes,
+        ) {
+            Offered::Queued => true,
+            Offered::NotKept => false,
+            Offered::Full => {
+                match &s.link {
+                    // A subscriber this far behind will not catch up: let it go.
+                    Some(link) => {
+                        self.dropped("slow_subscriber");
+                        if !link.slow.is_cancelled() {
+                            link.slow.cancel();
+                            self.inner.metrics.broker_slow.inc();
+                        }
+                    }
+                    None => self.dropped("queue_full"),
+                }
+                false
+            }
+        }
+    }
+
+    /// Stores or clears the retained message of a topic.
+    fn retain(&self, m: &Incoming<'_>) {
+        let mut store = lock(&self.inner.retained);
+        let kept = store.set(
+            m.topic,
+            Retained {
+                payload: m.payload.clone(),
+                qos: m.qos,
+                properties: m.properties.clone(),
+                expires_at: m.expires_at,
+            },
+            self.inner.limits.max_retained_bytes,
+        );
+        if !kept {
+            self.dropped("retained_full");
+        }
+        self.inner.retained_dirty.store(true, Ordering::Release);
+        self.inner.metrics.broker_retained.set(store.len() as i64);
+    }
+
+    /// Takes a message a client published (or its will): to the rules, into the
+    /// retained store, to the subscribers. `ack` goes with it to the rules.
+    async fn accept_publish(&self, peer: &Peer, m: &Incoming<'_>, ack: Ack) -> Result<(), String> {
+        self.inner.metrics.broker_received.inc();
+        let msg = Message {
+            topic: m.topic.to_owned(),
+            client_id: Some(peer.client_id.to_string()),
+            principal: peer.principal.clone(),
+            source_ip: Some(peer.source_ip.clone()),
+            payload: m.payload.clone(),
+            received_at_ms: now_ms(),
+            seq: weir_engine::next_seq(),
+            properties: m.properties.clone(),
+            ack,
+        };
+        if self.inner.ingress.send(msg).await.is_err() {
+            return Err("weir is shutting down".to_owned());
+        }
+        // Let the other connections woken with this one take their packets first: a
+        // SUBSCRIBE that reached the broker before this PUBLISH is then in place when it
+        // is routed, as in a broker that handles its sockets in turn.
+        for _ in 0..2 {
+            tokio::task::yield_now().await;
+        }
+        if m.retain {
+            self.retain(m);
+        }
+        self.route(m);
+        Ok(())
+    }
+
     async fn connection(
         self,
-        stream: TcpStream,
+        stream: Stream,
         peer: SocketAddr,
         cancel: CancellationToken,
     ) -> Result<(), String> {
@@ -333,92 +528,316 @@ impl Broker {
         } else {
             (connect.client_id.clone(), None)
         };
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let kicked = CancellationToken::new();
-        let slow = CancellationToken::new();
-        let queued = Arc::new(AtomicUsize::new(0));
-        {
-            let mut conns = self
-                .inner
-                .connections
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            // MQTT 3.1.1 §3.1.4: a second connection with the same client id takes over.
-            let old: Vec<ConnId> = conns
-                .iter()
-                .filter(|(_, c)| c.client_id == client_id)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in old {
-                if let Some(c) = conns.remove(&k) {
-                    c.kicked.cancel();
-                }
-            }
-            conns.insert(
-                id,
-                Connection {
-                    client_id: client_id.clone(),
-                    principal: principal.clone(),
-                    tx,
-                    queued: queued.clone(),
-                    kicked: kicked.clone(),
-                    slow: slow.clone(),
-                },
-            );
-        }
+        let client_id: Arc<str> = Arc::from(client_id);
+        let link = Link {
+            conn: id,
+            wake: Arc::new(Notify::new()),
+            kicked: CancellationToken::new(),
+            slow: CancellationToken::new(),
+        };
+        let (wake, kicked, slow) = (link.wake.clone(), link.kicked.clone(), link.slow.clone());
+        let session_expiry = if connect.session_expiry >= FOREVER_SECS {
+            u32::MAX
+        } else {
+            connect.session_expiry
+        };
+        let (session, present) = self.attach(
+            &client_id,
+            connect.clean_start,
+            link,
+            principal.clone(),
+            session_expiry,
+        );
         self.inner.metrics.broker_connections.inc();
-        tracing::debug!(%peer, client_id, v5 = wire.is_v5(), "mqtt client connected");
-        let mut filters = Vec::new();
+        tracing::debug!(%peer, %client_id, v5 = wire.is_v5(), present, "mqtt client connected");
         let peer = Peer {
             client_id: client_id.clone(),
             principal,
             source_ip: peer.ip().to_string(),
         };
+        let max_keep_alive = self.inner.limits.max_keep_alive;
+        let capped =
+            wire.is_v5() && (connect.keep_alive == 0 || connect.keep_alive > max_keep_alive);
+        let keep_alive = if capped {
+            max_keep_alive
+        } else {
+            connect.keep_alive
+        };
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let mut conn = Conn {
+            v5: wire.is_v5(),
+            wire,
+            id,
+            peer: peer.clone(),
+            session: session.clone(),
+            wake,
+            kicked,
+            slow,
+            quota: connect.receive_max.min(MAX_INFLIGHT),
+            alias_max: connect.topic_alias_max,
+            aliases_out: HashMap::new(),
+            aliases_in: HashMap::new(),
+            acks: VecDeque::new(),
+            ack_tx,
+            ack_rx,
+        };
         let result = async {
             send(
-                &mut wire,
+                &mut conn.wire,
                 Outbound::ConnAck {
+                    session_present: present,
                     assigned_client_id: assigned,
+                    server_keep_alive: capped.then_some(keep_alive),
                 },
             )
             .await?;
-            let mut queue = Queue { rx, queued, slow };
-            self.session(
-                &mut wire,
-                id,
-                &peer,
-                connect.keep_alive,
-                &mut queue,
-                &mut filters,
-                &kicked,
-                &cancel,
-            )
-            .await
+            self.run(&mut conn, keep_alive, &cancel).await
         }
         .await;
         self.inner.metrics.broker_connections.dec();
-        self.inner
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        self.drop_subscriptions(id, &filters);
-        result
+        drop(conn);
+        let (will_due, expiry_now) = match &result {
+            Ok(End::Disconnect {
+                with_will,
+                session_expiry,
+            }) => (*with_will, *session_expiry),
+            Ok(End::Shutdown) => (false, None),
+            Ok(End::Closed) | Err(_) => (true, None),
+        };
+        let left = self.detach(&client_id, &session, id, expiry_now);
+        if will_due
+            && let Some(will) = connect.will
+            && let Some((generation, expiry)) = left
+        {
+            self.will_due(will, peer, session, generation, expiry);
+        }
+        result.map(|_| ())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn session(
+    /// Gives the connection its session: the one the client had, unless it asked for a
+    /// clean start, or a new one. A connection the session had is kicked off. Returns
+    /// the session and whether it was there before.
+    fn attach(
         &self,
-        wire: &mut Wire,
-        id: ConnId,
-        peer: &Peer,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        link: Link,
+        principal: Option<String>,
+        expiry: u32,
+    ) -> (Arc<Mutex<Session>>, bool) {
+        let mut sessions = lock(&self.inner.sessions);
+        let existing = sessions.get(client_id).cloned();
+        if let Some(old) = &existing {
+            let mut s = lock(old);
+            // MQTT 3.1.1 §3.1.4: a second connection with the same client id takes over.
+            if let Some(l) = s.link.take() {
+                l.kicked.cancel();
+            }
+            if clean_start {
+                self.end_session(&mut s);
+            }
+        }
+        let (session, present) = match existing {
+            Some(s) if !clean_start => (s, true),
+            _ => {
+                let s = Arc::new(Mutex::new(Session::new(client_id.clone())));
+                sessions.insert(client_id.clone(), s.clone());
+                (s, false)
+            }
+        };
+        {
+            let mut s = lock(&session);
+            s.link = Some(link);
+            s.generation += 1;
+            s.principal = principal;
+            if expiry > 0 || s.expiry > 0 {
+                self.inner.sessions_dirty.store(true, Ordering::Release);
+            }
+            s.expiry = expiry;
+        }
+        self.inner
+            .metrics
+            .broker_sessions
+            .set(sessions.len() as i64);
+        (session, present)
+    }
+
+    /// Lets go of the session when connection `conn` ends (unless another connection
+    /// took it over): it ends now if its expiry is 0, or is set to end after its expiry.
+    /// Returns its generation and expiry when the session was this connection's.
+    fn detach(
+        &self,
+        client_id: &Arc<str>,
+        session: &Arc<Mutex<Session>>,
+        conn: ConnId,
+        new_expiry: Option<u32>,
+    ) -> Option<(u64, u32)> {
+        let mut sessions = lock(&self.inner.sessions);
+        let mut s = lock(session);
+        if s.link.as_ref().map(|l| l.conn) != Some(conn) {
+            return None;
+        }
+        s.link = None;
+        if let Some(e) = new_expiry {
+            if s.expiry > 0 || e > 0 {
+                self.inner.sessions_dirty.store(true, Ordering::Release);
+            }
+            s.expiry = if e >= FOREVER_SECS { u32::MAX } else { e };
+        }
+        let left = (s.generation, s.expiry);
+        if s.expiry == 0 {
+            self.end_session(&mut s);
+            if sessions
+                .get(client_id)
+                .is_some_and(|x| Arc::ptr_eq(x, session))
+            {
+                sessions.remove(client_id);
+            }
+        } else {
+            self.expire_later(client_id, session, s.generation, s.expiry);
+        }
+        self.inner
+            .metrics
+            .broker_sessions
+            .set(sessions.len() as i64);
+        Some(left)
+    }
+
+    /// Sets the session to end after `expiry` seconds unless its client comes back.
+    fn expire_later(
+        &self,
+        client_id: &Arc<str>,
+        session: &Arc<Mutex<Session>>,
+        generation: u64,
+        expiry: u32,
+    ) {
+        if expiry == u32::MAX {
+            return;
+        }
+        let broker = self.clone();
+        let (client_id, session) = (client_id.clone(), session.clone());
+        let after = Duration::from_secs(u64::from(expiry));
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            broker.expire(&client_id, &session, generation);
+        });
+    }
+
+    /// Ends a session whose client has stayed away past its expiry.
+    fn expire(&self, client_id: &Arc<str>, session: &Arc<Mutex<Session>>, generation: u64) {
+        let mut sessions = lock(&self.inner.sessions);
+        if !sessions
+            .get(client_id)
+            .is_some_and(|x| Arc::ptr_eq(x, session))
+        {
+            return;
+        }
+        let mut s = lock(session);
+        if s.link.is_some() || s.generation != generation {
+            return;
+        }
+        self.end_session(&mut s);
+        sessions.remove(client_id);
+        self.inner
+            .metrics
+            .broker_sessions
+            .set(sessions.len() as i64);
+    }
+
+    /// Forgets a session's subscriptions, queue and messages in flight.
+    fn end_session(&self, s: &mut Session) {
+        self.changed(s);
+        {
+            let mut subs = self.trie_mut();
+            for (filter, _) in s.subscriptions.drain() {
+                let (group, inner) = match shared(&filter) {
+                    Ok(Some((g, f))) => (Some(Arc::from(g)), f.to_owned()),
+                    _ => (None, filter.to_string()),
+                };
+                subs.remove(
+                    &inner,
+                    &Sub {
+                        client: s.client_id.clone(),
+                        filter: filter.clone(),
+                        group,
+                        opts: SubOptions {
+                            qos: 0,
+                            no_local: false,
+                            retain_as_published: false,
+                            id: None,
+                        },
+                    },
+                );
+            }
+        }
+        s.incoming_qos2.clear();
+        s.clear(&self.inner.metrics.broker_queued_bytes);
+    }
+
+    /// The client went away without DISCONNECT (or asked for its will): publishes its
+    /// will now, or after its will delay unless the session is resumed meanwhile (MQTT 5:
+    /// at the latest when the session ends).
+    fn will_due(
+        &self,
+        will: Will,
+        peer: Peer,
+        session: Arc<Mutex<Session>>,
+        generation: u64,
+        expiry: u32,
+    ) {
+        let broker = self.clone();
+        let delay = will.delay.min(expiry);
+        tokio::spawn(async move {
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                let resumed = {
+                    let s = lock(&session);
+                    s.generation != generation
+                };
+                if resumed {
+                    return;
+                }
+            }
+            if let Err(e) = broker.publish_will(&will, &peer).await {
+                tracing::debug!(client_id = %peer.client_id, error = %e, "will not published");
+            }
+        });
+    }
+
+    async fn publish_will(&self, will: &Will, peer: &Peer) -> Result<(), String> {
+        if validate_topic(&will.topic).is_err() {
+            return Err(format!("invalid will topic '{}'", will.topic));
+        }
+        if let Some(acl) = &self.inner.access.acl
+            && !acl.allows(
+                peer.principal.as_deref(),
+                &peer.client_id,
+                Want::Write,
+                &will.topic,
+            )
+        {
+            self.dropped("not_authorized");
+            return Err("the ACL does not let the client write its will topic".to_owned());
+        }
+        let m = Incoming {
+            topic: &will.topic,
+            payload: will.payload.clone(),
+            qos: will.qos,
+            retain: will.retain,
+            properties: will.properties.clone(),
+            expires_at: expires_at(will.expiry),
+            publisher: Some(&peer.client_id),
+        };
+        self.accept_publish(peer, &m, Ack::default()).await
+    }
+
+    /// Serves one connected client until it goes, is let go, or weir stops.
+    async fn run(
+        &self,
+        c: &mut Conn,
         keep_alive: u16,
-        queue: &mut Queue,
-        my_filters: &mut Vec<String>,
-        kicked: &CancellationToken,
         cancel: &CancellationToken,
-    ) -> Result<(), String> {
-        let (client_id, principal, source_ip) = (&peer.client_id, &peer.principal, &peer.source_ip);
+    ) -> Result<End, String> {
         // MQTT 3.1.1 §3.1.2.10: close after 1.5 keep-alive periods of silence; a client
         // that asked for none gets an hour.
         let idle = if keep_alive == 0 {
@@ -426,154 +845,564 @@ impl Broker {
         } else {
             Duration::from_millis(u64::from(keep_alive) * 1500)
         };
-        let max_subscriptions = self.inner.limits.max_subscriptions;
-        let mut next_pkid: u16 = 0;
-        let mut qos2_inflight: HashSet<u16> = HashSet::new();
+        self.resend_in_flight(c).await?;
+        self.flush(c).await?;
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = kicked.cancelled() => return Err("taken over by a new connection with the same client id".to_owned()),
-                _ = queue.slow.cancelled() => return Err(format!(
-                    "a slow subscriber: more than {} bytes or {SUBSCRIBER_QUEUE} messages waited for it",
-                    self.inner.limits.max_queued_bytes
-                )),
-                out = queue.rx.recv() => {
-                    let Some(Outgoing::Publish { topic, payload, qos, properties }) = out else { return Ok(()) };
-                    queue.queued.fetch_sub(topic.len() + payload.len(), Ordering::AcqRel);
-                    let mut pkid = 0;
-                    if qos != QoS::AtMostOnce {
-                        next_pkid = next_pkid.checked_add(1).unwrap_or(1);
-                        pkid = next_pkid;
-                    }
-                    let publish = Outbound::Publish {
-                        topic: &topic,
-                        pkid,
-                        qos: qos as u8,
-                        payload,
-                        properties: properties.as_deref(),
-                    };
-                    // A subscriber found too slow meanwhile is let go mid-write.
-                    let sent = tokio::select! {
-                        sent = send(wire, publish) => sent?,
-                        _ = queue.slow.cancelled() => return Err("a slow subscriber".to_owned()),
-                    };
-                    if !sent {
-                        self.dropped("too_large");
-                    }
+                _ = cancel.cancelled() => {
+                    c.disconnect(Reason::ServerShuttingDown).await;
+                    return Ok(End::Shutdown);
                 }
-                incoming = tokio::time::timeout(idle, wire.recv()) => {
+                _ = c.kicked.cancelled() => {
+                    c.disconnect(Reason::SessionTakenOver).await;
+                    return Err("taken over by a new connection with the same client id".to_owned());
+                }
+                _ = c.slow.cancelled() => return Err(format!(
+                    "a slow subscriber: more than {} bytes or {} messages waited for it",
+                    self.inner.limits.max_queued_bytes, session::MAX_QUEUED_MESSAGES
+                )),
+                _ = c.wake.notified() => self.flush(c).await?,
+                Some(pkid) = c.ack_rx.recv() => c.acknowledged(pkid).await?,
+                incoming = tokio::time::timeout(idle, c.wire.recv()) => {
                     let packet = match incoming {
-                        Err(_) => return Err("keep-alive timeout".to_owned()),
-                        Ok(None) => return Ok(()),
-                        Ok(Some(Err(e))) => return Err(e),
+                        Err(_) => {
+                            c.disconnect(Reason::KeepAliveTimeout).await;
+                            return Err("keep-alive timeout".to_owned());
+                        }
+                        Ok(None) => return Ok(End::Closed),
+                        Ok(Some(Err(e))) => {
+                            if e.contains("has been exceeded by packet") {
+                                c.disconnect(Reason::PacketTooLarge).await;
+                            } else {
+                                c.disconnect(Reason::MalformedPacket).await;
+                            }
+                            return Err(e);
+                        }
                         Ok(Some(Ok(p))) => p,
                     };
-                    match packet {
-                        Inbound::Publish { topic, pkid, qos, payload, properties } => {
-                            if validate_topic(&topic).is_err() {
-                                return Err(format!("invalid topic name '{topic}'"));
-                            }
-                            if let Some(acl) = &self.inner.access.acl
-                                && !acl.allows(principal.as_deref(), client_id, Want::Write, &topic)
-                            {
-                                self.dropped("not_authorized");
-                                tracing::debug!(client_id, topic, "mqtt publish refused by the ACL");
-                                match qos {
-                                    0 => {}
-                                    1 => { send(wire, Outbound::PubAckDenied(pkid)).await?; }
-                                    _ => { send(wire, Outbound::PubRecDenied(pkid)).await?; }
-                                }
-                                continue;
-                            }
-                            let fresh = match qos {
-                                2 => qos2_inflight.insert(pkid),
-                                _ => true,
-                            };
-                            if fresh {
-                                self.inner.metrics.broker_received.inc();
-                                let msg = Message {
-                                    topic: topic.clone(),
-                                    client_id: Some(client_id.to_owned()),
-                                    principal: principal.clone(),
-                                    source_ip: Some(source_ip.clone()),
-                                    payload: payload.clone(),
-                                    received_at_ms: now_ms(),
-                                    seq: weir_engine::next_seq(),
-                                    properties: properties.clone(),
-                                    // Acknowledged on receipt, below.
-                                    ack: Default::default(),
-                                };
-                                if self.inner.ingress.send(msg).await.is_err() {
-                                    return Err("weir is shutting down".to_owned());
-                                }
-                                self.route(&topic, payload, qos_v4(qos), properties);
-                            }
-                            match qos {
-                                0 => {}
-                                1 => { send(wire, Outbound::PubAck(pkid)).await?; }
-                                _ => { send(wire, Outbound::PubRec(pkid)).await?; }
-                            }
-                        }
-                        Inbound::PubRel(pkid) => {
-                            qos2_inflight.remove(&pkid);
-                            send(wire, Outbound::PubComp(pkid)).await?;
-                        }
-                        Inbound::Subscribe { pkid, filters } => {
-                            let mut granted_all = Vec::with_capacity(filters.len());
-                            for (path, asked) in filters {
-                                let full = my_filters.len() >= max_subscriptions && !my_filters.contains(&path);
-                                let refusal = if validate_filter(&path).is_err() {
-                                    Some(SubRefusal::Invalid)
-                                } else if full {
-                                    Some(SubRefusal::Quota)
-                                } else if self.inner.access.acl.as_ref().is_some_and(|acl| {
-                                    !acl.allows(principal.as_deref(), client_id, Want::Subscribe, &path)
-                                }) {
-                                    Some(SubRefusal::NotAuthorized)
-                                } else {
-                                    None
-                                };
-                                if let Some(refusal) = refusal {
-                                    self.inner.metrics.broker_subscriptions_refused.with_label_values(&[match refusal {
-                                        SubRefusal::Invalid => "invalid",
-                                        SubRefusal::Quota => "max_subscriptions",
-                                        SubRefusal::NotAuthorized => "not_authorized",
-                                    }]).inc();
-                                    granted_all.push(Err(refusal));
-                                    continue;
-                                }
-                                let granted = asked.min(1);
-                                let mut subs = self.inner.subscriptions.write().unwrap_or_else(|p| p.into_inner());
-                                // Re-subscribing replaces the earlier subscription's QoS.
-                                for q in 0..=1u8 {
-                                    subs.remove(&path, &(id, q));
-                                }
-                                subs.insert(&path, (id, granted));
-                                my_filters.retain(|x| x != &path);
-                                my_filters.push(path);
-                                granted_all.push(Ok(granted));
-                            }
-                            send(wire, Outbound::SubAck { pkid, granted: granted_all }).await?;
-                        }
-                        Inbound::Unsubscribe { pkid, filters } => {
-                            {
-                                let mut subs = self.inner.subscriptions.write().unwrap_or_else(|p| p.into_inner());
-                                for f in &filters {
-                                    for q in 0..=1u8 {
-                                        subs.remove(f, &(id, q));
-                                    }
-                                    my_filters.retain(|x| x != f);
-                                }
-                            }
-                            send(wire, Outbound::UnsubAck { pkid, count: filters.len() }).await?;
-                        }
-                        Inbound::PingReq => { send(wire, Outbound::PingResp).await?; }
-                        Inbound::Disconnect => return Ok(()),
-                        // Acknowledgements of what we sent: QoS 1 out is fire-and-forget here.
-                        Inbound::Ack => {}
+                    if let Some(end) = self.handle(c, packet).await? {
+                        return Ok(end);
                     }
                 }
             }
+        }
+    }
+
+    /// Handles one packet from the client; `Some` when it ends the connection.
+    async fn handle(&self, c: &mut Conn, packet: Inbound) -> Result<Option<End>, String> {
+        match packet {
+            Inbound::Publish(p) => self.incoming_publish(c, p).await?,
+            Inbound::PubAck(pkid) => {
+                lock(&c.session).acked(pkid, &self.inner.metrics.broker_queued_bytes);
+                self.flush(c).await?;
+            }
+            Inbound::PubRec(pkid) => {
+                if lock(&c.session).received(pkid, &self.inner.metrics.broker_queued_bytes) {
+                    send(&mut c.wire, Outbound::PubRel(pkid)).await?;
+                }
+            }
+            Inbound::PubRel(pkid) => {
+                lock(&c.session).incoming_qos2.remove(&pkid);
+                send(&mut c.wire, Outbound::PubComp(pkid)).await?;
+            }
+            Inbound::PubComp(pkid) => {
+                lock(&c.session).completed(pkid);
+                self.flush(c).await?;
+            }
+            Inbound::Subscribe { pkid, filters, id } => {
+                self.subscribe(c, pkid, filters, id).await?;
+            }
+            Inbound::Unsubscribe { pkid, filters } => {
+                {
+                    let mut s = lock(&c.session);
+                    let mut subs = self.trie_mut();
+                    self.changed(&s);
+                    for f in &filters {
+                        if let Some((full, opts)) = s.subscriptions.remove_entry(f.as_str()) {
+                            let (group, inner) = match shared(f) {
+                                Ok(Some((g, inner))) => (Some(Arc::from(g)), inner),
+                                _ => (None, f.as_str()),
+                            };
+                            subs.remove(
+                                inner,
+                                &Sub {
+                                    client: c.peer.client_id.clone(),
+                                    filter: full,
+                                    group,
+                                    opts,
+                                },
+                            );
+                        }
+                    }
+                }
+                send(
+                    &mut c.wire,
+                    Outbound::UnsubAck {
+                        pkid,
+                        count: filters.len(),
+                    },
+                )
+                .await?;
+            }
+            Inbound::PingReq => {
+                send(&mut c.wire, Outbound::PingResp).await?;
+            }
+            Inbound::Disconnect {
+                with_will,
+                session_expiry,
+            } => {
+                return Ok(Some(End::Disconnect {
+                    with_will,
+                    session_expiry,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn incoming_publish(&self, c: &mut Conn, p: wire::Publish) -> Result<(), String> {
+        // MQTT 5 topic aliases: an alias with a topic sets it; an alias alone uses it.
+        let topic = match p.alias {
+            None => p.topic,
+            Some(a) if a == 0 || a > TOPIC_ALIAS_MAX => {
+                c.refuse(Reason::TopicAliasInvalid).await;
+                return Err(format!(
+                    "topic alias {a} is not from 1 to {TOPIC_ALIAS_MAX}"
+                ));
+            }
+            Some(a) if p.topic.is_empty() => match c.aliases_in.get(&a) {
+                Some(t) => t.clone(),
+                None => {
+                    c.refuse(Reason::ProtocolError).await;
+                    return Err(format!("topic alias {a} was never set"));
+                }
+            },
+            Some(a) => {
+                c.aliases_in.insert(a, p.topic.clone());
+                p.topic
+            }
+        };
+        if validate_topic(&topic).is_err() {
+            c.disconnect(Reason::TopicNameInvalid).await;
+            return Err(format!("invalid topic name '{topic}'"));
+        }
+        if p.qos > 0 && c.v5 {
+            let unacknowledged = c.acks.len() + lock(&c.session).incoming_qos2.len();
+            if unacknowledged >= usize::from(RECEIVE_MAX) {
+                c.refuse(Reason::ReceiveMaximumExceeded).await;
+                return Err(format!(
+                    "more than {RECEIVE_MAX} QoS 1 and 2 messages unacknowledged"
+                ));
+            }
+        }
+        if let Some(acl) = &self.inner.access.acl
+            && !acl.allows(
+                c.peer.principal.as_deref(),
+                &c.peer.client_id,
+                Want::Write,
+                &topic,
+            )
+        {
+            self.dropped("not_authorized");
+            tracing::debug!(client_id = %c.peer.client_id, topic, "mqtt publish refused by the ACL");
+            match p.qos {
+                0 => {}
+                1 => {
+                    send(&mut c.wire, Outbound::PubAckDenied(p.pkid)).await?;
+                }
+                _ => {
+                    send(&mut c.wire, Outbound::PubRecDenied(p.pkid)).await?;
+                }
+            }
+            return Ok(());
+        }
+        // A QoS 1 or 2 message whose acknowledgement is still to come is not taken twice;
+        // a QoS 2 message already taken (and not released) is acknowledged again.
+        if p.qos > 0 && c.acks.iter().any(|(id, _, _)| *id == p.pkid) {
+            return Ok(());
+        }
+        if p.qos == 2 && !lock(&c.session).incoming_qos2.insert(p.pkid) {
+            send(&mut c.wire, Outbound::PubRec(p.pkid)).await?;
+            return Ok(());
+        }
+        let ack = if p.qos > 0 {
+            c.acks.push_back((p.pkid, p.qos, false));
+            let tx = c.ack_tx.clone();
+            let pkid = p.pkid;
+            Ack::on_drop(move || {
+                let _ = tx.send(pkid);
+            })
+        } else {
+            Ack::default()
+        };
+        let m = Incoming {
+            topic: &topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            expires_at: expires_at(p.expiry),
+            publisher: Some(&c.peer.client_id),
+        };
+        self.accept_publish(&c.peer, &m, ack).await
+    }
+
+    async fn subscribe(
+        &self,
+        c: &mut Conn,
+        pkid: u16,
+        filters: Vec<wire::SubRequest>,
+        id: Option<u32>,
+    ) -> Result<(), String> {
+        let max_subscriptions = self.inner.limits.max_subscriptions;
+        let mut granted = Vec::with_capacity(filters.len());
+        // Filters that get the retained messages they match, once the SUBACK is out.
+        let mut retained_for = Vec::new();
+        for req in filters {
+            let split = shared(&req.filter);
+            let inner = match split {
+                Ok(Some((_, f))) => f,
+                _ => req.filter.as_str(),
+            };
+            let refusal = {
+                let s = lock(&c.session);
+                let full = s.subscriptions.len() >= max_subscriptions
+                    && !s.subscriptions.contains_key(req.filter.as_str());
+                if split.is_err() || validate_filter(inner).is_err() {
+                    Some(SubRefusal::Invalid)
+                } else if full {
+                    Some(SubRefusal::Quota)
+                } else if self.inner.access.acl.as_ref().is_some_and(|acl| {
+                    !acl.allows(
+                        c.peer.principal.as_deref(),
+                        &c.peer.client_id,
+                        Want::Subscribe,
+                        inner,
+                    )
+                }) {
+                    Some(SubRefusal::NotAuthorized)
+                } else {
+                    None
+                }
+            };
+            if let Some(refusal) = refusal {
+                self.inner
+                    .metrics
+                    .broker_subscriptions_refused
+                    .with_label_values(&[match refusal {
+                        SubRefusal::Invalid => "invalid",
+                        SubRefusal::Quota => "max_subscriptions",
+                        SubRefusal::NotAuthorized => "not_authorized",
+                    }])
+                    .inc();
+                granted.push(Err(refusal));
+                continue;
+            }
+            let opts = SubOptions {
+                qos: req.qos.min(2),
+                no_local: req.no_local,
+                retain_as_published: req.retain_as_published,
+                id,
+            };
+            let full: Arc<str> = Arc::from(req.filter.as_str());
+            let group = match split {
+                Ok(Some((g, _))) => Some(Arc::from(g)),
+                _ => None,
+            };
+            let existed = {
+                let mut s = lock(&c.session);
+                let existed = s.subscriptions.insert(full.clone(), opts).is_some();
+                self.changed(&s);
+                let mut subs = self.trie_mut();
+                let sub = Sub {
+                    client: c.peer.client_id.clone(),
+                    filter: full,
+                    group: group.clone(),
+                    opts,
+                };
+                // Subscribing again replaces the options.
+                subs.remove(inner, &sub);
+                subs.insert(inner, sub);
+                existed
+            };
+            let wants_retained = match req.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+            // Shared subscriptions get no retained messages (MQTT 5 §4.8.2).
+            if wants_retained && group.is_none() {
+                retained_for.push((inner.to_owned(), opts));
+            }
+            granted.push(Ok(opts.qos));
+        }
+        send(&mut c.wire, Outbound::SubAck { pkid, granted }).await?;
+        for (filter, opts) in retained_for {
+            let matching = lock(&self.inner.retained).matching(&filter);
+            for (topic, r) in matching {
+                let d = Delivery {
+                    topic,
+                    payload: r.payload,
+                    qos: r.qos.min(opts.qos),
+                    retain: true,
+                    properties: r.properties,
+                    expires_at: r.expires_at,
+                    subscription_ids: opts.id.into_iter().collect(),
+                };
+                self.offer(&c.session, d);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends again what was in flight when the client last went away: PUBLISH marked DUP,
+    /// or PUBREL.
+    async fn resend_in_flight(&self, c: &mut Conn) -> Result<(), String> {
+        let again: Vec<(u16, Option<Delivery>)> = lock(&c.session)
+            .inflight
+            .iter()
+            .map(|(pkid, f)| {
+                (
+                    *pkid,
+                    match f {
+                        Flight::Sent(d) => Some(d.clone()),
+                        Flight::Released => None,
+                    },
+                )
+            })
+            .collect();
+        for (pkid, d) in again {
+            match d {
+                Some(d) => {
+                    c.publish(pkid, &d, true, self).await?;
+                }
+                None => {
+                    send(&mut c.wire, Outbound::PubRel(pkid)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what the session has queued, as far as the client's receive maximum allows.
+    async fn flush(&self, c: &mut Conn) -> Result<(), String> {
+        let total = &self.inner.metrics.broker_queued_bytes;
+        let (batch, expired) = lock(&c.session).take_sendable(c.id, c.quota, total);
+        for _ in 0..expired {
+            self.dropped("expired");
+        }
+        for (pkid, d) in batch {
+            c.publish(pkid, &d, false, self).await?;
+        }
+        // More may have come meanwhile; the wake-up is remembered if so.
+        Ok(())
+    }
+
+    /// Loads what an earlier run saved in `dir` (persistent sessions, retained messages,
+    /// and, after a clean stop, the messages queued for the sessions), and from then on
+    /// saves sessions and retained messages there as they change, until `cancel`.
+    pub fn open_store(&self, dir: PathBuf, cancel: CancellationToken) {
+        let store = Store::new(dir);
+        let mut corrupt = 0;
+        let sessions: Vec<SavedSession> = store
+            .read("sessions.json", &mut corrupt)
+            .unwrap_or_default();
+        let retained: Vec<SavedMessage> = store
+            .read("retained.json", &mut corrupt)
+            .unwrap_or_default();
+        let queues: Vec<SavedQueue> = store.read("queues.json", &mut corrupt).unwrap_or_default();
+        store.remove("queues.json");
+        self.inner.metrics.broker_state_corrupt.inc_by(corrupt);
+        let (restored, kept) = (sessions.len(), retained.len());
+        {
+            let mut map = lock(&self.inner.sessions);
+            let mut subs = self.trie_mut();
+            for saved in sessions {
+                let client: Arc<str> = Arc::from(saved.client_id.as_str());
+                let mut s = Session::new(client.clone());
+                s.expiry = saved.expiry;
+                for sub in saved.subscriptions {
+                    let opts = sub.options();
+                    let full: Arc<str> = Arc::from(sub.filter.as_str());
+                    let (group, inner) = match shared(&sub.filter) {
+                        Ok(Some((g, f))) => (Some(Arc::from(g)), f.to_owned()),
+                        Ok(None) => (None, sub.filter.clone()),
+                        Err(()) => continue,
+                    };
+                    if validate_filter(&inner).is_err() {
+                        continue;
+                    }
+                    s.subscriptions.insert(full.clone(), opts);
+                    subs.insert(
+                        &inner,
+                        Sub {
+                            client: client.clone(),
+                            filter: full,
+                            group,
+                            opts,
+                        },
+                    );
+                }
+                let session = Arc::new(Mutex::new(s));
+                // The client has the whole of its expiry from this start to come back.
+                self.expire_later(&client, &session, 0, saved.expiry);
+                map.insert(client, session);
+            }
+            self.inner.metrics.broker_sessions.set(map.len() as i64);
+            let total = &self.inner.metrics.broker_queued_bytes;
+            for q in queues {
+                let Some(session) = map.get(q.client_id.as_str()) else {
+                    continue;
+                };
+                let mut s = lock(session);
+                for (pkid, m) in q.inflight {
+                    s.restore_in_flight(pkid, m.and_then(SavedMessage::into_delivery), total);
+                }
+                for m in q
+                    .pending
+                    .into_iter()
+                    .filter_map(SavedMessage::into_delivery)
+                {
+                    s.offer(m, usize::MAX >> 1, total, usize::MAX >> 1);
+                }
+            }
+        }
+        {
+            let mut retained_store = lock(&self.inner.retained);
+            for m in retained {
+                if let Some((topic, r)) = m.into_retained() {
+                    retained_store.set(&topic, r, self.inner.limits.max_retained_bytes);
+                }
+            }
+            self.inner
+                .metrics
+                .broker_retained
+                .set(retained_store.len() as i64);
+        }
+        if restored + kept > 0 {
+            tracing::info!(
+                sessions = restored,
+                retained = kept,
+                dir = %store.dir().display(),
+                "the embedded broker's saved state is loaded"
+            );
+        }
+        let _ = self.inner.store.set(store);
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let mut retained_saved = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(store::AUTOSAVE) => {}
+                }
+                let b = broker.clone();
+                let due = retained_saved.elapsed() >= store::RETAINED_AUTOSAVE;
+                let wrote_retained = tokio::task::spawn_blocking(move || b.autosave(due))
+                    .await
+                    .unwrap_or(false);
+                if wrote_retained {
+                    retained_saved = Instant::now();
+                }
+            }
+        });
+    }
+
+    /// Writes what changed; returns whether it wrote the retained messages.
+    fn autosave(&self, retained_due: bool) -> bool {
+        if self.inner.sessions_dirty.swap(false, Ordering::AcqRel) {
+            self.save_sessions();
+        }
+        if retained_due && self.inner.retained_dirty.swap(false, Ordering::AcqRel) {
+            self.save_retained();
+            return true;
+        }
+        false
+    }
+
+    fn save_sessions(&self) {
+        let Some(store) = self.inner.store.get() else {
+            return;
+        };
+        let sessions: Vec<SavedSession> = lock(&self.inner.sessions)
+            .values()
+            .filter_map(|s| {
+                let s = lock(s);
+                (s.expiry > 0).then(|| SavedSession {
+                    client_id: s.client_id.to_string(),
+                    expiry: s.expiry,
+                    subscriptions: s
+                        .subscriptions
+                        .iter()
+                        .map(|(f, o)| SavedSub::new(f, o))
+                        .collect(),
+                })
+            })
+            .collect();
+        if let Err(e) = store.write("sessions.json", &sessions) {
+            self.inner.sessions_dirty.store(true, Ordering::Release);
+            tracing::error!(error = %e, "cannot save the embedded broker's sessions");
+        }
+    }
+
+    fn save_retained(&self) {
+        let Some(store) = self.inner.store.get() else {
+            return;
+        };
+        let retained: Vec<SavedMessage> = lock(&self.inner.retained)
+            .all()
+            .map(|(t, r)| SavedMessage::from_retained(t, r))
+            .collect();
+        if let Err(e) = store.write("retained.json", &retained) {
+            self.inner.retained_dirty.store(true, Ordering::Release);
+            tracing::error!(error = %e, "cannot save the embedded broker's retained messages");
+        }
+    }
+
+    /// Saves everything, with the messages queued and in flight for each persistent
+    /// session, once its clients are gone (weir stops). Waits up to `grace` for the
+    /// connections to close first.
+    pub async fn save(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while self.inner.metrics.broker_connections.get() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let Some(store) = self.inner.store.get().cloned() else {
+            return;
+        };
+        let b = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            b.save_sessions();
+            b.save_retained();
+            let queues: Vec<SavedQueue> = lock(&b.inner.sessions)
+                .values()
+                .filter_map(|s| {
+                    let s = lock(s);
+                    (s.expiry > 0).then(|| s.saved_queue())
+                })
+                .filter(|q| !q.inflight.is_empty() || !q.pending.is_empty())
+                .collect();
+            if let Err(e) = store.write("queues.json", &queues) {
+                tracing::error!(
+                    error = %e,
+                    "cannot save the messages queued for the embedded broker's sessions"
+                );
+            }
+        })
+        .await;
+    }
+
+    fn trie_mut(&self) -> std::sync::RwLockWriteGuard<'_, TopicTrie<Sub>> {
+        self.inner
+            .subscriptions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A persistent session changed: it is saved soon.
+    fn changed(&self, s: &Session) {
+        if s.expiry > 0 {
+            self.inner.sessions_dirty.store(true, Ordering::Release);
         }
     }
 
@@ -592,27 +1421,128 @@ impl Broker {
             .with_label_values(&[reason])
             .inc();
     }
-
-    fn drop_subscriptions(&self, id: ConnId, filters: &[String]) {
-        let mut subs = self
-            .inner
-            .subscriptions
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        for f in filters {
-            for q in 0..=1u8 {
-                subs.remove(f, &(id, q));
-            }
-        }
-    }
 }
 
-/// A connection's queue of outgoing messages, with the bytes it holds.
-struct Queue {
-    rx: mpsc::Receiver<Outgoing>,
-    queued: Arc<AtomicUsize>,
-    /// Cancelled when the queue would outgrow its bounds.
+/// One client's connection.
+struct Conn {
+    wire: Wire,
+    v5: bool,
+    id: ConnId,
+    peer: Peer,
+    session: Arc<Mutex<Session>>,
+    wake: Arc<Notify>,
+    kicked: CancellationToken,
     slow: CancellationToken,
+    /// The most QoS 1 and 2 messages sent to the client and not acknowledged.
+    quota: u16,
+    /// The most topic aliases the client takes.
+    alias_max: u16,
+    aliases_out: HashMap<Arc<str>, u16>,
+    aliases_in: HashMap<u16, String>,
+    /// QoS 1 and 2 messages from the client, in the order received, each with whether
+    /// the rules hold it yet: acknowledged in this order as they do.
+    acks: VecDeque<(u16, u8, bool)>,
+    ack_tx: mpsc::UnboundedSender<u16>,
+    ack_rx: mpsc::UnboundedReceiver<u16>,
+}
+
+impl Conn {
+    /// The rules hold message `pkid`: sends every acknowledgement now due, in order.
+    async fn acknowledged(&mut self, pkid: u16) -> Result<(), String> {
+        if let Some(e) = self
+            .acks
+            .iter_mut()
+            .find(|(id, _, done)| *id == pkid && !done)
+        {
+            e.2 = true;
+        }
+        while let Some(&(id, qos, true)) = self.acks.front() {
+            self.acks.pop_front();
+            let ack = if qos == 1 {
+                Outbound::PubAck(id)
+            } else {
+                Outbound::PubRec(id)
+            };
+            send(&mut self.wire, ack).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one message, with a topic alias where the client takes them.
+    async fn publish(
+        &mut self,
+        pkid: u16,
+        d: &Delivery,
+        dup: bool,
+        broker: &Broker,
+    ) -> Result<(), String> {
+        let (topic, alias, new_alias) = match self.aliases_out.get(&d.topic) {
+            Some(&a) => ("", Some(a), false),
+            None if self.aliases_out.len() < usize::from(self.alias_max) => {
+                let a = self.aliases_out.len() as u16 + 1;
+                self.aliases_out.insert(d.topic.clone(), a);
+                (&*d.topic, Some(a), true)
+            }
+            None => (&*d.topic, None, false),
+        };
+        let expiry = d.expires_at.map(|t| {
+            let left = t.saturating_duration_since(Instant::now());
+            u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+                .unwrap_or(u32::MAX)
+                .max(1)
+        });
+        let out = Outbound::Publish(OutPublish {
+            topic,
+            pkid,
+            qos: d.qos,
+            retain: d.retain,
+            dup,
+            payload: d.payload.clone(),
+            properties: d.properties.as_deref(),
+            alias,
+            expiry,
+            subscription_ids: &d.subscription_ids,
+        });
+        // A subscriber found too slow meanwhile is let go mid-write.
+        let sent = tokio::select! {
+            sent = send(&mut self.wire, out) => sent?,
+            _ = self.slow.cancelled() => return Err("a slow subscriber".to_owned()),
+        };
+        if !sent {
+            broker.dropped("too_large");
+            if new_alias {
+                self.aliases_out.remove(&d.topic);
+            }
+            if pkid != 0 {
+                lock(&self.session).unsendable(pkid, &broker.inner.metrics.broker_queued_bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells an MQTT 5 client which rule it broke, and reads (and drops) what it still
+    /// sends for a moment before closing, so that it gets to read why instead of failing
+    /// on a reset connection.
+    async fn refuse(&mut self, reason: Reason) {
+        self.disconnect(reason).await;
+        if self.v5 {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(_)) = self.wire.recv().await {}
+            })
+            .await;
+        }
+    }
+
+    /// Tells an MQTT 5 client why it is let go (best effort: it may not be reading).
+    async fn disconnect(&mut self, reason: Reason) {
+        if self.v5 {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.wire.send(Outbound::Disconnect(reason)),
+            )
+            .await;
+        }
+    }
 }
 
 /// Sends a packet, giving the client [`WRITE_TIMEOUT`] to take it. A PUBLISH larger than
@@ -621,4 +1551,25 @@ async fn send(wire: &mut Wire, packet: Outbound<'_>) -> Result<bool, String> {
     tokio::time::timeout(WRITE_TIMEOUT, wire.send(packet))
         .await
         .map_err(|_| format!("the client read nothing for {WRITE_TIMEOUT:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_subscriptions_name_a_group_and_a_filter() {
+        assert_eq!(shared("a/b"), Ok(None));
+        assert_eq!(shared("$share/g/a/+"), Ok(Some(("g", "a/+"))));
+        assert_eq!(shared("$share/g/#"), Ok(Some(("g", "#"))));
+        for bad in [
+            "$share/g",
+            "$share//a",
+            "$share/g/",
+            "$share/+/a",
+            "$share/#/a",
+        ] {
+            assert_eq!(shared(bad), Err(()), "{bad}");
+        }
+    }
 }

@@ -16,12 +16,16 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::codec::{Framed, FramedParts};
 use weir_engine::MqttProperties;
 
 use crate::mqtt::packets::{properties_from_v5, qos_v4, qos_v5};
+
+/// A client's byte stream: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub type Stream = Box<dyn Io>;
 
 /// A client's CONNECT, whichever version sent it.
 pub struct Connect {
@@ -31,47 +35,113 @@ pub struct Connect {
     pub username: Option<String>,
     /// Never logged.
     pub password: Option<String>,
+    pub will: Option<Will>,
+    /// How long the session outlives the connection, in seconds: MQTT 5's Session Expiry
+    /// Interval (`u32::MAX`: for ever); for MQTT 3.1.1, 0 with a clean session and for
+    /// ever without.
+    pub session_expiry: u32,
+    /// The most QoS 1 and 2 messages the client takes unacknowledged (MQTT 5's Receive
+    /// Maximum; 65,535 when absent).
+    pub receive_max: u16,
+    /// The most topic aliases the client takes from the broker (0: none).
+    pub topic_alias_max: u16,
+}
+
+/// A will message, published when its client goes without a DISCONNECT.
+#[derive(Clone)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub properties: Option<Arc<MqttProperties>>,
+    /// MQTT 5's Will Delay Interval, in seconds.
+    pub delay: u32,
+    /// MQTT 5's Message Expiry Interval of the will, in seconds.
+    pub expiry: Option<u32>,
+}
+
+/// A PUBLISH from the client.
+pub struct Publish {
+    /// Empty when the client sent only a topic alias.
+    pub topic: String,
+    pub pkid: u16,
+    /// 0, 1 or 2.
+    pub qos: u8,
+    pub retain: bool,
+    pub payload: Bytes,
+    pub properties: Option<Arc<MqttProperties>>,
+    /// MQTT 5's Topic Alias.
+    pub alias: Option<u16>,
+    /// MQTT 5's Message Expiry Interval, in seconds.
+    pub expiry: Option<u32>,
+}
+
+/// One filter of a SUBSCRIBE, with its options.
+pub struct SubRequest {
+    pub filter: String,
+    pub qos: u8,
+    /// MQTT 5: not sent what the client itself published.
+    pub no_local: bool,
+    /// MQTT 5: the retain flag as the publisher set it.
+    pub retain_as_published: bool,
+    /// MQTT 5: 0 send retained messages, 1 only for a new subscription, 2 never.
+    pub retain_handling: u8,
 }
 
 /// A packet from the client after CONNECT.
 pub enum Inbound {
-    Publish {
-        topic: String,
-        pkid: u16,
-        /// 0, 1 or 2.
-        qos: u8,
-        payload: Bytes,
-        properties: Option<Arc<MqttProperties>>,
-    },
+    Publish(Publish),
+    PubAck(u16),
+    PubRec(u16),
     PubRel(u16),
+    PubComp(u16),
     Subscribe {
         pkid: u16,
-        /// Each filter with the QoS asked for.
-        filters: Vec<(String, u8)>,
+        filters: Vec<SubRequest>,
+        /// MQTT 5's Subscription Identifier.
+        id: Option<u32>,
     },
     Unsubscribe {
         pkid: u16,
         filters: Vec<String>,
     },
     PingReq,
-    Disconnect,
-    /// PUBACK, PUBREC or PUBCOMP for a message the broker sent.
-    Ack,
+    Disconnect {
+        /// MQTT 5's reason 0x04: publish the will anyway.
+        with_will: bool,
+        /// MQTT 5: a new Session Expiry Interval.
+        session_expiry: Option<u32>,
+    },
+}
+
+/// A PUBLISH to the client.
+pub struct OutPublish<'a> {
+    /// Empty to send the alias alone.
+    pub topic: &'a str,
+    pub pkid: u16,
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub payload: Bytes,
+    pub properties: Option<&'a MqttProperties>,
+    pub alias: Option<u16>,
+    /// Seconds left of the message's expiry interval.
+    pub expiry: Option<u32>,
+    pub subscription_ids: &'a [u32],
 }
 
 /// A packet to the client.
 pub enum Outbound<'a> {
     ConnAck {
+        session_present: bool,
         /// The client id the broker chose, for a client that sent none.
         assigned_client_id: Option<String>,
+        /// MQTT 5's Server Keep Alive: the keep-alive the client must use instead of its
+        /// own.
+        server_keep_alive: Option<u16>,
     },
-    Publish {
-        topic: &'a str,
-        pkid: u16,
-        qos: u8,
-        payload: Bytes,
-        properties: Option<&'a MqttProperties>,
-    },
+    Publish(OutPublish<'a>),
     PubAck(u16),
     PubRec(u16),
     /// A PUBLISH the client may not send: MQTT 5 clients are told (0x87 Not authorized);
@@ -79,6 +149,7 @@ pub enum Outbound<'a> {
     /// Mosquitto.
     PubAckDenied(u16),
     PubRecDenied(u16),
+    PubRel(u16),
     PubComp(u16),
     /// The QoS granted per filter, or why it was refused.
     SubAck {
@@ -90,7 +161,16 @@ pub enum Outbound<'a> {
         count: usize,
     },
     PingResp,
+    /// MQTT 5 only: why the broker closes the connection. MQTT 3.1.1 clients just see it
+    /// close.
+    Disconnect(v5::DisconnectReasonCode),
 }
+
+/// The most QoS 1 and 2 PUBLISHes an MQTT 5 client may have unacknowledged at the broker
+/// (told in the CONNACK as Receive Maximum); one more closes the connection (0x93).
+pub const RECEIVE_MAX: u16 = 100;
+/// The most topic aliases an MQTT 5 client may set (told in the CONNACK).
+pub const TOPIC_ALIAS_MAX: u16 = 10;
 
 /// Why a connection was refused at CONNECT.
 #[derive(Debug, Clone, Copy)]
@@ -108,16 +188,16 @@ pub enum Refusal {
 pub enum SubRefusal {
     /// Not a valid topic filter (0x8F).
     Invalid,
-    /// The ACL does not let the client read it (0x87).
+    /// The ACL does not let the client read it (0x80).
     NotAuthorized,
     /// The client holds its maximum of subscriptions (0x97).
     Quota,
 }
 
 pub enum Wire {
-    V4(Box<Framed<TcpStream, v4::Codec>>),
+    V4(Box<Framed<Stream, v4::Codec>>),
     V5 {
-        framed: Box<Framed<TcpStream, v5::Codec>>,
+        framed: Box<Framed<Stream, v5::Codec>>,
         /// The largest packet this client accepts.
         max_packet: usize,
         /// The largest packet the broker accepts from it, told in the CONNACK.
@@ -173,7 +253,7 @@ impl Wire {
     /// Reads the client's CONNECT, in whichever version it speaks. A CONNECT the broker
     /// refuses is answered (when the version allows) and returned as an error.
     pub async fn accept(
-        mut stream: TcpStream,
+        mut stream: Stream,
         max_packet: usize,
         timeout: Duration,
     ) -> Result<(Self, Connect), String> {
@@ -202,7 +282,7 @@ impl Wire {
     }
 
     async fn accept_v4(
-        stream: TcpStream,
+        stream: Stream,
         buf: BytesMut,
         max_packet: usize,
     ) -> Result<(Self, Connect), String> {
@@ -221,6 +301,18 @@ impl Wire {
                     keep_alive: c.keep_alive,
                     username: c.login.as_ref().map(|l| l.username.clone()),
                     password: c.login.map(|l| l.password),
+                    will: c.last_will.map(|w| Will {
+                        topic: w.topic,
+                        payload: w.message,
+                        qos: w.qos as u8,
+                        retain: w.retain,
+                        properties: None,
+                        delay: 0,
+                        expiry: None,
+                    }),
+                    session_expiry: if c.clean_session { 0 } else { u32::MAX },
+                    receive_max: u16::MAX,
+                    topic_alias_max: 0,
                 };
                 Ok((Self::V4(framed), connect))
             }
@@ -238,7 +330,7 @@ impl Wire {
     }
 
     async fn accept_v5(
-        stream: TcpStream,
+        stream: Stream,
         buf: BytesMut,
         max_packet: usize,
     ) -> Result<(Self, Connect), String> {
@@ -251,19 +343,31 @@ impl Wire {
         parts.read_buf = buf;
         let mut framed = Box::new(Framed::from_parts(parts));
         match framed.next().await {
-            Some(Ok(v5::Packet::Connect(c, _will, login))) => {
+            Some(Ok(v5::Packet::Connect(c, will, login))) => {
                 let ours = MAX_OUTGOING.max(max_packet);
                 let client_max = c
                     .properties
                     .as_ref()
                     .and_then(|p| p.max_packet_size)
+                    .filter(|&m| m > 0)
                     .map_or(ours, |m| (m as usize).min(ours));
+                let props = c.properties.as_ref();
                 let connect = Connect {
                     client_id: c.client_id,
                     clean_start: c.clean_start,
                     keep_alive: c.keep_alive,
                     username: login.as_ref().map(|l| l.username.clone()),
                     password: login.map(|l| l.password),
+                    will: match will {
+                        Some(w) => Some(will_v5(w)?),
+                        None => None,
+                    },
+                    session_expiry: props.and_then(|p| p.session_expiry_interval).unwrap_or(0),
+                    receive_max: props
+                        .and_then(|p| p.receive_maximum)
+                        .filter(|&n| n > 0)
+                        .unwrap_or(u16::MAX),
+                    topic_alias_max: props.and_then(|p| p.topic_alias_max).unwrap_or(0),
                 };
                 Ok((
                     Self::V5 {
@@ -335,11 +439,10 @@ impl Wire {
     /// Sends a packet. A PUBLISH larger than the client accepts is not sent (`Ok(false)`).
     pub async fn send(&mut self, packet: Outbound<'_>) -> Result<bool, String> {
         match self {
-            Self::V4(f) => f
-                .send(to_v4(packet))
-                .await
-                .map(|()| true)
-                .map_err(|e| e.to_string()),
+            Self::V4(f) => match to_v4(packet) {
+                Some(p) => f.send(p).await.map(|()| true).map_err(|e| e.to_string()),
+                None => Ok(true),
+            },
             Self::V5 {
                 framed,
                 max_packet,
@@ -359,31 +462,74 @@ impl Wire {
     }
 }
 
+fn will_v5(w: v5::LastWill) -> Result<Will, String> {
+    let topic =
+        String::from_utf8(w.topic.to_vec()).map_err(|_| "will topic is not UTF-8".to_owned())?;
+    let (properties, delay, expiry) = match w.properties {
+        Some(p) => (
+            Some(Arc::new(MqttProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                content_type: p.content_type,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                user_properties: p.user_properties,
+            })),
+            p.delay_interval.unwrap_or(0),
+            p.message_expiry_interval,
+        ),
+        None => (None, 0, None),
+    };
+    Ok(Will {
+        topic,
+        payload: w.message,
+        qos: w.qos as u8,
+        retain: w.retain,
+        properties,
+        delay,
+        expiry,
+    })
+}
+
 fn from_v4(p: v4::Packet) -> Result<Inbound, String> {
     Ok(match p {
-        v4::Packet::Publish(p) => Inbound::Publish {
+        v4::Packet::Publish(p) => Inbound::Publish(Publish {
             topic: p.topic,
             pkid: p.pkid,
             qos: p.qos as u8,
+            retain: p.retain,
             payload: p.payload,
             properties: None,
-        },
+            alias: None,
+            expiry: None,
+        }),
+        v4::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
+        v4::Packet::PubRec(a) => Inbound::PubRec(a.pkid),
         v4::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
+        v4::Packet::PubComp(a) => Inbound::PubComp(a.pkid),
         v4::Packet::Subscribe(s) => Inbound::Subscribe {
             pkid: s.pkid,
             filters: s
                 .filters
                 .into_iter()
-                .map(|f| (f.path, f.qos as u8))
+                .map(|f| SubRequest {
+                    filter: f.path,
+                    qos: f.qos as u8,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                })
                 .collect(),
+            id: None,
         },
         v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
             pkid: u.pkid,
             filters: u.topics,
         },
         v4::Packet::PingReq => Inbound::PingReq,
-        v4::Packet::Disconnect => Inbound::Disconnect,
-        v4::Packet::PubAck(_) | v4::Packet::PubRec(_) | v4::Packet::PubComp(_) => Inbound::Ack,
+        v4::Packet::Disconnect => Inbound::Disconnect {
+            with_will: false,
+            session_expiry: None,
+        },
         other => return Err(format!("unexpected packet {other:?}")),
     })
 }
@@ -391,55 +537,74 @@ fn from_v4(p: v4::Packet) -> Result<Inbound, String> {
 fn from_v5(p: v5::Packet) -> Result<Inbound, String> {
     Ok(match p {
         v5::Packet::Publish(p) => {
-            let props = p.properties.unwrap_or_default();
-            // The CONNACK allowed no topic aliases.
-            if props.topic_alias.is_some() {
-                return Err("topic alias used, but the broker allows none".to_owned());
-            }
+            let mut props = p.properties.unwrap_or_default();
             let topic = String::from_utf8(p.topic.to_vec())
                 .map_err(|_| "topic name is not UTF-8".to_owned())?;
-            Inbound::Publish {
+            let alias = props.topic_alias.take();
+            let expiry = props.message_expiry_interval.take();
+            Inbound::Publish(Publish {
                 topic,
                 pkid: p.pkid,
                 qos: p.qos as u8,
+                retain: p.retain,
                 payload: p.payload,
                 properties: Some(Arc::new(properties_from_v5(props))),
-            }
+                alias,
+                expiry,
+            })
         }
+        v5::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
+        v5::Packet::PubRec(a) => Inbound::PubRec(a.pkid),
         v5::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
+        v5::Packet::PubComp(a) => Inbound::PubComp(a.pkid),
         v5::Packet::Subscribe(s) => Inbound::Subscribe {
             pkid: s.pkid,
             filters: s
                 .filters
                 .into_iter()
-                .map(|f| (f.path, f.qos as u8))
+                .map(|f| SubRequest {
+                    filter: f.path,
+                    qos: f.qos as u8,
+                    no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
+                    retain_handling: match f.retain_forward_rule {
+                        v5::RetainForwardRule::OnEverySubscribe => 0,
+                        v5::RetainForwardRule::OnNewSubscribe => 1,
+                        v5::RetainForwardRule::Never => 2,
+                    },
+                })
                 .collect(),
+            id: s
+                .properties
+                .and_then(|p| p.id)
+                .map(|id| u32::try_from(id).unwrap_or(u32::MAX)),
         },
         v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
             pkid: u.pkid,
             filters: u.filters,
         },
         v5::Packet::PingReq(_) => Inbound::PingReq,
-        v5::Packet::Disconnect(_) => Inbound::Disconnect,
-        v5::Packet::PubAck(_) | v5::Packet::PubRec(_) | v5::Packet::PubComp(_) => Inbound::Ack,
+        v5::Packet::Disconnect(d) => Inbound::Disconnect {
+            with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+            session_expiry: d.properties.and_then(|p| p.session_expiry_interval),
+        },
         other => return Err(format!("unexpected packet {other:?}")),
     })
 }
 
-fn to_v4(p: Outbound<'_>) -> v4::Packet {
-    match p {
-        Outbound::ConnAck { .. } => {
-            v4::Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, false))
-        }
-        Outbound::Publish {
-            topic,
-            pkid,
-            qos,
-            payload,
-            ..
-        } => {
-            let mut p = v4::Publish::from_bytes(topic, qos_v4(qos), payload);
-            p.pkid = pkid;
+fn to_v4(p: Outbound<'_>) -> Option<v4::Packet> {
+    Some(match p {
+        Outbound::ConnAck {
+            session_present, ..
+        } => v4::Packet::ConnAck(v4::ConnAck::new(
+            v4::ConnectReturnCode::Success,
+            session_present,
+        )),
+        Outbound::Publish(o) => {
+            let mut p = v4::Publish::from_bytes(o.topic, qos_v4(o.qos), o.payload);
+            p.pkid = o.pkid;
+            p.retain = o.retain;
+            p.dup = o.dup;
             v4::Packet::Publish(p)
         }
         Outbound::PubAck(pkid) | Outbound::PubAckDenied(pkid) => {
@@ -448,6 +613,7 @@ fn to_v4(p: Outbound<'_>) -> v4::Packet {
         Outbound::PubRec(pkid) | Outbound::PubRecDenied(pkid) => {
             v4::Packet::PubRec(v4::PubRec::new(pkid))
         }
+        Outbound::PubRel(pkid) => v4::Packet::PubRel(v4::PubRel::new(pkid)),
         Outbound::PubComp(pkid) => v4::Packet::PubComp(v4::PubComp::new(pkid)),
         Outbound::SubAck { pkid, granted } => v4::Packet::SubAck(v4::SubAck::new(
             pkid,
@@ -461,56 +627,62 @@ fn to_v4(p: Outbound<'_>) -> v4::Packet {
         )),
         Outbound::UnsubAck { pkid, .. } => v4::Packet::UnsubAck(v4::UnsubAck::new(pkid)),
         Outbound::PingResp => v4::Packet::PingResp,
-    }
+        Outbound::Disconnect(_) => return None,
+    })
 }
 
 fn to_v5(p: Outbound<'_>, max_incoming: u32) -> v5::Packet {
     match p {
-        Outbound::ConnAck { assigned_client_id } => v5::Packet::ConnAck(v5::ConnAck {
-            session_present: false,
+        Outbound::ConnAck {
+            session_present,
+            assigned_client_id,
+            server_keep_alive,
+        } => v5::Packet::ConnAck(v5::ConnAck {
+            session_present,
             code: v5::ConnectReturnCode::Success,
             properties: Some(v5::ConnAckProperties {
                 session_expiry_interval: None,
-                receive_max: None,
+                receive_max: Some(RECEIVE_MAX),
+                // QoS 2 and retained messages are available: absent says so.
                 max_qos: None,
                 retain_available: None,
                 max_packet_size: Some(max_incoming),
                 assigned_client_identifier: assigned_client_id,
-                // Absent means 0: clients must send every topic in full.
-                topic_alias_max: None,
+                topic_alias_max: Some(TOPIC_ALIAS_MAX),
                 reason_string: None,
                 user_properties: Vec::new(),
+                // Wildcards, subscription identifiers and shared subscriptions are
+                // available: absent says so.
                 wildcard_subscription_available: None,
-                subscription_identifiers_available: Some(0),
-                shared_subscription_available: Some(0),
-                server_keep_alive: None,
+                subscription_identifiers_available: None,
+                shared_subscription_available: None,
+                server_keep_alive,
                 response_information: None,
                 server_reference: None,
                 authentication_method: None,
                 authentication_data: None,
             }),
         }),
-        Outbound::Publish {
-            topic,
-            pkid,
-            qos,
-            payload,
-            properties,
-        } => {
-            let mut p = v5::Publish::new(
-                topic,
-                qos_v5(qos),
-                payload,
-                properties.map(|m| v5::PublishProperties {
-                    payload_format_indicator: m.payload_format_indicator,
-                    content_type: m.content_type.clone(),
-                    response_topic: m.response_topic.clone(),
-                    correlation_data: m.correlation_data.clone(),
-                    user_properties: m.user_properties.clone(),
-                    ..Default::default()
-                }),
-            );
-            p.pkid = pkid;
+        Outbound::Publish(o) => {
+            let properties = o.properties;
+            let props = v5::PublishProperties {
+                payload_format_indicator: properties.and_then(|m| m.payload_format_indicator),
+                message_expiry_interval: o.expiry,
+                topic_alias: o.alias,
+                response_topic: properties.and_then(|m| m.response_topic.clone()),
+                correlation_data: properties.and_then(|m| m.correlation_data.clone()),
+                user_properties: properties
+                    .map(|m| m.user_properties.clone())
+                    .unwrap_or_default(),
+                subscription_identifiers: o.subscription_ids.iter().map(|&i| i as usize).collect(),
+                content_type: properties.and_then(|m| m.content_type.clone()),
+            };
+            let empty = props == v5::PublishProperties::default();
+            let mut p =
+                v5::Publish::new(o.topic, qos_v5(o.qos), o.payload, (!empty).then_some(props));
+            p.pkid = o.pkid;
+            p.retain = o.retain;
+            p.dup = o.dup;
             v5::Packet::Publish(p)
         }
         Outbound::PubAck(pkid) => v5::Packet::PubAck(v5::PubAck::new(pkid, None)),
@@ -525,6 +697,7 @@ fn to_v5(p: Outbound<'_>, max_incoming: u32) -> v5::Packet {
             reason: v5::PubRecReason::NotAuthorized,
             properties: None,
         }),
+        Outbound::PubRel(pkid) => v5::Packet::PubRel(v5::PubRel::new(pkid, None)),
         Outbound::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp::new(pkid, None)),
         Outbound::SubAck { pkid, granted } => v5::Packet::SubAck(v5::SubAck {
             pkid,
@@ -533,7 +706,9 @@ fn to_v5(p: Outbound<'_>, max_incoming: u32) -> v5::Packet {
                 .map(|g| match g {
                     Ok(q) => v5::SubscribeReasonCode::Success(qos_v5(q)),
                     Err(SubRefusal::Invalid) => v5::SubscribeReasonCode::TopicFilterInvalid,
-                    Err(SubRefusal::NotAuthorized) => v5::SubscribeReasonCode::NotAuthorized,
+                    // 0x80 rather than 0x87, as the Paho suite and Mosquitto expect: some
+                    // clients take nothing else for a refusal.
+                    Err(SubRefusal::NotAuthorized) => v5::SubscribeReasonCode::Unspecified,
                     Err(SubRefusal::Quota) => v5::SubscribeReasonCode::QuotaExceeded,
                 })
                 .collect(),
@@ -545,6 +720,10 @@ fn to_v5(p: Outbound<'_>, max_incoming: u32) -> v5::Packet {
             properties: None,
         }),
         Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
+        Outbound::Disconnect(reason_code) => v5::Packet::Disconnect(v5::Disconnect {
+            reason_code,
+            properties: None,
+        }),
     }
 }
 

@@ -1,0 +1,405 @@
+//! A client's session: what outlives one connection when the client asks for it (MQTT
+//! 3.1.1's `clean session = 0`, MQTT 5's Session Expiry Interval): its subscriptions, the
+//! messages queued for it, the QoS 1 and 2 messages sent and not yet acknowledged (sent
+//! again, marked DUP, when it reconnects), and the QoS 2 packet ids it sent and has not yet
+//! released.
+//!
+//! The session is shared between the router (which queues messages into it, under its
+//! lock) and the connection task of the client, if one is connected (which takes them out,
+//! woken by [`Link::wake`]). No lock is held across an await.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use prometheus::IntGauge;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use weir_engine::MqttProperties;
+
+/// Messages queued for one client; one more is refused as if its bytes were over.
+pub const MAX_QUEUED_MESSAGES: usize = 4096;
+/// The most QoS 1 and 2 messages sent to an MQTT 3.1.1 client and not yet acknowledged
+/// (MQTT 5 clients say their own, up to this too).
+pub const MAX_INFLIGHT: u16 = 100;
+
+pub type ConnId = u64;
+
+/// The options of one subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubOptions {
+    /// The QoS granted.
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// MQTT 5's Subscription Identifier.
+    pub id: Option<u32>,
+}
+
+/// A message on its way to one client.
+#[derive(Clone)]
+pub struct Delivery {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: u8,
+    /// The RETAIN flag to send.
+    pub retain: bool,
+    pub properties: Option<Arc<MqttProperties>>,
+    /// When MQTT 5's Message Expiry Interval runs out.
+    pub expires_at: Option<Instant>,
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Delivery {
+    /// What the message holds of memory, for the queue's bounds.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len() + 64
+    }
+
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// A QoS 1 or 2 message sent to the client and not yet acknowledged in full.
+pub enum Flight {
+    /// Waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent(Delivery),
+    /// QoS 2: PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// The connection a session is attached to.
+pub struct Link {
+    pub conn: ConnId,
+    /// Woken when there is something to send.
+    pub wake: Arc<Notify>,
+    /// Cancelled when another connection takes the session over.
+    pub kicked: CancellationToken,
+    /// Cancelled when the client falls too far behind.
+    pub slow: CancellationToken,
+}
+
+pub struct Session {
+    pub client_id: Arc<str>,
+    /// The identity of the client's latest connection, for the ACL's read checks.
+    pub principal: Option<String>,
+    /// Keyed by the filter as subscribed (with any `$share/<group>/`).
+    pub subscriptions: HashMap<Arc<str>, SubOptions>,
+    pending: VecDeque<Delivery>,
+    pub inflight: VecDeque<(u16, Flight)>,
+    /// Bytes held in `pending` and `inflight`.
+    held: usize,
+    next_pkid: u16,
+    /// QoS 2 packet ids received from the client and not yet released by its PUBREL.
+    pub incoming_qos2: HashSet<u16>,
+    /// Seconds the session outlives its connection; `u32::MAX`: for ever.
+    pub expiry: u32,
+    pub link: Option<Link>,
+    /// Counts attachments, so that a timer set when the client went away can tell
+    /// whether it came back meanwhile.
+    pub generation: u64,
+}
+
+/// What became of a message offered to a session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    Queued,
+    /// QoS 0 for a client that is not connected: not kept, as with Mosquitto.
+    NotKept,
+    /// Over the client's or the broker's bounds.
+    Full,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>) -> Self {
+        Self {
+            client_id,
+            principal: None,
+            subscriptions: HashMap::new(),
+            pending: VecDeque::new(),
+            inflight: VecDeque::new(),
+            held: 0,
+            next_pkid: 0,
+            incoming_qos2: HashSet::new(),
+            expiry: 0,
+            link: None,
+            generation: 0,
+        }
+    }
+
+    /// Queues a message for the client, within `max_bytes` for this client and
+    /// `max_total` for all (`total` counts every session's bytes).
+    pub fn offer(
+        &mut self,
+        d: Delivery,
+        max_bytes: usize,
+        total: &IntGauge,
+        max_total: usize,
+    ) -> Offered {
+        if self.link.is_none() && d.qos == 0 {
+            return Offered::NotKept;
+        }
+        let size = d.size();
+        if self.held + size > max_bytes || self.pending.len() >= MAX_QUEUED_MESSAGES {
+            return Offered::Full;
+        }
+        if total.get() + size as i64 > max_total as i64 {
+            return Offered::Full;
+        }
+        total.add(size as i64);
+        self.held += size;
+        self.pending.push_back(d);
+        if let Some(link) = &self.link {
+            link.wake.notify_one();
+        }
+        Offered::Queued
+    }
+
+    /// Takes what may be sent now: QoS 0 messages, and QoS 1 and 2 messages while fewer
+    /// than `quota` are unacknowledged, each QoS 1 or 2 message given a packet id and
+    /// kept in flight. Expired messages are dropped; returns them counted.
+    pub fn take_sendable(
+        &mut self,
+        conn: ConnId,
+        quota: u16,
+        total: &IntGauge,
+    ) -> (Vec<(u16, Delivery)>, usize) {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut expired = 0;
+        // A connection that was taken over sends nothing more.
+        if self.link.as_ref().map(|l| l.conn) != Some(conn) {
+            return (out, expired);
+        }
+        while let Some(front) = self.pending.front() {
+            if front.qos > 0 && self.inflight.len() >= usize::from(quota) {
+                break;
+            }
+            let d = self.pending.pop_front().expect("a front");
+            if d.expired(now) {
+                self.release(d.size(), total);
+                expired += 1;
+                continue;
+            }
+            if d.qos == 0 {
+                self.release(d.size(), total);
+                out.push((0, d));
+            } else {
+                let pkid = self.next_packet_id();
+                self.inflight.push_back((pkid, Flight::Sent(d.clone())));
+                out.push((pkid, d));
+            }
+        }
+        (out, expired)
+    }
+
+    fn next_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            let id = self.next_pkid;
+            if !self.inflight.iter().any(|(p, _)| *p == id) {
+                return id;
+            }
+        }
+    }
+
+    fn release(&mut self, size: usize, total: &IntGauge) {
+        self.held -= size;
+        total.sub(size as i64);
+    }
+
+    /// PUBACK: the QoS 1 message `pkid` is delivered.
+    pub fn acked(&mut self, pkid: u16, total: &IntGauge) {
+        if let Some(i) = self
+            .inflight
+            .iter()
+            .position(|(p, f)| *p == pkid && matches!(f, Flight::Sent(d) if d.qos == 1))
+            && let Some((_, Flight::Sent(d))) = self.inflight.remove(i)
+        {
+            self.release(d.size(), total);
+        }
+    }
+
+    /// PUBREC: the QoS 2 message `pkid` is received; returns whether a PUBREL is due.
+    pub fn received(&mut self, pkid: u16, total: &IntGauge) -> bool {
+        let Some(slot) = self.inflight.iter_mut().find(|(p, _)| *p == pkid) else {
+            // Unknown: answer with PUBREL anyway, so the client can complete (MQTT 5
+            // would say 0x92; a 3.1.1 client has no other way out).
+            return true;
+        };
+        if let Flight::Sent(d) = std::mem::replace(&mut slot.1, Flight::Released) {
+            let size = d.size();
+            self.release(size, total);
+        }
+        true
+    }
+
+    /// PUBCOMP: the QoS 2 message `pkid` is done.
+    pub fn completed(&mut self, pkid: u16) {
+        self.inflight
+            .retain(|(p, f)| !(*p == pkid && matches!(f, Flight::Released)));
+    }
+
+    /// A message that could not be sent (over the client's packet size): forgotten.
+    pub fn unsendable(&mut self, pkid: u16, total: &IntGauge) {
+        if let Some(i) = self.inflight.iter().position(|(p, _)| *p == pkid)
+            && let Some((_, Flight::Sent(d))) = self.inflight.remove(i)
+        {
+            self.release(d.size(), total);
+        }
+    }
+
+    /// Forgets everything queued and in flight (the session ends).
+    pub fn clear(&mut self, total: &IntGauge) {
+        total.sub(self.held as i64);
+        self.held = 0;
+        self.pending.clear();
+        self.inflight.clear();
+    }
+
+    /// A message that was in flight when weir stopped, put back in flight (`None`: a
+    /// QoS 2 message released and waiting for PUBCOMP).
+    pub fn restore_in_flight(&mut self, pkid: u16, d: Option<Delivery>, total: &IntGauge) {
+        let flight = match d {
+            Some(d) => {
+                self.held += d.size();
+                total.add(d.size() as i64);
+                Flight::Sent(d)
+            }
+            None => Flight::Released,
+        };
+        self.inflight.push_back((pkid, flight));
+        self.next_pkid = self.next_pkid.max(pkid);
+    }
+
+    /// The messages queued and in flight, for saving.
+    pub fn saved_queue(&self) -> super::store::SavedQueue {
+        use super::store::SavedMessage;
+        super::store::SavedQueue {
+            client_id: self.client_id.to_string(),
+            inflight: self
+                .inflight
+                .iter()
+                .map(|(p, f)| {
+                    (
+                        *p,
+                        match f {
+                            Flight::Sent(d) => Some(SavedMessage::from_delivery(d)),
+                            Flight::Released => None,
+                        },
+                    )
+                })
+                .collect(),
+            pending: self
+                .pending
+                .iter()
+                .map(SavedMessage::from_delivery)
+                .collect(),
+        }
+    }
+
+    /// Bytes held for the client.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Messages waiting to be sent.
+    #[cfg(test)]
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(qos: u8) -> Delivery {
+        Delivery {
+            topic: Arc::from("t"),
+            payload: Bytes::from_static(b"12345"),
+            qos,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn attach(s: &mut Session) {
+        s.link = Some(Link {
+            conn: 1,
+            wake: Arc::new(Notify::new()),
+            kicked: CancellationToken::new(),
+            slow: CancellationToken::new(),
+        });
+    }
+
+    #[test]
+    fn in_flight_messages_are_bounded_by_the_quota_and_freed_by_acknowledgements() {
+        let total = IntGauge::new("t", "t").unwrap();
+        let mut s = Session::new(Arc::from("c"));
+        attach(&mut s);
+        for q in [1, 2, 1, 0] {
+            assert_eq!(s.offer(msg(q), 1 << 20, &total, 1 << 30), Offered::Queued);
+        }
+        let held = total.get() as usize;
+        assert_eq!(held, 4 * msg(0).size());
+        let (sent, _) = s.take_sendable(1, 2, &total);
+        // Two in flight; the third QoS 1 waits, and the QoS 0 behind it with it.
+        assert_eq!(
+            sent.iter().map(|(p, d)| (*p, d.qos)).collect::<Vec<_>>(),
+            [(1, 1), (2, 2)]
+        );
+        assert_eq!(s.pending(), 2);
+        s.acked(1, &total);
+        assert!(s.received(2, &total));
+        let (sent, _) = s.take_sendable(1, 2, &total);
+        assert_eq!(
+            sent.iter().map(|(p, d)| (*p, d.qos)).collect::<Vec<_>>(),
+            [(3, 1), (0, 0)]
+        );
+        // 2 is released, waiting for PUBCOMP; 3 waits for PUBACK.
+        assert_eq!(s.inflight.len(), 2);
+        s.completed(2);
+        s.acked(3, &total);
+        assert!(s.inflight.is_empty());
+        assert_eq!((s.held(), total.get() as usize), (0, 0));
+    }
+
+    #[test]
+    fn offline_sessions_keep_qos1_and_bounds_refuse_the_rest() {
+        let total = IntGauge::new("t", "t").unwrap();
+        let mut s = Session::new(Arc::from("c"));
+        assert_eq!(s.offer(msg(0), 1 << 20, &total, 1 << 30), Offered::NotKept);
+        assert_eq!(s.offer(msg(1), 1 << 20, &total, 1 << 30), Offered::Queued);
+        let size = msg(1).size();
+        // Over the client's bytes, then over the broker's total.
+        assert_eq!(s.offer(msg(1), size, &total, 1 << 30), Offered::Full);
+        assert_eq!(s.offer(msg(1), 1 << 20, &total, size), Offered::Full);
+        assert_eq!(total.get() as usize, size);
+        s.clear(&total);
+        assert_eq!(total.get() as usize, 0);
+    }
+
+    #[test]
+    fn expired_messages_are_not_sent_and_packet_ids_skip_those_in_use() {
+        let total = IntGauge::new("t", "t").unwrap();
+        let mut s = Session::new(Arc::from("c"));
+        attach(&mut s);
+        let mut old = msg(1);
+        old.expires_at = Some(Instant::now());
+        s.offer(old, 1 << 20, &total, 1 << 30);
+        s.offer(msg(1), 1 << 20, &total, 1 << 30);
+        let (sent, expired) = s.take_sendable(1, 10, &total);
+        assert_eq!((sent.len(), expired), (1, 1));
+        // Packet ids wrap past 65,535 to 1, skipping ids still in flight.
+        s.next_pkid = u16::MAX;
+        s.offer(msg(1), 1 << 20, &total, 1 << 30);
+        let (sent, _) = s.take_sendable(1, 10, &total);
+        assert_eq!(sent[0].0, 2, "1 is still in flight");
+    }
+}
