@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use weir_connectors::mqtt::ExternalConfig;
 use weir_connectors::mqtt::embedded::access::{Access, Acl, PasswordFile};
+use weir_connectors::mqtt::embedded::tls::ListenerOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -153,6 +154,26 @@ pub struct ServeArgs {
     /// [default: 60s].
     #[arg(long, env = "WEIR_MQTT_MAX_KEEP_ALIVE")]
     pub mqtt_max_keep_alive: Option<String>,
+    /// Address of the embedded broker's TLS listener (MQTT over TLS, usually port 8883);
+    /// needs --mqtt-tls-cert and --mqtt-tls-key [default: none].
+    #[arg(long, env = "WEIR_MQTTS_LISTEN")]
+    pub mqtts_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener.
+    #[arg(long, env = "WEIR_MQTT_TLS_CERT")]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// PEM private key of --mqtt-tls-cert.
+    #[arg(long, env = "WEIR_MQTT_TLS_KEY")]
+    pub mqtt_tls_key: Option<PathBuf>,
+    /// PEM certificates of the CA that signs client certificates: a client that presents
+    /// one is identified by its subject's common name, which principal() returns and the
+    /// ACL's `user` lines match; clients without one authenticate as on --mqtt-listen
+    /// [default: none, no client certificates].
+    #[arg(long, env = "WEIR_MQTT_TLS_CLIENT_CA")]
+    pub mqtt_tls_client_ca: Option<PathBuf>,
+    /// Refuse a client whose client id is not its certificate's common name
+    /// [default: false].
+    #[arg(long, env = "WEIR_MQTT_TLS_REQUIRE_CLIENT_ID", value_name = "BOOL")]
+    pub mqtt_tls_require_client_id: Option<bool>,
     /// Users of the embedded broker and their password hashes, in Mosquitto's
     /// `mosquitto_passwd` format; a client that sends a username must match it
     /// [default: none].
@@ -258,6 +279,11 @@ impl ServeArgs {
                 mqtt_max_subscriptions,
                 mqtt_max_queued_bytes,
                 mqtt_max_keep_alive,
+                mqtts_listen,
+                mqtt_tls_cert,
+                mqtt_tls_key,
+                mqtt_tls_client_ca,
+                mqtt_tls_require_client_id,
                 mqtt_password_file,
                 mqtt_acl_file,
                 mqtt_allow_anonymous,
@@ -302,6 +328,8 @@ pub struct Settings {
     pub mqtt_limits: weir_connectors::mqtt::embedded::Limits,
     /// Who may connect to the embedded broker, and what each client may do.
     pub mqtt_access: Access,
+    /// The embedded broker's TLS listener, if any.
+    pub mqtts: Option<MqttTlsSettings>,
     pub policy: PolicySettings,
     pub http: HttpSettings,
     /// The config file's connections.
@@ -317,6 +345,16 @@ impl std::fmt::Debug for FileConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}", self.0.redacted())
     }
+}
+
+/// The embedded broker's TLS listener (`--mqtts-listen`).
+#[derive(Debug, Clone)]
+pub struct MqttTlsSettings {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub options: ListenerOptions,
 }
 
 /// How the HTTP API is served.
@@ -513,6 +551,34 @@ impl Settings {
                 .mqtt_allow_anonymous
                 .unwrap_or_else(|| mqtt_listen.ip().is_loopback()),
         };
+        let mqtts = match (&a.mqtts_listen, &a.mqtt_tls_cert, &a.mqtt_tls_key) {
+            (None, None, None) => {
+                if a.mqtt_tls_client_ca.is_some() || a.mqtt_tls_require_client_id.is_some() {
+                    bail!(
+                        "--mqtt-tls-client-ca and --mqtt-tls-require-client-id need --mqtts-listen"
+                    );
+                }
+                None
+            }
+            (Some(listen), Some(cert), Some(key)) => Some(MqttTlsSettings {
+                listen: *listen,
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: a.mqtt_tls_client_ca.clone(),
+                options: ListenerOptions {
+                    allow_anonymous: a
+                        .mqtt_allow_anonymous
+                        .unwrap_or_else(|| listen.ip().is_loopback()),
+                    require_client_id: match (a.mqtt_tls_require_client_id, &a.mqtt_tls_client_ca) {
+                        (Some(true), None) => {
+                            bail!("--mqtt-tls-require-client-id needs --mqtt-tls-client-ca")
+                        }
+                        (r, _) => r.unwrap_or(false),
+                    },
+                },
+            }),
+            _ => bail!("--mqtts-listen, --mqtt-tls-cert and --mqtt-tls-key go together"),
+        };
         Ok(Self {
             http_listen: a.http_listen.unwrap_or(([127, 0, 0, 1], 8080).into()),
             mqtt_listen,
@@ -590,6 +656,7 @@ impl Settings {
                 ..defaults
             },
             mqtt_access,
+            mqtts,
             policy,
             http,
             connections: a.connections.clone().unwrap_or_default(),
@@ -712,6 +779,29 @@ mod tests {
         let s = Settings::resolve(&parse(&["--mqtt-allow-anonymous", "false"])).unwrap();
         assert!(!s.mqtt_access.allow_anonymous);
         assert_eq!(s.mqtt_limits.max_keep_alive, 60);
+        // The TLS listener's anonymous clients follow its own address.
+        let s = Settings::resolve(&parse(&[
+            "--mqtts-listen",
+            "0.0.0.0:8883",
+            "--mqtt-tls-cert",
+            "c.pem",
+            "--mqtt-tls-key",
+            "k.pem",
+        ]))
+        .unwrap();
+        assert!(s.mqtt_access.allow_anonymous);
+        let tls = s.mqtts.expect("a TLS listener");
+        assert!(!tls.options.allow_anonymous && !tls.options.require_client_id);
+        for (args, want) in [
+            (&["--mqtts-listen", "0.0.0.0:8883"][..], "go together"),
+            (
+                &["--mqtt-tls-client-ca", "ca.pem"][..],
+                "need --mqtts-listen",
+            ),
+        ] {
+            let err = Settings::resolve(&parse(args)).unwrap_err();
+            assert!(format!("{err:#}").contains(want), "{err:#}");
+        }
         let s = Settings::resolve(&parse(&["--mqtt-max-keep-alive", "20m"])).unwrap();
         assert_eq!(s.mqtt_limits.max_keep_alive, 1200);
         for bad in ["0s", "1500ms", "19h"] {

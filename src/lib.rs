@@ -74,6 +74,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// The embedded MQTT broker; `None` with an external broker.
     pub mqtt: Option<TcpListener>,
+    /// The embedded broker's TLS listener, when `--mqtts-listen` names one.
+    pub mqtts: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -99,7 +101,19 @@ impl Listeners {
                 .await?,
             ),
         };
-        Ok(Self { http, mqtt })
+        let mqtts = match (&settings.broker, &settings.mqtts) {
+            (None, Some(t)) => Some(
+                bind(
+                    t.listen,
+                    "the embedded MQTT broker's TLS listener",
+                    "--mqtts-listen",
+                    "WEIR_MQTTS_LISTEN",
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        Ok(Self { http, mqtt, mqtts })
     }
 }
 
@@ -107,7 +121,7 @@ impl Listeners {
 fn policy(settings: &Settings, listeners: &Listeners) -> anyhow::Result<Policy> {
     let p = &settings.policy;
     let mut weir_listeners = vec![listeners.http.local_addr()?];
-    if let Some(m) = &listeners.mqtt {
+    for m in [&listeners.mqtt, &listeners.mqtts].into_iter().flatten() {
         weir_listeners.push(m.local_addr()?);
     }
     Ok(Policy {
@@ -172,6 +186,14 @@ pub async fn serve(
             (publisher, Ingress::Embedded(broker, listener))
         }
         (None, None) => anyhow::bail!("the embedded broker needs an MQTT listener"),
+    };
+    let mqtts = match (&settings.broker, &settings.mqtts, listeners.mqtts) {
+        (None, Some(t), Some(listener)) => {
+            let config = api::server::mqtt_tls_config(&t.cert, &t.key, t.client_ca.as_deref())?;
+            Some((listener, tokio_rustls::TlsAcceptor::from(config), t.options))
+        }
+        (None, Some(_), None) => anyhow::bail!("--mqtts-listen needs a listener"),
+        _ => None,
     };
     let external = match &ingress {
         Ingress::External(e) => Some(e.clone()),
@@ -243,6 +265,15 @@ pub async fn serve(
         let mqtt_addr = match ingress {
             Ingress::Embedded(broker, listener) => {
                 let addr = listener.local_addr()?;
+                if let Some((tls, acceptor, options)) = mqtts {
+                    tracing::info!(mqtts = %tls.local_addr()?, "the embedded broker's TLS listener is open");
+                    tokio::spawn(broker.clone().serve_tls(
+                        tls,
+                        acceptor,
+                        options,
+                        shutdown.clone(),
+                    ));
+                }
                 tokio::spawn(broker.serve(listener, shutdown.clone()));
                 Some(addr)
             }

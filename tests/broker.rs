@@ -242,6 +242,13 @@ async fn connack_code(
     if let Some((user, password)) = credentials {
         opts.set_credentials(user, password);
     }
+    connack_of(opts).await
+}
+
+/// A client with these options: connected, or the code it was refused with.
+async fn connack_of(
+    opts: MqttOptions,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), rumqttc::ConnectReturnCode> {
     let (client, mut el) = AsyncClient::new(opts, 10);
     match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => Ok((client, el)),
@@ -1046,4 +1053,119 @@ async fn retained_messages_and_persistent_sessions_survive_a_restart() {
         (p.topic.as_str(), &p.payload[..]),
         ("state/lamp", &b"on"[..])
     );
+}
+
+/// A TLS client of weir's TLS listener that trusts `ca.pem`, with `client.pem` as its
+/// certificate when `with_certificate`.
+fn tls_options(
+    weir: &Weir,
+    certs: &std::path::Path,
+    client_id: &str,
+    with_certificate: bool,
+) -> MqttOptions {
+    use rumqttc::tokio_rustls::rustls;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let addr = weir.mqtts.expect("a TLS listener");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = if with_certificate {
+        let chain = CertificateDer::pem_file_iter(certs.join("client.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(certs.join("client.key")).unwrap();
+        builder.with_client_auth_cert(chain, key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut opts = MqttOptions::new(client_id, "localhost", addr.port());
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+    ));
+    opts
+}
+
+#[tokio::test]
+async fn tls_clients_are_identified_by_their_certificates() {
+    let certs = make_certs();
+    let dir = temp_dir("broker-tls");
+    let c = |f: &str| certs.join(f).to_str().unwrap().to_owned();
+    let (cert, key, ca) = (c("server.pem"), c("server.key"), c("ca.pem"));
+    let weir = Weir::start(
+        &dir,
+        &[
+            "--mqtts-listen",
+            "127.0.0.1:8883",
+            "--mqtt-tls-cert",
+            &cert,
+            "--mqtt-tls-key",
+            &key,
+            "--mqtt-tls-client-ca",
+            &ca,
+            "--mqtt-tls-require-client-id",
+            "true",
+            "--mqtt-allow-anonymous",
+            "false",
+        ],
+    )
+    .await;
+    let rule = json!({
+        "sql": "SELECT principal() AS p, clientid() AS c FROM 'tls/in'",
+        "actions": [{"republish": {"topic": "tls/out"}}]
+    });
+    assert_eq!(weir.put_rule("tls", rule).await.0, 201);
+    let connect = connack_of;
+    // With its certificate, under its certificate's name: in, and known by it.
+    let (client, mut el) = connect(tls_options(&weir, &certs, "weir-client", true))
+        .await
+        .expect("the client with a certificate is let in");
+    client.subscribe("tls/out", QoS::AtLeastOnce).await.unwrap();
+    client
+        .publish("tls/in", QoS::AtLeastOnce, false, "{}")
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = el.poll().await.unwrap() {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("the rule's output");
+    let v: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+    assert_eq!(v, json!({"p": "weir-client", "c": "weir-client"}));
+    // Under another client id: refused, as --mqtt-tls-require-client-id says.
+    assert_eq!(
+        connect(tls_options(&weir, &certs, "someone-else", true))
+            .await
+            .err(),
+        Some(rumqttc::ConnectReturnCode::BadClientId)
+    );
+    // Without a certificate, and anonymous clients not allowed: refused.
+    assert_eq!(
+        connect(tls_options(&weir, &certs, "no-cert", false))
+            .await
+            .err(),
+        Some(rumqttc::ConnectReturnCode::NotAuthorized)
+    );
+    // Plain TCP to the TLS port is no MQTT connection.
+    let mut plain = MqttOptions::new("plain", "127.0.0.1", weir.mqtts.unwrap().port());
+    plain.set_keep_alive(Duration::from_secs(5));
+    let (_p, mut el) = AsyncClient::new(plain, 10);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), el.poll())
+            .await
+            .unwrap()
+            .is_err()
+    );
+    weir.wait_metric(
+        r#"weir_broker_connections_refused_total{reason="tls"}"#,
+        1.0,
+    )
+    .await;
 }

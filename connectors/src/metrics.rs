@@ -25,6 +25,7 @@ pub const BROKER_REFUSAL_REASONS: &[&str] = &[
     "bad_credentials",
     "client_id",
     "protocol",
+    "tls",
 ];
 /// The reasons of `weir_broker_subscriptions_refused_total`.
 pub const BROKER_SUBSCRIBE_REFUSAL_REASONS: &[&str] =
@@ -193,7 +194,7 @@ impl Metrics {
             ),
             broker_refused: labelled(
                 "weir_broker_connections_refused_total",
-                "Connections the embedded broker refused, by reason: max_connections, anonymous (no username where anonymous clients are not allowed), bad_credentials, client_id, protocol.",
+                "Connections the embedded broker refused, by reason: max_connections, anonymous (no username where anonymous clients are not allowed), bad_credentials, client_id (empty where not allowed, or not the TLS certificate's name), protocol, tls (a failed TLS handshake).",
                 BROKER_REFUSAL_REASONS,
             ),
             broker_subscriptions_refused: labelled(

@@ -18,6 +18,8 @@ use super::{free_port, init, run};
 pub struct Api {
     pub http: SocketAddr,
     pub mqtt: SocketAddr,
+    /// The embedded broker's TLS listener, when the test asked for one.
+    pub mqtts: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
 }
@@ -28,6 +30,7 @@ impl Api {
         Api {
             http,
             mqtt,
+            mqtts: None,
             data_dir: data_dir.to_owned(),
             client: reqwest::Client::new(),
         }
@@ -257,11 +260,16 @@ impl Weir {
         let settings = weir::config::Settings::resolve(&serve).expect("weir's settings resolve");
         let http = std::net::TcpListener::bind("127.0.0.1:0").expect("an HTTP port");
         let mqtt = std::net::TcpListener::bind("127.0.0.1:0").expect("an MQTT port");
-        let api = Api::new(
+        let mqtts = settings
+            .mqtts
+            .as_ref()
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("an MQTT TLS port"));
+        let mut api = Api::new(
             http.local_addr().unwrap(),
             mqtt.local_addr().unwrap(),
             data_dir,
         );
+        api.mqtts = mqtts.as_ref().map(|l| l.local_addr().unwrap());
         let embedded = settings.broker.is_none();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -282,6 +290,10 @@ impl Weir {
                     let listeners = weir::Listeners {
                         http: listen(http)?,
                         mqtt: if embedded { Some(listen(mqtt)?) } else { None },
+                        mqtts: match mqtts {
+                            Some(l) if embedded => Some(listen(l)?),
+                            _ => None,
+                        },
                     };
                     weir::serve(settings, listeners, stop).await
                 });

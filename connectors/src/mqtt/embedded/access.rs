@@ -19,7 +19,8 @@ pub struct Access {
     pub passwords: Option<PasswordFile>,
     /// Topic permissions; `None` lets every client publish and read every topic.
     pub acl: Option<Acl>,
-    /// Whether a client that sends no username may connect.
+    /// Whether a client that sends no username may connect to the plain listener
+    /// (`--mqtt-listen`); the TLS listener has a setting of its own.
     pub allow_anonymous: bool,
 }
 
@@ -50,6 +51,7 @@ impl Access {
         &self,
         username: Option<&str>,
         password: Option<&[u8]>,
+        allow_anonymous: bool,
     ) -> Result<Option<String>, Denied> {
         match (username, &self.passwords) {
             (Some(user), Some(file)) => {
@@ -59,7 +61,7 @@ impl Access {
                     Err(Denied::BadCredentials)
                 }
             }
-            _ if self.allow_anonymous => Ok(None),
+            _ if allow_anonymous => Ok(None),
             _ => Err(Denied::Anonymous),
         }
     }
@@ -441,26 +443,32 @@ mod tests {
             allow_anonymous: false,
         };
         assert_eq!(
-            strict.authenticate(Some("device-1"), Some(b"s3cret!")),
+            strict.authenticate(Some("device-1"), Some(b"s3cret!"), strict.allow_anonymous),
             Ok(Some("device-1".to_owned()))
         );
         assert_eq!(
-            strict.authenticate(Some("device-1"), Some(b"nope")),
+            strict.authenticate(Some("device-1"), Some(b"nope"), strict.allow_anonymous),
             Err(Denied::BadCredentials)
         );
         assert_eq!(
-            strict.authenticate(Some("device-1"), None),
+            strict.authenticate(Some("device-1"), None, strict.allow_anonymous),
             Err(Denied::BadCredentials)
         );
-        assert_eq!(strict.authenticate(None, None), Err(Denied::Anonymous));
+        assert_eq!(
+            strict.authenticate(None, None, strict.allow_anonymous),
+            Err(Denied::Anonymous)
+        );
         let open = Access {
             allow_anonymous: true,
             ..strict
         };
-        assert_eq!(open.authenticate(None, None), Ok(None));
+        assert_eq!(
+            open.authenticate(None, None, open.allow_anonymous),
+            Ok(None)
+        );
         // A wrong password is refused even where anonymous clients are let in.
         assert_eq!(
-            open.authenticate(Some("device-1"), Some(b"x")),
+            open.authenticate(Some("device-1"), Some(b"x"), open.allow_anonymous),
             Err(Denied::BadCredentials)
         );
         // Without a password file a username proves nothing: the client is anonymous.
@@ -469,13 +477,16 @@ mod tests {
             acl: None,
             allow_anonymous: true,
         };
-        assert_eq!(none.authenticate(Some("root"), Some(b"x")), Ok(None));
+        assert_eq!(
+            none.authenticate(Some("root"), Some(b"x"), none.allow_anonymous),
+            Ok(None)
+        );
         let closed = Access {
             allow_anonymous: false,
             ..none
         };
         assert_eq!(
-            closed.authenticate(Some("root"), Some(b"x")),
+            closed.authenticate(Some("root"), Some(b"x"), closed.allow_anonymous),
             Err(Denied::Anonymous)
         );
     }

@@ -30,6 +30,7 @@ pub mod access;
 mod retained;
 mod session;
 mod store;
+pub mod tls;
 mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -52,6 +53,7 @@ use self::access::{Access, Denied, Want};
 use self::retained::{Retained, RetainedStore};
 use self::session::{ConnId, Delivery, Flight, Link, MAX_INFLIGHT, Offered, Session, SubOptions};
 use self::store::{SavedMessage, SavedQueue, SavedSession, SavedSub, Store};
+use self::tls::ListenerOptions;
 use self::wire::{
     Inbound, OutPublish, Outbound, RECEIVE_MAX, Refusal, Stream, SubRefusal, TOPIC_ALIAS_MAX, Will,
     Wire,
@@ -257,6 +259,33 @@ impl Broker {
 
     /// Accepts connections on `listener` until `cancel` fires.
     pub async fn serve(self, listener: TcpListener, cancel: CancellationToken) {
+        let options = ListenerOptions {
+            allow_anonymous: self.inner.access.allow_anonymous,
+            require_client_id: false,
+        };
+        self.accept_loop(listener, None, options, cancel).await;
+    }
+
+    /// Accepts TLS connections on `listener` until `cancel` fires (`--mqtts-listen`). A
+    /// client whose certificate the acceptor verified is identified by the certificate.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        acceptor: rumqttc::tokio_rustls::TlsAcceptor,
+        options: ListenerOptions,
+        cancel: CancellationToken,
+    ) {
+        self.accept_loop(listener, Some(acceptor), options, cancel)
+            .await;
+    }
+
+    async fn accept_loop(
+        self,
+        listener: TcpListener,
+        tls: Option<rumqttc::tokio_rustls::TlsAcceptor>,
+        options: ListenerOptions,
+        cancel: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -270,8 +299,31 @@ impl Broker {
                         let _ = stream.set_nodelay(true);
                         let broker = self.clone();
                         let cancel = cancel.clone();
+                        let tls = tls.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = broker.connection(Box::new(stream), peer, cancel).await {
+                            let result = match tls {
+                                None => broker.connection(Box::new(stream), peer, None, options, cancel).await,
+                                Some(acceptor) => match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+                                    Ok(Ok(tls)) => {
+                                        let identity = tls
+                                            .get_ref()
+                                            .1
+                                            .peer_certificates()
+                                            .and_then(|c| c.first())
+                                            .and_then(|c| tls::common_name(c));
+                                        broker.connection(Box::new(tls), peer, identity, options, cancel).await
+                                    }
+                                    Ok(Err(e)) => {
+                                        broker.refused("tls");
+                                        Err(format!("TLS handshake failed: {e}"))
+                                    }
+                                    Err(_) => {
+                                        broker.refused("tls");
+                                        Err(format!("no TLS handshake within {CONNECT_TIMEOUT:?}"))
+                                    }
+                                },
+                            };
+                            if let Err(e) = result {
                                 tracing::debug!(%peer, error = %e, "mqtt connection closed");
                             }
                             drop(permit);
@@ -480,6 +532,8 @@ impl Broker {
         self,
         stream: Stream,
         peer: SocketAddr,
+        certificate: Option<String>,
+        options: ListenerOptions,
         cancel: CancellationToken,
     ) -> Result<(), String> {
         let (mut wire, connect) =
@@ -491,10 +545,31 @@ impl Broker {
                     }
                 })?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let principal = match self.inner.access.authenticate(
-            connect.username.as_deref(),
-            connect.password.as_deref().map(str::as_bytes),
-        ) {
+        if options.require_client_id
+            && certificate
+                .as_deref()
+                .is_some_and(|cn| cn != connect.client_id)
+        {
+            self.refused("client_id");
+            tracing::info!(
+                %peer,
+                client_id = connect.client_id,
+                certificate = certificate.as_deref().unwrap_or(""),
+                "mqtt client refused: its client id is not its certificate's name"
+            );
+            wire.refuse(Refusal::ClientId).await;
+            return Err("client id differs from the certificate's name".to_owned());
+        }
+        let authenticated = match certificate {
+            // A certificate the client CA signed is proof enough.
+            Some(cn) => Ok(Some(cn)),
+            None => self.inner.access.authenticate(
+                connect.username.as_deref(),
+                connect.password.as_deref().map(str::as_bytes),
+                options.allow_anonymous,
+            ),
+        };
+        let principal = match authenticated {
             Ok(principal) => principal,
             Err(denied) => {
                 self.refused(denied.reason());
