@@ -5,7 +5,9 @@
 #    QoS 1, selectivity 1 and 0.1, outputs to files and republished, each in three rounds
 #    alternating with the plain-subscriber ceiling; a QoS 0 run at half of the
 #    republishing throughput for latency; and a run with 10,000 rules (memory per idle
-#    rule, cost per message beside one rule, rule-change latency).
+#    rule, cost per message beside one rule, rule-change latency);
+# 3. 20,000 idle device connections (or as many as the open-file limit allows) against weir's embedded broker and against Mosquitto
+#    (weir-conns): memory per connection and connect rate.
 # Extra arguments go to every weir-load run (see `weir-load --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,3 +46,12 @@ for sel in 1 0.1; do
 done
 echo "-- 10,000 rules: memory per idle rule, cost per message, rule-change latency"
 "$load" --weir "$weir" --qos 0 --rules 10000 --skip-ceiling --messages 100000 "$@"
+echo "== idle connections: weir's embedded broker beside Mosquitto"
+# Each connection is an open file in the server and in the harness: as many connections as
+# the open-file limit allows, less some for the rest, 20,000 where the limit permits.
+# (The machine this was measured on has a hard limit of 20,000 that root cannot raise.)
+( ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  limit=$(ulimit -n)
+  n=20000
+  if [ "$limit" != unlimited ] && [ "$limit" -lt 20500 ]; then n=$((limit - 1000)); fi
+  "$CARGO_TARGET_DIR/release/weir-conns" --weir "$weir" --connections "$n" )

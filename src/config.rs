@@ -174,6 +174,10 @@ pub struct ServeArgs {
     /// [default: false].
     #[arg(long, env = "WEIR_MQTT_TLS_REQUIRE_CLIENT_ID", value_name = "BOOL")]
     pub mqtt_tls_require_client_id: Option<bool>,
+    /// Address of the embedded broker's WebSocket listener (MQTT over WebSocket, for
+    /// browser dashboards; the `mqtt` subprotocol, any path) [default: none].
+    #[arg(long, env = "WEIR_MQTT_WS_LISTEN")]
+    pub mqtt_ws_listen: Option<SocketAddr>,
     /// Users of the embedded broker and their password hashes, in Mosquitto's
     /// `mosquitto_passwd` format; a client that sends a username must match it
     /// [default: none].
@@ -284,6 +288,7 @@ impl ServeArgs {
                 mqtt_tls_key,
                 mqtt_tls_client_ca,
                 mqtt_tls_require_client_id,
+                mqtt_ws_listen,
                 mqtt_password_file,
                 mqtt_acl_file,
                 mqtt_allow_anonymous,
@@ -330,6 +335,8 @@ pub struct Settings {
     pub mqtt_access: Access,
     /// The embedded broker's TLS listener, if any.
     pub mqtts: Option<MqttTlsSettings>,
+    /// The embedded broker's WebSocket listener, if any, and its rules for clients.
+    pub mqtt_ws: Option<(SocketAddr, ListenerOptions)>,
     pub policy: PolicySettings,
     pub http: HttpSettings,
     /// The config file's connections.
@@ -657,6 +664,17 @@ impl Settings {
             },
             mqtt_access,
             mqtts,
+            mqtt_ws: a.mqtt_ws_listen.map(|listen| {
+                (
+                    listen,
+                    ListenerOptions {
+                        allow_anonymous: a
+                            .mqtt_allow_anonymous
+                            .unwrap_or_else(|| listen.ip().is_loopback()),
+                        require_client_id: false,
+                    },
+                )
+            }),
             policy,
             http,
             connections: a.connections.clone().unwrap_or_default(),

@@ -76,6 +76,8 @@ pub struct Listeners {
     pub mqtt: Option<TcpListener>,
     /// The embedded broker's TLS listener, when `--mqtts-listen` names one.
     pub mqtts: Option<TcpListener>,
+    /// The embedded broker's WebSocket listener, when `--mqtt-ws-listen` names one.
+    pub mqtt_ws: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -113,7 +115,24 @@ impl Listeners {
             ),
             _ => None,
         };
-        Ok(Self { http, mqtt, mqtts })
+        let mqtt_ws = match (&settings.broker, &settings.mqtt_ws) {
+            (None, Some((listen, _))) => Some(
+                bind(
+                    *listen,
+                    "the embedded MQTT broker's WebSocket listener",
+                    "--mqtt-ws-listen",
+                    "WEIR_MQTT_WS_LISTEN",
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            http,
+            mqtt,
+            mqtts,
+            mqtt_ws,
+        })
     }
 }
 
@@ -121,7 +140,10 @@ impl Listeners {
 fn policy(settings: &Settings, listeners: &Listeners) -> anyhow::Result<Policy> {
     let p = &settings.policy;
     let mut weir_listeners = vec![listeners.http.local_addr()?];
-    for m in [&listeners.mqtt, &listeners.mqtts].into_iter().flatten() {
+    for m in [&listeners.mqtt, &listeners.mqtts, &listeners.mqtt_ws]
+        .into_iter()
+        .flatten()
+    {
         weir_listeners.push(m.local_addr()?);
     }
     Ok(Policy {
@@ -193,6 +215,11 @@ pub async fn serve(
             Some((listener, tokio_rustls::TlsAcceptor::from(config), t.options))
         }
         (None, Some(_), None) => anyhow::bail!("--mqtts-listen needs a listener"),
+        _ => None,
+    };
+    let mqtt_ws = match (&settings.broker, &settings.mqtt_ws, listeners.mqtt_ws) {
+        (None, Some((_, options)), Some(listener)) => Some((listener, *options)),
+        (None, Some(_), None) => anyhow::bail!("--mqtt-ws-listen needs a listener"),
         _ => None,
     };
     let external = match &ingress {
@@ -273,6 +300,14 @@ pub async fn serve(
                         options,
                         shutdown.clone(),
                     ));
+                }
+                if let Some((ws, options)) = mqtt_ws {
+                    tracing::info!(mqtt_ws = %ws.local_addr()?, "the embedded broker's WebSocket listener is open");
+                    tokio::spawn(
+                        broker
+                            .clone()
+                            .serve_websocket(ws, options, shutdown.clone()),
+                    );
                 }
                 tokio::spawn(broker.serve(listener, shutdown.clone()));
                 Some(addr)

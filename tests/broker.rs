@@ -1169,3 +1169,63 @@ async fn tls_clients_are_identified_by_their_certificates() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn websocket_clients_publish_and_subscribe_like_any_other() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message as Ws, client::IntoClientRequest};
+    let dir = temp_dir("broker-ws");
+    let weir = Weir::start(&dir, &["--mqtt-ws-listen", "127.0.0.1:8083"]).await;
+    let rule = json!({"sql": "SELECT n, clientid() AS c FROM 'ws/in'", "actions": [{"republish": {"topic": "ws/out"}}]});
+    assert_eq!(weir.put_rule("ws", rule).await.0, 201);
+    let addr = weir.mqtt_ws.expect("a WebSocket listener");
+    let mut req = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "mqtt");
+    // One packet split over two WebSocket messages, as MQTT over WebSocket allows.
+    let connect = connect_v4("dashboard");
+    ws.send(Ws::binary(connect[..5].to_vec())).await.unwrap();
+    ws.send(Ws::binary(connect[5..].to_vec())).await.unwrap();
+    let mut read = Vec::new();
+    let mut next_bytes = async |want: usize, read: &mut Vec<u8>| {
+        while read.len() < want {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Ws::Binary(b)))) => read.extend_from_slice(&b),
+                other => panic!("expected binary MQTT, got {other:?}"),
+            }
+        }
+        read.drain(..want).collect::<Vec<u8>>()
+    };
+    assert_eq!(next_bytes(4, &mut read).await, [0x20, 2, 0, 0], "CONNACK");
+    // SUBSCRIBE to ws/out at QoS 0, then PUBLISH to ws/in at QoS 0, in one message.
+    let mut body = 1u16.to_be_bytes().to_vec();
+    body.extend(str_field("ws/out"));
+    body.push(0);
+    let mut packets = frame(0x82, &body, body.len());
+    let mut publish = str_field("ws/in");
+    publish.extend_from_slice(br#"{"n": 7}"#);
+    packets.extend(frame(0x30, &publish, publish.len()));
+    ws.send(Ws::binary(packets)).await.unwrap();
+    let mut got = Vec::new();
+    let out = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Ws::Binary(b))) => got.extend_from_slice(&b),
+                other => panic!("expected binary MQTT, got {other:?}"),
+            }
+            // SUBACK (5 bytes), then the rule's output as a PUBLISH.
+            if got.len() > 5 && got[5] == 0x30 && got.len() >= 7 + got[6] as usize {
+                return got[5..].to_vec();
+            }
+        }
+    })
+    .await
+    .expect("the rule's output");
+    assert_eq!(&got[..5], [0x90, 3, 0, 1, 0], "SUBACK");
+    let topic_len = usize::from(u16::from_be_bytes([out[2], out[3]]));
+    assert_eq!(&out[4..4 + topic_len], b"ws/out");
+    let v: serde_json::Value = serde_json::from_slice(&out[4 + topic_len..]).unwrap();
+    assert_eq!(v, json!({"n": 7, "c": "dashboard"}));
+}

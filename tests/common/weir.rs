@@ -20,6 +20,8 @@ pub struct Api {
     pub mqtt: SocketAddr,
     /// The embedded broker's TLS listener, when the test asked for one.
     pub mqtts: Option<SocketAddr>,
+    /// The embedded broker's WebSocket listener, when the test asked for one.
+    pub mqtt_ws: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
 }
@@ -31,6 +33,7 @@ impl Api {
             http,
             mqtt,
             mqtts: None,
+            mqtt_ws: None,
             data_dir: data_dir.to_owned(),
             client: reqwest::Client::new(),
         }
@@ -270,6 +273,11 @@ impl Weir {
             data_dir,
         );
         api.mqtts = mqtts.as_ref().map(|l| l.local_addr().unwrap());
+        let mqtt_ws = settings
+            .mqtt_ws
+            .as_ref()
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("an MQTT WebSocket port"));
+        api.mqtt_ws = mqtt_ws.as_ref().map(|l| l.local_addr().unwrap());
         let embedded = settings.broker.is_none();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -291,6 +299,10 @@ impl Weir {
                         http: listen(http)?,
                         mqtt: if embedded { Some(listen(mqtt)?) } else { None },
                         mqtts: match mqtts {
+                            Some(l) if embedded => Some(listen(l)?),
+                            _ => None,
+                        },
+                        mqtt_ws: match mqtt_ws {
                             Some(l) if embedded => Some(listen(l)?),
                             _ => None,
                         },

@@ -32,6 +32,7 @@ mod session;
 mod store;
 pub mod tls;
 mod wire;
+mod ws;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -111,6 +112,14 @@ impl Default for Limits {
             max_keep_alive: 60,
         }
     }
+}
+
+/// How a listener's connections carry MQTT.
+#[derive(Clone)]
+enum Transport {
+    Tcp,
+    Tls(rumqttc::tokio_rustls::TlsAcceptor),
+    WebSocket,
 }
 
 /// One subscription in the routing trie (keyed by its topic filter, without any
@@ -263,7 +272,19 @@ impl Broker {
             allow_anonymous: self.inner.access.allow_anonymous,
             require_client_id: false,
         };
-        self.accept_loop(listener, None, options, cancel).await;
+        self.accept_loop(listener, Transport::Tcp, options, cancel)
+            .await;
+    }
+
+    /// Accepts MQTT over WebSocket on `listener` until `cancel` fires (`--mqtt-ws-listen`).
+    pub async fn serve_websocket(
+        self,
+        listener: TcpListener,
+        options: ListenerOptions,
+        cancel: CancellationToken,
+    ) {
+        self.accept_loop(listener, Transport::WebSocket, options, cancel)
+            .await;
     }
 
     /// Accepts TLS connections on `listener` until `cancel` fires (`--mqtts-listen`). A
@@ -275,14 +296,14 @@ impl Broker {
         options: ListenerOptions,
         cancel: CancellationToken,
     ) {
-        self.accept_loop(listener, Some(acceptor), options, cancel)
+        self.accept_loop(listener, Transport::Tls(acceptor), options, cancel)
             .await;
     }
 
     async fn accept_loop(
         self,
         listener: TcpListener,
-        tls: Option<rumqttc::tokio_rustls::TlsAcceptor>,
+        transport: Transport,
         options: ListenerOptions,
         cancel: CancellationToken,
     ) {
@@ -299,11 +320,25 @@ impl Broker {
                         let _ = stream.set_nodelay(true);
                         let broker = self.clone();
                         let cancel = cancel.clone();
-                        let tls = tls.clone();
+                        let transport = transport.clone();
                         tokio::spawn(async move {
-                            let result = match tls {
-                                None => broker.connection(Box::new(stream), peer, None, options, cancel).await,
-                                Some(acceptor) => match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+                            let result = match transport {
+                                Transport::Tcp => broker.connection(Box::new(stream), peer, None, options, cancel).await,
+                                Transport::WebSocket => {
+                                    let max = broker.inner.limits.max_packet;
+                                    match tokio::time::timeout(CONNECT_TIMEOUT, ws::accept(stream, max)).await {
+                                        Ok(Ok(ws)) => broker.connection(Box::new(ws), peer, None, options, cancel).await,
+                                        Ok(Err(e)) => {
+                                            broker.refused("websocket");
+                                            Err(e)
+                                        }
+                                        Err(_) => {
+                                            broker.refused("websocket");
+                                            Err(format!("no WebSocket handshake within {CONNECT_TIMEOUT:?}"))
+                                        }
+                                    }
+                                }
+                                Transport::Tls(acceptor) => match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
                                     Ok(Ok(tls)) => {
                                         let identity = tls
                                             .get_ref()
