@@ -323,11 +323,13 @@ impl Broker {
                         let transport = transport.clone();
                         tokio::spawn(async move {
                             let result = match transport {
-                                Transport::Tcp => broker.connection(Box::new(stream), peer, None, options, cancel).await,
+                                // Each future boxed: the task holds only the one it runs, not
+                                // room for the largest (a TLS handshake holds kilobytes).
+                                Transport::Tcp => Box::pin(broker.connection(Box::new(stream), peer, None, options, cancel)).await,
                                 Transport::WebSocket => {
                                     let max = broker.inner.limits.max_packet;
-                                    match tokio::time::timeout(CONNECT_TIMEOUT, ws::accept(stream, max)).await {
-                                        Ok(Ok(ws)) => broker.connection(Box::new(ws), peer, None, options, cancel).await,
+                                    match tokio::time::timeout(CONNECT_TIMEOUT, Box::pin(ws::accept(stream, max))).await {
+                                        Ok(Ok(ws)) => Box::pin(broker.connection(Box::new(ws), peer, None, options, cancel)).await,
                                         Ok(Err(e)) => {
                                             broker.refused("websocket");
                                             Err(e)
@@ -338,7 +340,7 @@ impl Broker {
                                         }
                                     }
                                 }
-                                Transport::Tls(acceptor) => match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+                                Transport::Tls(acceptor) => match tokio::time::timeout(CONNECT_TIMEOUT, Box::pin(acceptor.accept(stream))).await {
                                     Ok(Ok(tls)) => {
                                         let identity = tls
                                             .get_ref()
@@ -346,7 +348,7 @@ impl Broker {
                                             .peer_certificates()
                                             .and_then(|c| c.first())
                                             .and_then(|c| tls::common_name(c));
-                                        broker.connection(Box::new(tls), peer, identity, options, cancel).await
+                                        Box::pin(broker.connection(Box::new(tls), peer, identity, options, cancel)).await
                                     }
                                     Ok(Err(e)) => {
                                         broker.refused("tls");
@@ -1020,7 +1022,8 @@ impl Broker {
                 self.flush(c).await?;
             }
             Inbound::Subscribe { pkid, filters, id } => {
-                self.subscribe(c, pkid, filters, id).await?;
+                // Boxed: rare, and the connection's future need not keep room for it.
+                Box::pin(self.subscribe(c, pkid, filters, id)).await?;
             }
             Inbound::Unsubscribe { pkid, filters } => {
                 {

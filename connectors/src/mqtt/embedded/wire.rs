@@ -314,6 +314,7 @@ impl Wire {
                     receive_max: u16::MAX,
                     topic_alias_max: 0,
                 };
+                lean(&mut framed);
                 Ok((Self::V4(framed), connect))
             }
             Some(Ok(other)) => Err(format!("expected CONNECT, got {other:?}")),
@@ -369,6 +370,7 @@ impl Wire {
                         .unwrap_or(u16::MAX),
                     topic_alias_max: props.and_then(|p| p.topic_alias_max).unwrap_or(0),
                 };
+                lean(&mut framed);
                 Ok((
                     Self::V5 {
                         framed,
@@ -460,6 +462,15 @@ impl Wire {
             }
         }
     }
+}
+
+/// Gives back the 8 KiB read and 8 KiB write buffers `Framed` sets aside for every
+/// connection: an idle device then holds what its packets need (the buffers grow with
+/// them), not 16 KiB. Bytes the client already sent after its CONNECT are kept.
+fn lean<T, U>(framed: &mut Framed<T, U>) {
+    let unread = BytesMut::from(&framed.read_buffer()[..]);
+    *framed.read_buffer_mut() = unread;
+    *framed.write_buffer_mut() = BytesMut::new();
 }
 
 fn will_v5(w: v5::LastWill) -> Result<Will, String> {
