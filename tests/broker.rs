@@ -1229,3 +1229,39 @@ async fn websocket_clients_publish_and_subscribe_like_any_other() {
     let v: serde_json::Value = serde_json::from_slice(&out[4 + topic_len..]).unwrap();
     assert_eq!(v, json!({"n": 7, "c": "dashboard"}));
 }
+
+/// A saved queue larger than the bounds (edited, or saved with larger limits) is cut to
+/// them at start, and what is cut is counted.
+#[tokio::test]
+async fn a_saved_queue_is_held_to_the_bounds_at_start() {
+    let dir = temp_dir("broker-saved-bound");
+    std::fs::create_dir_all(dir.join("broker")).unwrap();
+    std::fs::write(
+        dir.join("broker/sessions.json"),
+        r#"[{"client_id": "reader", "expiry": 4294967295, "subscriptions": [{"filter": "jobs/#", "qos": 1}]}]"#,
+    )
+    .unwrap();
+    // Three messages of 600 bytes each; the bound below holds one.
+    let payload = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [b'x'; 600]);
+    let message = format!(r#"{{"topic": "jobs/x", "payload": "{payload}", "qos": 1}}"#);
+    std::fs::write(
+        dir.join("broker/queues.json"),
+        format!(r#"[{{"client_id": "reader", "inflight": [], "pending": [{message}, {message}, {message}]}}]"#),
+    )
+    .unwrap();
+    let weir = Weir::start(&dir, &["--mqtt-max-queued-bytes", "1000"]).await;
+    assert_eq!(
+        weir.metric(r#"weir_broker_messages_dropped_total{reason="queue_full"}"#)
+            .await,
+        2.0
+    );
+    let (_reader, mut events, _rt) = client_with(&weir, "reader", |o| {
+        o.set_clean_session(false);
+    })
+    .await;
+    let p = next_publish(&mut events)
+        .await
+        .expect("the one message kept");
+    assert_eq!(p.payload.len(), 600);
+    assert!(next_publish(&mut events).await.is_none());
+}

@@ -1376,7 +1376,18 @@ impl Broker {
                     .into_iter()
                     .filter_map(SavedMessage::into_delivery)
                 {
-                    s.offer(m, usize::MAX >> 1, total, usize::MAX >> 1);
+                    // Within the same bounds as while running: a queues.json larger
+                    // than them (edited, or from a run with larger limits) is cut.
+                    let limits = &self.inner.limits;
+                    if s.offer(
+                        m,
+                        limits.max_queued_bytes,
+                        total,
+                        limits.max_total_queued_bytes,
+                    ) == Offered::Full
+                    {
+                        self.dropped("queue_full");
+                    }
                 }
             }
         }
