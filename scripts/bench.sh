@@ -6,7 +6,9 @@
 #    alternating with the plain-subscriber ceiling; a QoS 0 run at half of the
 #    republishing throughput for latency; and a run with 10,000 rules (memory per idle
 #    rule, cost per message beside one rule, rule-change latency);
-# 3. 20,000 idle device connections (or as many as the open-file limit allows) against weir's embedded broker and against Mosquitto
+# 3. the same workload published to weir's embedded broker (weir-load --embedded) beside
+#    Mosquitto delivering it to one plain subscriber;
+# 4. 20,000 idle device connections (or as many as the open-file limit allows) against weir's embedded broker and against Mosquitto
 #    (weir-conns): memory per connection and connect rate.
 # Extra arguments go to every weir-load run (see `weir-load --help`).
 set -euo pipefail
@@ -46,6 +48,11 @@ for sel in 1 0.1; do
 done
 echo "-- 10,000 rules: memory per idle rule, cost per message, rule-change latency"
 "$load" --weir "$weir" --qos 0 --rules 10000 --skip-ceiling --messages 100000 "$@"
+echo "== the embedded broker: devices publish to weir itself, beside Mosquitto's plain subscriber"
+for qos in 0 1; do
+  echo "-- QoS $qos, as fast as possible, outputs to files"
+  "$load" --weir "$weir" --embedded --qos "$qos" --sink file --rule-changes 0 --repeat 3 "$@"
+done
 echo "== idle connections: weir's embedded broker beside Mosquitto"
 # Each connection is an open file in the server and in the harness: as many connections as
 # the open-file limit allows, less some for the rest, 20,000 where the limit permits.

@@ -145,6 +145,11 @@ pub struct ServeArgs {
     /// Most subscriptions one client of the embedded broker may hold [default: 100].
     #[arg(long, env = "WEIR_MQTT_MAX_SUBSCRIPTIONS")]
     pub mqtt_max_subscriptions: Option<usize>,
+    /// Most sessions the embedded broker holds, of connected clients and of away
+    /// clients whose session has not expired; a client that would start one more is
+    /// refused [default: 100000].
+    #[arg(long, env = "WEIR_MQTT_MAX_SESSIONS")]
+    pub mqtt_max_sessions: Option<usize>,
     /// Most bytes queued for one subscriber of the embedded broker; one that falls
     /// further behind is disconnected [default: 16777216 (16 MiB)].
     #[arg(long, env = "WEIR_MQTT_MAX_QUEUED_BYTES")]
@@ -281,6 +286,7 @@ impl ServeArgs {
                 mqtt_max_packet_size,
                 mqtt_max_connections,
                 mqtt_max_subscriptions,
+                mqtt_max_sessions,
                 mqtt_max_queued_bytes,
                 mqtt_max_keep_alive,
                 mqtts_listen,
@@ -640,6 +646,11 @@ impl Settings {
                     "mqtt-max-subscriptions",
                     a.mqtt_max_subscriptions,
                     defaults.max_subscriptions,
+                )?,
+                max_sessions: at_least_one(
+                    "mqtt-max-sessions",
+                    a.mqtt_max_sessions,
+                    defaults.max_sessions,
                 )?,
                 max_queued_bytes: at_least_one(
                     "mqtt-max-queued-bytes",

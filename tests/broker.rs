@@ -743,6 +743,34 @@ async fn subscriptions_past_the_limit_are_refused() {
     .await;
 }
 
+/// Past `--mqtt-max-sessions` a client that would start a new session is refused
+/// (CONNACK 3), whether or not the sessions' clients are connected; a client that has a
+/// session comes back to it.
+#[tokio::test]
+async fn sessions_past_the_limit_are_refused() {
+    let dir = temp_dir("broker-max-sessions");
+    let weir = Weir::start(&dir, &["--mqtt-max-sessions", "2"]).await;
+    subscribe_and_vanish(&weir, "away-1", "a/#").await;
+    subscribe_and_vanish(&weir, "away-2", "b/#").await;
+    weir.wait_metric_eq("weir_broker_connections", 0.0).await;
+    assert_eq!(weir.metric("weir_broker_sessions").await, 2.0);
+    match connack_code(&weir, "newcomer", None).await {
+        Err(code) => assert_eq!(code, rumqttc::ConnectReturnCode::ServiceUnavailable),
+        Ok(_) => panic!("a third session is refused"),
+    }
+    weir.wait_metric(
+        r#"weir_broker_connections_refused_total{reason="max_sessions"}"#,
+        1.0,
+    )
+    .await;
+    let mut opts = MqttOptions::new("away-1", weir.mqtt.ip().to_string(), weir.mqtt.port());
+    opts.set_clean_session(false);
+    let (_client, _el) = connack_of(opts)
+        .await
+        .expect("a client with a session comes back");
+    assert_eq!(weir.metric("weir_broker_sessions").await, 2.0);
+}
+
 /// A subscriber that stops reading is disconnected once more than
 /// `--mqtt-max-queued-bytes` wait for it, instead of holding memory; the other clients
 /// and the API carry on.

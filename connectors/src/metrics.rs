@@ -21,6 +21,7 @@ pub const BROKER_DROP_REASONS: &[&str] = &[
 /// The reasons of `weir_broker_connections_refused_total`.
 pub const BROKER_REFUSAL_REASONS: &[&str] = &[
     "max_connections",
+    "max_sessions",
     "anonymous",
     "bad_credentials",
     "client_id",
@@ -195,7 +196,7 @@ impl Metrics {
             ),
             broker_refused: labelled(
                 "weir_broker_connections_refused_total",
-                "Connections the embedded broker refused, by reason: max_connections, anonymous (no username where anonymous clients are not allowed), bad_credentials, client_id (empty where not allowed, or not the TLS certificate's name), protocol, tls (a failed TLS handshake), websocket (a failed WebSocket handshake).",
+                "Connections the embedded broker refused, by reason: max_connections, max_sessions (a new session past --mqtt-max-sessions), anonymous (no username where anonymous clients are not allowed), bad_credentials, client_id (empty where not allowed, or not the TLS certificate's name), protocol, tls (a failed TLS handshake), websocket (a failed WebSocket handshake).",
                 BROKER_REFUSAL_REASONS,
             ),
             broker_subscriptions_refused: labelled(

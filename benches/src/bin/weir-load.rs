@@ -80,6 +80,11 @@ struct Args {
     /// are counted, but latency is not measured.
     #[arg(long, value_enum, default_value_t = Sink::Mqtt)]
     sink: Sink,
+    /// Devices publish to weir's embedded broker instead of the external one: the
+    /// ceiling (a plain subscriber on Mosquitto, or `--broker`) beside weir as the broker
+    /// and the rules engine at once.
+    #[arg(long)]
+    embedded: bool,
     /// Skip the plain-subscriber ceiling run.
     #[arg(long)]
     skip_ceiling: bool,
@@ -474,14 +479,20 @@ struct WeirProcess {
     _child: Killed,
     pid: u32,
     http: SocketAddr,
+    /// Where devices publish: the external broker, or with `--embedded` weir's own.
+    broker: SocketAddr,
+    embedded: bool,
     dir: PathBuf,
 }
 
 fn start_weir(args: &Args, broker: SocketAddr, dir: &std::path::Path) -> WeirProcess {
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = Killed(
-        Command::new(&args.weir)
-            .args(["serve", "--broker"])
+    let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut command = Command::new(&args.weir);
+    command.arg("serve");
+    if !args.embedded {
+        command
+            .arg("--broker")
             .arg(format!("mqtt://{broker}"))
             .args([
                 "--broker-client-id",
@@ -489,9 +500,12 @@ fn start_weir(args: &Args, broker: SocketAddr, dir: &std::path::Path) -> WeirPro
                 "--broker-clean-session",
                 "true",
             ])
-            .args(["--broker-qos", &args.qos.to_string()])
+            .args(["--broker-qos", &args.qos.to_string()]);
+    }
+    let child = Killed(
+        command
             .args(["--http-listen", &http.to_string()])
-            .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--mqtt-listen", &mqtt.to_string()])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--queries-dir")
@@ -520,6 +534,8 @@ fn start_weir(args: &Args, broker: SocketAddr, dir: &std::path::Path) -> WeirPro
         pid: child.0.id(),
         _child: child,
         http,
+        broker: if args.embedded { mqtt } else { broker },
+        embedded: args.embedded,
         dir: dir.to_owned(),
     }
 }
@@ -558,8 +574,8 @@ struct WeirRun {
 }
 
 /// Installs the load rule, waits until it processes, publishes the workload and reports.
-async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &str) -> WeirRun {
-    let http = weir.http;
+async fn run_weir(args: &Args, weir: &WeirProcess, label: &str) -> WeirRun {
+    let (http, broker) = (weir.http, weir.broker);
     let threshold = (args.selectivity * 100.0).round() as u64;
     // A new name per run: its metric series starts at 0, and deleting it afterwards
     // unsubscribes weir, so that the next ceiling run has the broker to itself.
@@ -670,11 +686,13 @@ async fn run_weir(args: &Args, broker: SocketAddr, weir: &WeirProcess, label: &s
         }
     }
     delete_rule(http, &rule);
-    let took = unsubscribed(http).await;
-    println!(
-        "{label}: the broker acknowledged weir's UNSUBSCRIBE within {:.0} ms of the rule's DELETE",
-        took.as_secs_f64() * 1000.0
-    );
+    if !weir.embedded {
+        let took = unsubscribed(http).await;
+        println!(
+            "{label}: the broker acknowledged weir's UNSUBSCRIBE within {:.0} ms of the rule's DELETE",
+            took.as_secs_f64() * 1000.0
+        );
+    }
     WeirRun {
         complete: count >= expected,
         input_rate,
@@ -897,6 +915,7 @@ async fn main() {
     // ceiling's subscriber is connected only while the ceiling is measured.
     let one = start_weir(&args, broker, &dir.join("one"));
     wait_port(one.http).await;
+    wait_port(one.broker).await;
     let mut ratios = Vec::new();
     let mut single = None;
     for round in 1..=args.repeat.max(1) {
@@ -909,7 +928,12 @@ async fn main() {
             print("ceiling (subscriber)", &r);
             ceiling = Some(r);
         }
-        let run = run_weir(&args, broker, &one, "weir (outputs)").await;
+        let label = if args.embedded {
+            "weir (embedded broker)"
+        } else {
+            "weir (outputs)"
+        };
+        let run = run_weir(&args, &one, label).await;
         if let Some(c) = &ceiling {
             let ratio = run.input_rate / c.rate;
             if run.complete && c.count >= args.messages {
@@ -935,7 +959,7 @@ async fn main() {
         );
     }
     if args.rule_changes > 0 {
-        let mut ms = rule_change_latency(broker, one.http, args.rule_changes).await;
+        let mut ms = rule_change_latency(one.broker, one.http, args.rule_changes).await;
         ms.sort_by(f64::total_cmp);
         println!(
             "rule changes: from PUT answered to first output, over {} rules: median {:.1} ms, max {:.1} ms",
@@ -970,7 +994,8 @@ async fn main() {
             after / 1024,
             after.saturating_sub(before) as f64 * 1.024 / idle as f64
         );
-        let crowded = run_weir(&args, broker, &many, &format!("weir, {} rules", args.rules)).await;
+        wait_port(many.broker).await;
+        let crowded = run_weir(&args, &many, &format!("weir, {} rules", args.rules)).await;
         println!(
             "cost per message with {} rules / with 1 rule: {:.2} (CPU per message), throughput ratio {:.2}",
             args.rules,

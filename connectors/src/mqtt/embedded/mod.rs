@@ -44,15 +44,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_engine::topic::{TopicTrie, validate_filter, validate_topic};
 use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
 use self::access::{Access, Denied, Want};
 use self::retained::{Retained, RetainedStore};
-use self::session::{ConnId, Delivery, Flight, Link, MAX_INFLIGHT, Offered, Session, SubOptions};
+use self::session::{
+    ConnId, Delivery, EndSignal, Flight, Link, MAX_INFLIGHT, Offered, Session, Signals, SubOptions,
+};
 use self::store::{SavedMessage, SavedQueue, SavedSession, SavedSub, Store};
 use self::tls::ListenerOptions;
 use self::wire::{
@@ -84,6 +86,10 @@ pub struct Limits {
     /// The most subscriptions one client may hold (`--mqtt-max-subscriptions`); one more
     /// gets a failure return code in the SUBACK.
     pub max_subscriptions: usize,
+    /// The most sessions, of connected clients and of away clients whose session has
+    /// not expired (`--mqtt-max-sessions`); a client that would start one more is
+    /// refused (CONNACK 3, MQTT 5: 0x97). A client with a session comes back in.
+    pub max_sessions: usize,
     /// The most bytes (topic and payload) queued for one subscriber
     /// (`--mqtt-max-queued-bytes`); a connected subscriber that falls further behind is
     /// disconnected, and what does not fit in an offline client's queue is dropped.
@@ -106,6 +112,7 @@ impl Default for Limits {
             max_packet: DEFAULT_MAX_PACKET,
             max_connections: 10_000,
             max_subscriptions: 100,
+            max_sessions: 100_000,
             max_queued_bytes: 16 * 1024 * 1024,
             max_total_queued_bytes: 1024 * 1024 * 1024,
             max_retained_bytes: 64 * 1024 * 1024,
@@ -322,44 +329,16 @@ impl Broker {
                         let cancel = cancel.clone();
                         let transport = transport.clone();
                         tokio::spawn(async move {
-                            let result = match transport {
-                                // Each future boxed: the task holds only the one it runs, not
-                                // room for the largest (a TLS handshake holds kilobytes).
-                                Transport::Tcp => Box::pin(broker.connection(Box::new(stream), peer, None, options, cancel)).await,
-                                Transport::WebSocket => {
-                                    let max = broker.inner.limits.max_packet;
-                                    match tokio::time::timeout(CONNECT_TIMEOUT, Box::pin(ws::accept(stream, max))).await {
-                                        Ok(Ok(ws)) => Box::pin(broker.connection(Box::new(ws), peer, None, options, cancel)).await,
-                                        Ok(Err(e)) => {
-                                            broker.refused("websocket");
-                                            Err(e)
-                                        }
-                                        Err(_) => {
-                                            broker.refused("websocket");
-                                            Err(format!("no WebSocket handshake within {CONNECT_TIMEOUT:?}"))
-                                        }
-                                    }
-                                }
-                                Transport::Tls(acceptor) => match tokio::time::timeout(CONNECT_TIMEOUT, Box::pin(acceptor.accept(stream))).await {
-                                    Ok(Ok(tls)) => {
-                                        let identity = tls
-                                            .get_ref()
-                                            .1
-                                            .peer_certificates()
-                                            .and_then(|c| c.first())
-                                            .and_then(|c| tls::common_name(c));
-                                        Box::pin(broker.connection(Box::new(tls), peer, identity, options, cancel)).await
-                                    }
-                                    Ok(Err(e)) => {
-                                        broker.refused("tls");
-                                        Err(format!("TLS handshake failed: {e}"))
-                                    }
-                                    Err(_) => {
-                                        broker.refused("tls");
-                                        Err(format!("no TLS handshake within {CONNECT_TIMEOUT:?}"))
-                                    }
-                                },
-                            };
+                            // The task holds only these and one boxed future at a time:
+                            // the handshake's (a TLS session holds kilobytes) until it is
+                            // done, then the connection's. Thousands of idle devices each
+                            // hold a task.
+                            let result = async {
+                                let (io, identity) = Box::pin(broker.handshake(stream, &transport)).await?;
+                                let client = Box::pin(broker.admit(io, peer, identity, options)).await?;
+                                Box::pin(broker.serve_client(client, cancel)).await
+                            }
+                            .await;
                             if let Err(e) = result {
                                 tracing::debug!(%peer, error = %e, "mqtt connection closed");
                             }
@@ -369,6 +348,53 @@ impl Broker {
                     Err(e) => {
                         tracing::warn!(error = %e, "mqtt accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The transport's handshake on a new connection: the byte stream MQTT runs over and,
+    /// with a client certificate, its common name.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        transport: &Transport,
+    ) -> Result<(Stream, Option<String>), String> {
+        match transport {
+            Transport::Tcp => Ok((Box::new(stream), None)),
+            Transport::WebSocket => {
+                let max = self.inner.limits.max_packet;
+                match tokio::time::timeout(CONNECT_TIMEOUT, ws::accept(stream, max)).await {
+                    Ok(Ok(ws)) => Ok((Box::new(ws), None)),
+                    Ok(Err(e)) => {
+                        self.refused("websocket");
+                        Err(e)
+                    }
+                    Err(_) => {
+                        self.refused("websocket");
+                        Err(format!("no WebSocket handshake within {CONNECT_TIMEOUT:?}"))
+                    }
+                }
+            }
+            Transport::Tls(acceptor) => {
+                match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let identity = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| tls::common_name(c));
+                        Ok((Box::new(tls), identity))
+                    }
+                    Ok(Err(e)) => {
+                        self.refused("tls");
+                        Err(format!("TLS handshake failed: {e}"))
+                    }
+                    Err(_) => {
+                        self.refused("tls");
+                        Err(format!("no TLS handshake within {CONNECT_TIMEOUT:?}"))
                     }
                 }
             }
@@ -502,8 +528,7 @@ impl Broker {
                     // A subscriber this far behind will not catch up: let it go.
                     Some(link) => {
                         self.dropped("slow_subscriber");
-                        if !link.slow.is_cancelled() {
-                            link.slow.cancel();
+                        if link.signals.end(EndSignal::Slow) {
                             self.inner.metrics.broker_slow.inc();
                         }
                     }
@@ -565,22 +590,26 @@ impl Broker {
         Ok(())
     }
 
-    async fn connection(
-        self,
+    /// Reads a client's CONNECT and lets it in (its CONNACK yet to be sent), or refuses
+    /// it.
+    async fn admit(
+        &self,
         stream: Stream,
         peer: SocketAddr,
         certificate: Option<String>,
         options: ListenerOptions,
-        cancel: CancellationToken,
-    ) -> Result<(), String> {
-        let (mut wire, connect) =
-            Wire::accept(stream, self.inner.limits.max_packet, CONNECT_TIMEOUT)
-                .await
-                .inspect_err(|e| {
-                    if e.starts_with(wire::UNSUPPORTED_PROTOCOL) {
-                        self.refused("protocol");
-                    }
-                })?;
+    ) -> Result<Admitted, String> {
+        let (mut wire, mut connect) = Box::pin(Wire::accept(
+            stream,
+            self.inner.limits.max_packet,
+            CONNECT_TIMEOUT,
+        ))
+        .await
+        .inspect_err(|e| {
+            if e.starts_with(wire::UNSUPPORTED_PROTOCOL) {
+                self.refused("protocol");
+            }
+        })?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         if options.require_client_id
             && certificate
@@ -594,7 +623,7 @@ impl Broker {
                 certificate = certificate.as_deref().unwrap_or(""),
                 "mqtt client refused: its client id is not its certificate's name"
             );
-            wire.refuse(Refusal::ClientId).await;
+            Box::pin(wire.refuse(Refusal::ClientId)).await;
             return Err("client id differs from the certificate's name".to_owned());
         }
         let authenticated = match certificate {
@@ -619,10 +648,10 @@ impl Broker {
                     reason = denied.reason(),
                     "mqtt client refused"
                 );
-                wire.refuse(match denied {
+                Box::pin(wire.refuse(match denied {
                     Denied::Anonymous => Refusal::NotAuthorized,
                     Denied::BadCredentials => Refusal::BadCredentials,
-                })
+                }))
                 .await;
                 return Err(format!("refused: {}", denied.reason()));
             }
@@ -632,7 +661,7 @@ impl Broker {
             // the CONNACK tells the client the id it got.
             if !connect.clean_start && !wire.is_v5() {
                 self.refused("client_id");
-                wire.refuse(Refusal::ClientId).await;
+                Box::pin(wire.refuse(Refusal::ClientId)).await;
                 return Err("empty client id needs a clean session".to_owned());
             }
             let assigned = format!("weir-anon-{id}");
@@ -641,26 +670,33 @@ impl Broker {
             (connect.client_id.clone(), None)
         };
         let client_id: Arc<str> = Arc::from(client_id);
+        let signals = Arc::new(Signals::default());
         let link = Link {
             conn: id,
-            wake: Arc::new(Notify::new()),
-            kicked: CancellationToken::new(),
-            slow: CancellationToken::new(),
+            signals: signals.clone(),
         };
-        let (wake, kicked, slow) = (link.wake.clone(), link.kicked.clone(), link.slow.clone());
         let session_expiry = if connect.session_expiry >= FOREVER_SECS {
             u32::MAX
         } else {
             connect.session_expiry
         };
-        let (session, present) = self.attach(
+        let Some((session, present)) = self.attach(
             &client_id,
             connect.clean_start,
             link,
             principal.clone(),
             session_expiry,
-        );
-        self.inner.metrics.broker_connections.inc();
+        ) else {
+            self.refused("max_sessions");
+            tracing::warn!(
+                %peer,
+                %client_id,
+                max = self.inner.limits.max_sessions,
+                "mqtt client refused: the broker holds its maximum of sessions (--mqtt-max-sessions)"
+            );
+            Box::pin(wire.refuse(Refusal::Quota)).await;
+            return Err("the broker holds its maximum of sessions".to_owned());
+        };
         tracing::debug!(%peer, %client_id, v5 = wire.is_v5(), present, "mqtt client connected");
         let peer = Peer {
             client_id: client_id.clone(),
@@ -675,39 +711,51 @@ impl Broker {
         } else {
             connect.keep_alive
         };
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let mut conn = Conn {
+        let conn = Conn {
             v5: wire.is_v5(),
             wire,
             id,
-            peer: peer.clone(),
-            session: session.clone(),
-            wake,
-            kicked,
-            slow,
+            peer,
+            session,
+            signals,
             quota: connect.receive_max.min(MAX_INFLIGHT),
             alias_max: connect.topic_alias_max,
             aliases_out: HashMap::new(),
             aliases_in: HashMap::new(),
             acks: VecDeque::new(),
-            ack_tx,
-            ack_rx,
         };
+        Ok(Admitted {
+            conn,
+            // Only the will is needed from here on, not the rest of the CONNECT.
+            will: connect.will.take(),
+            keep_alive,
+            connack: Outbound::ConnAck {
+                session_present: present,
+                assigned_client_id: assigned,
+                server_keep_alive: capped.then_some(keep_alive),
+            },
+        })
+    }
+
+    /// Serves a client let in, from its CONNACK until it goes; then lets go of its
+    /// session and sees to its will.
+    async fn serve_client(self, client: Admitted, cancel: CancellationToken) -> Result<(), String> {
+        let Admitted {
+            mut conn,
+            will,
+            keep_alive,
+            connack,
+        } = client;
+        self.inner.metrics.broker_connections.inc();
         let result = async {
-            send(
-                &mut conn.wire,
-                Outbound::ConnAck {
-                    session_present: present,
-                    assigned_client_id: assigned,
-                    server_keep_alive: capped.then_some(keep_alive),
-                },
-            )
-            .await?;
+            Box::pin(send(&mut conn.wire, connack)).await?;
             self.run(&mut conn, keep_alive, &cancel).await
         }
         .await;
         self.inner.metrics.broker_connections.dec();
-        drop(conn);
+        let Conn {
+            id, peer, session, ..
+        } = conn;
         let (will_due, expiry_now) = match &result {
             Ok(End::Disconnect {
                 with_will,
@@ -716,9 +764,9 @@ impl Broker {
             Ok(End::Shutdown) => (false, None),
             Ok(End::Closed) | Err(_) => (true, None),
         };
-        let left = self.detach(&client_id, &session, id, expiry_now);
+        let left = self.detach(&peer.client_id, &session, id, expiry_now);
         if will_due
-            && let Some(will) = connect.will
+            && let Some(will) = will
             && let Some((generation, expiry)) = left
         {
             self.will_due(will, peer, session, generation, expiry);
@@ -728,7 +776,8 @@ impl Broker {
 
     /// Gives the connection its session: the one the client had, unless it asked for a
     /// clean start, or a new one. A connection the session had is kicked off. Returns
-    /// the session and whether it was there before.
+    /// the session and whether it was there before; `None` when a new session would be
+    /// one more than [`Limits::max_sessions`].
     fn attach(
         &self,
         client_id: &Arc<str>,
@@ -736,14 +785,17 @@ impl Broker {
         link: Link,
         principal: Option<String>,
         expiry: u32,
-    ) -> (Arc<Mutex<Session>>, bool) {
+    ) -> Option<(Arc<Mutex<Session>>, bool)> {
         let mut sessions = lock(&self.inner.sessions);
         let existing = sessions.get(client_id).cloned();
+        if existing.is_none() && sessions.len() >= self.inner.limits.max_sessions {
+            return None;
+        }
         if let Some(old) = &existing {
             let mut s = lock(old);
             // MQTT 3.1.1 §3.1.4: a second connection with the same client id takes over.
             if let Some(l) = s.link.take() {
-                l.kicked.cancel();
+                l.signals.end(EndSignal::Kicked);
             }
             if clean_start {
                 self.end_session(&mut s);
@@ -771,7 +823,7 @@ impl Broker {
             .metrics
             .broker_sessions
             .set(sessions.len() as i64);
-        (session, present)
+        Some((session, present))
     }
 
     /// Lets go of the session when connection `conn` ends (unless another connection
@@ -957,42 +1009,51 @@ impl Broker {
         } else {
             Duration::from_millis(u64::from(keep_alive) * 1500)
         };
-        self.resend_in_flight(c).await?;
-        self.flush(c).await?;
+        Box::pin(self.resend_in_flight(c)).await?;
+        Box::pin(self.flush(c)).await?;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    c.disconnect(Reason::ServerShuttingDown).await;
+                    Box::pin(c.disconnect(Reason::ServerShuttingDown)).await;
                     return Ok(End::Shutdown);
                 }
-                _ = c.kicked.cancelled() => {
-                    c.disconnect(Reason::SessionTakenOver).await;
-                    return Err("taken over by a new connection with the same client id".to_owned());
+                _ = c.signals.wake.notified() => {
+                    match c.signals.ended() {
+                        Some(EndSignal::Kicked) => {
+                            Box::pin(c.disconnect(Reason::SessionTakenOver)).await;
+                            return Err("taken over by a new connection with the same client id".to_owned());
+                        }
+                        Some(EndSignal::Slow) => return Err(format!(
+                            "a slow subscriber: more than {} bytes or {} messages waited for it",
+                            self.inner.limits.max_queued_bytes, session::MAX_QUEUED_MESSAGES
+                        )),
+                        None => {}
+                    }
+                    for pkid in c.signals.take_acked() {
+                        Box::pin(c.acknowledged(pkid)).await?;
+                    }
+                    Box::pin(self.flush(c)).await?;
                 }
-                _ = c.slow.cancelled() => return Err(format!(
-                    "a slow subscriber: more than {} bytes or {} messages waited for it",
-                    self.inner.limits.max_queued_bytes, session::MAX_QUEUED_MESSAGES
-                )),
-                _ = c.wake.notified() => self.flush(c).await?,
-                Some(pkid) = c.ack_rx.recv() => c.acknowledged(pkid).await?,
                 incoming = tokio::time::timeout(idle, c.wire.recv()) => {
                     let packet = match incoming {
                         Err(_) => {
-                            c.disconnect(Reason::KeepAliveTimeout).await;
+                            Box::pin(c.disconnect(Reason::KeepAliveTimeout)).await;
                             return Err("keep-alive timeout".to_owned());
                         }
                         Ok(None) => return Ok(End::Closed),
                         Ok(Some(Err(e))) => {
                             if e.contains("has been exceeded by packet") {
-                                c.disconnect(Reason::PacketTooLarge).await;
+                                Box::pin(c.disconnect(Reason::PacketTooLarge)).await;
                             } else {
-                                c.disconnect(Reason::MalformedPacket).await;
+                                Box::pin(c.disconnect(Reason::MalformedPacket)).await;
                             }
                             return Err(e);
                         }
                         Ok(Some(Ok(p))) => p,
                     };
-                    if let Some(end) = self.handle(c, packet).await? {
+                    // Boxed, as are the flushes: the task then holds, while the client is
+                    // idle, only what waiting takes, not room for the largest handling.
+                    if let Some(end) = Box::pin(self.handle(c, packet)).await? {
                         return Ok(end);
                     }
                 }
@@ -1140,11 +1201,9 @@ impl Broker {
         }
         let ack = if p.qos > 0 {
             c.acks.push_back((p.pkid, p.qos, false));
-            let tx = c.ack_tx.clone();
+            let signals = c.signals.clone();
             let pkid = p.pkid;
-            Ack::on_drop(move || {
-                let _ = tx.send(pkid);
-            })
+            Ack::on_drop(move || signals.acked(pkid))
         } else {
             Ack::default()
         };
@@ -1326,11 +1385,19 @@ impl Broker {
         let queues: Vec<SavedQueue> = store.read("queues.json", &mut corrupt).unwrap_or_default();
         store.remove("queues.json");
         self.inner.metrics.broker_state_corrupt.inc_by(corrupt);
-        let (restored, kept) = (sessions.len(), retained.len());
+        let max_sessions = self.inner.limits.max_sessions;
+        if sessions.len() > max_sessions {
+            tracing::warn!(
+                saved = sessions.len(),
+                max = max_sessions,
+                "more sessions were saved than --mqtt-max-sessions allows: the rest are dropped"
+            );
+        }
+        let (restored, kept) = (sessions.len().min(max_sessions), retained.len());
         {
             let mut map = lock(&self.inner.sessions);
             let mut subs = self.trie_mut();
-            for saved in sessions {
+            for saved in sessions.into_iter().take(max_sessions) {
                 let client: Arc<str> = Arc::from(saved.client_id.as_str());
                 let mut s = Session::new(client.clone());
                 s.expiry = saved.expiry;
@@ -1547,6 +1614,14 @@ impl Broker {
     }
 }
 
+/// A client let in: its connection, and what its CONNACK and its end need.
+struct Admitted {
+    conn: Conn,
+    will: Option<wire::Will>,
+    keep_alive: u16,
+    connack: Outbound<'static>,
+}
+
 /// One client's connection.
 struct Conn {
     wire: Wire,
@@ -1554,9 +1629,7 @@ struct Conn {
     id: ConnId,
     peer: Peer,
     session: Arc<Mutex<Session>>,
-    wake: Arc<Notify>,
-    kicked: CancellationToken,
-    slow: CancellationToken,
+    signals: Arc<Signals>,
     /// The most QoS 1 and 2 messages sent to the client and not acknowledged.
     quota: u16,
     /// The most topic aliases the client takes.
@@ -1566,8 +1639,6 @@ struct Conn {
     /// QoS 1 and 2 messages from the client, in the order received, each with whether
     /// the rules hold it yet: acknowledged in this order as they do.
     acks: VecDeque<(u16, u8, bool)>,
-    ack_tx: mpsc::UnboundedSender<u16>,
-    ack_rx: mpsc::UnboundedReceiver<u16>,
 }
 
 impl Conn {
@@ -1630,7 +1701,7 @@ impl Conn {
         // A subscriber found too slow meanwhile is let go mid-write.
         let sent = tokio::select! {
             sent = send(&mut self.wire, out) => sent?,
-            _ = self.slow.cancelled() => return Err("a slow subscriber".to_owned()),
+            _ = self.signals.ending() => return Err("let go while writing (a slow subscriber, or taken over)".to_owned()),
         };
         if !sent {
             broker.dropped("too_large");

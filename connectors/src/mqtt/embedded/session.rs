@@ -6,7 +6,7 @@
 //!
 //! The session is shared between the router (which queues messages into it, under its
 //! lock) and the connection task of the client, if one is connected (which takes them out,
-//! woken by [`Link::wake`]). No lock is held across an await.
+//! woken by [`Signals::wake`]). No lock is held across an await.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use prometheus::IntGauge;
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use weir_engine::MqttProperties;
 
 /// Messages queued for one client; one more is refused as if its bytes were over.
@@ -73,12 +74,80 @@ pub enum Flight {
 /// The connection a session is attached to.
 pub struct Link {
     pub conn: ConnId,
-    /// Woken when there is something to send.
-    pub wake: Arc<Notify>,
-    /// Cancelled when another connection takes the session over.
-    pub kicked: CancellationToken,
-    /// Cancelled when the client falls too far behind.
-    pub slow: CancellationToken,
+    pub signals: Arc<Signals>,
+}
+
+/// Why a connection is to end, as other tasks tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EndSignal {
+    /// Another connection took the session over.
+    Kicked = 1,
+    /// The client fell too far behind.
+    Slow = 2,
+}
+
+/// What other tasks tell a connection: one small allocation, so that an idle connection
+/// holds no channel or token of its own (each costs hundreds of bytes, and thousands of
+/// devices stay connected and idle).
+#[derive(Default)]
+pub struct Signals {
+    /// Woken when there is something to send, an acknowledgement due, or an end.
+    pub wake: Notify,
+    /// Woken (as well) on an end, for a connection busy writing.
+    end_wake: Notify,
+    /// 0 while the connection may go on; else an [`EndSignal`].
+    end: AtomicU8,
+    /// Packet ids of the client's QoS 1 and 2 messages whose outputs the rules now hold.
+    acked: std::sync::Mutex<Vec<u16>>,
+}
+
+impl Signals {
+    /// Tells the connection to end; the first reason given stays.
+    pub fn end(&self, why: EndSignal) -> bool {
+        let first = self
+            .end
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            self.end_wake.notify_one();
+            self.wake.notify_one();
+        }
+        first
+    }
+
+    /// Why the connection is to end, if it is.
+    pub fn ended(&self) -> Option<EndSignal> {
+        match self.end.load(Ordering::Acquire) {
+            1 => Some(EndSignal::Kicked),
+            2 => Some(EndSignal::Slow),
+            _ => None,
+        }
+    }
+
+    /// Resolves once the connection is told to end.
+    pub async fn ending(&self) -> EndSignal {
+        loop {
+            if let Some(why) = self.ended() {
+                return why;
+            }
+            self.end_wake.notified().await;
+        }
+    }
+
+    /// The rules hold the outputs of the client's message `pkid`.
+    pub fn acked(&self, pkid: u16) {
+        self.acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pkid);
+        self.wake.notify_one();
+    }
+
+    /// The packet ids acknowledged since the last call, in the order they were.
+    pub fn take_acked(&self) -> Vec<u16> {
+        std::mem::take(&mut *self.acked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 pub struct Session {
@@ -152,7 +221,7 @@ impl Session {
         self.held += size;
         self.pending.push_back(d);
         if let Some(link) = &self.link {
-            link.wake.notify_one();
+            link.signals.wake.notify_one();
         }
         Offered::Queued
     }
@@ -332,9 +401,7 @@ mod tests {
     fn attach(s: &mut Session) {
         s.link = Some(Link {
             conn: 1,
-            wake: Arc::new(Notify::new()),
-            kicked: CancellationToken::new(),
-            slow: CancellationToken::new(),
+            signals: Arc::default(),
         });
     }
 

@@ -181,6 +181,8 @@ pub enum Refusal {
     BadCredentials,
     /// No credentials where they are needed.
     NotAuthorized,
+    /// The broker holds its maximum of sessions (3.1.1: 3, server unavailable; 5: 0x97).
+    Quota,
 }
 
 /// Why a SUBSCRIBE filter was refused. MQTT 3.1.1 says 0x80 for all of them.
@@ -395,6 +397,7 @@ impl Wire {
                     Refusal::ClientId => v4::ConnectReturnCode::BadClientId,
                     Refusal::BadCredentials => v4::ConnectReturnCode::BadUserNamePassword,
                     Refusal::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
+                    Refusal::Quota => v4::ConnectReturnCode::ServiceUnavailable,
                 };
                 f.send(v4::Packet::ConnAck(v4::ConnAck::new(code, false)))
                     .await
@@ -406,6 +409,7 @@ impl Wire {
                     Refusal::ClientId => v5::ConnectReturnCode::ClientIdentifierNotValid,
                     Refusal::BadCredentials => v5::ConnectReturnCode::BadUserNamePassword,
                     Refusal::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
+                    Refusal::Quota => v5::ConnectReturnCode::QuotaExceeded,
                 };
                 framed
                     .send(v5::Packet::ConnAck(v5::ConnAck {
