@@ -27,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the service.
     Serve(Box<ServeArgs>),
+    /// Manage the rules of a running weir over its API: list, apply a directory, test,
+    /// delete, export.
+    Rules(crate::cli::RulesArgs),
 }
 
 /// The settings of `weir serve`, as given on the command line, in the environment or in
@@ -739,6 +742,7 @@ mod tests {
         full.extend_from_slice(args);
         match Cli::parse_from(full).command {
             Command::Serve(a) => *a,
+            Command::Rules(_) => unreachable!("parsed as serve"),
         }
     }
 

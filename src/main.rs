@@ -8,7 +8,10 @@ use weir::config::{Cli, Command, Settings};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Rules(args) => return rules(args),
+    };
     let settings = match Settings::resolve(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -67,6 +70,21 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("weir: {e:#}");
             std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// `weir rules ...`: the API client, on a runtime of one thread.
+fn rules(args: weir::cli::RulesArgs) -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(weir::cli::run(args)),
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -252,10 +252,12 @@ mod tests {
                 enabled: true,
                 description: None,
                 sql_version: SQL_VERSION.to_owned(),
+                tests: vec![],
             },
             source: "api".to_owned(),
             created_at_ms: 1,
             updated_at_ms: 1,
+            version: 1,
         }
     }
 

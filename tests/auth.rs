@@ -573,7 +573,9 @@ fn tls_needs_both_the_certificate_and_the_key() {
     use clap::Parser;
     let cli = ::weir::config::Cli::try_parse_from(["weir", "serve", "--http-tls-cert", "/x.pem"])
         .unwrap();
-    let ::weir::config::Command::Serve(args) = cli.command;
+    let ::weir::config::Command::Serve(args) = cli.command else {
+        panic!("weir serve")
+    };
     let err = ::weir::config::Settings::resolve(&args).unwrap_err();
     assert!(
         format!("{err:#}").contains("--http-tls-cert and --http-tls-key go together"),

@@ -140,9 +140,42 @@ impl EncoderFactory for Encoders {
     }
 }
 
+/// Whether two JSON values say the same, numbers compared as numbers (`10` is `10.0`, and
+/// floats within a relative 1e-9, the last digits a printing may change): how a rule's
+/// output is checked against an expected one, by the golden tests and by a rule's own.
+pub fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+            _ => x == y,
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_the_same_by_value() {
+        use serde_json::json;
+        assert!(same_json(
+            &json!([{"a": 90, "b": [1.5]}]),
+            &json!([{"b": [1.5], "a": 90.0}])
+        ));
+        assert!(!same_json(&json!({"a": 1}), &json!({"a": 1, "b": null})));
+        assert!(!same_json(&json!(["1"]), &json!([1])));
+    }
     use datafusion::arrow::array::{ArrayRef, StringArray};
     use datafusion::arrow::datatypes::Schema;
 

@@ -118,22 +118,7 @@ fn parse(path: &Path) -> Vec<Case> {
     cases
 }
 
-/// JSON equality with numbers compared as numbers (10 == 10.0).
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
-            (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
-            _ => x == y,
-        },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
-        }
-        _ => a == b,
-    }
-}
+use weir_engine::json_text::same_json as same;
 
 /// Runs a case; `Err` says how it differs from what is expected.
 fn run(engine: &std::sync::Arc<Engine>, c: &Case) -> Result<(), String> {

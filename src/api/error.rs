@@ -103,6 +103,17 @@ impl From<RuleError> for ApiError {
             )
             .with("rule", name),
             RuleError::Request(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_rule", m),
+            e @ RuleError::PreconditionFailed { .. } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                e.to_string(),
+            ),
+            RuleError::TestsFailed { total, failures } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "rule_tests_failed",
+                format!("{} of the rule's {total} tests failed", failures.len()),
+            )
+            .with("failures", failures),
             RuleError::Store(e) => ApiError::internal(e),
         }
     }

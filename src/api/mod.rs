@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Auth, Role};
 use crate::rules::RuleService;
-use crate::rules::spec::{RuleSpec, StoredRule, validate_name};
+use crate::rules::spec::{Precondition, RuleSpec, StoredRule, validate_name};
 
 /// Shared state of the API handlers.
 pub struct AppState {
@@ -370,6 +370,63 @@ fn rule_json(r: &StoredRule) -> Value {
     v
 }
 
+/// A rule's answer: its JSON, with its version as the ETag.
+fn rule_response(status: StatusCode, r: &StoredRule) -> Response {
+    (
+        status,
+        [(header::ETAG, format!("\"{}\"", r.version))],
+        axum::Json(rule_json(r)),
+    )
+        .into_response()
+}
+
+/// The request's `If-Match` / `If-None-Match`, as a [`Precondition`]. Only `*` is taken
+/// in `If-None-Match`: weir's other reads do not serve conditional GETs.
+fn precondition(headers: &axum::http::HeaderMap) -> Result<Precondition, ApiError> {
+    let text = |name: header::HeaderName| -> Result<Option<String>, ApiError> {
+        let values: Vec<&str> = headers
+            .get_all(&name)
+            .iter()
+            .map(|v| v.to_str())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    format!("{name} is not text"),
+                )
+            })?;
+        Ok((!values.is_empty()).then(|| values.join(",")))
+    };
+    if let Some(v) = text(header::IF_NONE_MATCH)? {
+        if v.trim() == "*" {
+            return Ok(Precondition::Absent);
+        }
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            "If-None-Match takes only *: create the rule only if it does not exist",
+        ));
+    }
+    let Some(v) = text(header::IF_MATCH)? else {
+        return Ok(Precondition::None);
+    };
+    if v.trim() == "*" {
+        return Ok(Precondition::Exists);
+    }
+    // Entity tags as weir gives them ("3"); a weak one (W/"3") is the same version. A
+    // tag that is not a version of weir's matches no rule.
+    Ok(Precondition::Version(
+        v.split(',')
+            .filter_map(|t| {
+                let t = t.trim();
+                let t = t.strip_prefix("W/").unwrap_or(t);
+                t.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+            })
+            .collect(),
+    ))
+}
+
 async fn list_rules(State(s): State<Arc<AppState>>) -> Response {
     let rules: Vec<Value> = s.rules.list().await.iter().map(rule_json).collect();
     axum::Json(json!({ "rules": rules })).into_response()
@@ -384,7 +441,7 @@ async fn get_rule(
         .get(&name)
         .await
         .ok_or(crate::rules::RuleError::NotFound(name))?;
-    Ok(axum::Json(rule_json(&r)).into_response())
+    Ok(rule_response(StatusCode::OK, &r))
 }
 
 /// Parses a JSON body with an error that says where it is wrong.
@@ -395,22 +452,27 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 async fn put_rule(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     validate_name(&name).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m))?;
+    let precondition = precondition(&headers)?;
     let spec: RuleSpec = parse_body(&body)?;
-    let (rule, created) = s.rules.put(&name, spec, "api".to_owned()).await?;
+    let (rule, created) = s
+        .rules
+        .put(&name, spec, "api".to_owned(), &precondition)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, axum::Json(rule_json(&rule))).into_response())
+    Ok(rule_response(status, &rule))
 }
 
 async fn set_enabled(s: &AppState, name: &str, enabled: bool) -> Result<Response, ApiError> {
     let rule = s.rules.set_enabled(name, enabled).await?;
-    Ok(axum::Json(rule_json(&rule)).into_response())
+    Ok(rule_response(StatusCode::OK, &rule))
 }
 
 async fn enable_rule(
@@ -430,8 +492,9 @@ async fn disable_rule(
 async fn delete_rule(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    s.rules.delete(&name).await?;
+    s.rules.delete(&name, &precondition(&headers)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

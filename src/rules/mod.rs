@@ -27,7 +27,7 @@ use weir_engine::{Engine, Rule, SqlError, SqlVersion, now_ms};
 use crate::connections::{ConnectionStore, MAX_CONNECTIONS, PutError, StoredConnection};
 use crate::pipeline::{CompiledRule, Pipeline};
 use crate::rule_store::RuleStore;
-use spec::{RuleSpec, StoredRule, parse_rule_file, validate_name};
+use spec::{Precondition, RuleSpec, StoredRule, parse_rule_file, validate_name};
 
 /// Gives the secrets a rule sends back redacted (as an API answer showed them) the values
 /// the stored version of the rule has, action by action.
@@ -81,6 +81,19 @@ pub enum RuleError {
     /// Something else in the request is wrong.
     #[error("{0}")]
     Request(String),
+    /// The rule is not at the version the request required (`If-Match`).
+    #[error("{}", match current {
+        Some(v) => format!("rule '{name}' is at version {v}, not the one the request names (read it again)"),
+        None => format!("no rule named '{name}', as the request requires"),
+    })]
+    PreconditionFailed { name: String, current: Option<u64> },
+    /// The rule's own tests fail: each failure with what it expected, what the rule
+    /// gave, and the difference.
+    #[error("{} of the rule's {total} tests failed", failures.len())]
+    TestsFailed {
+        total: usize,
+        failures: Vec<serde_json::Value>,
+    },
     /// The store could not be written: the change was not made.
     #[error(transparent)]
     Store(anyhow::Error),
@@ -93,6 +106,23 @@ impl RuleError {
             ConfigError::NotAllowed { .. } => Self::NotAllowed { context, message },
             _ => Self::Action { context, message },
         }
+    }
+}
+
+/// Refuses a change whose precondition the stored rule does not meet.
+fn check_precondition(
+    store: &RuleStore,
+    name: &str,
+    precondition: &Precondition,
+) -> Result<(), RuleError> {
+    let current = store.get(name).map(|r| r.version);
+    if precondition.holds(current) {
+        Ok(())
+    } else {
+        Err(RuleError::PreconditionFailed {
+            name: name.to_owned(),
+            current,
+        })
     }
 }
 
@@ -293,6 +323,16 @@ impl RuleService {
                 ),
             });
         };
+        if spec.tests.len() > test_run::MAX_TESTS {
+            return Err(RuleError::Invalid {
+                field: "tests",
+                message: format!(
+                    "a rule has at most {} tests, got {}",
+                    test_run::MAX_TESTS,
+                    spec.tests.len()
+                ),
+            });
+        }
         if spec.actions.len() > MAX_ACTIONS {
             return Err(RuleError::Invalid {
                 field: "actions",
@@ -348,8 +388,10 @@ impl RuleService {
         name: &str,
         spec: RuleSpec,
         source: String,
+        precondition: &Precondition,
     ) -> Result<(StoredRule, bool), RuleError> {
         let mut store = self.store.lock().await;
+        check_precondition(&store, name, precondition)?;
         self.put_locked(&mut store, name, spec, source).await
     }
 
@@ -364,6 +406,7 @@ impl RuleService {
         let mut spec = spec;
         keep_secrets(&mut spec, store.get(name).map(|r| &r.spec))?;
         let created = store.get(name).map(|r| r.created_at_ms);
+        let version = store.get(name).map_or(1, |r| r.version + 1);
         let count = store.list().count();
         if created.is_none() && count >= self.max_rules {
             return Err(RuleError::TooManyRules(count));
@@ -374,6 +417,7 @@ impl RuleService {
             source,
             created_at_ms: created.unwrap_or_else(now_ms),
             updated_at_ms: now_ms(),
+            version,
         };
         self.apply(store, rule.clone()).await?;
         Ok((rule, created.is_none()))
@@ -389,14 +433,16 @@ impl RuleService {
         if rule.spec.enabled != enabled {
             rule.spec.enabled = enabled;
             rule.updated_at_ms = now_ms();
+            rule.version += 1;
             self.apply(&mut store, rule.clone()).await?;
         }
         Ok(rule)
     }
 
     /// Deletes a rule: it stops, and its metrics are forgotten.
-    pub async fn delete(&self, name: &str) -> Result<(), RuleError> {
+    pub async fn delete(&self, name: &str, precondition: &Precondition) -> Result<(), RuleError> {
         let mut store = self.store.lock().await;
+        check_precondition(&store, name, precondition)?;
         store
             .remove(name)
             .map_err(RuleError::Store)?
@@ -417,6 +463,7 @@ impl RuleService {
     /// Checks a rule, stores it and makes the pipeline run it (or stop it, when disabled).
     async fn apply(&self, store: &mut RuleStore, rule: StoredRule) -> Result<(), RuleError> {
         let compiled = self.check(&rule.spec)?;
+        self.run_tests(&compiled, &rule.spec.tests)?;
         let prepared = if rule.spec.enabled {
             Some(
                 self.pipeline

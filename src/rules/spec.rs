@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use weir_connectors::sinks::ActionConfig;
 
 /// A rule as a user submits it (`PUT /v1/rules/{name}`).
@@ -23,6 +24,38 @@ pub struct RuleSpec {
     /// The AWS IoT SQL version the rule is written in (AWS's `awsIotSqlVersion`).
     #[serde(default = "current_sql_version")]
     pub sql_version: String,
+    /// Golden examples: sample messages and what the rule must give for each. A rule
+    /// whose tests fail is refused, with the difference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<RuleTest>,
+}
+
+/// One golden example stored with a rule: a sample message, as `POST /v1/test` takes
+/// it, and the outputs the rule must give for it (none: its WHERE clause drops it), or
+/// the reason it must fail with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub topic: String,
+    /// The payload as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    /// The payload as these exact bytes (UTF-8), for payloads that are not JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_raw: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clientid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_properties: Option<Value>,
+    /// The rule's outputs for the message, in order.
+    #[serde(default)]
+    pub expect: Vec<Value>,
+    /// Instead of outputs: the reason the rule fails on the message, as its error
+    /// action would be told (e.g. `payload_not_json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_error: Option<String>,
 }
 
 fn yes() -> bool {
@@ -46,6 +79,38 @@ pub struct StoredRule {
     pub source: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Counts the rule's versions from 1: its ETag, for `If-Match`. (0 in a store
+    /// written before versions were kept.)
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// What a change requires of the rule as it is (HTTP's `If-Match` and `If-None-Match`):
+/// a client that read version N changes the rule only if nobody changed it since.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Precondition {
+    /// Whatever there is.
+    #[default]
+    None,
+    /// The rule exists (`If-Match: *`).
+    Exists,
+    /// The rule does not exist (`If-None-Match: *`).
+    Absent,
+    /// The rule is at one of these versions (`If-Match: "3"`; a tag weir did not make
+    /// matches none).
+    Version(Vec<u64>),
+}
+
+impl Precondition {
+    /// Whether a rule at `current` (`None`: no such rule) meets it.
+    pub fn holds(&self, current: Option<u64>) -> bool {
+        match self {
+            Self::None => true,
+            Self::Exists => current.is_some(),
+            Self::Absent => current.is_none(),
+            Self::Version(v) => current.is_some_and(|c| v.contains(&c)),
+        }
+    }
 }
 
 /// Checks a rule name: 1 to 128 letters, digits, '_' or '-'.
@@ -76,6 +141,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 /// -- error_action: {"republish": {"topic": "weir/errors"}}
 /// -- enabled: true
 /// -- sql_version: 2016-03-23
+/// -- test: {"topic": "plant/1/metrics", "payload": {"temp": 90}, "expect": [{"temp": 90}]}
 /// SELECT ... FROM '...' WHERE ...
 /// ```
 ///
@@ -94,6 +160,7 @@ pub fn parse_rule_file(path: &Path, text: &str) -> anyhow::Result<(String, RuleS
         enabled: true,
         description: None,
         sql_version: current_sql_version(),
+        tests: Vec::new(),
     };
     for (i, line) in text.lines().enumerate() {
         let Some(comment) = line.trim().strip_prefix("--") else {
@@ -114,6 +181,9 @@ pub fn parse_rule_file(path: &Path, text: &str) -> anyhow::Result<(String, RuleS
                         .with_context(|| format!("{}: error_action", at()))?,
                 )
             }
+            "test" => spec
+                .tests
+                .push(serde_json::from_str(value).with_context(|| format!("{}: test", at()))?),
             "description" => spec.description = Some(value.to_owned()),
             "sql_version" => spec.sql_version = value.to_owned(),
             "enabled" => {
@@ -148,6 +218,13 @@ mod tests {
         assert_eq!(spec.actions.len(), 1);
         assert!(!spec.enabled);
         assert_eq!(spec.description.as_deref(), Some("hot"));
+        let with_test = "-- test: {\"topic\": \"a\", \"payload\": {\"x\": 1}, \"expect\": [{\"x\": 1}]}\nSELECT * FROM 'a'\n";
+        let (_, spec) = parse_rule_file(Path::new("t.sql"), with_test).unwrap();
+        assert_eq!(spec.tests.len(), 1);
+        assert_eq!(spec.tests[0].expect, [serde_json::json!({"x": 1})]);
+        let bad_test = "-- test: {\"topic\": \"a\", \"expected\": []}\nSELECT 1";
+        let err = parse_rule_file(Path::new("t.sql"), bad_test).unwrap_err();
+        assert!(format!("{err:#}").contains("t.sql:1: test"), "{err:#}");
         let bad = "-- action: {\"kafka\": {}}\nSELECT 1";
         let err = parse_rule_file(Path::new("x.sql"), bad).unwrap_err();
         assert!(format!("{err:#}").contains("x.sql:1"), "{err:#}");

@@ -1,16 +1,23 @@
 //! A rule tried on sample messages without deploying it (`POST /v1/test`): per message,
 //! the outputs and each action's rendered parameters, or why there is none (`filtered`,
 //! `topic_mismatch`, `failed` with the reason), and which fields the rule reads were
-//! undefined.
+//! undefined. And a rule's own golden examples (`tests`), run whenever it is stored: each
+//! one that fails is told with the difference between what it expects and what the rule
+//! gave.
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use weir_connectors::sinks::ActionConfig;
+use weir_engine::json_text::same_json;
 use weir_engine::{Message, MqttProperties};
 
-use super::spec::{RuleSpec, current_sql_version};
+use super::spec::{RuleSpec, RuleTest, current_sql_version};
 use super::{RuleError, RuleService};
+use crate::pipeline::CompiledRule;
+
+/// The most tests one rule may carry.
+pub const MAX_TESTS: usize = 100;
 
 /// `POST /v1/test`: a rule and sample messages.
 #[derive(Debug, serde::Deserialize)]
@@ -21,7 +28,11 @@ pub struct TestRequest {
     actions: Vec<ActionConfig>,
     #[serde(default = "current_sql_version")]
     sql_version: String,
+    #[serde(default)]
     messages: Vec<TestMessage>,
+    /// Golden examples, as a rule carries them: the answer says which fail, and how.
+    #[serde(default)]
+    tests: Vec<RuleTest>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -45,27 +56,171 @@ struct TestMessage {
 impl TestMessage {
     /// The message the rule is given; `i` is its place in the request, for errors.
     fn into_message(self, i: usize) -> Result<Message, RuleError> {
-        let payload = match (self.payload, self.payload_raw) {
-            (Some(v), None) => serde_json::to_vec(&v).expect("a JSON value serialises"),
-            (None, Some(raw)) => raw.into_bytes(),
-            _ => {
-                return Err(RuleError::Request(format!(
-                    "messages[{i}]: give exactly one of payload and payload_raw"
-                )));
-            }
-        };
-        let mut msg = Message::new(self.topic, payload);
-        msg.client_id = self.clientid;
-        if let Some(p) = &self.mqtt_properties {
-            let p = MqttProperties::from_json(p)
-                .map_err(|e| RuleError::Request(format!("messages[{i}].mqtt_properties: {e}")))?;
-            msg.properties = Some(Arc::new(p));
-        }
-        Ok(msg)
+        sample(
+            &format!("messages[{i}]"),
+            self.topic,
+            self.payload.as_ref(),
+            self.payload_raw,
+            self.clientid,
+            self.mqtt_properties.as_ref(),
+        )
     }
 }
 
+/// A sample message, as `POST /v1/test` and a rule's tests give it; `at` names it in errors.
+fn sample(
+    at: &str,
+    topic: String,
+    payload: Option<&Value>,
+    payload_raw: Option<String>,
+    clientid: Option<String>,
+    mqtt_properties: Option<&Value>,
+) -> Result<Message, RuleError> {
+    let payload = match (payload, payload_raw) {
+        (Some(v), None) => serde_json::to_vec(v).expect("a JSON value serialises"),
+        (None, Some(raw)) => raw.into_bytes(),
+        _ => {
+            return Err(RuleError::Request(format!(
+                "{at}: give exactly one of payload and payload_raw"
+            )));
+        }
+    };
+    let mut msg = Message::new(topic, payload);
+    msg.client_id = clientid;
+    if let Some(p) = mqtt_properties {
+        let p = MqttProperties::from_json(p)
+            .map_err(|e| RuleError::Request(format!("{at}.mqtt_properties: {e}")))?;
+        msg.properties = Some(Arc::new(p));
+    }
+    Ok(msg)
+}
+
+/// What a rule gave for one message: its outputs, or `{"error": reason}` when it failed.
+fn given(compiled: &CompiledRule, msg: &Message, budget: usize) -> Value {
+    let outcome = super::off_runtime(|| {
+        let _scope = weir_engine::memory::Scope::enter(budget);
+        compiled.rule.process(std::slice::from_ref(msg))
+    });
+    if outcome.outputs.is_empty()
+        && let Some(f) = outcome.failures.first()
+    {
+        return json!({"error": f.reason.as_str(), "message": f.message});
+    }
+    Value::Array(
+        outcome
+            .outputs
+            .iter()
+            .map(|o| output_json(&o.payload))
+            .collect(),
+    )
+}
+
+fn output_json(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload).unwrap_or_else(|_| json!(String::from_utf8_lossy(payload)))
+}
+
+/// The lines of `expected` and `got` (pretty JSON), marked `-` where only the expectation
+/// has them and `+` where only the rule's result does.
+fn line_diff(expected: &str, got: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), got.lines().collect());
+    // Longest common subsequence, by dynamic programming: the values are small.
+    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out.push_str(&format!("  {}\n", a[i]));
+            (i, j) = (i + 1, j + 1);
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push_str(&format!("- {}\n", a[i]));
+            i += 1;
+        } else {
+            out.push_str(&format!("+ {}\n", b[j]));
+            j += 1;
+        }
+    }
+    out
+}
+
 impl RuleService {
+    /// Runs a rule's tests; returns each that failed: its place and name, what it
+    /// expected, what the rule gave, and the difference.
+    pub(crate) fn failed_tests(
+        &self,
+        compiled: &CompiledRule,
+        tests: &[RuleTest],
+    ) -> Result<Vec<Value>, RuleError> {
+        let budget = self.pipeline.memory_budget();
+        let filter = compiled.rule.topic_filter();
+        let mut failed = Vec::new();
+        for (i, t) in tests.iter().enumerate() {
+            let at = format!("tests[{i}]");
+            if t.expect_error.is_some() && !t.expect.is_empty() {
+                return Err(RuleError::Request(format!(
+                    "{at}: give expect or expect_error, not both"
+                )));
+            }
+            let msg = sample(
+                &at,
+                t.topic.clone(),
+                t.payload.as_ref(),
+                t.payload_raw.clone(),
+                t.clientid.clone(),
+                t.mqtt_properties.as_ref(),
+            )?;
+            let expected = match &t.expect_error {
+                Some(reason) => json!({"error": reason}),
+                None => Value::Array(t.expect.clone()),
+            };
+            let got = if !weir_engine::topic::matches(filter, &msg.topic) {
+                json!({"topic_mismatch": format!("'{}' does not match the rule's FROM '{filter}'", t.topic)})
+            } else {
+                given(compiled, &msg, budget)
+            };
+            // An expected error is met by the reason alone; its message is not compared.
+            let passed = match (&t.expect_error, got.get("error")) {
+                (Some(reason), Some(r)) => r == reason,
+                (Some(_), None) => false,
+                (None, _) => same_json(&expected, &got),
+            };
+            if !passed {
+                let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+                failed.push(json!({
+                    "test": i,
+                    "name": t.name,
+                    "expected": expected,
+                    "got": got,
+                    "diff": line_diff(&pretty(&expected), &pretty(&got)),
+                }));
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Refuses a rule whose tests fail.
+    pub(crate) fn run_tests(
+        &self,
+        compiled: &CompiledRule,
+        tests: &[RuleTest],
+    ) -> Result<(), RuleError> {
+        let failures = self.failed_tests(compiled, tests)?;
+        if failures.is_empty() {
+            return Ok(());
+        }
+        Err(RuleError::TestsFailed {
+            total: tests.len(),
+            failures,
+        })
+    }
+
     /// Runs a rule on sample messages without deploying it.
     pub fn test(&self, req: TestRequest) -> Result<Value, RuleError> {
         let spec = RuleSpec {
@@ -75,8 +230,10 @@ impl RuleService {
             enabled: true,
             description: None,
             sql_version: req.sql_version,
+            tests: req.tests,
         };
         let compiled = self.check(&spec)?;
+        let failed_tests = self.failed_tests(&compiled, &spec.tests)?;
         let rule = &compiled.rule;
         // An action through a named connection shows only its templated parameters: the
         // literal ones are the connection's (its headers may carry credentials).
@@ -152,6 +309,21 @@ impl RuleService {
             );
             results.push(Value::Object(result));
         }
-        Ok(json!({"topic_filter": rule.topic_filter(), "results": results}))
+        let mut answer = json!({"topic_filter": rule.topic_filter(), "results": results});
+        if !spec.tests.is_empty() {
+            answer["tests"] = json!({"total": spec.tests.len(), "failed": failed_tests});
+        }
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_diff_marks_what_differs() {
+        let d = line_diff("[\n  1,\n  2\n]", "[\n  1,\n  3\n]");
+        assert_eq!(d, "  [\n    1,\n-   2\n+   3\n  ]\n");
     }
 }

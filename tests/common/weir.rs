@@ -259,7 +259,9 @@ impl Weir {
             std::iter::once("weir".to_owned()).chain(args.clone()),
         )
         .unwrap_or_else(|e| panic!("weir's flags {args:?}: {e}"));
-        let weir::config::Command::Serve(serve) = cli.command;
+        let weir::config::Command::Serve(serve) = cli.command else {
+            panic!("weir serve {args:?}")
+        };
         let settings = weir::config::Settings::resolve(&serve).expect("weir's settings resolve");
         let http = std::net::TcpListener::bind("127.0.0.1:0").expect("an HTTP port");
         let mqtt = std::net::TcpListener::bind("127.0.0.1:0").expect("an MQTT port");
