@@ -253,18 +253,56 @@ impl Azurite {
     }
 }
 
-/// A real Kafka-protocol broker (tansu) on a free port, with SQLite storage, which
-/// survives `stop` and `restart`. Stopped on drop.
+/// A real Kafka-protocol broker (tansu) on a free port, storing its data in a PostgreSQL
+/// database of its own on the machine's PostgreSQL, so that it survives `stop` and
+/// `restart`, an idempotent producer's epoch bump included (tansu's SQLite storage
+/// panics on that and refuses every produce after it). Stopped, and its database
+/// dropped, on drop.
 pub struct Kafka {
     process: Process,
     pub port: u16,
+    database: String,
+}
+
+/// The machine's PostgreSQL (on `WEIR_PG_PORT`, default 5432, as `scripts/deps.sh`
+/// makes sure), where the tests' tansu brokers keep their data.
+pub fn postgres() -> String {
+    let port = std::env::var("WEIR_PG_PORT").unwrap_or_else(|_| "5432".to_owned());
+    format!("postgres://postgres@127.0.0.1:{port}")
+}
+
+fn psql(database: &str, args: &[&str]) {
+    let url = format!("{}/{database}", postgres());
+    let out = Command::new("psql")
+        .args([url.as_str(), "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .output()
+        .expect("psql runs (scripts/deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "psql {args:?} on {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Kafka {
     pub async fn start() -> Kafka {
+        let port = free_port();
+        let database = format!("weir_tansu_{}_{port}", std::process::id());
+        psql(
+            "postgres",
+            &["-c", &format!("DROP DATABASE IF EXISTS {database}")],
+        );
+        psql("postgres", &["-c", &format!("CREATE DATABASE {database}")]);
+        let schema = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/tools/tansu/postgres-schema.sql"
+        );
+        psql(&database, &["-f", schema]);
         let mut k = Kafka {
             process: Process::new("tansu"),
-            port: free_port(),
+            port,
+            database,
         };
         k.restart().await;
         k
@@ -286,8 +324,10 @@ impl Kafka {
                         "--advertised-listener-url",
                         &url,
                     ])
-                    // A path relative to the working directory, the process's own.
-                    .args(["--storage-engine", "sqlite://tansu.db"])
+                    .args([
+                        "--storage-engine",
+                        &format!("{}/{}?sslmode=disable", postgres(), self.database),
+                    ])
                     .env("RUST_LOG", "warn"),
                 self.port,
             )
@@ -421,4 +461,19 @@ pub struct KafkaRecord {
     pub key: Option<String>,
     pub value: Value,
     pub headers: Vec<(String, String)>,
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        self.process.stop();
+        let drop_database = format!("DROP DATABASE IF EXISTS {}", self.database);
+        let _ = Command::new("psql")
+            .args([
+                &format!("{}/postgres", postgres()),
+                "-q",
+                "-c",
+                &drop_database,
+            ])
+            .output();
+    }
 }
