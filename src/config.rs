@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// Most rules this instance keeps; creating one more is a 409 [default: 1000].
     #[arg(long, env = "WEIR_MAX_RULES")]
     pub max_rules: Option<usize>,
+    /// Where the rules are kept: `local` (files under the data directory) or a
+    /// PostgreSQL URL (`postgres://user:password@host/db`) that replicas of a fleet share;
+    /// a change made through any replica runs on all [default: local].
+    #[arg(long, env = "WEIR_RULE_STORE", hide_env_values = true)]
+    pub rule_store: Option<String>,
     /// Outputs queued per action before the rule waits [default: 1024].
     #[arg(long, env = "WEIR_ACTION_QUEUE")]
     pub action_queue: Option<usize>,
@@ -278,6 +283,7 @@ impl ServeArgs {
                 rule_time_budget,
                 rule_memory_budget,
                 max_rules,
+                rule_store,
                 action_queue,
                 action_buffer_max_bytes,
                 worker_threads,
@@ -331,6 +337,8 @@ pub struct Settings {
     pub rule_time_budget: Duration,
     pub rule_memory_budget: usize,
     pub max_rules: usize,
+    /// The fleet's shared store (a PostgreSQL URL); `None`: files under the data dir.
+    pub rule_store: Option<String>,
     pub action_queue: usize,
     pub action_buffer_max_bytes: u64,
     pub worker_threads: usize,
@@ -628,6 +636,16 @@ impl Settings {
                 n => n,
             },
             max_rules: at_least_one("max-rules", a.max_rules, 1000)?,
+            rule_store: match a.rule_store.as_deref() {
+                None | Some("local") => None,
+                Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    Some(url.to_owned())
+                }
+                Some(other) => bail!(
+                    "--rule-store must be local or a postgres:// URL, got '{}'",
+                    crate::shared_store::redact_url(other)
+                ),
+            },
             action_queue,
             action_buffer_max_bytes: a.action_buffer_max_bytes.unwrap_or(1 << 30),
             worker_threads,

@@ -74,6 +74,43 @@ impl ConnectionStore {
         Ok(Self { path, connections })
     }
 
+    /// The connections of the fleet's shared store: this replica's copy of them (rows
+    /// that are not connections are skipped, logged).
+    pub fn from_shared(rows: Vec<crate::shared_store::Row>) -> Self {
+        let mut s = Self {
+            path: PathBuf::new(),
+            connections: BTreeMap::new(),
+        };
+        s.set_all_cached(rows);
+        s
+    }
+
+    /// Makes `c` the copy here of the connection `name` (`None`: gone), writing nothing.
+    pub fn set_cached(&mut self, name: &str, c: Option<StoredConnection>) {
+        match c {
+            Some(c) => {
+                self.connections.insert(name.to_owned(), c);
+            }
+            None => {
+                self.connections.remove(name);
+            }
+        }
+    }
+
+    /// Replaces every connection with the shared store's rows.
+    pub fn set_all_cached(&mut self, rows: Vec<crate::shared_store::Row>) {
+        self.connections = rows
+            .into_iter()
+            .filter_map(|r| match serde_json::from_str::<StoredConnection>(&r.body) {
+                Ok(c) if c.name == r.name => Some((r.name, c)),
+                Ok(_) | Err(_) => {
+                    tracing::error!(connection = %r.name, "a row of the shared store is not that connection: skipped");
+                    None
+                }
+            })
+            .collect();
+    }
+
     pub fn get(&self, name: &str) -> Option<&StoredConnection> {
         self.connections.get(name)
     }

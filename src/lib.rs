@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod private_file;
 pub mod rule_store;
 pub mod rules;
+pub mod shared_store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -251,10 +252,27 @@ pub async fn serve(
             policy,
         },
     );
-    let store = RuleStore::open(&settings.data_dir)?;
+    let shared = match &settings.rule_store {
+        Some(url) => {
+            let shared = shared_store::SharedStore::open(url).await?;
+            tracing::info!(store = %shared_store::redact_url(url), "the rules are kept in the fleet's shared store");
+            Some((Arc::new(shared), url.clone()))
+        }
+        None => None,
+    };
+    let store = match &shared {
+        Some((s, _)) => RuleStore::open_shared(s.clone()).await?,
+        None => RuleStore::open(&settings.data_dir)?,
+    };
     metrics.rule_store_corrupt.inc_by(store.corrupt_lines());
     let auth = Arc::new(auth::Auth::open(&settings.auth, &settings.data_dir)?);
-    let connections = connections::ConnectionStore::open(&settings.data_dir)?;
+    let connections = match &shared {
+        Some((s, _)) => {
+            auth.use_shared(s.clone()).await?;
+            connections::ConnectionStore::from_shared(s.all(shared_store::Kind::Connection).await?)
+        }
+        None => connections::ConnectionStore::open(&settings.data_dir)?,
+    };
     let rules = Arc::new(RuleService::new(
         engine,
         pipeline.clone(),
@@ -285,6 +303,26 @@ pub async fn serve(
                 .map_err(|e| anyhow::anyhow!("connection '{name}' of the config file: {e}"))?;
         }
         rules.load(&settings.queries_dir).await?;
+        if let Some((_, url)) = &shared {
+            // Changes other replicas make reach this one's pipeline as they are announced.
+            let mut changes = shared_store::listen(url.clone(), shutdown.clone());
+            let (rules, auth) = (rules.clone(), state.auth.clone());
+            tokio::spawn(async move {
+                use shared_store::{Change, Kind};
+                while let Some(change) = changes.recv().await {
+                    match change {
+                        Change::One(Kind::Rule, name) => rules.sync_rule(&name).await,
+                        Change::One(Kind::Connection, name) => rules.sync_connection(&name).await,
+                        Change::One(Kind::Token, name) => auth.sync_token(&name).await,
+                        Change::All => {
+                            rules.sync_connections().await;
+                            rules.sync_all().await;
+                            auth.sync_tokens().await;
+                        }
+                    }
+                }
+            });
+        }
         tokio::spawn(
             pipeline
                 .clone()

@@ -5,15 +5,29 @@
 //! (a change that was never answered) is dropped. When the journal outgrows the snapshot
 //! it is folded into a new one, so a change costs its own size, not the store's: 10,000
 //! rules install as fast as 10.
+//!
+//! With `--rule-store postgres://...` the rules are kept in the fleet's shared store
+//! instead ([`crate::shared_store`]); this one is then the replica's copy of them, and a
+//! change is answered once the database holds it.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::spec::StoredRule;
+use crate::shared_store::{Conflict, Kind, SharedStore};
+
+/// Why a change was not stored.
+#[derive(Debug)]
+pub enum StoreError {
+    /// Another replica changed the rule first; the copy here now holds its version.
+    Conflict,
+    Failed(anyhow::Error),
+}
 
 #[derive(Serialize, Deserialize)]
 struct StoreFile {
@@ -41,6 +55,8 @@ pub struct RuleStore {
     snapshot_bytes: u64,
     /// Journal lines that could not be read when the store was opened.
     corrupt_lines: u64,
+    /// The fleet's shared store, where the rules are kept instead of the files.
+    shared: Option<Arc<SharedStore>>,
 }
 
 impl RuleStore {
@@ -113,6 +129,7 @@ impl RuleStore {
             journal_bytes: complete as u64,
             snapshot_bytes,
             corrupt_lines,
+            shared: None,
         };
         if corrupt_lines > 0 {
             let aside = store
@@ -128,6 +145,99 @@ impl RuleStore {
             store.compact()?;
         }
         Ok(store)
+    }
+
+    /// The rules of the fleet's shared store. A row that is not a rule (written by hand,
+    /// or by a newer weir) is skipped and counted in [`RuleStore::corrupt_lines`].
+    pub async fn open_shared(shared: Arc<SharedStore>) -> anyhow::Result<Self> {
+        let mut rules = BTreeMap::new();
+        let mut corrupt_lines = 0;
+        for row in shared.all(Kind::Rule).await? {
+            match parse_row(&row.name, &row.body, row.version) {
+                Some(r) => {
+                    rules.insert(r.name.clone(), r);
+                }
+                None => corrupt_lines += 1,
+            }
+        }
+        Ok(Self {
+            path: PathBuf::new(),
+            journal_path: PathBuf::new(),
+            rules,
+            journal: None,
+            journal_bytes: 0,
+            snapshot_bytes: 0,
+            corrupt_lines,
+            shared: Some(shared),
+        })
+    }
+
+    /// The fleet's shared store, if the rules are kept there.
+    pub fn shared(&self) -> Option<&Arc<SharedStore>> {
+        self.shared.as_ref()
+    }
+
+    /// Stores a rule (new, or over the version before its own): in the shared store when
+    /// there is one, else on disk. Returns whether it was new.
+    pub async fn store(&mut self, rule: StoredRule) -> Result<bool, StoreError> {
+        let Some(shared) = self.shared.clone() else {
+            return self.put(rule).map_err(StoreError::Failed);
+        };
+        let body = serde_json::to_string(&rule).map_err(|e| StoreError::Failed(e.into()))?;
+        match shared
+            .put(Kind::Rule, &rule.name, &body, rule.version)
+            .await
+        {
+            Ok(Ok(())) => Ok(self.rules.insert(rule.name.clone(), rule).is_none()),
+            Ok(Err(Conflict)) => {
+                self.refresh(&rule.name).await.map_err(StoreError::Failed)?;
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(StoreError::Failed(e)),
+        }
+    }
+
+    /// Deletes a rule (at the version the copy here holds). Returns the deleted rule.
+    pub async fn delete(&mut self, name: &str) -> Result<Option<StoredRule>, StoreError> {
+        let Some(shared) = self.shared.clone() else {
+            return self.remove(name).map_err(StoreError::Failed);
+        };
+        let Some(version) = self.rules.get(name).map(|r| r.version) else {
+            return Ok(None);
+        };
+        match shared.remove(Kind::Rule, name, version).await {
+            Ok(Ok(())) => Ok(self.rules.remove(name)),
+            Ok(Err(Conflict)) => {
+                self.refresh(name).await.map_err(StoreError::Failed)?;
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(StoreError::Failed(e)),
+        }
+    }
+
+    /// The rule `name` as the shared store holds it now (`None`: none there), after
+    /// making it the copy here. A store of files has nothing to fetch: `Ok(None)`.
+    pub async fn refresh(&mut self, name: &str) -> anyhow::Result<Option<StoredRule>> {
+        let Some(shared) = self.shared.clone() else {
+            return Ok(None);
+        };
+        let row = shared.get(Kind::Rule, name).await?;
+        let rule = row.and_then(|r| parse_row(&r.name, &r.body, r.version));
+        self.set_cached(name, rule.clone());
+        Ok(rule)
+    }
+
+    /// Makes `rule` the copy here of the rule `name` (`None`: it is gone), without
+    /// writing anything: another replica stored it.
+    pub fn set_cached(&mut self, name: &str, rule: Option<StoredRule>) {
+        match rule {
+            Some(r) => {
+                self.rules.insert(name.to_owned(), r);
+            }
+            None => {
+                self.rules.remove(name);
+            }
+        }
     }
 
     /// Journal lines that could not be read when the store was opened (their changes are
@@ -234,6 +344,27 @@ impl RuleStore {
         crate::private_file::replace(&self.path, &bytes)
             .with_context(|| format!("cannot write rule store {}", self.path.display()))?;
         Ok(bytes.len() as u64)
+    }
+}
+
+/// A row of the shared store as a rule; the row's version is the rule's.
+pub fn parse_row(name: &str, body: &str, version: u64) -> Option<StoredRule> {
+    match serde_json::from_str::<StoredRule>(body) {
+        Ok(mut r) if r.name == name => {
+            r.version = version;
+            Some(r)
+        }
+        Ok(_) => {
+            tracing::error!(
+                rule = name,
+                "a row of the shared rule store names another rule: skipped"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!(rule = name, error = %e, "a row of the shared rule store is not a rule: skipped");
+            None
+        }
     }
 }
 

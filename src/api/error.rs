@@ -103,6 +103,9 @@ impl From<RuleError> for ApiError {
             )
             .with("rule", name),
             RuleError::Request(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_rule", m),
+            e @ RuleError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             e @ RuleError::PreconditionFailed { .. } => ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",

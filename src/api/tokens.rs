@@ -41,7 +41,7 @@ pub(super) async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: NewToken = parse_body(&body)?;
-    let token = s.auth.create(&req.name, req.role)?;
+    let token = s.auth.create(&req.name, req.role).await?;
     tracing::info!(token = %req.name, role = req.role.as_str(), "API token made");
     Ok((
         StatusCode::CREATED,
@@ -58,7 +58,7 @@ pub(super) async fn delete(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    if !s.auth.remove(&name)? {
+    if !s.auth.remove(&name).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

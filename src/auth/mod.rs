@@ -20,7 +20,11 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AdminToken, AuthSettings};
-use tokens::{TokenError, TokenInfo, TokenStore, hash, new_token};
+use tokens::{Stored, TokenError, TokenInfo, TokenStore, hash, new_token};
+
+use std::sync::Arc;
+
+use crate::shared_store::{Kind, SharedStore};
 
 /// What a token may do; each role may do what the ones before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -58,6 +62,8 @@ pub struct Auth {
     /// The admin token's hash.
     admin: [u8; 32],
     tokens: Mutex<TokenStore>,
+    /// The fleet's shared store, where the tokens are kept instead of `tokens.json`.
+    shared: std::sync::OnceLock<Arc<SharedStore>>,
 }
 
 impl Auth {
@@ -73,6 +79,7 @@ impl Auth {
                 metrics: false,
                 admin: [0; 32],
                 tokens: Mutex::new(tokens),
+                shared: Default::default(),
             });
         }
         let admin = match &settings.admin_token {
@@ -90,7 +97,46 @@ impl Auth {
             metrics: settings.metrics,
             admin: hash(&admin),
             tokens: Mutex::new(tokens),
+            shared: Default::default(),
         })
+    }
+
+    /// Keeps the tokens in the fleet's shared store from now on (those of `tokens.json`
+    /// are not used), starting with the ones it holds.
+    pub async fn use_shared(&self, shared: Arc<SharedStore>) -> anyhow::Result<()> {
+        let all = load_tokens(&shared).await?;
+        self.store().set_all_cached(all);
+        let _ = self.shared.set(shared);
+        Ok(())
+    }
+
+    /// Brings the token `name` in step with the shared store.
+    pub async fn sync_token(&self, name: &str) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        match shared.get(Kind::Token, name).await {
+            Ok(row) => {
+                let stored = row.and_then(|r| serde_json::from_str::<Stored>(&r.body).ok());
+                self.store().set_cached(name, stored);
+            }
+            Err(e) => {
+                tracing::warn!(token = name, error = %format!("{e:#}"), "cannot read a changed token from the rule store")
+            }
+        }
+    }
+
+    /// Brings every token in step with the shared store.
+    pub async fn sync_tokens(&self) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        match load_tokens(shared).await {
+            Ok(all) => self.store().set_all_cached(all),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the tokens of the rule store")
+            }
+        }
     }
 
     /// Whether requests need a token at all.
@@ -113,13 +159,29 @@ impl Auth {
     }
 
     /// Makes a token named `name` with `role`; returns the token, the one time it is shown.
-    pub fn create(&self, name: &str, role: Role) -> Result<String, TokenError> {
+    pub async fn create(&self, name: &str, role: Role) -> Result<String, TokenError> {
         if name == ADMIN {
             return Err(TokenError::Reserved(name.to_owned()));
         }
         let token = new_token();
-        self.store().insert(name, role, &token)?;
-        Ok(token)
+        let Some(shared) = self.shared.get() else {
+            self.store().insert(name, role, &token)?;
+            return Ok(token);
+        };
+        let stored = self.store().new_entry(name, role, &token)?;
+        let body = serde_json::to_string(&stored).map_err(|e| TokenError::Store(e.into()))?;
+        match shared.put(Kind::Token, name, &body, 1).await {
+            Ok(Ok(())) => {
+                self.store().set_cached(name, Some(stored));
+                Ok(token)
+            }
+            // Another replica made one of that name meanwhile.
+            Ok(Err(_)) => {
+                self.sync_token(name).await;
+                Err(TokenError::Exists(name.to_owned()))
+            }
+            Err(e) => Err(TokenError::Store(e)),
+        }
     }
 
     /// The tokens' names and roles, the admin token first.
@@ -134,11 +196,19 @@ impl Auth {
     }
 
     /// Revokes the token named `name`; false if there is none.
-    pub fn remove(&self, name: &str) -> Result<bool, TokenError> {
+    pub async fn remove(&self, name: &str) -> Result<bool, TokenError> {
         if name == ADMIN {
             return Err(TokenError::Reserved(name.to_owned()));
         }
-        self.store().remove(name)
+        let Some(shared) = self.shared.get() else {
+            return self.store().remove(name);
+        };
+        let removed = shared
+            .delete_any(Kind::Token, name)
+            .await
+            .map_err(TokenError::Store)?;
+        self.store().set_cached(name, None);
+        Ok(removed)
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, TokenStore> {
@@ -196,6 +266,22 @@ fn data_dir_token(path: &PathBuf) -> anyhow::Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Every token of the shared store (rows that are not tokens are skipped, logged).
+async fn load_tokens(shared: &SharedStore) -> anyhow::Result<Vec<(String, Stored)>> {
+    Ok(shared
+        .all(Kind::Token)
+        .await?
+        .into_iter()
+        .filter_map(|r| match serde_json::from_str::<Stored>(&r.body) {
+            Ok(s) => Some((r.name, s)),
+            Err(e) => {
+                tracing::error!(token = %r.name, error = %e, "a row of the shared store is not a token: skipped");
+                None
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -272,8 +358,8 @@ mod tests {
         assert_eq!(a.role_of(&at), Some(Role::Admin));
     }
 
-    #[test]
-    fn the_made_admin_token_is_kept_and_roles_are_ordered() {
+    #[tokio::test]
+    async fn the_made_admin_token_is_kept_and_roles_are_ordered() {
         let tmp = tempfile::tempdir().unwrap();
         let a = Auth::open(&settings(AdminToken::DataDir), tmp.path()).unwrap();
         let token = std::fs::read_to_string(tmp.path().join("admin.token")).unwrap();
@@ -284,7 +370,7 @@ mod tests {
         assert_eq!(b.role_of("weir_wrong"), None);
         assert!(Role::Viewer < Role::Editor && Role::Editor < Role::Admin);
         assert!(matches!(
-            b.create(ADMIN, Role::Viewer),
+            b.create(ADMIN, Role::Viewer).await,
             Err(TokenError::Reserved(_))
         ));
     }

@@ -39,7 +39,7 @@ pub struct TokenInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
+pub struct Stored {
     role: Role,
     /// Hex SHA-256 of the token.
     sha256: String,
@@ -147,6 +147,15 @@ impl TokenStore {
     }
 
     pub fn insert(&mut self, name: &str, role: Role, token: &str) -> Result<(), TokenError> {
+        let stored = self.new_entry(name, role, token)?;
+        let mut next = self.tokens.clone();
+        next.insert(name.to_owned(), stored);
+        self.save(next)
+    }
+
+    /// What [`TokenStore::insert`] would store for a new token, once checked: a name not
+    /// taken, below [`MAX_TOKENS`].
+    pub fn new_entry(&self, name: &str, role: Role, token: &str) -> Result<Stored, TokenError> {
         validate_name(name)
             .map_err(|m| TokenError::InvalidName(m.replace("rule name", "token name")))?;
         if self.tokens.contains_key(name) {
@@ -155,16 +164,45 @@ impl TokenStore {
         if self.tokens.len() >= MAX_TOKENS {
             return Err(TokenError::TooMany);
         }
-        let mut next = self.tokens.clone();
-        next.insert(
-            name.to_owned(),
-            Stored {
-                role,
-                sha256: hex(&hash(token)),
-                created_at_ms: weir_engine::now_ms(),
-            },
-        );
-        self.save(next)
+        Ok(Stored {
+            role,
+            sha256: hex(&hash(token)),
+            created_at_ms: weir_engine::now_ms(),
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tokens.contains_key(name)
+    }
+
+    /// Makes `stored` the copy here of the token `name` (`None`: gone), writing nothing:
+    /// the fleet's shared store holds it. An entry without a valid hash is left out.
+    pub fn set_cached(&mut self, name: &str, stored: Option<Stored>) {
+        match stored {
+            Some(s) if unhex(&s.sha256).is_some() => {
+                self.tokens.insert(name.to_owned(), s);
+            }
+            Some(_) => {
+                tracing::error!(
+                    token = name,
+                    "a token of the shared store has no valid hash: left out"
+                );
+                self.tokens.remove(name);
+            }
+            None => {
+                self.tokens.remove(name);
+            }
+        }
+        let _ = self.index();
+    }
+
+    /// Replaces every token with those of the fleet's shared store.
+    pub fn set_all_cached(&mut self, all: Vec<(String, Stored)>) {
+        self.tokens = all
+            .into_iter()
+            .filter(|(_, s)| unhex(&s.sha256).is_some())
+            .collect();
+        let _ = self.index();
     }
 
     pub fn remove(&mut self, name: &str) -> Result<bool, TokenError> {

@@ -26,7 +26,8 @@ use weir_engine::{Engine, Rule, SqlError, SqlVersion, now_ms};
 
 use crate::connections::{ConnectionStore, MAX_CONNECTIONS, PutError, StoredConnection};
 use crate::pipeline::{CompiledRule, Pipeline};
-use crate::rule_store::RuleStore;
+use crate::rule_store::{RuleStore, StoreError, parse_row};
+use crate::shared_store::Kind as SharedKind;
 use spec::{Precondition, RuleSpec, StoredRule, parse_rule_file, validate_name};
 
 /// Gives the secrets a rule sends back redacted (as an API answer showed them) the values
@@ -87,6 +88,9 @@ pub enum RuleError {
         None => format!("no rule named '{name}', as the request requires"),
     })]
     PreconditionFailed { name: String, current: Option<u64> },
+    /// Other replicas kept changing the rule while this one tried to store its change.
+    #[error("rule '{0}' was changed by another replica meanwhile, again and again; try again")]
+    Conflict(String),
     /// The rule's own tests fail: each failure with what it expected, what the rule
     /// gave, and the difference.
     #[error("{} of the rule's {total} tests failed", failures.len())]
@@ -155,6 +159,9 @@ fn uses(spec: &RuleSpec, name: &str) -> bool {
         .chain(&spec.error_action)
         .any(|a| a.connection() == Some(name))
 }
+
+/// How often a change is tried again when other replicas changed the rule first.
+const CONFLICT_TRIES: usize = 3;
 
 /// The most actions a rule may have (AWS IoT's limit).
 pub const MAX_ACTIONS: usize = 10;
@@ -231,7 +238,7 @@ impl RuleService {
     ) -> Result<(StoredConnection, bool), RuleError> {
         validate_name(name)
             .map_err(|m| RuleError::InvalidName(m.replace("rule name", "connection name")))?;
-        let mut store = self.store.lock().await;
+        let store = self.store.lock().await;
         let old = self.connection_store().get(name).cloned();
         config
             .restore_secrets(old.as_ref().map(|o| &o.config))
@@ -263,16 +270,30 @@ impl RuleService {
             created_at_ms: old.as_ref().map_or(now, |o| o.created_at_ms),
             updated_at_ms: now,
         };
-        self.connection_store()
-            .put(stored.clone())
-            .map_err(|e| match e {
-                PutError::TooMany => RuleError::TooManyConnections,
-                PutError::Store(e) => RuleError::Store(e),
-            })?;
-        for r in dependents.into_iter().filter(|r| r.spec.enabled) {
-            if let Err(e) = self.apply(&mut store, r.clone()).await {
-                tracing::error!(rule = %r.name, connection = name, error = %e, "a rule could not restart with its changed connection");
+        match store.shared().cloned() {
+            None => self
+                .connection_store()
+                .put(stored.clone())
+                .map_err(|e| match e {
+                    PutError::TooMany => RuleError::TooManyConnections,
+                    PutError::Store(e) => RuleError::Store(e),
+                })?,
+            Some(shared) => {
+                if old.is_none() && self.connection_store().len() >= MAX_CONNECTIONS {
+                    return Err(RuleError::TooManyConnections);
+                }
+                let body =
+                    serde_json::to_string(&stored).map_err(|e| RuleError::Store(e.into()))?;
+                shared
+                    .upsert(SharedKind::Connection, name, &body)
+                    .await
+                    .map_err(RuleError::Store)?;
+                self.connection_store()
+                    .set_cached(name, Some(stored.clone()));
             }
+        }
+        for r in dependents.iter().filter(|r| r.spec.enabled) {
+            self.run_here(r).await;
         }
         Ok((stored.redacted(), old.is_none()))
     }
@@ -291,10 +312,96 @@ impl RuleService {
                 rules,
             });
         }
-        match self.connection_store().remove(name) {
+        let removed = match store.shared() {
+            None => self.connection_store().remove(name),
+            Some(shared) => {
+                let removed = shared.delete_any(SharedKind::Connection, name).await;
+                self.connection_store().set_cached(name, None);
+                removed
+            }
+        };
+        match removed {
             Ok(true) => Ok(()),
             Ok(false) => Err(RuleError::ConnectionNotFound(name.to_owned())),
             Err(e) => Err(RuleError::Store(e)),
+        }
+    }
+
+    /// Brings the connection `name` in step with the fleet's shared store; the running
+    /// rules that name it restart with it.
+    pub async fn sync_connection(&self, name: &str) {
+        let store = self.store.lock().await;
+        let Some(shared) = store.shared().cloned() else {
+            return;
+        };
+        let remote = match shared.get(SharedKind::Connection, name).await {
+            Ok(row) => row.and_then(|r| serde_json::from_str::<StoredConnection>(&r.body).ok()),
+            Err(e) => {
+                tracing::warn!(connection = name, error = %format!("{e:#}"), "cannot read a changed connection from the rule store");
+                return;
+            }
+        };
+        if self.connection_store().get(name) == remote.as_ref() {
+            return;
+        }
+        self.connection_store().set_cached(name, remote);
+        tracing::info!(
+            connection = name,
+            "connection changed in the shared store: applied"
+        );
+        let dependents: Vec<StoredRule> = store
+            .list()
+            .filter(|r| r.spec.enabled && uses(&r.spec, name))
+            .cloned()
+            .collect();
+        for r in &dependents {
+            self.run_here(r).await;
+        }
+    }
+
+    /// [`RuleService::sync_connection`] for every connection that differs.
+    pub async fn sync_connections(&self) {
+        let Some(shared) = self.store.lock().await.shared().cloned() else {
+            return;
+        };
+        let rows = match shared.all(SharedKind::Connection).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the connections of the rule store");
+                return;
+            }
+        };
+        let remote = ConnectionStore::from_shared(rows);
+        let mut names: Vec<String> = remote.list().map(|c| c.name.clone()).collect();
+        names.extend(self.connection_store().list().map(|c| c.name.clone()));
+        names.sort();
+        names.dedup();
+        for name in names {
+            if remote.get(&name) != self.connection_store().get(&name) {
+                self.sync_connection(&name).await;
+            }
+        }
+    }
+
+    /// Compiles, builds and starts a stored rule here (or stops it, when that fails),
+    /// storing nothing: after a change another replica made, or to a connection it uses.
+    async fn run_here(&self, rule: &StoredRule) {
+        let started = async {
+            let compiled = self.check(&rule.spec)?;
+            let prepared = self
+                .pipeline
+                .build(&rule.name, compiled)
+                .await
+                .map_err(|e| RuleError::Action {
+                    context: e.context,
+                    message: e.message,
+                })?;
+            self.pipeline.start(&rule.name, prepared);
+            Ok::<(), RuleError>(())
+        };
+        if let Err(e) = started.await {
+            self.pipeline.stop(&rule.name);
+            tracing::error!(rule = %rule.name, error = %e, "rule cannot start here");
         }
     }
 
@@ -391,8 +498,20 @@ impl RuleService {
         precondition: &Precondition,
     ) -> Result<(StoredRule, bool), RuleError> {
         let mut store = self.store.lock().await;
-        check_precondition(&store, name, precondition)?;
-        self.put_locked(&mut store, name, spec, source).await
+        // In a fleet another replica may change the rule between this one's read and its
+        // write: the write is refused, the copy here refreshed, and the change checked
+        // again against the precondition and made over the new version.
+        for _ in 0..CONFLICT_TRIES {
+            check_precondition(&store, name, precondition)?;
+            match self
+                .put_locked(&mut store, name, spec.clone(), source.clone())
+                .await
+            {
+                Err(RuleError::Conflict(_)) => continue,
+                done => return done,
+            }
+        }
+        Err(RuleError::Conflict(name.to_owned()))
     }
 
     async fn put_locked(
@@ -426,30 +545,128 @@ impl RuleService {
     /// Enables or disables a stored rule.
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<StoredRule, RuleError> {
         let mut store = self.store.lock().await;
-        let mut rule = store
-            .get(name)
-            .cloned()
-            .ok_or_else(|| RuleError::NotFound(name.to_owned()))?;
-        if rule.spec.enabled != enabled {
+        for _ in 0..CONFLICT_TRIES {
+            let mut rule = store
+                .get(name)
+                .cloned()
+                .ok_or_else(|| RuleError::NotFound(name.to_owned()))?;
+            if rule.spec.enabled == enabled {
+                return Ok(rule);
+            }
             rule.spec.enabled = enabled;
             rule.updated_at_ms = now_ms();
             rule.version += 1;
-            self.apply(&mut store, rule.clone()).await?;
+            match self.apply(&mut store, rule.clone()).await {
+                Err(RuleError::Conflict(_)) => continue,
+                done => return done.map(|()| rule),
+            }
         }
-        Ok(rule)
+        Err(RuleError::Conflict(name.to_owned()))
     }
 
     /// Deletes a rule: it stops, and its metrics are forgotten.
     pub async fn delete(&self, name: &str, precondition: &Precondition) -> Result<(), RuleError> {
         let mut store = self.store.lock().await;
-        check_precondition(&store, name, precondition)?;
-        store
-            .remove(name)
-            .map_err(RuleError::Store)?
-            .ok_or_else(|| RuleError::NotFound(name.to_owned()))?;
-        self.pipeline.stop(name);
-        self.pipeline.metrics().forget_rule(name);
-        Ok(())
+        for _ in 0..CONFLICT_TRIES {
+            check_precondition(&store, name, precondition)?;
+            match store.delete(name).await {
+                Ok(Some(_)) => {
+                    self.pipeline.stop(name);
+                    self.pipeline.metrics().forget_rule(name);
+                    return Ok(());
+                }
+                Ok(None) => return Err(RuleError::NotFound(name.to_owned())),
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Failed(e)) => return Err(RuleError::Store(e)),
+            }
+        }
+        Err(RuleError::Conflict(name.to_owned()))
+    }
+
+    /// Brings this replica in step with the fleet's shared store for the rule `name`:
+    /// what the store holds (or its absence) is what runs here. Nothing to do without a
+    /// shared store, or when the copy here is at the store's version.
+    pub async fn sync_rule(&self, name: &str) {
+        let mut store = self.store.lock().await;
+        let Some(shared) = store.shared().cloned() else {
+            return;
+        };
+        match shared.get(SharedKind::Rule, name).await {
+            Ok(row) => {
+                let remote = row.and_then(|r| parse_row(&r.name, &r.body, r.version));
+                self.adopt(&mut store, name, remote).await;
+            }
+            Err(e) => {
+                tracing::warn!(rule = name, error = %format!("{e:#}"), "cannot read a changed rule from the rule store")
+            }
+        }
+    }
+
+    /// [`RuleService::sync_rule`] for every rule whose version differs from the store's,
+    /// or that the store no longer has.
+    pub async fn sync_all(&self) {
+        let mut store = self.store.lock().await;
+        let Some(shared) = store.shared().cloned() else {
+            return;
+        };
+        let versions = match shared.versions(SharedKind::Rule).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the rule store");
+                return;
+            }
+        };
+        let remote: std::collections::HashMap<String, u64> = versions.into_iter().collect();
+        let mut differing: Vec<String> = remote
+            .iter()
+            .filter(|(n, v)| store.get(n.as_str()).map(|r| r.version) != Some(**v))
+            .map(|(n, _)| n.clone())
+            .collect();
+        differing.extend(
+            store
+                .list()
+                .filter(|r| !remote.contains_key(&r.name))
+                .map(|r| r.name.clone()),
+        );
+        for name in differing {
+            match shared.get(SharedKind::Rule, &name).await {
+                Ok(row) => {
+                    let rule = row.and_then(|r| parse_row(&r.name, &r.body, r.version));
+                    self.adopt(&mut store, &name, rule).await;
+                }
+                Err(e) => {
+                    tracing::warn!(rule = %name, error = %format!("{e:#}"), "cannot read a changed rule from the rule store")
+                }
+            }
+        }
+    }
+
+    /// Makes `remote` (another replica's version of the rule `name`, or its deletion)
+    /// the rule here, and runs it, or stops it.
+    async fn adopt(&self, store: &mut RuleStore, name: &str, remote: Option<StoredRule>) {
+        let local = store.get(name).map(|r| r.version);
+        match remote {
+            Some(rule) if Some(rule.version) != local => {
+                store.set_cached(name, Some(rule.clone()));
+                tracing::info!(
+                    rule = name,
+                    version = rule.version,
+                    "rule changed in the shared store: applied"
+                );
+                if rule.spec.enabled {
+                    self.run_here(&rule).await;
+                } else {
+                    self.pipeline.stop(name);
+                }
+            }
+            None if local.is_some() => {
+                store.set_cached(name, None);
+                self.pipeline.stop(name);
+                self.pipeline.metrics().forget_rule(name);
+                tracing::info!(rule = name, "rule deleted in the shared store: stopped");
+            }
+            _ => {}
+        }
     }
 
     pub async fn get(&self, name: &str) -> Option<StoredRule> {
@@ -477,7 +694,11 @@ impl RuleService {
         } else {
             None
         };
-        store.put(rule.clone()).map_err(RuleError::Store)?;
+        match store.store(rule.clone()).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict) => return Err(RuleError::Conflict(rule.name)),
+            Err(StoreError::Failed(e)) => return Err(RuleError::Store(e)),
+        }
         match prepared {
             Some(p) => self.pipeline.start(&rule.name, p),
             None => self.pipeline.stop(&rule.name),
@@ -492,6 +713,8 @@ impl RuleService {
     /// waits and is not undone by the loading.
     pub async fn load(&self, queries_dir: &Path) -> anyhow::Result<()> {
         let mut store = self.store.lock().await;
+        // The rules stored (and so started) from files here.
+        let mut started = std::collections::HashSet::new();
         if let Ok(entries) = std::fs::read_dir(queries_dir) {
             let mut files: Vec<_> = entries
                 .filter_map(Result::ok)
@@ -503,40 +726,42 @@ impl RuleService {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
                 let (name, spec) = parse_rule_file(&path, &text)?;
-                self.put_locked(&mut store, &name, spec, format!("file:{}", path.display()))
-                    .await
+                let source = format!("file:{}", path.display());
+                // A file stored as it is now is not stored again (its version would
+                // change at every start, of every replica of a fleet): it starts below.
+                if store
+                    .get(&name)
+                    .is_some_and(|r| r.spec == spec && r.source == source)
+                {
+                    continue;
+                }
+                let mut stored = None;
+                for _ in 0..CONFLICT_TRIES {
+                    match self
+                        .put_locked(&mut store, &name, spec.clone(), source.clone())
+                        .await
+                    {
+                        Err(RuleError::Conflict(_)) => continue,
+                        done => {
+                            stored = Some(done);
+                            break;
+                        }
+                    }
+                }
+                stored
+                    .unwrap_or_else(|| Err(RuleError::Conflict(name.clone())))
                     .map_err(|e| anyhow::anyhow!("rule file {}: {e}", path.display()))?;
+                started.insert(name.clone());
                 tracing::info!(rule = %name, file = %path.display(), "loaded rule file");
             }
         }
-        // Rules from files that still exist were started above.
-        let from_a_file = |r: &StoredRule| {
-            r.source
-                .strip_prefix("file:")
-                .is_some_and(|p| Path::new(p).exists())
-        };
         let stored: Vec<StoredRule> = store
             .list()
-            .filter(|r| r.spec.enabled && !from_a_file(r))
+            .filter(|r| r.spec.enabled && !started.contains(&r.name))
             .cloned()
             .collect();
-        for rule in stored {
-            let started = async {
-                let compiled = self.check(&rule.spec)?;
-                let prepared = self
-                    .pipeline
-                    .build(&rule.name, compiled)
-                    .await
-                    .map_err(|e| RuleError::Action {
-                        context: e.context,
-                        message: e.message,
-                    })?;
-                self.pipeline.start(&rule.name, prepared);
-                Ok::<(), RuleError>(())
-            };
-            if let Err(e) = started.await {
-                tracing::error!(rule = %rule.name, error = %e, "stored rule cannot start");
-            }
+        for rule in &stored {
+            self.run_here(rule).await;
         }
         Ok(())
     }

@@ -261,7 +261,8 @@ impl Azurite {
 pub struct Kafka {
     process: Process,
     pub port: u16,
-    database: String,
+    /// Dropped after the process stops (fields drop in order).
+    database: Database,
 }
 
 /// The machine's PostgreSQL (on `WEIR_PG_PORT`, default 5432, as `scripts/deps.sh`
@@ -271,7 +272,7 @@ pub fn postgres() -> String {
     format!("postgres://postgres@127.0.0.1:{port}")
 }
 
-fn psql(database: &str, args: &[&str]) {
+pub fn psql(database: &str, args: &[&str]) {
     let url = format!("{}/{database}", postgres());
     let out = Command::new("psql")
         .args([url.as_str(), "-q", "-v", "ON_ERROR_STOP=1"])
@@ -288,17 +289,12 @@ fn psql(database: &str, args: &[&str]) {
 impl Kafka {
     pub async fn start() -> Kafka {
         let port = free_port();
-        let database = format!("weir_tansu_{}_{port}", std::process::id());
-        psql(
-            "postgres",
-            &["-c", &format!("DROP DATABASE IF EXISTS {database}")],
-        );
-        psql("postgres", &["-c", &format!("CREATE DATABASE {database}")]);
+        let database = Database::create("weir_tansu");
         let schema = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/tools/tansu/postgres-schema.sql"
         );
-        psql(&database, &["-f", schema]);
+        psql(&database.name, &["-f", schema]);
         let mut k = Kafka {
             process: Process::new("tansu"),
             port,
@@ -324,10 +320,7 @@ impl Kafka {
                         "--advertised-listener-url",
                         &url,
                     ])
-                    .args([
-                        "--storage-engine",
-                        &format!("{}/{}?sslmode=disable", postgres(), self.database),
-                    ])
+                    .args(["--storage-engine", &self.database.url()])
                     .env("RUST_LOG", "warn"),
                 self.port,
             )
@@ -463,10 +456,32 @@ pub struct KafkaRecord {
     pub headers: Vec<(String, String)>,
 }
 
-impl Drop for Kafka {
+/// A database of its own on the machine's PostgreSQL, dropped on drop.
+pub struct Database {
+    pub name: String,
+}
+
+impl Database {
+    pub fn create(prefix: &str) -> Database {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}_{}_{n}", std::process::id());
+        psql(
+            "postgres",
+            &["-c", &format!("DROP DATABASE IF EXISTS {name}")],
+        );
+        psql("postgres", &["-c", &format!("CREATE DATABASE {name}")]);
+        Database { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}?sslmode=disable", postgres(), self.name)
+    }
+}
+
+impl Drop for Database {
     fn drop(&mut self) {
-        self.process.stop();
-        let drop_database = format!("DROP DATABASE IF EXISTS {}", self.database);
+        let drop_database = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         let _ = Command::new("psql")
             .args([
                 &format!("{}/postgres", postgres()),
