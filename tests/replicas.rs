@@ -204,3 +204,147 @@ async fn three_replicas_run_the_rules_changed_through_any_of_them() {
     assert_eq!(status, 200, "{got}");
     assert!(runs_the_rule(&later[0], "later", 10).await);
 }
+
+/// The fleet of issue 19 on one machine: three replicas share a Mosquitto's stream through
+/// a shared subscription and their rules through PostgreSQL, and write to a Kafka broker.
+/// A rule created through one runs on all; the load is split; one replica is killed
+/// mid-stream and the others carry on; restarted on its persistent session, it is given
+/// what the broker kept for it; an independent consumer finds every message at least
+/// once.
+#[tokio::test]
+async fn a_fleet_splits_the_load_and_survives_a_killed_replica() {
+    let db = Database::create("weir_fleet");
+    let broker = Mosquitto::start().await;
+    let kafka = Kafka::start().await;
+    kafka.create_topic("fleet-out").await;
+    let root = temp_dir("fleet");
+    let token_file = root.join("admin.token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let url = format!("mqtt://{}", broker.addr);
+    let db_url = db.url();
+    let args = |i: usize| -> Vec<String> {
+        [
+            "--rule-store",
+            &db_url,
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+            "--broker",
+            &url,
+            "--broker-client-id",
+            &format!("weir-fleet-{i}"),
+            "--broker-share-group",
+            "fleet",
+            "--broker-qos",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        let dir = root.join(format!("replica-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = args(i);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let mut w = WeirProcess::start(&dir, &a).await;
+        w.use_token(Some(TOKEN));
+        replicas.push(w);
+    }
+    let rule = json!({
+        "sql": "SELECT n FROM 'fleet/+/data'",
+        "actions": [{"kafka": {"bootstrap_servers": kafka.bootstrap(), "topic": "fleet-out",
+            "key": "${topic(2)}"}}]
+    });
+    assert_eq!(replicas[0].put_rule("fleet", rule).await.0, 201);
+    // Every replica runs it (and has subscribed) once it has processed a probe.
+    let device = Mqtt::connect(broker.addr, "fleet-device").await;
+    let matched = r#"weir_rule_messages_matched_total{rule="fleet"}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        device.publish("fleet/probe/data", r#"{"n": -1}"#).await;
+        let mut all = true;
+        for w in &replicas {
+            all &= w.metric(matched).await > 0.0;
+        }
+        if all {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every replica took a share");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before: Vec<f64> = {
+        let mut v = Vec::new();
+        for w in &replicas {
+            v.push(w.metric(matched).await);
+        }
+        v
+    };
+    // 3,000 messages from 30 devices; replica 1 is killed at the 1,000th.
+    const TOTAL: i64 = 3000;
+    let mut split = Vec::new();
+    for n in 0..TOTAL {
+        if n == 1000 {
+            // Each replica has taken part of the first thousand.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for (i, w) in replicas.iter().enumerate() {
+                split.push(w.metric(matched).await - before[i]);
+            }
+            replicas[1].kill();
+        }
+        device
+            .publish(
+                &format!("fleet/dev{}/data", n % 30),
+                format!(r#"{{"n": {n}}}"#),
+            )
+            .await;
+        if n % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        split.iter().all(|s| *s > 0.0),
+        "the load is split: {split:?} of the first 1,000"
+    );
+    // The two left carry on.
+    for i in [0, 2] {
+        let w = &replicas[i];
+        w.wait_metric(matched, before[i] + 1000.0).await;
+    }
+    // Replica 1 comes back on its persistent session and is given what the broker kept
+    // for it.
+    let (http, mqtt) = (replicas[1].http, replicas[1].mqtt);
+    let a = args(1);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut back = WeirProcess::start_on(&root.join("replica-1"), http, mqtt, &a).await;
+    back.use_token(Some(TOKEN));
+    replicas[1] = back;
+    let all_arrived = |got: &[KafkaRecord]| {
+        let seen: std::collections::HashSet<i64> = got
+            .iter()
+            .filter_map(|r| r.value["n"].as_i64())
+            .filter(|n| *n >= 0)
+            .collect();
+        seen.len() as i64 >= TOTAL
+    };
+    let records = kafka.consume_until("fleet-out", all_arrived, 60).await;
+    let seen: std::collections::HashSet<i64> = records
+        .iter()
+        .filter_map(|r| r.value["n"].as_i64())
+        .filter(|n| *n >= 0)
+        .collect();
+    let missing: Vec<i64> = (0..TOTAL).filter(|n| !seen.contains(n)).take(20).collect();
+    assert!(
+        missing.is_empty(),
+        "not delivered: {missing:?} (and maybe more)"
+    );
+    let duplicates = records.len() as i64 - TOTAL;
+    let mut shares = Vec::new();
+    for w in &replicas {
+        shares.push(w.metric(matched).await);
+    }
+    eprintln!(
+        "{TOTAL} messages delivered, {} records in all (probes and duplicates included, {duplicates} beyond one each); the first 1,000 split {split:?}; matched per replica at the end: {shares:?}",
+        records.len()
+    );
+}
