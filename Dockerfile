@@ -8,12 +8,13 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --home /var/lib/weir weir \
+ && useradd --system --uid 10001 --home /var/lib/weir weir \
  && mkdir -p /var/lib/weir /etc/weir/queries \
  && chown weir /var/lib/weir
 COPY --from=build /src/target/release/weir /usr/local/bin/weir
 COPY queries/*.sql /etc/weir/queries/
-USER weir
+# Numeric, so that Kubernetes' runAsNonRoot can see it is not root.
+USER 10001
 ENV WEIR_HTTP_LISTEN=0.0.0.0:8080 \
     WEIR_MQTT_LISTEN=0.0.0.0:1883 \
     WEIR_DATA_DIR=/var/lib/weir \

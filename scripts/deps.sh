@@ -2,7 +2,8 @@
 # Installs what building and testing weir needs and this machine lacks (`--build-only`:
 # only what building and running weir needs, not the test servers):
 # - a C toolchain, OpenSSL and zlib headers (librdkafka is built from source by rdkafka),
-#   Mosquitto and openssl (the tests run their own Mosquitto on a free port);
+#   Mosquitto and openssl (the tests run their own Mosquitto on a free port), psql, and
+#   promtool (Debian's prometheus package: the tests check weir's metrics with it);
 # - the servers the connector tests talk to, cached under $WEIR_TOOLS
 #   (default ~/.cache/weir/tools) so that they are built once per machine:
 #   tansu, a Kafka-protocol broker with PostgreSQL storage (cargo install, ~18 min the
@@ -25,6 +26,7 @@ if [ "${1:-}" != "--build-only" ]; then
   command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
   command -v openssl >/dev/null || need_apt+=(openssl)
   command -v psql >/dev/null || need_apt+=(postgresql-client)
+  command -v promtool >/dev/null || need_apt+=(prometheus)
   command -v python3 >/dev/null || need_apt+=(python3)
   python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
   command -v npm >/dev/null || need_apt+=(nodejs npm)

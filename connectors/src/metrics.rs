@@ -281,7 +281,9 @@ impl Metrics {
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
-        String::from_utf8(buf).unwrap_or_default()
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        text.push_str(&process_metrics());
+        text
     }
 
     /// Forgets a deleted rule's series so that they stop being exported.
@@ -332,6 +334,49 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The process's CPU time, resident memory and open files, named as Prometheus's client
+/// libraries name them, read from `/proc/self` at each scrape (none elsewhere than Linux).
+fn process_metrics() -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks of 1/100 s
+    // (USER_HZ); the fields are counted after the command name, which may hold spaces.
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+            Some((ticks(11)? + ticks(12)?) / 100.0)
+        });
+    if let Some(cpu) = cpu {
+        let _ = write!(
+            out,
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}\n"
+        );
+    }
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+            kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        });
+    if let Some(kib) = rss {
+        let _ = write!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
+            kib * 1024
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        let _ = write!(
+            out,
+            "# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}\n",
+            fds.count()
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -250,6 +250,14 @@ impl RuleService {
             context: "connection".to_owned(),
             message: e.to_string(),
         })?;
+        // The same again (a config file's connection at every start of every replica):
+        // nothing to store, no rule to restart.
+        if let Some(o) = &old
+            && o.config == config
+            && o.source == source
+        {
+            return Ok((o.redacted(), false));
+        }
         let dependents: Vec<StoredRule> = store
             .list()
             .filter(|r| uses(&r.spec, name))
