@@ -112,6 +112,12 @@ pub struct ServeArgs {
     /// a change made through any replica runs on all [default: local].
     #[arg(long, env = "WEIR_RULE_STORE", hide_env_values = true)]
     pub rule_store: Option<String>,
+    /// Also consume Kafka topics as messages, with a consumer group:
+    /// `kafka://host:9092[,host:9092]/topic[,topic][?group=NAME]` (group `weir`; a topic
+    /// starting with `^` is a regular expression). Offsets are committed once the rules
+    /// hold a record's outputs.
+    #[arg(long, env = "WEIR_SOURCE")]
+    pub source: Option<String>,
     /// Outputs queued per action before the rule waits [default: 1024].
     #[arg(long, env = "WEIR_ACTION_QUEUE")]
     pub action_queue: Option<usize>,
@@ -284,6 +290,7 @@ impl ServeArgs {
                 rule_memory_budget,
                 max_rules,
                 rule_store,
+                source,
                 action_queue,
                 action_buffer_max_bytes,
                 worker_threads,
@@ -339,6 +346,8 @@ pub struct Settings {
     pub max_rules: usize,
     /// The fleet's shared store (a PostgreSQL URL); `None`: files under the data dir.
     pub rule_store: Option<String>,
+    /// `--source`: Kafka topics consumed besides the MQTT ingress.
+    pub source: Option<weir_connectors::kafka_ingress::KafkaSource>,
     pub action_queue: usize,
     pub action_buffer_max_bytes: u64,
     pub worker_threads: usize,
@@ -636,6 +645,12 @@ impl Settings {
                 n => n,
             },
             max_rules: at_least_one("max-rules", a.max_rules, 1000)?,
+            source: a
+                .source
+                .as_deref()
+                .map(weir_connectors::kafka_ingress::KafkaSource::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
             rule_store: match a.rule_store.as_deref() {
                 None | Some("local") => None,
                 Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {

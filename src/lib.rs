@@ -303,6 +303,10 @@ pub async fn serve(
                 .map_err(|e| anyhow::anyhow!("connection '{name}' of the config file: {e}"))?;
         }
         rules.load(&settings.queries_dir).await?;
+        if let Some(source) = &settings.source {
+            weir_connectors::kafka_ingress::start(source, ingress_tx.clone(), shutdown.clone())
+                .map_err(anyhow::Error::msg)?;
+        }
         if let Some((_, url)) = &shared {
             // Changes other replicas make reach this one's pipeline as they are announced.
             let mut changes = shared_store::listen(url.clone(), shutdown.clone());

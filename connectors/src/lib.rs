@@ -9,6 +9,7 @@
 //!   registry that lists them.
 //! * [`metrics`]: every metric weir exports.
 
+pub mod kafka_ingress;
 pub mod metrics;
 pub mod mqtt;
 pub mod sink;

@@ -1,0 +1,258 @@
+//! Kafka ingress (`--source kafka://...`): weir consumes Kafka topics with a consumer
+//! group, for users whose broker already bridges MQTT into Kafka. One record is one
+//! message:
+//!
+//! | message | from the record |
+//! |---|---|
+//! | `topic()` | the header `mqtt_topic` if there is one (bridges carry the MQTT topic there), else the Kafka topic |
+//! | `clientid()` | the header `mqtt_clientid` if there is one, else the record's key (UTF-8) |
+//! | `get_user_properties()` | the other headers whose values are UTF-8, in order |
+//! | `get_mqtt_property('content_type')` | the header `content_type` |
+//!
+//! Offsets are committed only up to the first record whose outputs are not all delivered
+//! or in a disk buffer: a record's acknowledgement (the last rule and action letting go of
+//! it) marks its offset done, and the offset stored for the group's next commit (every
+//! second) is the lowest offset of each partition still in the rules' hands. A replica
+//! that crashes, or loses a partition to another, replays from there: at least once.
+//! Partitions keep a device's records in order across replicas (Kafka's key
+//! partitioning).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message as _};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use weir_engine::{Ack, Message, MqttProperties};
+
+/// A `--source kafka://brokers/topics?group=NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSource {
+    pub bootstrap_servers: String,
+    /// Topic names, or regular expressions (starting with `^`).
+    pub topics: Vec<String>,
+    pub group: String,
+}
+
+impl KafkaSource {
+    /// Parses `kafka://host:port[,host:port...]/topic[,topic...][?group=NAME]` (group
+    /// `weir` by default; a topic starting with `^` is a regular expression).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("kafka://")
+            .ok_or_else(|| format!("--source must be kafka://brokers/topics, got '{url}'"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (brokers, topics) = rest.split_once('/').ok_or_else(|| {
+            format!("--source {url}: no topic after the brokers (kafka://host:9092/topic)")
+        })?;
+        if brokers.is_empty() {
+            return Err(format!("--source {url}: no brokers"));
+        }
+        let topics: Vec<String> = topics
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if topics.is_empty() {
+            return Err(format!("--source {url}: no topic"));
+        }
+        let mut group = "weir".to_owned();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("group", g)) if !g.is_empty() => group = g.to_owned(),
+                _ => {
+                    return Err(format!(
+                        "--source {url}: unknown parameter '{pair}' (only group=NAME)"
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            bootstrap_servers: brokers.to_owned(),
+            topics,
+            group,
+        })
+    }
+}
+
+/// A partition's records in the rules' hands, and the offset after the last one read.
+#[derive(Default)]
+struct Partition {
+    in_flight: BTreeSet<i64>,
+    next: i64,
+}
+
+impl Partition {
+    /// The offset to commit: the first one not done.
+    fn committable(&self) -> i64 {
+        self.in_flight.first().copied().unwrap_or(self.next)
+    }
+}
+
+/// Starts consuming; the records go to `ingress` until `cancel`.
+pub fn start(
+    source: &KafkaSource,
+    ingress: mpsc::Sender<Message>,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &source.bootstrap_servers)
+        .set("group.id", &source.group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // Offsets are stored by hand, once the rules hold a record's outputs.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // A replica that died gives up its partitions after 10 s, not the default 45.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000")
+        .create()
+        .map_err(|e| format!("--source: cannot create the Kafka consumer: {e}"))?;
+    let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| format!("--source: cannot subscribe to {topics:?}: {e}"))?;
+    tracing::info!(brokers = %source.bootstrap_servers, topics = ?source.topics, group = %source.group, "consuming from Kafka");
+    tokio::spawn(run(consumer, ingress, cancel));
+    Ok(())
+}
+
+async fn run(consumer: StreamConsumer, ingress: mpsc::Sender<Message>, cancel: CancellationToken) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Arc<str>, i32, i64)>();
+    let mut partitions: HashMap<(Arc<str>, i32), Partition> = HashMap::new();
+    let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some((topic, partition, offset)) = done_rx.recv() => {
+                if let Some(p) = partitions.get_mut(&(topic.clone(), partition)) {
+                    p.in_flight.remove(&offset);
+                    let commit = p.committable();
+                    // librdkafka stores the offset given plus one.
+                    if commit > 0
+                        && let Err(e) = consumer.store_offset(&topic, partition, commit - 1)
+                    {
+                        tracing::debug!(%topic, partition, error = %e, "offset not stored (partition revoked?)");
+                    }
+                }
+            }
+            received = consumer.recv() => {
+                let record = match received {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kafka source");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let topic = topic_names
+                    .entry(record.topic().to_owned())
+                    .or_insert_with(|| Arc::from(record.topic()))
+                    .clone();
+                let (partition, offset) = (record.partition(), record.offset());
+                let p = partitions.entry((topic.clone(), partition)).or_default();
+                p.in_flight.insert(offset);
+                p.next = p.next.max(offset + 1);
+                let done = done_tx.clone();
+                let ack_topic = topic.clone();
+                let mut message = to_message(&record);
+                message.ack = Ack::on_drop(move || {
+                    let _ = done.send((ack_topic, partition, offset));
+                });
+                drop(record);
+                if ingress.send(message).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // What is done is committed now; the rest is read again by the next consumer.
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "Kafka source: final commit");
+    }
+}
+
+/// A record as a message, by the mapping in the module's documentation.
+fn to_message(record: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    let mut mqtt_topic = None;
+    let mut client_id = None;
+    let mut properties = MqttProperties::default();
+    let mut has_headers = false;
+    if let Some(headers) = record.headers() {
+        for h in headers.iter() {
+            has_headers = true;
+            let Some(value) = h.value.and_then(|v| std::str::from_utf8(v).ok()) else {
+                continue;
+            };
+            match h.key {
+                "mqtt_topic" => mqtt_topic = Some(value.to_owned()),
+                "mqtt_clientid" => client_id = Some(value.to_owned()),
+                "content_type" => properties.content_type = Some(value.to_owned()),
+                key => properties
+                    .user_properties
+                    .push((key.to_owned(), value.to_owned())),
+            }
+        }
+    }
+    let topic = mqtt_topic.unwrap_or_else(|| record.topic().to_owned());
+    let mut message = Message::new(topic, record.payload().unwrap_or_default().to_vec());
+    message.client_id = client_id.or_else(|| {
+        record
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(str::to_owned)
+    });
+    if has_headers {
+        message.properties = Some(Arc::new(properties));
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse() {
+        assert_eq!(
+            KafkaSource::parse("kafka://k1:9092,k2:9092/devices,^plant\\..*?group=fleet").unwrap(),
+            KafkaSource {
+                bootstrap_servers: "k1:9092,k2:9092".to_owned(),
+                topics: vec!["devices".to_owned(), "^plant\\..*".to_owned()],
+                group: "fleet".to_owned(),
+            }
+        );
+        assert_eq!(
+            KafkaSource::parse("kafka://k:9092/t").unwrap().group,
+            "weir"
+        );
+        for bad in [
+            "mqtt://k/t",
+            "kafka://k:9092",
+            "kafka:///t",
+            "kafka://k/t?partition=1",
+        ] {
+            assert!(KafkaSource::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_offset_committed_is_the_first_not_done() {
+        let mut p = Partition::default();
+        for o in 10..15 {
+            p.in_flight.insert(o);
+            p.next = o + 1;
+        }
+        p.in_flight.remove(&11);
+        assert_eq!(p.committable(), 10);
+        p.in_flight.remove(&10);
+        assert_eq!(p.committable(), 12);
+        for o in 12..15 {
+            p.in_flight.remove(&o);
+        }
+        assert_eq!(p.committable(), 15);
+    }
+}
