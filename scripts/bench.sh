@@ -8,7 +8,8 @@
 #    rule, cost per message beside one rule, rule-change latency);
 # 3. the same workload published to weir's embedded broker (weir-load --embedded) beside
 #    Mosquitto delivering it to one plain subscriber;
-# 4. 20,000 idle device connections (or as many as the open-file limit allows) against weir's embedded broker and against Mosquitto
+# 4. 1, 2 and 3 replicas sharing a Mosquitto's stream (weir-scale);
+# 5. 20,000 idle device connections (or as many as the open-file limit allows) against weir's embedded broker and against Mosquitto
 #    (weir-conns): memory per connection and connect rate.
 # Extra arguments go to every weir-load run (see `weir-load --help`).
 set -euo pipefail
@@ -53,6 +54,8 @@ for qos in 0 1; do
   echo "-- QoS $qos, as fast as possible, outputs to files"
   "$load" --weir "$weir" --embedded --qos "$qos" --sink file --rule-changes 0 --repeat 3 "$@"
 done
+echo "== scale-out: 1, 2 and 3 replicas sharing a Mosquitto's stream, beside its ceiling"
+"$CARGO_TARGET_DIR/release/weir-scale" --weir "$weir" --replicas 3
 echo "== idle connections: weir's embedded broker beside Mosquitto"
 # Each connection is an open file in the server and in the harness: as many connections as
 # the open-file limit allows, less some for the rest, 20,000 where the limit permits.
