@@ -113,8 +113,9 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_RULE_STORE", hide_env_values = true)]
     pub rule_store: Option<String>,
     /// Also consume Kafka topics as messages, with a consumer group:
-    /// `kafka://host:9092[,host:9092]/topic[,topic][?group=NAME]` (group `weir`; a topic
-    /// starting with `^` is a regular expression). Offsets are committed once the rules
+    /// `kafka://host:9092[,host:9092]/topic[,topic][?group=NAME&instance=ID]` (group
+    /// `weir`; instance: a static member id, one per replica; a topic starting with `^`
+    /// is a regular expression). Offsets are committed once the rules
     /// hold a record's outputs.
     #[arg(long, env = "WEIR_SOURCE")]
     pub source: Option<String>,

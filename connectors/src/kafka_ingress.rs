@@ -35,6 +35,10 @@ pub struct KafkaSource {
     /// Topic names, or regular expressions (starting with `^`).
     pub topics: Vec<String>,
     pub group: String,
+    /// Kafka's static membership (`group.instance.id`): a replica that comes back under
+    /// the same id takes its partitions again at once, without waiting for the group to
+    /// notice that it died.
+    pub instance: Option<String>,
 }
 
 impl KafkaSource {
@@ -60,12 +64,14 @@ impl KafkaSource {
             return Err(format!("--source {url}: no topic"));
         }
         let mut group = "weir".to_owned();
+        let mut instance = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("group", g)) if !g.is_empty() => group = g.to_owned(),
+                Some(("instance", i)) if !i.is_empty() => instance = Some(i.to_owned()),
                 _ => {
                     return Err(format!(
-                        "--source {url}: unknown parameter '{pair}' (only group=NAME)"
+                        "--source {url}: unknown parameter '{pair}' (group=NAME, instance=ID)"
                     ));
                 }
             }
@@ -74,6 +80,7 @@ impl KafkaSource {
             bootstrap_servers: brokers.to_owned(),
             topics,
             group,
+            instance,
         })
     }
 }
@@ -98,7 +105,11 @@ pub fn start(
     ingress: mpsc::Sender<Message>,
     cancel: CancellationToken,
 ) -> Result<(), String> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    if let Some(i) = &source.instance {
+        config.set("group.instance.id", i);
+    }
+    let consumer: StreamConsumer = config
         .set("bootstrap.servers", &source.bootstrap_servers)
         .set("group.id", &source.group)
         .set("enable.auto.commit", "true")
@@ -223,6 +234,7 @@ mod tests {
                 bootstrap_servers: "k1:9092,k2:9092".to_owned(),
                 topics: vec!["devices".to_owned(), "^plant\\..*".to_owned()],
                 group: "fleet".to_owned(),
+                instance: None,
             }
         );
         assert_eq!(
