@@ -214,7 +214,14 @@ async fn three_replicas_run_the_rules_changed_through_any_of_them() {
 #[tokio::test]
 async fn a_fleet_splits_the_load_and_survives_a_killed_replica() {
     let db = Database::create("weir_fleet");
-    let broker = Mosquitto::start().await;
+    // Mosquitto keeps at most max_queued_messages (1,000 by default) for a client that
+    // is away, and drops the rest: the killed replica's share must fit.
+    let port = free_port();
+    let broker = Mosquitto::start_with(
+        port,
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"),
+    )
+    .await;
     let kafka = Kafka::start().await;
     kafka.create_topic("fleet-out").await;
     let root = temp_dir("fleet");
