@@ -64,6 +64,22 @@ async fn a_rule_whose_tests_fail_is_refused_with_the_difference() {
     let (_, kept) = weir.request(Method::GET, "/v1/rules/hot").await;
     assert_eq!(kept["tests"][0]["topic"], "plant/a/metrics");
 
+    // At most 100 tests a rule.
+    let mut many = rule("a");
+    many["tests"] = json!(vec![
+        json!({"topic": "plant/a/metrics", "payload": {"temp": 1}});
+        101
+    ]);
+    let (status, e) = weir.put_rule("many", many).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 100 tests"),
+        "{e}"
+    );
+
     // POST /v1/test runs tests without storing anything.
     let mut body = rule("b");
     body.as_object_mut().unwrap().remove("actions");

@@ -122,8 +122,14 @@ fn output_json(payload: &[u8]) -> Value {
 /// The lines of `expected` and `got` (pretty JSON), marked `-` where only the expectation
 /// has them and `+` where only the rule's result does.
 fn line_diff(expected: &str, got: &str) -> String {
-    let (a, b): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), got.lines().collect());
-    // Longest common subsequence, by dynamic programming: the values are small.
+    let (all_a, all_b): (Vec<&str>, Vec<&str>) =
+        (expected.lines().collect(), got.lines().collect());
+    // The longest common subsequence costs a.len() × b.len(): a test may expect (and a rule
+    // give) up to the body limit, so only the first lines of each are compared.
+    let (a, b) = (
+        &all_a[..all_a.len().min(DIFF_MAX_LINES)],
+        &all_b[..all_b.len().min(DIFF_MAX_LINES)],
+    );
     let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
@@ -147,8 +153,17 @@ fn line_diff(expected: &str, got: &str) -> String {
             j += 1;
         }
     }
+    let left = (all_a.len() - a.len()).max(all_b.len() - b.len());
+    if left > 0 {
+        out.push_str(&format!(
+            "  ... {left} more lines not compared (see expected and got)\n"
+        ));
+    }
     out
 }
+
+/// The most lines of each side [`line_diff`] compares.
+const DIFF_MAX_LINES: usize = 400;
 
 impl RuleService {
     /// Runs a rule's tests; returns each that failed: its place and name, what it
@@ -320,6 +335,23 @@ impl RuleService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test that expects (or a rule that gives) a huge value costs a bounded diff.
+    #[test]
+    fn the_diff_compares_a_bounded_number_of_lines() {
+        let big_a: String = (0..100_000).map(|i| format!("{i}\n")).collect();
+        let big_b: String = (0..100_000).map(|i| format!("{}\n", i + 1)).collect();
+        let d = line_diff(&big_a, &big_b);
+        assert!(
+            d.lines().count() <= 2 * DIFF_MAX_LINES + 1,
+            "{}",
+            d.lines().count()
+        );
+        assert!(
+            d.ends_with("99600 more lines not compared (see expected and got)\n"),
+            "{d}"
+        );
+    }
 
     #[test]
     fn the_diff_marks_what_differs() {
