@@ -304,8 +304,14 @@ pub async fn serve(
         }
         rules.load(&settings.queries_dir).await?;
         if let Some(source) = &settings.source {
-            weir_connectors::kafka_ingress::start(source, ingress_tx.clone(), shutdown.clone())
-                .map_err(anyhow::Error::msg)?;
+            weir_connectors::kafka_ingress::start(
+                source,
+                ingress_tx.clone(),
+                settings.mqtt_limits.max_packet,
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .map_err(anyhow::Error::msg)?;
         }
         if let Some((_, url)) = &shared {
             // Changes other replicas make reach this one's pipeline as they are announced.

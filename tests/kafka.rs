@@ -183,6 +183,39 @@ async fn a_kafka_source_feeds_the_rules_and_commits_after_delivery() {
         json!({"n": 7, "device": "dev-2", "plant": "1", "site": ["north"]})
     );
 
+    // A record larger than a device's message may be, or whose topic is no MQTT topic
+    // name, is skipped and counted; the records behind it go on.
+    {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap())
+            .create()
+            .unwrap();
+        let huge = format!(r#"{{"n": -2, "pad": "{}"}}"#, "x".repeat(200_000));
+        let wild = OwnedHeaders::new().insert(Header {
+            key: "mqtt_topic",
+            value: Some("plant/#/metrics"),
+        });
+        for (payload, headers) in [(huge.as_str(), None), (r#"{"n": -3}"#, Some(wild))] {
+            let mut record = FutureRecord::to("devices").key("dev-x").payload(payload);
+            if let Some(h) = headers {
+                record = record.headers(h);
+            }
+            producer
+                .send(record, std::time::Duration::from_secs(10))
+                .await
+                .expect("acknowledged");
+        }
+        for reason in ["too_large", "invalid_topic"] {
+            weir.wait_metric(
+                &format!(r#"weir_kafka_records_dropped_total{{reason="{reason}"}}"#),
+                1.0,
+            )
+            .await;
+        }
+    }
+
     // Killed while records arrive; started again, it goes on from what was committed.
     let bootstrap = kafka.bootstrap();
     let producing = tokio::spawn(async move {

@@ -26,7 +26,10 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use weir_engine::topic::validate_topic;
 use weir_engine::{Ack, Message, MqttProperties};
+
+use crate::metrics::Metrics;
 
 /// A `--source kafka://brokers/topics?group=NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,9 +103,14 @@ impl Partition {
 }
 
 /// Starts consuming; the records go to `ingress` until `cancel`.
+/// Starts consuming; the records go to `ingress` until `cancel`. A record larger than
+/// `max_bytes` (the bound on a device's message), or whose topic is not a valid MQTT
+/// topic name, is skipped, logged and counted, and its offset committed like the others.
 pub fn start(
     source: &KafkaSource,
     ingress: mpsc::Sender<Message>,
+    max_bytes: usize,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> Result<(), String> {
     let mut config = ClientConfig::new();
@@ -127,11 +135,17 @@ pub fn start(
         .subscribe(&topics)
         .map_err(|e| format!("--source: cannot subscribe to {topics:?}: {e}"))?;
     tracing::info!(brokers = %source.bootstrap_servers, topics = ?source.topics, group = %source.group, "consuming from Kafka");
-    tokio::spawn(run(consumer, ingress, cancel));
+    tokio::spawn(run(consumer, ingress, max_bytes, metrics, cancel));
     Ok(())
 }
 
-async fn run(consumer: StreamConsumer, ingress: mpsc::Sender<Message>, cancel: CancellationToken) {
+async fn run(
+    consumer: StreamConsumer,
+    ingress: mpsc::Sender<Message>,
+    max_bytes: usize,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Arc<str>, i32, i64)>();
     let mut partitions: HashMap<(Arc<str>, i32), Partition> = HashMap::new();
     let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
@@ -169,7 +183,26 @@ async fn run(consumer: StreamConsumer, ingress: mpsc::Sender<Message>, cancel: C
                 p.next = p.next.max(offset + 1);
                 let done = done_tx.clone();
                 let ack_topic = topic.clone();
-                let mut message = to_message(&record);
+                let dropped = if record.payload_len() > max_bytes {
+                    Some("too_large")
+                } else {
+                    None
+                };
+                let message = match dropped {
+                    Some(reason) => Err(reason),
+                    None => Some(to_message(&record))
+                        .filter(|m| validate_topic(&m.topic).is_ok())
+                        .ok_or("invalid_topic"),
+                };
+                let mut message = match message {
+                    Ok(m) => m,
+                    Err(reason) => {
+                        metrics.kafka_dropped.with_label_values(&[reason]).inc();
+                        tracing::warn!(%topic, partition, offset, reason, "Kafka record skipped");
+                        let _ = done.send((ack_topic, partition, offset));
+                        continue;
+                    }
+                };
                 message.ack = Ack::on_drop(move || {
                     let _ = done.send((ack_topic, partition, offset));
                 });

@@ -29,6 +29,8 @@ pub const BROKER_REFUSAL_REASONS: &[&str] = &[
     "tls",
     "websocket",
 ];
+/// The reasons of `weir_kafka_records_dropped_total`.
+pub const KAFKA_DROP_REASONS: &[&str] = &["too_large", "invalid_topic"];
 /// The reasons of `weir_broker_subscriptions_refused_total`.
 pub const BROKER_SUBSCRIBE_REFUSAL_REASONS: &[&str] =
     &["max_subscriptions", "not_authorized", "invalid"];
@@ -59,6 +61,8 @@ pub struct Metrics {
     pub broker_refused: IntCounterVec,
     /// SUBSCRIBE filters refused, by reason ([`BROKER_SUBSCRIBE_REFUSAL_REASONS`]).
     pub broker_subscriptions_refused: IntCounterVec,
+    /// Records of `--source kafka://` that were not made messages, by reason.
+    pub kafka_dropped: IntCounterVec,
     /// Messages whose topic matched the rule's FROM filter.
     pub rule_matched: IntCounterVec,
     /// Messages for which the rule produced an output (WHERE true).
@@ -203,6 +207,11 @@ impl Metrics {
                 "weir_broker_subscriptions_refused_total",
                 "SUBSCRIBE filters the embedded broker refused, by reason: max_subscriptions, not_authorized (the ACL), invalid.",
                 BROKER_SUBSCRIBE_REFUSAL_REASONS,
+            ),
+            kafka_dropped: labelled(
+                "weir_kafka_records_dropped_total",
+                "Records of the Kafka source (--source) skipped, their offsets committed, by reason: too_large (over --mqtt-max-packet-size, as a device's message would be), invalid_topic (empty, with + # or NUL, or over 128 levels).",
+                KAFKA_DROP_REASONS,
             ),
             rule_matched: vec(
                 "weir_rule_messages_matched_total",
