@@ -295,6 +295,7 @@ pub fn listen(url: String, stop: CancellationToken) -> mpsc::UnboundedReceiver<C
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
+            let mut listening = false;
             let listened = async {
                 let (client, mut connection) = tokio_postgres::connect(&url, NoTls).await?;
                 let (notes_tx, mut notes) = mpsc::unbounded_channel();
@@ -317,6 +318,7 @@ pub fn listen(url: String, stop: CancellationToken) -> mpsc::UnboundedReceiver<C
                     }
                 });
                 client.batch_execute("LISTEN weir_changes").await?;
+                listening = true;
                 // Listening: whatever changed before now is found by comparing.
                 let _ = tx.send(Change::All);
                 let mut resync = tokio::time::interval(RESYNC_EVERY);
@@ -351,7 +353,12 @@ pub fn listen(url: String, stop: CancellationToken) -> mpsc::UnboundedReceiver<C
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            // Backing off grows only while connecting fails.
+            backoff = if listening {
+                Duration::from_millis(100)
+            } else {
+                (backoff * 2).min(Duration::from_secs(5))
+            };
         }
     });
     rx
