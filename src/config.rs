@@ -89,6 +89,15 @@ pub struct ServeArgs {
     /// MQTT keep-alive with the external broker [default: 30s].
     #[arg(long, env = "WEIR_BROKER_KEEP_ALIVE")]
     pub broker_keep_alive: Option<String>,
+    /// With --broker-share-group, a persistent session and a postgres:// --rule-store:
+    /// how long a replica of the share group must be away before another takes over its
+    /// broker session and processes its share, or `off` [default: 15s].
+    #[arg(long, env = "WEIR_BROKER_ADOPT_AFTER")]
+    pub broker_adopt_after: Option<String>,
+    /// How long a replica may be away before the one that took over its session drains
+    /// it and ends it at the broker (its share goes to the others), or `off` [default: 10m].
+    #[arg(long, env = "WEIR_BROKER_RETIRE_AFTER")]
+    pub broker_retire_after: Option<String>,
     /// Most messages per rule batch [default: 1024].
     #[arg(long, env = "WEIR_BATCH_MAX_ROWS")]
     pub batch_max_rows: Option<usize>,
@@ -285,6 +294,8 @@ impl ServeArgs {
                 broker_client_cert,
                 broker_client_key,
                 broker_keep_alive,
+                broker_adopt_after,
+                broker_retire_after,
                 batch_max_rows,
                 batch_linger,
                 rule_time_budget,
@@ -340,6 +351,8 @@ pub struct Settings {
     pub output_dir: PathBuf,
     pub queries_dir: PathBuf,
     pub broker: Option<ExternalConfig>,
+    /// When replicas take over and end each other's broker sessions (see `src/fleet.rs`).
+    pub fleet: crate::fleet::FleetSettings,
     pub batch_max_rows: usize,
     pub batch_linger: Duration,
     pub rule_time_budget: Duration,
@@ -460,6 +473,22 @@ fn duration(setting: &str, value: Option<&str>, default: Duration) -> anyhow::Re
         Some(v) => humantime::parse_duration(v)
             .with_context(|| format!("--{setting} '{v}' is not a duration (examples: 5ms, 30s)")),
     }
+}
+
+/// A duration of at least a second, or `off` (`None`).
+fn duration_or_off(
+    setting: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    if value.is_some_and(|v| v.eq_ignore_ascii_case("off")) {
+        return Ok(None);
+    }
+    let d = duration(setting, value, default)?;
+    if d < Duration::from_secs(1) {
+        bail!("--{setting} must be at least 1s, or off");
+    }
+    Ok(Some(d))
 }
 
 impl Settings {
@@ -623,6 +652,18 @@ impl Settings {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("queries")),
             broker,
+            fleet: crate::fleet::FleetSettings {
+                adopt_after: duration_or_off(
+                    "broker-adopt-after",
+                    a.broker_adopt_after.as_deref(),
+                    Duration::from_secs(15),
+                )?,
+                retire_after: duration_or_off(
+                    "broker-retire-after",
+                    a.broker_retire_after.as_deref(),
+                    Duration::from_secs(600),
+                )?,
+            },
             batch_max_rows,
             batch_linger: duration(
                 "batch-linger",
@@ -789,6 +830,22 @@ mod tests {
         assert_eq!(s.output_dir, PathBuf::from("weir-data/out"));
         assert!(s.broker.is_none());
         assert_eq!(s.batch_linger, Duration::from_millis(1));
+        assert_eq!(s.fleet, crate::fleet::FleetSettings::default());
+        assert_eq!(s.fleet.adopt_after, Some(Duration::from_secs(15)));
+        let s = Settings::resolve(&parse(&[
+            "--broker-adopt-after",
+            "2s",
+            "--broker-retire-after",
+            "OFF",
+        ]))
+        .unwrap();
+        assert_eq!(s.fleet.adopt_after, Some(Duration::from_secs(2)));
+        assert_eq!(s.fleet.retire_after, None);
+        let err = Settings::resolve(&parse(&["--broker-adopt-after", "10ms"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--broker-adopt-after must be at least 1s, or off"
+        );
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(s.worker_threads, (cpus / 2).max(1));
         let s = Settings::resolve(&parse(&["--worker-threads", "3"])).unwrap();

@@ -15,6 +15,8 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod fleet;
+pub mod pg;
 pub mod pipeline;
 pub mod private_file;
 pub mod rule_store;
@@ -256,18 +258,18 @@ pub async fn serve(
         Some(url) => {
             let shared = shared_store::SharedStore::open(url).await?;
             tracing::info!(store = %shared_store::redact_url(url), "the rules are kept in the fleet's shared store");
-            Some((Arc::new(shared), url.clone()))
+            Some(Arc::new(shared))
         }
         None => None,
     };
     let store = match &shared {
-        Some((s, _)) => RuleStore::open_shared(s.clone()).await?,
+        Some(s) => RuleStore::open_shared(s.clone()).await?,
         None => RuleStore::open(&settings.data_dir)?,
     };
     metrics.rule_store_corrupt.inc_by(store.corrupt_lines());
     let auth = Arc::new(auth::Auth::open(&settings.auth, &settings.data_dir)?);
     let connections = match &shared {
-        Some((s, _)) => {
+        Some(s) => {
             auth.use_shared(s.clone()).await?;
             connections::ConnectionStore::from_shared(s.all(shared_store::Kind::Connection).await?)
         }
@@ -313,9 +315,9 @@ pub async fn serve(
             )
             .map_err(anyhow::Error::msg)?;
         }
-        if let Some((_, url)) = &shared {
+        if let Some(store) = &shared {
             // Changes other replicas make reach this one's pipeline as they are announced.
-            let mut changes = shared_store::listen(url.clone(), shutdown.clone());
+            let mut changes = shared_store::listen(store.target(), shutdown.clone());
             let (rules, auth) = (rules.clone(), state.auth.clone());
             tokio::spawn(async move {
                 use shared_store::{Change, Kind};
@@ -362,7 +364,26 @@ pub async fn serve(
                 Some(addr)
             }
             Ingress::External(ext) => {
-                ext.start(ingress_tx, metrics, shutdown.clone());
+                ext.start(ingress_tx.clone(), metrics.clone(), shutdown.clone());
+                // Replicas sharing a subscription and a store take over each other's
+                // sessions while their owner is away.
+                if let (Some(store), Some(config)) = (&shared, &settings.broker)
+                    && let Some(group) = &config.share_group
+                    && !config.clean_session
+                {
+                    fleet::start(
+                        fleet::Fleet {
+                            store: store.target(),
+                            broker: ext.clone(),
+                            client_id: config.client_id.clone(),
+                            share_group: group.clone(),
+                            settings: settings.fleet,
+                            ingress: ingress_tx,
+                            metrics,
+                        },
+                        shutdown.clone(),
+                    );
+                }
                 None
             }
         };

@@ -6,6 +6,9 @@
 //! without a restart. A replica that lost the announcements (its listening connection
 //! dropped) compares everything once it is back, and every 30 s in any case.
 //!
+//! The table `weir_members` is the fleet's roll of replicas reading one shared
+//! subscription: see [`crate::fleet`].
+//!
 //! Changes are optimistic: a write names the version it replaces (none for a new
 //! object) and is refused when the database holds another, so two replicas changing one
 //! rule at once cannot lose either change unseen.
@@ -14,8 +17,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
+
+use crate::pg::Target;
 
 /// What is kept: one kind per store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,6 +92,12 @@ $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS weir_objects_changed ON weir_objects;
 CREATE TRIGGER weir_objects_changed AFTER INSERT OR UPDATE OR DELETE ON weir_objects
     FOR EACH ROW EXECUTE FUNCTION weir_objects_notify();
+CREATE TABLE IF NOT EXISTS weir_members (
+    client_id text PRIMARY KEY,
+    share_group text NOT NULL,
+    lock_key bigint NOT NULL,
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
 ";
 
 /// How often a replica compares everything, announcements or not.
@@ -94,7 +105,9 @@ const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// The database, for reads and writes. Its connection is re-established when it drops.
 pub struct SharedStore {
-    url: String,
+    target: Target,
+    /// The URL without its password, for errors.
+    shown: String,
     client: tokio::sync::Mutex<Option<Client>>,
 }
 
@@ -110,10 +123,11 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+async fn connect(target: &Target, shown: &str) -> anyhow::Result<Client> {
+    let (client, connection) = target
+        .connect()
         .await
-        .with_context(|| format!("cannot connect to the rule store {}", redact_url(url)))?;
+        .with_context(|| format!("cannot connect to the rule store {shown}"))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "the rule store's connection dropped");
@@ -123,22 +137,24 @@ async fn connect(url: &str) -> anyhow::Result<Client> {
 }
 
 impl SharedStore {
+    /// How to reach the database, for the connections of others (listening, the fleet).
+    pub fn target(&self) -> Target {
+        self.target.clone()
+    }
+
     /// Connects and makes the schema if it is not there.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        if url.contains("sslmode=require") || url.contains("sslmode=verify") {
-            anyhow::bail!(
-                "--rule-store: this build talks to PostgreSQL without TLS; use sslmode=disable \
-                 (or prefer), on a private network or a local socket"
-            );
-        }
-        let mut client = connect(url).await?;
+        let target = Target::parse(url).context("--rule-store")?;
+        let shown = redact_url(url);
+        let mut client = connect(&target, &shown).await?;
         let tx = client.transaction().await?;
         tx.batch_execute(SCHEMA)
             .await
             .context("cannot create the rule store's table")?;
         tx.commit().await?;
         Ok(Self {
-            url: url.to_owned(),
+            target,
+            shown,
             client: tokio::sync::Mutex::new(Some(client)),
         })
     }
@@ -147,7 +163,7 @@ impl SharedStore {
     async fn client(&self) -> anyhow::Result<tokio::sync::MappedMutexGuard<'_, Client>> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(connect(&self.url).await?);
+            *guard = Some(connect(&self.target, &self.shown).await?);
         }
         Ok(tokio::sync::MutexGuard::map(guard, |c| {
             c.as_mut().expect("connected above")
@@ -290,33 +306,16 @@ impl SharedStore {
 /// Listens for the store's announcements until `stop`: each change, and `All` whenever
 /// announcements may have been missed (at the start, after the listening connection was
 /// lost, every 30 s).
-pub fn listen(url: String, stop: CancellationToken) -> mpsc::UnboundedReceiver<Change> {
+pub fn listen(target: Target, stop: CancellationToken) -> mpsc::UnboundedReceiver<Change> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             let mut listening = false;
             let listened = async {
-                let (client, mut connection) = tokio_postgres::connect(&url, NoTls).await?;
-                let (notes_tx, mut notes) = mpsc::unbounded_channel();
-                let driver = tokio::spawn(async move {
-                    loop {
-                        let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
-                        match message {
-                            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                                if notes_tx.send(n.payload().to_owned()).is_err() {
-                                    return;
-                                }
-                            }
-                            Some(Ok(_)) => {}
-                            Some(Err(e)) => {
-                                tracing::warn!(error = %e, "the rule store's listening connection failed");
-                                return;
-                            }
-                            None => return,
-                        }
-                    }
-                });
+                let (client, connection) = target.connect().await?;
+                let (mut notes, driver) =
+                    crate::pg::notifications(connection, "the rule store's listening connection");
                 client.batch_execute("LISTEN weir_changes").await?;
                 listening = true;
                 // Listening: whatever changed before now is found by comparing.
@@ -344,7 +343,7 @@ pub fn listen(url: String, stop: CancellationToken) -> mpsc::UnboundedReceiver<C
                 Ok::<(), tokio_postgres::Error>(())
             };
             if let Err(e) = listened.await {
-                tracing::warn!(error = %e, url = %redact_url(&url), "cannot listen to the rule store; trying again");
+                tracing::warn!(error = %e, "cannot listen to the rule store; trying again");
             }
             if stop.is_cancelled() || tx.is_closed() {
                 return;

@@ -50,6 +50,13 @@ pub struct Metrics {
     pub broker_queued_bytes: IntGauge,
     /// SUBSCRIBE and UNSUBSCRIBE packets the external broker has not acknowledged yet.
     pub external_subscriptions_pending: IntGauge,
+    /// Sessions of away replicas this one has adopted (see `src/fleet.rs`).
+    pub fleet_adopted_sessions: IntGauge,
+    /// Sessions of away replicas this one adopted, ever.
+    pub fleet_adoptions: IntCounter,
+    /// Sessions of replicas away for longer than --broker-retire-after that this one
+    /// drained and ended.
+    pub fleet_retired: IntCounter,
     pub broker_received: IntCounter,
     /// Messages the embedded broker did not pass on, by reason (see [`BROKER_DROP_REASONS`]).
     pub broker_dropped: IntCounterVec,
@@ -177,6 +184,18 @@ impl Metrics {
                 "Bytes of messages queued or in flight for the embedded MQTT broker's clients.",
             ),
             external_subscriptions_pending,
+            fleet_adopted_sessions: plain_gauge(
+                "weir_fleet_adopted_sessions",
+                "Persistent sessions of away replicas (same share group) that this replica has taken over at the external broker.",
+            ),
+            fleet_adoptions: counter(
+                "weir_fleet_adoptions_total",
+                "Persistent sessions of away replicas this replica took over.",
+            ),
+            fleet_retired: counter(
+                "weir_fleet_sessions_retired_total",
+                "Sessions of replicas away for longer than --broker-retire-after that this replica drained and ended at the external broker.",
+            ),
             broker_received: counter(
                 "weir_broker_messages_received_total",
                 "PUBLISH packets the embedded broker received.",

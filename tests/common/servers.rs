@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{TestDir, free_port, temp_dir};
+use super::{TestDir, free_port, run, temp_dir};
 
 /// Where `scripts/deps.sh` installs the test servers: `$WEIR_TOOLS`, or
 /// `~/.cache/weir/tools`.
@@ -272,7 +272,7 @@ pub fn postgres() -> String {
     format!("postgres://postgres@127.0.0.1:{port}")
 }
 
-pub fn psql(database: &str, args: &[&str]) {
+pub fn psql(database: &str, args: &[&str]) -> String {
     let url = format!("{}/{database}", postgres());
     let out = Command::new("psql")
         .args([url.as_str(), "-q", "-v", "ON_ERROR_STOP=1"])
@@ -284,6 +284,7 @@ pub fn psql(database: &str, args: &[&str]) {
         "psql {args:?} on {url}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Kafka {
@@ -477,6 +478,11 @@ impl Database {
     pub fn url(&self) -> String {
         format!("{}/{}?sslmode=disable", postgres(), self.name)
     }
+
+    /// The rows `sql` returns, a line each, columns separated by `|`.
+    pub fn query(&self, sql: &str) -> String {
+        psql(&self.name, &["-tA", "-c", sql])
+    }
 }
 
 impl Drop for Database {
@@ -490,5 +496,168 @@ impl Drop for Database {
                 &drop_database,
             ])
             .output();
+    }
+}
+
+/// A PostgreSQL server of its own that speaks TLS with a certificate for 127.0.0.1 from
+/// [`super::make_certs`]'s CA (Debian's server binaries, which `scripts/deps.sh`
+/// installs). Stopped on drop.
+pub struct TlsPostgres {
+    pub port: u16,
+    /// The directory of ca.pem (the CA that signed the server's certificate).
+    pub certs: TestDir,
+    data: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+impl TlsPostgres {
+    pub fn start() -> TlsPostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries (scripts/deps.sh installs them)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .max_by_key(|b| {
+                b.parent()
+                    .and_then(|v| v.file_name())
+                    .and_then(|v| v.to_str())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            })
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        // The server does not run as root: as root, it runs as the user postgres, with
+        // its data where that user may write.
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let data = std::env::temp_dir().join(format!("weir-test-pgtls-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap();
+        let certs = super::make_certs();
+        let server = Self {
+            port: free_port(),
+            certs,
+            data,
+            bin,
+            as_postgres,
+        };
+        if as_postgres {
+            run(Command::new("chown").args(["postgres", server.data.to_str().unwrap()]));
+        }
+        server.pg(
+            "initdb",
+            &[
+                "-D",
+                server.data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+            ],
+        );
+        for f in ["server.pem", "server.key"] {
+            std::fs::copy(server.certs.join(f), server.data.join(f)).unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            server.data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        if as_postgres {
+            run(Command::new("chown").args([
+                "postgres",
+                server.data.join("server.pem").to_str().unwrap(),
+                server.data.join("server.key").to_str().unwrap(),
+            ]));
+        }
+        let options = format!(
+            "-h 127.0.0.1 -p {} -k /tmp -c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key",
+            server.port
+        );
+        let log = server.data.join("server.log");
+        server.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                server.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-o",
+                &options,
+                "start",
+            ],
+        );
+        server
+    }
+
+    fn pg(&self, tool: &str, args: &[&str]) {
+        let path = self.bin.join(tool);
+        let out = if self.as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--", path.to_str().unwrap()])
+                .args(args)
+                .output()
+        } else {
+            Command::new(&path).args(args).output()
+        };
+        let out = out.unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A URL of the database `postgres`, with `query` (`sslmode=...`).
+    pub fn url(&self, query: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?{query}",
+            self.port
+        )
+    }
+
+    /// The rows `sql` returns (over a connection without TLS), a line each.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                &self.url("sslmode=disable"),
+                "-tA",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let data = self.data.to_str().unwrap().to_owned();
+        let stop = self.bin.join("pg_ctl");
+        let _ = if self.as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--", stop.to_str().unwrap()])
+                .args(["-D", &data, "-m", "immediate", "stop"])
+                .output()
+        } else {
+            Command::new(&stop)
+                .args(["-D", &data, "-m", "immediate", "stop"])
+                .output()
+        };
+        let _ = std::fs::remove_dir_all(&self.data);
     }
 }

@@ -12,7 +12,7 @@ mod packets;
 use rumqttc::mqttbytes::QoS;
 
 pub use embedded::Broker;
-pub use external::{ConfirmedPublisher, ExternalBroker, ExternalConfig, no_delay};
+pub use external::{AdoptedSession, ConfirmedPublisher, ExternalBroker, ExternalConfig, no_delay};
 
 /// Where republished messages go: the broker weir reads from. On an external broker a
 /// publish returns once the broker acknowledged it.

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    Filter, Packet, PubAck, PubComp, PubRec, Publish, Subscribe, SubscribeReasonCode, Unsubscribe,
+    DisconnectReasonCode, Filter, Packet, PubAck, PubComp, PubRec, Publish, Subscribe,
+    SubscribeReasonCode, Unsubscribe,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,20 @@ pub(super) struct Session {
     /// QoS 2 messages whose PUBREC was sent and whose PUBREL has not come yet: a PUBLISH
     /// with one of these packet ids is the broker resending one that weir already has.
     pub(super) awaiting_release: HashSet<u16>,
+    /// Set for the session of another replica that this one adopted (see
+    /// [`super::AdoptedSession`]): the client id is `config.client_id`, and the session
+    /// ends, instead of connecting again, when its owner takes it back.
+    pub(super) adopted: Option<Arc<Activity>>,
+}
+
+/// What an adopted session has done, for whoever retires it: messages received, and
+/// subscription changes the broker has not acknowledged yet.
+#[derive(Default)]
+pub(super) struct Activity {
+    pub(super) received: std::sync::atomic::AtomicU64,
+    pub(super) pending_changes: std::sync::atomic::AtomicUsize,
+    /// Filters subscribed on the current connection.
+    pub(super) subscribed: std::sync::atomic::AtomicUsize,
 }
 
 /// What one connection keeps while it lasts.
@@ -107,23 +122,45 @@ impl Session {
         while let Some((link, _)) = connections.connect(&self.dialer, &url, &self.cancel).await {
             let served = self.serve(link, &ack_tx, &mut ack_rx).await;
             // A new connection subscribes afresh.
-            self.metrics.external_subscriptions_pending.set(0);
+            if self.adopted.is_none() {
+                self.metrics.external_subscriptions_pending.set(0);
+            }
             match served {
                 Ok(()) => return,
-                Err(e) if !connections.lost(&url, &self.cancel, &e).await => return,
-                Err(_) => {}
+                Err(Ended::TakenOver) => {
+                    tracing::info!(client_id = %self.config.client_id, broker = %url, "the adopted session's owner took it back");
+                    return;
+                }
+                Err(Ended::Failed(e)) if !connections.lost(&url, &self.cancel, &e).await => return,
+                Err(Ended::Failed(_)) => {}
             }
         }
     }
 
     /// Serves one connection: subscribes to every wanted filter, then reads messages,
     /// follows filter changes, sends acknowledgements and keeps the connection alive.
-    /// `Ok` when weir is shutting down, `Err` when the connection failed.
+    /// `Ok` when weir is shutting down, `Err` when the connection failed or (for an
+    /// adopted session) its owner took it back.
     async fn serve(
+        &mut self,
+        link: Link,
+        ack_tx: &mpsc::UnboundedSender<AckToken>,
+        ack_rx: &mut mpsc::UnboundedReceiver<AckToken>,
+    ) -> Result<(), Ended> {
+        let mut taken_over = false;
+        let served = self.serve_link(link, ack_tx, ack_rx, &mut taken_over).await;
+        match served {
+            Err(_) if taken_over && self.adopted.is_some() => Err(Ended::TakenOver),
+            other => other.map_err(Ended::Failed),
+        }
+    }
+
+    async fn serve_link(
         &mut self,
         mut link: Link,
         ack_tx: &mpsc::UnboundedSender<AckToken>,
         ack_rx: &mut mpsc::UnboundedReceiver<AckToken>,
+        taken_over: &mut bool,
     ) -> Result<(), String> {
         let mut state = ConnectionState::default();
         let wanted = self.filters_rx.borrow_and_update().clone();
@@ -188,6 +225,8 @@ impl Session {
                             Packet::UnsubAck(ack) => self.acknowledged(&mut state, ack.pkid, None),
                             Packet::PingResp(_) => keep_alive.answered(),
                             Packet::Disconnect(d) => {
+                                *taken_over =
+                                    d.reason_code == DisconnectReasonCode::SessionTakenOver;
                                 return Err(format!(
                                     "the broker disconnected weir: {:?}{}",
                                     d.reason_code,
@@ -209,6 +248,10 @@ impl Session {
             }
             if !batch.is_empty() {
                 self.metrics.ingress_messages.inc_by(batch.len() as u64);
+                if let Some(a) = &self.adopted {
+                    a.received
+                        .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 let delivered = tokio::select! {
                     _ = self.cancel.cancelled() => false,
                     ok = deliver(&self.ingress, &mut batch) => ok,
@@ -306,10 +349,24 @@ impl Session {
             state.pending.insert(packet.pkid, Change::new(sub, false));
         }
         state.subscribed = wanted;
-        self.metrics
-            .external_subscriptions_pending
-            .set(state.pending.len() as i64);
+        self.pending_changed(state);
         Ok(())
+    }
+
+    /// Shows how many subscription changes wait for the broker: in the gauge for weir's
+    /// own session, to whoever retires an adopted one.
+    fn pending_changed(&self, state: &ConnectionState) {
+        match &self.adopted {
+            None => self
+                .metrics
+                .external_subscriptions_pending
+                .set(state.pending.len() as i64),
+            Some(a) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                a.pending_changes.store(state.pending.len(), Relaxed);
+                a.subscribed.store(state.subscribed.len(), Relaxed);
+            }
+        }
     }
 
     /// Reports the broker's answer to a SUBSCRIBE or an UNSUBSCRIBE; `refused` holds the
@@ -318,9 +375,7 @@ impl Session {
         let Some(change) = state.pending.remove(&pkid) else {
             return;
         };
-        self.metrics
-            .external_subscriptions_pending
-            .set(state.pending.len() as i64);
+        self.pending_changed(state);
         let (filter, broker) = (&change.subscription, &self.config.url);
         let took = change.sent.elapsed();
         let after_ms = took.as_millis() as u64;
@@ -342,6 +397,14 @@ impl Session {
             }
         }
     }
+}
+
+/// Why serving a connection ended, other than weir shutting down.
+enum Ended {
+    /// The connection failed: connect again.
+    Failed(String),
+    /// The owner of an adopted session connected and the broker handed the session over.
+    TakenOver,
 }
 
 /// Hands a batch of messages to the router, in order; false when the router stopped.

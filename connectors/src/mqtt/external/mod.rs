@@ -91,9 +91,87 @@ impl ExternalBroker {
             cancel,
             filters_rx,
             awaiting_release: Default::default(),
+            adopted: None,
         };
         // A thread of its own, with a runtime of its own: see `READ_PACE`.
         spawn_thread("weir-ingress", "the external broker client", session.run());
+    }
+
+    /// Takes over the persistent session of another replica, `client_id`, that is away:
+    /// connects under its client id without cleaning its session, so that the broker
+    /// delivers here what it queued for that replica and the share of the stream it keeps
+    /// giving it. The adopted session subscribes to the rules' filters like weir's own;
+    /// it ends when its owner connects again (the broker hands the session over), when
+    /// [`AdoptedSession::stop`] is called, or when `cancel` is.
+    pub fn adopt(
+        &self,
+        client_id: &str,
+        ingress: mpsc::Sender<Message>,
+        metrics: Arc<Metrics>,
+        cancel: &CancellationToken,
+    ) -> AdoptedSession {
+        let mut config = (*self.config).clone();
+        config.client_id = client_id.to_owned();
+        config.clean_session = false;
+        let stop = cancel.child_token();
+        let activity = Arc::new(ingress::Activity::default());
+        // The rules' filters, until the session is retired.
+        let (filters_tx, filters_rx) = watch::channel(self.filters.borrow().clone());
+        let filters_tx = Arc::new(filters_tx);
+        let retiring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (mut rules_rx, forward_to, retired, until) = (
+            self.filters.subscribe(),
+            filters_tx.clone(),
+            retiring.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = until.cancelled() => return,
+                    changed = rules_rx.changed() => {
+                        if changed.is_err() || retired.load(std::sync::atomic::Ordering::Acquire) {
+                            return;
+                        }
+                        forward_to.send_replace(rules_rx.borrow_and_update().clone());
+                    }
+                }
+            }
+        });
+        let session = ingress::Session {
+            config: Arc::new(config),
+            dialer: self.dialer.clone(),
+            ingress,
+            metrics,
+            cancel: stop.clone(),
+            filters_rx,
+            awaiting_release: Default::default(),
+            adopted: Some(activity.clone()),
+        };
+        let (ended_tx, ended) = watch::channel(false);
+        spawn_thread("weir-adopted", "an adopted session", async move {
+            session.run().await;
+            ended_tx.send_replace(true);
+        });
+        AdoptedSession {
+            client_id: client_id.to_owned(),
+            stop,
+            ended,
+            activity,
+            filters: filters_tx,
+            retiring,
+        }
+    }
+
+    /// Ends the broker's session of `client_id` for good: connects under it with a clean
+    /// start and no session expiry, and disconnects. What the broker still queued for it
+    /// is dropped: retire an adopted session with [`AdoptedSession::unsubscribe`] and
+    /// wait for it to drain first.
+    pub async fn discard_session(&self, client_id: &str) -> Result<(), String> {
+        let (connect, login) = connection::connect_packet(&self.config, client_id, true);
+        let (mut link, _) = self.dialer.connect(connect, login).await?;
+        link.goodbye().await;
+        Ok(())
     }
 
     /// The topic filters weir should be subscribed to (those of the enabled rules).
@@ -109,6 +187,53 @@ impl ExternalBroker {
             self.dialer.clone(),
             format!("{}-pub", self.config.client_id),
             cancel,
+        )
+    }
+}
+
+/// The session of another replica that this one took over: see [`ExternalBroker::adopt`].
+pub struct AdoptedSession {
+    client_id: String,
+    stop: CancellationToken,
+    ended: watch::Receiver<bool>,
+    activity: Arc<ingress::Activity>,
+    filters: Arc<watch::Sender<BTreeSet<String>>>,
+    retiring: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AdoptedSession {
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Whether the session has ended (its owner took it back, or it was stopped).
+    pub fn has_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+
+    /// Disconnects, leaving the session on the broker for its owner, and waits until the
+    /// connection is closed.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let _ = self.ended.wait_for(|ended| *ended).await;
+    }
+
+    /// Unsubscribes from every filter, so that the broker gives this session no more of
+    /// the shared stream; what it queued before still arrives.
+    pub fn unsubscribe(&self) {
+        self.retiring
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.filters.send_replace(BTreeSet::new());
+    }
+
+    /// Messages received so far, and whether the session is unsubscribed from everything
+    /// with the broker's acknowledgement.
+    pub fn activity(&self) -> (u64, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let a = &self.activity;
+        (
+            a.received.load(Relaxed),
+            a.pending_changes.load(Relaxed) == 0 && a.subscribed.load(Relaxed) == 0,
         )
     }
 }
