@@ -1293,3 +1293,177 @@ async fn a_saved_queue_is_held_to_the_bounds_at_start() {
     assert_eq!(p.payload.len(), 600);
     assert!(next_publish(&mut events).await.is_none());
 }
+
+/// Reads packets from a raw MQTT 3.1.1 connection until a PUBLISH to `topic` comes (its
+/// payload), or the connection closes (`None`), within `secs`.
+async fn raw_publish_to(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    topic: &str,
+    secs: u64,
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        // Every whole packet in the buffer.
+        while buf.len() >= 2 {
+            let (mut len, mut mult, mut i) = (0usize, 1usize, 1usize);
+            loop {
+                let b = *buf.get(i)?;
+                len += usize::from(b & 0x7f) * mult;
+                mult *= 128;
+                i += 1;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            if buf.len() < i + len {
+                break;
+            }
+            let packet: Vec<u8> = buf.drain(..i + len).collect();
+            if packet[0] >> 4 == 3 {
+                let body = &packet[i..];
+                let n = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                if &body[2..2 + n] == topic.as_bytes() {
+                    // QoS 0: no packet id.
+                    return Some(body[2 + n..].to_vec());
+                }
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("nothing to {topic} within {secs} s"))
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Idle connections are parked without a task (docs/broker.md, "Idle connections"); a
+/// parked one is still served: what is published to it reaches it, what it publishes
+/// reaches the rules, and its keep-alive still runs out (its will is published).
+#[tokio::test]
+async fn a_parked_connection_is_served_and_its_keep_alive_still_runs() {
+    use tokio::io::AsyncWriteExt;
+    let dir = temp_dir("broker-park");
+    let weir = Weir::start(&dir, &[]).await;
+    let rule = json!({"sql": "SELECT n FROM 'park/+'", "actions": [{"republish": {"topic": "parked-out"}}]});
+    assert_eq!(weir.put_rule("park", rule).await.0, 201);
+    let parked = "weir_broker_connections_parked";
+    let (watcher, mut events, _wt) = client_with(&weir, "park-watcher", |_| {}).await;
+    watcher
+        .subscribe("status/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    watcher
+        .subscribe("parked-out", QoS::AtMostOnce)
+        .await
+        .unwrap();
+
+    // A device with a keep-alive of 2 s (let go after 3 s of silence) and a will.
+    let mut device = tokio::net::TcpStream::connect(weir.mqtt).await.unwrap();
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x06, 0, 2];
+    body.extend(str_field("park-device"));
+    body.extend(str_field("status/park-device"));
+    body.extend(str_field("gone"));
+    device
+        .write_all(&frame(0x10, &body, body.len()))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut subscribe = vec![0, 1];
+    subscribe.extend(str_field("to-device"));
+    subscribe.push(0);
+    device
+        .write_all(&frame(0x82, &subscribe, subscribe.len()))
+        .await
+        .unwrap();
+    // Once subscribed and quiet for a second, it is parked (the watcher too, maybe).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let parked_once = loop {
+        let v = weir.metric(parked).await;
+        if v >= 1.0 {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connection was parked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Sent to while parked: it gets it.
+    watcher
+        .publish("to-device", QoS::AtMostOnce, false, "hello")
+        .await
+        .unwrap();
+    assert_eq!(
+        raw_publish_to(&mut device, &mut buf, "to-device", 5)
+            .await
+            .as_deref(),
+        Some(&b"hello"[..])
+    );
+    // Publishing after a quiet second: the rule gets it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        weir.metric(parked).await >= 1.0,
+        "parked again: {parked_once}"
+    );
+    let mut publish = str_field("park/1");
+    publish.extend_from_slice(br#"{"n": 7}"#);
+    device
+        .write_all(&frame(0x30, &publish, publish.len()))
+        .await
+        .unwrap();
+    let out = next_publish(&mut events).await.expect("the rule's output");
+    assert_eq!(
+        (out.topic.as_str(), &out.payload[..]),
+        ("parked-out", &br#"{"n":7}"#[..])
+    );
+    // Then silent: let go after 3 s, parked meanwhile, and its will is published.
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        raw_publish_to(&mut device, &mut buf, "nothing", 10).await,
+        None
+    );
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(2500), "let go after {took:?}");
+    let will = next_publish(&mut events).await.expect("the will");
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("status/park-device", &b"gone"[..])
+    );
+}
+
+/// A packet that arrives in two parts a second and a half apart is read whole: the
+/// connection is not parked (and its first part lost) while part of a packet waits.
+#[tokio::test]
+async fn a_packet_split_across_a_pause_is_read_whole() {
+    use tokio::io::AsyncWriteExt;
+    let dir = temp_dir("broker-park-split");
+    let weir = Weir::start(&dir, &[]).await;
+    let rule = json!({"sql": "SELECT n FROM 'park/+'", "actions": [{"republish": {"topic": "parked-out"}}]});
+    assert_eq!(weir.put_rule("park", rule).await.0, 201);
+    let (watcher, mut events, _wt) = client_with(&weir, "split-watcher", |_| {}).await;
+    watcher
+        .subscribe("parked-out", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let mut device = tokio::net::TcpStream::connect(weir.mqtt).await.unwrap();
+    device.write_all(&connect_v4("split-device")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut publish = str_field("park/2");
+    publish.extend_from_slice(br#"{"n": 8}"#);
+    let packet = frame(0x30, &publish, publish.len());
+    let (first, rest) = packet.split_at(packet.len() / 2);
+    device.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    device.write_all(rest).await.unwrap();
+    let out = next_publish(&mut events).await.expect("the rule's output");
+    assert_eq!(
+        (out.topic.as_str(), &out.payload[..]),
+        ("parked-out", &br#"{"n":8}"#[..])
+    );
+}

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Messages that matched no enabled rule.
     pub ingress_unmatched: IntCounter,
     pub broker_connections: IntGauge,
+    /// Connected clients of the embedded broker that are idle and parked (no task).
+    pub broker_parked: IntGauge,
     /// Sessions the embedded broker holds, connected or not.
     pub broker_sessions: IntGauge,
     /// Retained messages the embedded broker holds.
@@ -171,6 +173,10 @@ impl Metrics {
                 "Messages that matched no enabled rule.",
             ),
             broker_connections,
+            broker_parked: plain_gauge(
+                "weir_broker_connections_parked",
+                "Clients of the embedded MQTT broker that are connected and idle, held without a task of their own until they send something, something is sent to them, or their keep-alive runs out.",
+            ),
             broker_sessions: plain_gauge(
                 "weir_broker_sessions",
                 "Sessions the embedded MQTT broker holds, of connected clients and of persistent sessions whose client is away.",

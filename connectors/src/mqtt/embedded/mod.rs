@@ -27,6 +27,7 @@
 //! publishing client instead of growing memory.
 
 pub mod access;
+mod park;
 mod retained;
 mod session;
 mod store;
@@ -51,6 +52,7 @@ use weir_engine::topic::{TopicTrie, validate_filter, validate_topic};
 use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
 use self::access::{Access, Denied, Want};
+use self::park::Parker;
 use self::retained::{Retained, RetainedStore};
 use self::session::{
     ConnId, Delivery, EndSignal, Flight, Link, MAX_INFLIGHT, Offered, Session, Signals, SubOptions,
@@ -73,6 +75,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_WITHOUT_KEEP_ALIVE: Duration = Duration::from_secs(3600);
 /// Session expiry intervals longer than this (about ten years) count as "for ever".
 const FOREVER_SECS: u32 = 10 * 365 * 24 * 3600;
+/// The silence after which a connection that was busy is parked (see `park.rs`).
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// What one client may hold of the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +188,9 @@ struct Inner {
     sessions_dirty: AtomicBool,
     /// Retained messages changed since they were saved.
     retained_dirty: AtomicBool,
+    /// Idle plain-TCP connections, off tokio (see `park.rs`), and the runtime that serves
+    /// them again; made with the first connection, `None` if it could not be.
+    parker: std::sync::OnceLock<Option<(Arc<Parker>, tokio::runtime::Handle)>>,
 }
 
 /// A message entering the broker, from a client, a will or weir's own republish.
@@ -203,12 +210,14 @@ struct Incoming<'a> {
 struct Peer {
     client_id: Arc<str>,
     /// The username the client proved with its password; `None` for anonymous clients.
-    principal: Option<String>,
-    source_ip: String,
+    principal: Option<Arc<str>>,
+    source_ip: std::net::IpAddr,
 }
 
 /// How a connection ended, when it ended without an error.
 enum End {
+    /// It is idle: park it (see `park.rs`).
+    Park,
     /// The client sent DISCONNECT.
     Disconnect {
         with_will: bool,
@@ -269,6 +278,7 @@ impl Broker {
                 store: std::sync::OnceLock::new(),
                 sessions_dirty: AtomicBool::new(false),
                 retained_dirty: AtomicBool::new(false),
+                parker: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -316,7 +326,13 @@ impl Broker {
     ) {
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => {
+                    // Parked connections are served again, to be told weir is stopping.
+                    if let Some(Some((parker, _))) = self.inner.parker.get() {
+                        parker.stop();
+                    }
+                    return;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let Ok(permit) = self.inner.connection_permits.clone().try_acquire_owned() else {
@@ -333,16 +349,17 @@ impl Broker {
                             // the handshake's (a TLS session holds kilobytes) until it is
                             // done, then the connection's. Thousands of idle devices each
                             // hold a task.
+                            let parkable = matches!(transport, Transport::Tcp);
                             let result = async {
                                 let (io, identity) = Box::pin(broker.handshake(stream, &transport)).await?;
-                                let client = Box::pin(broker.admit(io, peer, identity, options)).await?;
-                                Box::pin(broker.serve_client(client, cancel)).await
+                                let mut client = Box::pin(broker.admit(io, peer, identity, options)).await?;
+                                client.conn.parkable = parkable;
+                                Box::pin(broker.serve_client(client, cancel, permit)).await
                             }
                             .await;
                             if let Err(e) = result {
                                 tracing::debug!(%peer, error = %e, "mqtt connection closed");
                             }
-                            drop(permit);
                         });
                     }
                     Err(e) => {
@@ -566,8 +583,8 @@ impl Broker {
         let msg = Message {
             topic: m.topic.to_owned(),
             client_id: Some(peer.client_id.to_string()),
-            principal: peer.principal.clone(),
-            source_ip: Some(peer.source_ip.clone()),
+            principal: peer.principal.as_deref().map(str::to_owned),
+            source_ip: Some(peer.source_ip.to_string()),
             payload: m.payload.clone(),
             received_at_ms: now_ms(),
             seq: weir_engine::next_seq(),
@@ -636,7 +653,7 @@ impl Broker {
             ),
         };
         let principal = match authenticated {
-            Ok(principal) => principal,
+            Ok(principal) => principal.map(Arc::<str>::from),
             Err(denied) => {
                 self.refused(denied.reason());
                 // The username helps an operator find the device; the password is never
@@ -701,7 +718,7 @@ impl Broker {
         let peer = Peer {
             client_id: client_id.clone(),
             principal,
-            source_ip: peer.ip().to_string(),
+            source_ip: peer.ip(),
         };
         let max_keep_alive = self.inner.limits.max_keep_alive;
         let capped =
@@ -720,9 +737,9 @@ impl Broker {
             signals,
             quota: connect.receive_max.min(MAX_INFLIGHT),
             alias_max: connect.topic_alias_max,
-            aliases_out: HashMap::new(),
-            aliases_in: HashMap::new(),
+            aliases: None,
             acks: VecDeque::new(),
+            parkable: false,
         };
         Ok(Admitted {
             conn,
@@ -737,9 +754,14 @@ impl Broker {
         })
     }
 
-    /// Serves a client let in, from its CONNACK until it goes; then lets go of its
-    /// session and sees to its will.
-    async fn serve_client(self, client: Admitted, cancel: CancellationToken) -> Result<(), String> {
+    /// Serves a client let in, from its CONNACK until it goes or is parked; then lets go
+    /// of its session and sees to its will.
+    async fn serve_client(
+        self,
+        client: Admitted,
+        cancel: CancellationToken,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), String> {
         let Admitted {
             mut conn,
             will,
@@ -747,11 +769,73 @@ impl Broker {
             connack,
         } = client;
         self.inner.metrics.broker_connections.inc();
-        let result = async {
+        // MQTT 3.1.1 §3.1.2.10: close after 1.5 keep-alive periods of silence; a client
+        // that asked for none gets an hour.
+        let idle = if keep_alive == 0 {
+            IDLE_WITHOUT_KEEP_ALIVE
+        } else {
+            Duration::from_millis(u64::from(keep_alive) * 1500)
+        };
+        let mut life = Life {
+            will: will.map(Box::new),
+            idle_ms: u32::try_from(idle.as_millis()).unwrap_or(u32::MAX),
+            deadline: Instant::now() + idle,
+            cancel,
+            _permit: permit,
+        };
+        let started = async {
             Box::pin(send(&mut conn.wire, connack)).await?;
-            self.run(&mut conn, keep_alive, &cancel).await
+            Box::pin(self.resend_in_flight(&mut conn)).await?;
+            Box::pin(self.flush(&mut conn)).await
         }
         .await;
+        let result = match started {
+            // Most devices say nothing for a while after connecting: parked at once.
+            Ok(()) => self.serve_conn(&mut conn, &mut life, Instant::now()).await,
+            Err(e) => Err(e),
+        };
+        self.finish(conn, life, result)
+    }
+
+    /// Serves a parked connection again, woken (see `park.rs`).
+    async fn resume(self, mut conn: Conn, mut life: Life) {
+        self.inner.metrics.broker_parked.dec();
+        let result = match conn.wire.resume(self.inner.limits.max_packet) {
+            Ok(()) => {
+                // Not parked again before it had a moment to read what woke it.
+                let park_at = Instant::now() + PARK_AFTER;
+                self.serve_conn(&mut conn, &mut life, park_at).await
+            }
+            Err(e) => Err(format!(
+                "a parked connection could not be served again: {e}"
+            )),
+        };
+        if let Err(e) = self.finish(conn, life, result) {
+            tracing::debug!(error = %e, "mqtt connection closed");
+        }
+    }
+
+    /// After serving: parks the connection, or lets go of its session and sees to its will.
+    fn finish(self, mut conn: Conn, life: Life, result: Result<End, String>) -> Result<(), String> {
+        let result = match result {
+            Ok(End::Park) => match conn.wire.park(self.inner.limits.max_packet) {
+                Ok(()) => {
+                    let Some(Some((parker, _))) = self.inner.parker.get() else {
+                        unreachable!("a connection parks only where there is a parker")
+                    };
+                    let parker = parker.clone();
+                    self.inner.metrics.broker_parked.inc();
+                    parker.park(Box::new(Sleeper {
+                        broker: self,
+                        conn,
+                        life,
+                    }));
+                    return Ok(());
+                }
+                Err(e) => Err(format!("the connection could not be parked: {e}")),
+            },
+            other => other,
+        };
         self.inner.metrics.broker_connections.dec();
         let Conn {
             id, peer, session, ..
@@ -761,17 +845,35 @@ impl Broker {
                 with_will,
                 session_expiry,
             }) => (*with_will, *session_expiry),
-            Ok(End::Shutdown) => (false, None),
+            Ok(End::Shutdown | End::Park) => (false, None),
             Ok(End::Closed) | Err(_) => (true, None),
         };
         let left = self.detach(&peer.client_id, &session, id, expiry_now);
         if will_due
-            && let Some(will) = will
+            && let Some(will) = life.will
             && let Some((generation, expiry)) = left
         {
-            self.will_due(will, peer, session, generation, expiry);
+            self.will_due(*will, peer, session, generation, expiry);
         }
         result.map(|_| ())
+    }
+
+    /// The parker, made with the first connection that could use it.
+    fn parker(&self) -> bool {
+        self.inner
+            .parker
+            .get_or_init(|| {
+                let alive: std::sync::Weak<dyn Send + Sync> = Arc::downgrade(&self.inner) as _;
+                match (Parker::start(alive), tokio::runtime::Handle::try_current()) {
+                    (Ok(p), Ok(handle)) => Some((p, handle)),
+                    (Err(e), _) => {
+                        tracing::warn!(error = %e, "idle connections cannot be parked: each keeps its task");
+                        None
+                    }
+                    (_, Err(_)) => None,
+                }
+            })
+            .is_some()
     }
 
     /// Gives the connection its session: the one the client had, unless it asked for a
@@ -783,7 +885,7 @@ impl Broker {
         client_id: &Arc<str>,
         clean_start: bool,
         link: Link,
-        principal: Option<String>,
+        principal: Option<Arc<str>>,
         expiry: u32,
     ) -> Option<(Arc<Mutex<Session>>, bool)> {
         let mut sessions = lock(&self.inner.sessions);
@@ -812,7 +914,7 @@ impl Broker {
         {
             let mut s = lock(&session);
             s.link = Some(link);
-            s.generation += 1;
+            s.generation = s.generation.wrapping_add(1);
             s.principal = principal;
             if expiry > 0 || s.expiry > 0 {
                 self.inner.sessions_dirty.store(true, Ordering::Release);
@@ -835,7 +937,7 @@ impl Broker {
         session: &Arc<Mutex<Session>>,
         conn: ConnId,
         new_expiry: Option<u32>,
-    ) -> Option<(u64, u32)> {
+    ) -> Option<(u32, u32)> {
         let mut sessions = lock(&self.inner.sessions);
         let mut s = lock(session);
         if s.link.as_ref().map(|l| l.conn) != Some(conn) {
@@ -872,7 +974,7 @@ impl Broker {
         &self,
         client_id: &Arc<str>,
         session: &Arc<Mutex<Session>>,
-        generation: u64,
+        generation: u32,
         expiry: u32,
     ) {
         if expiry == u32::MAX {
@@ -888,7 +990,7 @@ impl Broker {
     }
 
     /// Ends a session whose client has stayed away past its expiry.
-    fn expire(&self, client_id: &Arc<str>, session: &Arc<Mutex<Session>>, generation: u64) {
+    fn expire(&self, client_id: &Arc<str>, session: &Arc<Mutex<Session>>, generation: u32) {
         let mut sessions = lock(&self.inner.sessions);
         if !sessions
             .get(client_id)
@@ -913,7 +1015,7 @@ impl Broker {
         self.changed(s);
         {
             let mut subs = self.trie_mut();
-            for (filter, _) in s.subscriptions.drain() {
+            for (filter, _) in std::mem::take(&mut s.subscriptions) {
                 let (group, inner) = match shared(&filter) {
                     Ok(Some((g, f))) => (Some(Arc::from(g)), f.to_owned()),
                     _ => (None, filter.to_string()),
@@ -946,7 +1048,7 @@ impl Broker {
         will: Will,
         peer: Peer,
         session: Arc<Mutex<Session>>,
-        generation: u64,
+        generation: u32,
         expiry: u32,
     ) {
         let broker = self.clone();
@@ -995,29 +1097,29 @@ impl Broker {
         self.accept_publish(peer, &m, Ack::default()).await
     }
 
-    /// Serves one connected client until it goes, is let go, or weir stops.
-    async fn run(
+    /// Serves one connected client until it goes, is let go, weir stops, or it is idle
+    /// and may be parked (not before `park_at`).
+    async fn serve_conn(
         &self,
         c: &mut Conn,
-        keep_alive: u16,
-        cancel: &CancellationToken,
+        life: &mut Life,
+        mut park_at: Instant,
     ) -> Result<End, String> {
-        // MQTT 3.1.1 §3.1.2.10: close after 1.5 keep-alive periods of silence; a client
-        // that asked for none gets an hour.
-        let idle = if keep_alive == 0 {
-            IDLE_WITHOUT_KEEP_ALIVE
-        } else {
-            Duration::from_millis(u64::from(keep_alive) * 1500)
-        };
-        Box::pin(self.resend_in_flight(c)).await?;
-        Box::pin(self.flush(c)).await?;
         loop {
+            let parkable = c.parkable && c.acks.is_empty() && c.wire.is_quiet() && self.parker();
+            let timer = if parkable {
+                life.deadline.min(park_at)
+            } else {
+                life.deadline
+            };
             tokio::select! {
-                _ = cancel.cancelled() => {
+                biased;
+                _ = life.cancel.cancelled() => {
                     Box::pin(c.disconnect(Reason::ServerShuttingDown)).await;
                     return Ok(End::Shutdown);
                 }
                 _ = c.signals.wake.notified() => {
+                    c.signals.take_pending();
                     match c.signals.ended() {
                         Some(EndSignal::Kicked) => {
                             Box::pin(c.disconnect(Reason::SessionTakenOver)).await;
@@ -1034,14 +1136,10 @@ impl Broker {
                     }
                     Box::pin(self.flush(c)).await?;
                 }
-                incoming = tokio::time::timeout(idle, c.wire.recv()) => {
+                incoming = c.wire.recv() => {
                     let packet = match incoming {
-                        Err(_) => {
-                            Box::pin(c.disconnect(Reason::KeepAliveTimeout)).await;
-                            return Err("keep-alive timeout".to_owned());
-                        }
-                        Ok(None) => return Ok(End::Closed),
-                        Ok(Some(Err(e))) => {
+                        None => return Ok(End::Closed),
+                        Some(Err(e)) => {
                             if e.contains("has been exceeded by packet") {
                                 Box::pin(c.disconnect(Reason::PacketTooLarge)).await;
                             } else {
@@ -1049,12 +1147,25 @@ impl Broker {
                             }
                             return Err(e);
                         }
-                        Ok(Some(Ok(p))) => p,
+                        Some(Ok(p)) => p,
                     };
+                    let now = Instant::now();
+                    life.deadline = now + Duration::from_millis(u64::from(life.idle_ms));
+                    park_at = now + PARK_AFTER;
                     // Boxed, as are the flushes: the task then holds, while the client is
                     // idle, only what waiting takes, not room for the largest handling.
                     if let Some(end) = Box::pin(self.handle(c, packet)).await? {
                         return Ok(end);
+                    }
+                }
+                _ = tokio::time::sleep_until(timer.into()) => {
+                    if Instant::now() >= life.deadline {
+                        Box::pin(c.disconnect(Reason::KeepAliveTimeout)).await;
+                        return Err("keep-alive timeout".to_owned());
+                    }
+                    // Quiet still: the read just polled may have taken part of a packet.
+                    if parkable && c.wire.is_quiet() {
+                        return Ok(End::Park);
                     }
                 }
             }
@@ -1075,7 +1186,7 @@ impl Broker {
                 }
             }
             Inbound::PubRel(pkid) => {
-                lock(&c.session).incoming_qos2.remove(&pkid);
+                lock(&c.session).incoming_qos2.retain(|&id| id != pkid);
                 send(&mut c.wire, Outbound::PubComp(pkid)).await?;
             }
             Inbound::PubComp(pkid) => {
@@ -1144,15 +1255,20 @@ impl Broker {
                     "topic alias {a} is not from 1 to {TOPIC_ALIAS_MAX}"
                 ));
             }
-            Some(a) if p.topic.is_empty() => match c.aliases_in.get(&a) {
-                Some(t) => t.clone(),
-                None => {
-                    c.refuse(Reason::ProtocolError).await;
-                    return Err(format!("topic alias {a} was never set"));
+            Some(a) if p.topic.is_empty() => {
+                match c.aliases.as_ref().and_then(|x| x.inbound.get(&a)) {
+                    Some(t) => t.clone(),
+                    None => {
+                        c.refuse(Reason::ProtocolError).await;
+                        return Err(format!("topic alias {a} was never set"));
+                    }
                 }
-            },
+            }
             Some(a) => {
-                c.aliases_in.insert(a, p.topic.clone());
+                c.aliases
+                    .get_or_insert_with(Box::default)
+                    .inbound
+                    .insert(a, p.topic.clone());
                 p.topic
             }
         };
@@ -1195,7 +1311,7 @@ impl Broker {
         if p.qos > 0 && c.acks.iter().any(|(id, _, _)| *id == p.pkid) {
             return Ok(());
         }
-        if p.qos == 2 && !lock(&c.session).incoming_qos2.insert(p.pkid) {
+        if p.qos == 2 && !insert_new(&mut lock(&c.session).incoming_qos2, p.pkid) {
             send(&mut c.wire, Outbound::PubRec(p.pkid)).await?;
             return Ok(());
         }
@@ -1634,11 +1750,77 @@ struct Conn {
     quota: u16,
     /// The most topic aliases the client takes.
     alias_max: u16,
-    aliases_out: HashMap<Arc<str>, u16>,
-    aliases_in: HashMap<u16, String>,
+    /// MQTT 5 topic aliases, made with the first one either way (most clients use none).
+    aliases: Option<Box<Aliases>>,
     /// QoS 1 and 2 messages from the client, in the order received, each with whether
     /// the rules hold it yet: acknowledged in this order as they do.
     acks: VecDeque<(u16, u8, bool)>,
+    /// A plain TCP connection, which may be parked when idle.
+    parkable: bool,
+}
+
+/// Adds `pkid` unless the list has it; whether it was added.
+fn insert_new(list: &mut Vec<u16>, pkid: u16) -> bool {
+    if list.contains(&pkid) {
+        return false;
+    }
+    list.push(pkid);
+    true
+}
+
+/// A connection's MQTT 5 topic aliases.
+#[derive(Default)]
+struct Aliases {
+    /// Those the broker set, by topic.
+    out: HashMap<Arc<str>, u16>,
+    /// Those the client set.
+    inbound: HashMap<u16, String>,
+}
+
+/// What serving a connection needs besides the connection, kept while it is parked.
+struct Life {
+    will: Option<Box<Will>>,
+    /// The silence after which the client is let go (1.5 keep-alive periods), in ms.
+    idle_ms: u32,
+    /// When that silence will have lasted.
+    deadline: Instant,
+    cancel: CancellationToken,
+    /// Its place under `--mqtt-max-connections`.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A parked connection: see `park.rs`.
+struct Sleeper {
+    broker: Broker,
+    conn: Conn,
+    life: Life,
+}
+
+impl park::Resumable for Sleeper {
+    fn signals(&self) -> &Signals {
+        &self.conn.signals
+    }
+
+    fn deadline(&self) -> Instant {
+        self.life.deadline
+    }
+
+    fn stopping(&self) -> bool {
+        self.life.cancel.is_cancelled()
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.conn.wire.parked_fd().unwrap_or(-1)
+    }
+
+    fn resume(self: Box<Self>) {
+        let Some(Some((_, runtime))) = self.broker.inner.parker.get() else {
+            return;
+        };
+        let runtime = runtime.clone();
+        let Sleeper { broker, conn, life } = *self;
+        runtime.spawn(broker.resume(conn, life));
+    }
 }
 
 impl Conn {
@@ -1671,15 +1853,20 @@ impl Conn {
         dup: bool,
         broker: &Broker,
     ) -> Result<(), String> {
-        let (topic, alias, new_alias) = match self.aliases_out.get(&d.topic) {
-            Some(&a) => ("", Some(a), false),
-            None if self.aliases_out.len() < usize::from(self.alias_max) => {
-                let a = self.aliases_out.len() as u16 + 1;
-                self.aliases_out.insert(d.topic.clone(), a);
-                (&*d.topic, Some(a), true)
-            }
-            None => (&*d.topic, None, false),
-        };
+        let set = self.aliases.as_ref().map_or(0, |a| a.out.len());
+        let (topic, alias, new_alias) =
+            match self.aliases.as_ref().and_then(|a| a.out.get(&d.topic)) {
+                Some(&a) => ("", Some(a), false),
+                None if set < usize::from(self.alias_max) => {
+                    let a = set as u16 + 1;
+                    self.aliases
+                        .get_or_insert_with(Box::default)
+                        .out
+                        .insert(d.topic.clone(), a);
+                    (&*d.topic, Some(a), true)
+                }
+                None => (&*d.topic, None, false),
+            };
         let expiry = d.expires_at.map(|t| {
             let left = t.saturating_duration_since(Instant::now());
             u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0))
@@ -1705,8 +1892,8 @@ impl Conn {
         };
         if !sent {
             broker.dropped("too_large");
-            if new_alias {
-                self.aliases_out.remove(&d.topic);
+            if new_alias && let Some(a) = self.aliases.as_mut() {
+                a.out.remove(&d.topic);
             }
             if pkid != 0 {
                 lock(&self.session).unsendable(pkid, &broker.inner.metrics.broker_queued_bytes);

@@ -8,13 +8,13 @@
 //! lock) and the connection task of the client, if one is connected (which takes them out,
 //! woken by [`Signals::wake`]). No lock is held across an await.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use prometheus::IntGauge;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 
 use tokio::sync::Notify;
 use weir_engine::MqttProperties;
@@ -92,8 +92,14 @@ pub enum EndSignal {
 /// devices stay connected and idle).
 #[derive(Default)]
 pub struct Signals {
-    /// Woken when there is something to send, an acknowledgement due, or an end.
+    /// Woken when there is something to send, an acknowledgement due, or an end: see
+    /// [`Signals::wake`].
     pub wake: Notify,
+    /// Set by every wake, cleared by the connection when it looks: a connection that
+    /// parks finds here a wake that came while it was parking.
+    pending: AtomicBool,
+    /// While the connection is parked, its parker and slot (see `park.rs`); else 0.
+    pub(super) parked: AtomicU32,
     /// Woken (as well) on an end, for a connection busy writing.
     end_wake: Notify,
     /// 0 while the connection may go on; else an [`EndSignal`].
@@ -111,9 +117,26 @@ impl Signals {
             .is_ok();
         if first {
             self.end_wake.notify_one();
-            self.wake.notify_one();
+            self.wake();
         }
         first
+    }
+
+    /// Wakes the connection: its task, or the parker if it is parked.
+    pub fn wake(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        let parked = self.parked.swap(0, Ordering::SeqCst);
+        if parked != 0
+            && let (Some(parker), slot) = super::park::unmark(parked)
+        {
+            parker.claimed(slot);
+        }
+    }
+
+    /// Whether a wake came since the last call.
+    pub fn take_pending(&self) -> bool {
+        self.pending.swap(false, Ordering::SeqCst)
     }
 
     /// Why the connection is to end, if it is.
@@ -141,7 +164,7 @@ impl Signals {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(pkid);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// The packet ids acknowledged since the last call, in the order they were.
@@ -153,22 +176,26 @@ impl Signals {
 pub struct Session {
     pub client_id: Arc<str>,
     /// The identity of the client's latest connection, for the ACL's read checks.
-    pub principal: Option<String>,
+    pub principal: Option<Arc<str>>,
     /// Keyed by the filter as subscribed (with any `$share/<group>/`).
-    pub subscriptions: HashMap<Arc<str>, SubOptions>,
+    /// (A B-tree: an empty one costs half what an empty hash map does, and most devices
+    /// have none or a few.)
+    pub subscriptions: BTreeMap<Arc<str>, SubOptions>,
     pending: VecDeque<Delivery>,
     pub inflight: VecDeque<(u16, Flight)>,
-    /// Bytes held in `pending` and `inflight`.
-    held: usize,
+    /// Bytes held in `pending` and `inflight` (at most 4 GiB: the bound of one client's
+    /// queue is capped there).
+    held: u32,
     next_pkid: u16,
     /// QoS 2 packet ids received from the client and not yet released by its PUBREL.
-    pub incoming_qos2: HashSet<u16>,
+    /// (A few at most, bounded by the receive maximum: a list costs less than a set.)
+    pub incoming_qos2: Vec<u16>,
     /// Seconds the session outlives its connection; `u32::MAX`: for ever.
     pub expiry: u32,
     pub link: Option<Link>,
     /// Counts attachments, so that a timer set when the client went away can tell
     /// whether it came back meanwhile.
-    pub generation: u64,
+    pub generation: u32,
 }
 
 /// What became of a message offered to a session.
@@ -186,12 +213,12 @@ impl Session {
         Self {
             client_id,
             principal: None,
-            subscriptions: HashMap::new(),
+            subscriptions: BTreeMap::new(),
             pending: VecDeque::new(),
             inflight: VecDeque::new(),
             held: 0,
             next_pkid: 0,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: Vec::new(),
             expiry: 0,
             link: None,
             generation: 0,
@@ -211,17 +238,19 @@ impl Session {
             return Offered::NotKept;
         }
         let size = d.size();
-        if self.held + size > max_bytes || self.pending.len() >= MAX_QUEUED_MESSAGES {
+        if self.held as usize + size > max_bytes.min(u32::MAX as usize)
+            || self.pending.len() >= MAX_QUEUED_MESSAGES
+        {
             return Offered::Full;
         }
         if total.get() + size as i64 > max_total as i64 {
             return Offered::Full;
         }
         total.add(size as i64);
-        self.held += size;
+        self.hold(size);
         self.pending.push_back(d);
         if let Some(link) = &self.link {
-            link.signals.wake.notify_one();
+            link.signals.wake();
         }
         Offered::Queued
     }
@@ -275,8 +304,16 @@ impl Session {
     }
 
     fn release(&mut self, size: usize, total: &IntGauge) {
-        self.held -= size;
+        self.held = self
+            .held
+            .saturating_sub(u32::try_from(size).unwrap_or(u32::MAX));
         total.sub(size as i64);
+    }
+
+    fn hold(&mut self, size: usize) {
+        self.held = self
+            .held
+            .saturating_add(u32::try_from(size).unwrap_or(u32::MAX));
     }
 
     /// PUBACK: the QoS 1 message `pkid` is delivered.
@@ -333,7 +370,7 @@ impl Session {
     pub fn restore_in_flight(&mut self, pkid: u16, d: Option<Delivery>, total: &IntGauge) {
         let flight = match d {
             Some(d) => {
-                self.held += d.size();
+                self.hold(d.size());
                 total.add(d.size() as i64);
                 Flight::Sent(d)
             }
@@ -372,7 +409,7 @@ impl Session {
     /// Bytes held for the client.
     #[cfg(test)]
     pub fn held(&self) -> usize {
-        self.held
+        self.held as usize
     }
 
     /// Messages waiting to be sent.

@@ -23,8 +23,15 @@ use weir_engine::MqttProperties;
 use crate::mqtt::packets::{properties_from_v5, qos_v4, qos_v5};
 
 /// A client's byte stream: TCP, or TLS over TCP.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The stream itself, to be told apart: a plain TCP one can be parked.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
 pub type Stream = Box<dyn Io>;
 
 /// A client's CONNECT, whichever version sent it.
@@ -197,6 +204,16 @@ pub enum SubRefusal {
 }
 
 pub enum Wire {
+    /// For the moment a connection's socket moves between tokio and the parker.
+    Gone,
+    /// Parked (see `park.rs`): the socket out of tokio, and what makes its codec again.
+    Parked {
+        tcp: std::net::TcpStream,
+        /// 0 for MQTT 3.1.1; else the largest packet the client accepts.
+        max_packet: u32,
+        /// The largest packet the broker accepts from the client.
+        max_incoming: u32,
+    },
     V4(Box<Framed<Stream, v4::Codec>>),
     V5 {
         framed: Box<Framed<Stream, v5::Codec>>,
@@ -391,6 +408,7 @@ impl Wire {
     /// Answers a CONNECT with a refusal; the caller then closes the connection.
     pub async fn refuse(&mut self, why: Refusal) {
         let _ = match self {
+            Self::Parked { .. } | Self::Gone => Ok(()),
             Self::V4(f) => {
                 let code = match why {
                     Refusal::ProtocolVersion => v4::ConnectReturnCode::RefusedProtocolVersion,
@@ -425,12 +443,120 @@ impl Wire {
 
     /// Whether the client speaks MQTT 5.
     pub fn is_v5(&self) -> bool {
-        matches!(self, Self::V5 { .. })
+        matches!(
+            self,
+            Self::V5 { .. }
+                | Self::Parked {
+                    max_packet: 1..,
+                    ..
+                }
+        )
+    }
+
+    /// Whether nothing is buffered either way: the connection may be parked.
+    pub fn is_quiet(&self) -> bool {
+        match self {
+            Self::V4(f) => f.read_buffer().is_empty() && f.write_buffer().is_empty(),
+            Self::V5 { framed, .. } => {
+                framed.read_buffer().is_empty() && framed.write_buffer().is_empty()
+            }
+            Self::Parked { .. } | Self::Gone => false,
+        }
+    }
+
+    /// Takes the socket out of tokio (the stream must be plain TCP, and quiet: what is
+    /// buffered either way would be lost).
+    pub fn park(&mut self, max_packet: usize) -> std::io::Result<()> {
+        if !self.is_quiet() {
+            return Err(std::io::Error::other("bytes are buffered"));
+        }
+        let (io, v5, max_incoming) = match std::mem::replace(self, Self::Gone) {
+            Self::V4(f) => (
+                f.into_parts().io,
+                0,
+                u32::try_from(max_packet).unwrap_or(u32::MAX),
+            ),
+            Self::V5 {
+                framed,
+                max_packet,
+                max_incoming,
+            } => (
+                framed.into_parts().io,
+                u32::try_from(max_packet).unwrap_or(u32::MAX).max(1),
+                max_incoming,
+            ),
+            other @ (Self::Parked { .. } | Self::Gone) => {
+                *self = other;
+                return Ok(());
+            }
+        };
+        let tcp = io
+            .into_any()
+            .downcast::<tokio::net::TcpStream>()
+            .map_err(|_| std::io::Error::other("only a plain TCP connection can be parked"))?;
+        *self = Self::Parked {
+            tcp: tcp.into_std()?,
+            max_packet: v5,
+            max_incoming,
+        };
+        Ok(())
+    }
+
+    /// The parked socket's descriptor.
+    pub fn parked_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Self::Parked { tcp, .. } => Some(tcp.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Gives a parked socket back to tokio (on the current runtime), with its codec.
+    pub fn resume(&mut self, max_packet: usize) -> std::io::Result<()> {
+        let (tcp, v5, max_incoming) = match std::mem::replace(self, Self::Gone) {
+            Self::Parked {
+                tcp,
+                max_packet,
+                max_incoming,
+            } => (tcp, max_packet, max_incoming),
+            other => {
+                *self = other;
+                return Ok(());
+            }
+        };
+        let stream: Stream = Box::new(tokio::net::TcpStream::from_std(tcp)?);
+        *self = match v5 {
+            0 => {
+                let codec = v4::Codec {
+                    max_incoming_size: max_packet,
+                    max_outgoing_size: MAX_OUTGOING.max(max_packet),
+                };
+                let mut framed = Box::new(Framed::new(stream, codec));
+                lean(&mut framed);
+                Self::V4(framed)
+            }
+            client_max => {
+                let client_max = client_max as usize;
+                let codec = v5::Codec {
+                    max_incoming_size: Some(max_incoming),
+                    max_outgoing_size: None,
+                };
+                let mut framed = Box::new(Framed::new(stream, codec));
+                lean(&mut framed);
+                Self::V5 {
+                    framed,
+                    max_packet: client_max,
+                    max_incoming,
+                }
+            }
+        };
+        Ok(())
     }
 
     /// The next packet from the client; `None` when it closed the connection.
     pub async fn recv(&mut self) -> Option<Result<Inbound, String>> {
         match self {
+            Self::Parked { .. } | Self::Gone => Some(Err("the connection is parked".to_owned())),
             Self::V4(f) => Some(f.next().await?.map_err(|e| e.to_string()).and_then(from_v4)),
             Self::V5 { framed, .. } => Some(
                 framed
@@ -445,6 +571,7 @@ impl Wire {
     /// Sends a packet. A PUBLISH larger than the client accepts is not sent (`Ok(false)`).
     pub async fn send(&mut self, packet: Outbound<'_>) -> Result<bool, String> {
         match self {
+            Self::Parked { .. } | Self::Gone => Err("the connection is parked".to_owned()),
             Self::V4(f) => match to_v4(packet) {
                 Some(p) => f.send(p).await.map(|()| true).map_err(|e| e.to_string()),
                 None => Ok(true),
