@@ -154,7 +154,6 @@ impl ExternalBroker {
             ended_tx.send_replace(true);
         });
         AdoptedSession {
-            client_id: client_id.to_owned(),
             stop,
             ended,
             activity,
@@ -193,7 +192,6 @@ impl ExternalBroker {
 
 /// The session of another replica that this one took over: see [`ExternalBroker::adopt`].
 pub struct AdoptedSession {
-    client_id: String,
     stop: CancellationToken,
     ended: watch::Receiver<bool>,
     activity: Arc<ingress::Activity>,
@@ -202,10 +200,6 @@ pub struct AdoptedSession {
 }
 
 impl AdoptedSession {
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
     /// Whether the session has ended (its owner took it back, or it was stopped).
     pub fn has_ended(&self) -> bool {
         *self.ended.borrow()
