@@ -63,5 +63,5 @@ echo "== idle connections: weir's embedded broker beside Mosquitto"
 ( ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   limit=$(ulimit -n)
   n=20000
-  if [ "$limit" != unlimited ] && [ "$limit" -lt 20500 ]; then n=$((limit - 1000)); fi
+  if [ "$limit" != unlimited ] && [ "$limit" -lt 20100 ]; then n=$((limit - 100)); fi
   "$CARGO_TARGET_DIR/release/weir-conns" --weir "$weir" --connections "$n" )

@@ -79,6 +79,22 @@ pub mod harness {
         (ticks(11) + ticks(12)) / 100.0
     }
 
+    /// The value of the series `series` (name and labels) in weir's /metrics, over HTTP.
+    pub fn weir_metric(http: SocketAddr, series: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(http).ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse::<f64>().ok())
+    }
+
     /// Resident memory of a process in KiB now (VmRSS).
     pub fn rss_kib(pid: u32) -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use weir_benches::harness::{Killed, free_port, rss_kib, wait_port};
+use weir_benches::harness::{Killed, free_port, rss_kib, wait_port, weir_metric};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -89,7 +89,15 @@ struct Measured {
     took: Duration,
 }
 
-async fn measure(args: &Args, pid: u32, server: SocketAddr, tag: &str) -> Measured {
+/// Measures a server; returns the connections, still open: the server is to be stopped
+/// first, so that the closed connections wait out TIME_WAIT on its side (its port), not
+/// on the harness's source ports, which the next server's connections need.
+async fn measure(
+    args: &Args,
+    pid: u32,
+    server: SocketAddr,
+    tag: &str,
+) -> (Measured, Vec<TcpStream>) {
     wait_port(server).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let kib_before = rss_kib(pid);
@@ -97,12 +105,12 @@ async fn measure(args: &Args, pid: u32, server: SocketAddr, tag: &str) -> Measur
     // Let the server settle (buffers grown for the CONNECT shrink back, if they do).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let kib_after = rss_kib(pid);
-    drop(conns);
-    Measured {
+    let m = Measured {
         kib_before,
         kib_after,
         took,
-    }
+    };
+    (m, conns)
 }
 
 fn print(name: &str, args: &Args, m: &Measured) {
@@ -144,9 +152,10 @@ async fn main() {
             .expect("mosquitto starts (scripts/deps.sh installs it)"),
     );
     let server = SocketAddr::from(([127, 0, 0, 1], port));
-    let m = measure(&args, mosquitto.0.id(), server, "mosq").await;
+    let (m, conns) = measure(&args, mosquitto.0.id(), server, "mosq").await;
     print("mosquitto", &args, &m);
     drop(mosquitto);
+    drop(conns);
 
     let mqtt = free_port();
     let http = free_port();
@@ -168,9 +177,18 @@ async fn main() {
             .expect("weir starts"),
     );
     let server = SocketAddr::from(([127, 0, 0, 1], mqtt));
-    let w = measure(&args, weir.0.id(), server, "weir").await;
+    let (w, conns) = measure(&args, weir.0.id(), server, "weir").await;
     print("weir", &args, &w);
+    // How many of them weir holds parked (without a task): all of them, when idle.
+    let http = SocketAddr::from(([127, 0, 0, 1], http));
+    let parked = tokio::task::spawn_blocking(move || {
+        weir_metric(http, "weir_broker_connections_parked").unwrap_or(-1.0)
+    })
+    .await
+    .unwrap();
+    println!("weir: {parked} of them parked");
     drop(weir);
+    drop(conns);
 
     let bytes = |m: &Measured| m.kib_after.saturating_sub(m.kib_before) as f64;
     let rate = |m: &Measured| args.connections as f64 / m.took.as_secs_f64();

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::Mutex;
-use weir_benches::harness::{Killed, cpu_seconds, free_port, rss_kib, wait_port};
+use weir_benches::harness::{Killed, cpu_seconds, free_port, rss_kib, wait_port, weir_metric};
 // Nagle's algorithm off, as on weir's own connections and the broker (`set_tcp_nodelay`):
 // otherwise a small write can wait up to 40 ms for a delayed ACK.
 use weir_connectors::mqtt::no_delay;
@@ -981,21 +981,6 @@ fn print_weir_share(http: SocketAddr, rule: &str) {
         "  weir's part (receipt to the broker taking the output), share within: {}",
         shares.join(", ")
     );
-}
-
-/// The value of the series `series` (name and labels) in weir's /metrics, over HTTP.
-fn weir_metric(http: SocketAddr, series: &str) -> Option<f64> {
-    let mut s = TcpStream::connect(http).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse::<f64>().ok())
 }
 
 /// Follows weir's count of messages `rule` matched (polled every 10 ms) until `messages`

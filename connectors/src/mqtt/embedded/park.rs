@@ -38,8 +38,15 @@ pub(super) trait Resumable: Send + 'static {
     fn resume(self: Box<Self>);
 }
 
+/// What a connection's wake needs of its parker.
+pub(super) trait Claim: Send + Sync {
+    /// Resumes the connection in `slot`, whose number the caller took out of its
+    /// signals.
+    fn claimed(&self, slot: u32);
+}
+
 /// The live parkers of the process (one per broker), by number.
-static PARKERS: Mutex<Vec<Weak<Parker>>> = Mutex::new(Vec::new());
+static PARKERS: Mutex<Vec<Option<Weak<dyn Claim>>>> = Mutex::new(Vec::new());
 /// Parkers at once at most (numbers fit in the top 8 bits of [`Signals::parked`]).
 const MAX_PARKERS: usize = 255;
 /// Slots per parker at most (slot + 1 fits in the low 24 bits).
@@ -51,12 +58,12 @@ fn mark(parker: u32, slot: u32) -> u32 {
 }
 
 /// The parker and slot a value of [`Signals::parked`] names (not 0).
-pub(super) fn unmark(value: u32) -> (Option<Arc<Parker>>, u32) {
+pub(super) fn unmark(value: u32) -> (Option<Arc<dyn Claim>>, u32) {
     let parker = PARKERS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get((value >> 24) as usize)
-        .and_then(Weak::upgrade);
+        .and_then(|p| p.as_ref()?.upgrade());
     (parker, (value & 0x00FF_FFFF) - 1)
 }
 
@@ -66,32 +73,47 @@ const WAKER: Token = Token(usize::MAX);
 const SWEEP: Duration = Duration::from_secs(1);
 
 /// The parked connections of one broker, and the thread that watches their sockets.
-pub(super) struct Parker {
+/// (Of one type: a slot is a thin pointer.)
+pub(super) struct Parker<T> {
     /// Its number in [`PARKERS`].
     id: u32,
     registry: mio::Registry,
     waker: Waker,
-    slots: Mutex<Slots>,
+    slots: Mutex<Slots<T>>,
     stopped: AtomicBool,
 }
 
-#[derive(Default)]
-struct Slots {
-    entries: Vec<Option<Box<dyn Resumable>>>,
+struct Slots<T> {
+    entries: Vec<Option<Box<T>>>,
     free: Vec<u32>,
     parked: usize,
 }
 
-impl Parker {
+impl<T: Resumable> Claim for Parker<T> {
+    fn claimed(&self, slot: u32) {
+        let taken = {
+            let mut slots = self.slots();
+            self.take(&mut slots, slot)
+        };
+        if let Some(conn) = taken {
+            conn.resume();
+        }
+    }
+}
+
+impl<T: Resumable> Parker<T> {
     /// Starts the parker's thread; it ends once `alive` is gone (the broker was dropped)
     /// and nothing is parked, or on [`Parker::stop`].
-    pub(super) fn start(alive: Weak<dyn Send + Sync>) -> std::io::Result<Arc<Parker>> {
+    pub(super) fn start(alive: Weak<dyn Send + Sync>) -> std::io::Result<Arc<Self>> {
         let poll = Poll::new()?;
         let mut parkers = PARKERS.lock().unwrap_or_else(|p| p.into_inner());
-        let id = match parkers.iter().position(|p| p.strong_count() == 0) {
+        let id = match parkers
+            .iter()
+            .position(|p| p.as_ref().is_none_or(|p| p.strong_count() == 0))
+        {
             Some(free) => free,
             None if parkers.len() < MAX_PARKERS => {
-                parkers.push(Weak::new());
+                parkers.push(None);
                 parkers.len() - 1
             }
             None => return Err(std::io::Error::other("too many parkers in one process")),
@@ -100,10 +122,15 @@ impl Parker {
             id: id as u32,
             registry: poll.registry().try_clone()?,
             waker: Waker::new(poll.registry(), WAKER)?,
-            slots: Mutex::new(Slots::default()),
+            slots: Mutex::new(Slots {
+                entries: Vec::new(),
+                free: Vec::new(),
+                parked: 0,
+            }),
             stopped: AtomicBool::new(false),
         });
-        parkers[id] = Arc::downgrade(&parker);
+        let weak: Weak<dyn Claim> = Arc::downgrade(&parker) as Weak<Self>;
+        parkers[id] = Some(weak);
         drop(parkers);
         let watched = parker.clone();
         std::thread::Builder::new()
@@ -112,7 +139,7 @@ impl Parker {
         Ok(parker)
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots<T>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -123,7 +150,7 @@ impl Parker {
 
     /// Parks a connection; one that cannot be (its socket cannot join the epoll set, or
     /// weir is stopping) is resumed at once.
-    pub(super) fn park(self: &Arc<Self>, conn: Box<dyn Resumable>) {
+    pub(super) fn park(self: &Arc<Self>, conn: Box<T>) {
         let fd = conn.fd();
         if self.stopped.load(Ordering::SeqCst) {
             return conn.resume();
@@ -195,19 +222,7 @@ impl Parker {
         }
     }
 
-    /// Resumes the connection in `slot`, whose number the caller took out of its
-    /// signals.
-    pub(super) fn claimed(&self, slot: u32) {
-        let taken = {
-            let mut slots = self.slots();
-            self.take(&mut slots, slot)
-        };
-        if let Some(conn) = taken {
-            conn.resume();
-        }
-    }
-
-    fn take(&self, slots: &mut Slots, slot: u32) -> Option<Box<dyn Resumable>> {
+    fn take(&self, slots: &mut Slots<T>, slot: u32) -> Option<Box<T>> {
         let conn = slots.entries.get_mut(slot as usize)?.take()?;
         let _ = self.registry.deregister(&mut SourceFd(&conn.fd()));
         slots.free.push(slot);

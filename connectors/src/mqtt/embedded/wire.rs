@@ -207,20 +207,20 @@ pub enum Wire {
     /// For the moment a connection's socket moves between tokio and the parker.
     Gone,
     /// Parked (see `park.rs`): the socket out of tokio, and what makes its codec again.
+    /// (The largest packet the broker accepts is its own limit, given again on resuming;
+    /// the variants are 16 bytes at most, as a parked connection holds its `Wire`.)
     Parked {
         tcp: std::net::TcpStream,
         /// 0 for MQTT 3.1.1; else the largest packet the client accepts.
         max_packet: u32,
-        /// The largest packet the broker accepts from the client.
-        max_incoming: u32,
     },
     V4(Box<Framed<Stream, v4::Codec>>),
+    /// The largest packet the broker accepts from the client, told in the CONNACK, is its
+    /// codec's `max_incoming_size`.
     V5 {
         framed: Box<Framed<Stream, v5::Codec>>,
         /// The largest packet this client accepts.
-        max_packet: usize,
-        /// The largest packet the broker accepts from it, told in the CONNACK.
-        max_incoming: u32,
+        max_packet: u32,
     },
 }
 
@@ -393,8 +393,7 @@ impl Wire {
                 Ok((
                     Self::V5 {
                         framed,
-                        max_packet: client_max,
-                        max_incoming: limit,
+                        max_packet: u32::try_from(client_max).unwrap_or(u32::MAX),
                     },
                     connect,
                 ))
@@ -466,25 +465,13 @@ impl Wire {
 
     /// Takes the socket out of tokio (the stream must be plain TCP, and quiet: what is
     /// buffered either way would be lost).
-    pub fn park(&mut self, max_packet: usize) -> std::io::Result<()> {
+    pub fn park(&mut self) -> std::io::Result<()> {
         if !self.is_quiet() {
             return Err(std::io::Error::other("bytes are buffered"));
         }
-        let (io, v5, max_incoming) = match std::mem::replace(self, Self::Gone) {
-            Self::V4(f) => (
-                f.into_parts().io,
-                0,
-                u32::try_from(max_packet).unwrap_or(u32::MAX),
-            ),
-            Self::V5 {
-                framed,
-                max_packet,
-                max_incoming,
-            } => (
-                framed.into_parts().io,
-                u32::try_from(max_packet).unwrap_or(u32::MAX).max(1),
-                max_incoming,
-            ),
+        let (io, v5) = match std::mem::replace(self, Self::Gone) {
+            Self::V4(f) => (f.into_parts().io, 0),
+            Self::V5 { framed, max_packet } => (framed.into_parts().io, max_packet.max(1)),
             other @ (Self::Parked { .. } | Self::Gone) => {
                 *self = other;
                 return Ok(());
@@ -497,7 +484,6 @@ impl Wire {
         *self = Self::Parked {
             tcp: tcp.into_std()?,
             max_packet: v5,
-            max_incoming,
         };
         Ok(())
     }
@@ -513,12 +499,8 @@ impl Wire {
 
     /// Gives a parked socket back to tokio (on the current runtime), with its codec.
     pub fn resume(&mut self, max_packet: usize) -> std::io::Result<()> {
-        let (tcp, v5, max_incoming) = match std::mem::replace(self, Self::Gone) {
-            Self::Parked {
-                tcp,
-                max_packet,
-                max_incoming,
-            } => (tcp, max_packet, max_incoming),
+        let (tcp, v5) = match std::mem::replace(self, Self::Gone) {
+            Self::Parked { tcp, max_packet } => (tcp, max_packet),
             other => {
                 *self = other;
                 return Ok(());
@@ -536,9 +518,8 @@ impl Wire {
                 Self::V4(framed)
             }
             client_max => {
-                let client_max = client_max as usize;
                 let codec = v5::Codec {
-                    max_incoming_size: Some(max_incoming),
+                    max_incoming_size: Some(u32::try_from(max_packet).unwrap_or(u32::MAX)),
                     max_outgoing_size: None,
                 };
                 let mut framed = Box::new(Framed::new(stream, codec));
@@ -546,7 +527,6 @@ impl Wire {
                 Self::V5 {
                     framed,
                     max_packet: client_max,
-                    max_incoming,
                 }
             }
         };
@@ -576,13 +556,10 @@ impl Wire {
                 Some(p) => f.send(p).await.map(|()| true).map_err(|e| e.to_string()),
                 None => Ok(true),
             },
-            Self::V5 {
-                framed,
-                max_packet,
-                max_incoming,
-            } => {
-                let p = to_v5(packet, *max_incoming);
-                if p.size() > *max_packet {
+            Self::V5 { framed, max_packet } => {
+                let max_incoming = framed.codec().max_incoming_size.unwrap_or(u32::MAX);
+                let p = to_v5(packet, max_incoming);
+                if p.size() > *max_packet as usize {
                     return Ok(false);
                 }
                 framed
