@@ -525,6 +525,33 @@ mod tests {
         assert_eq!((s.held(), total.get() as usize), (0, 0));
     }
 
+    /// An idle session holds no queues: they are made with a message, kept while
+    /// anything is in them, and given back by `trim` once all are empty.
+    #[test]
+    fn queues_are_made_when_used_and_given_back_when_empty() {
+        let total = IntGauge::new("t", "t").unwrap();
+        let mut s = Session::new(Arc::from("c"));
+        attach(&mut s);
+        assert!(s.queues.is_none());
+        // Reading and releasing an unknown id make nothing.
+        s.released(7);
+        s.acked(7, &total);
+        assert!(s.queued().pending.is_empty() && s.queues.is_none());
+        assert_eq!(s.offer(msg(1), 1 << 20, &total, 1 << 30), Offered::Queued);
+        let (sent, _) = s.take_sendable(1, 10, &total);
+        assert_eq!(sent.len(), 1);
+        s.trim();
+        assert!(s.queues.is_some(), "a message in flight keeps them");
+        s.acked(sent[0].0, &total);
+        s.queues().incoming_qos2.push(9);
+        s.trim();
+        assert!(s.queues.is_some(), "a QoS 2 id not yet released keeps them");
+        s.released(9);
+        s.trim();
+        assert!(s.queues.is_none());
+        assert_eq!(total.get(), 0);
+    }
+
     #[test]
     fn offline_sessions_keep_qos1_and_bounds_refuse_the_rest() {
         let total = IntGauge::new("t", "t").unwrap();
