@@ -22,6 +22,7 @@
 //! * [`rule`]: a compiled rule: plans cached per input schema, evaluated per batch.
 //! * [`json_text`]: values with no one Arrow type, carried as JSON text.
 //! * [`template`]: `${...}` substitution templates in action parameters.
+//! * [`error`]: how every library error is classified (user, external, internal).
 //! * [`memory`]: the allocator that counts what a rule's evaluation allocates, for its
 //!   memory budget.
 //!
@@ -40,6 +41,7 @@
 
 pub mod decode;
 pub mod dialect;
+pub mod error;
 pub mod fields;
 pub mod json_text;
 pub mod memory;
@@ -54,6 +56,7 @@ use std::sync::Arc;
 /// The Arrow version the engine (DataFusion) uses, for crates that build batches too.
 pub use datafusion::arrow;
 pub use dialect::{SqlError, SqlVersion};
+pub use error::{Classify, ErrorClass};
 pub use message::{Ack, Message, MqttProperties, next_seq, now_ms, trace_id};
 pub use rule::{Failure, FailureReason, Outcome, Output, Rule};
 
