@@ -1,13 +1,19 @@
 //! The weir binary: reads the settings, sets up logging, the TLS provider and the
 //! runtime, and runs [`weir::run`] until SIGINT or SIGTERM.
 
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use weir::config::{Cli, Command, Settings};
+use weir::config::{Command, ParseError, Settings, parse_from};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ParseError::Flags(e)) => e.exit(),
+        Err(e @ ParseError::File(_)) => {
+            eprintln!("weir: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Rules(args) => return rules(args),
@@ -19,11 +25,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_new(&settings.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(&settings.runtime.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
-    if settings.log_json {
+    if settings.runtime.log_json {
         // One JSON object per line; an API request's id is in "span".
         logs.json()
             .with_current_span(true)
@@ -39,7 +46,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("weir: a TLS crypto provider was already installed");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.worker_threads)
+        .worker_threads(settings.runtime.worker_threads)
         .enable_all()
         .build()
     {

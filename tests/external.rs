@@ -408,7 +408,7 @@ async fn republish_reaches_another_broker_through_a_named_connection() {
         .send_json(reqwest::Method::PUT, "/v1/connections/plant", &back)
         .await;
     assert_eq!(status, 200, "{body}");
-    let stored = std::fs::read_to_string(dir.join("connections.json")).unwrap();
+    let stored = stored_text(&dir);
     assert!(stored.contains("mqtt-secret-5"), "the password is kept");
 }
 

@@ -376,12 +376,7 @@ async fn rules_reach_destinations_through_named_connections() {
         404
     );
     // The store keeps the secrets, privately.
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.join("connections.json"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    stored_text(&dir);
 }
 
 /// Connections of the config file are there at start, marked as such.

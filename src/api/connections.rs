@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use weir_connectors::sinks::connection::ConnectionConfig;
 
-use super::{ApiError, AppState, parse_body};
+use super::error::ApiError;
+use super::state::{AppState, parse_body};
 use crate::rules::RuleError;
 
 pub(super) async fn list(State(s): State<Arc<AppState>>) -> Response {
@@ -35,7 +36,7 @@ pub(super) async fn put(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let config: ConnectionConfig = parse_body(&body)?;
+    let config: ConnectionConfig = parse_body(&body, "invalid_request")?;
     let (stored, created) = s.rules.put_connection(&name, config, "api").await?;
     tracing::info!(connection = %name, kind = stored.config.kind(), "connection stored");
     let status = if created {

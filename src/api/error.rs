@@ -41,13 +41,10 @@ impl ApiError {
         )
     }
 
-    /// A request body that is not the JSON it should be, saying where.
-    pub fn body(e: &serde_json::Error) -> Self {
-        let code = if e.is_data() {
-            "invalid_rule"
-        } else {
-            "invalid_json"
-        };
+    /// A request body that is not the JSON it should be, saying where: `shape` is the code
+    /// of JSON of the wrong shape.
+    pub fn body(e: &serde_json::Error, shape: &'static str) -> Self {
+        let code = if e.is_data() { shape } else { "invalid_json" };
         Self::new(StatusCode::BAD_REQUEST, code, e.to_string())
             .with("line", e.line())
             .with("column", e.column())
@@ -83,14 +80,16 @@ impl From<RuleError> for ApiError {
                 format!("{context}: {message}"),
             )
             .with("field", context),
-            RuleError::InvalidName(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m),
+            RuleError::InvalidName(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
+            }
             e @ RuleError::ConnectionNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
             e @ RuleError::ConnectionInUse { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "connection_in_use", e.to_string())
             }
-            e @ RuleError::TooManyConnections => {
+            e @ RuleError::TooManyConnections(_) => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_connections", e.to_string())
             }
             e @ RuleError::TooManyRules(_) => {

@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{ApiError, AppState, parse_body};
+use super::error::ApiError;
+use super::state::{AppState, parse_body};
 use crate::auth::Role;
 use crate::auth::tokens::TokenError;
 
@@ -23,13 +24,18 @@ pub(super) struct NewToken {
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
         match e {
-            TokenError::InvalidName(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m),
+            TokenError::InvalidName(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
+            }
             TokenError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             TokenError::Reserved(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
             }
             TokenError::TooMany => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_tokens", e.to_string())
+            }
+            TokenError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             TokenError::Store(e) => ApiError::internal(e),
         }
@@ -40,7 +46,7 @@ pub(super) async fn create(
     State(s): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: NewToken = parse_body(&body)?;
+    let req: NewToken = parse_body(&body, "invalid_request")?;
     let token = s.auth.create(&req.name, req.role).await?;
     tracing::info!(token = %req.name, role = req.role.as_str(), "API token made");
     Ok((

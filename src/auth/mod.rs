@@ -10,40 +10,21 @@
 //! stored hashed. A presented token is hashed and compared with every known hash in
 //! constant time.
 
+pub mod role;
 pub mod tokens;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
+use futures_util::future::BoxFuture;
 
 use crate::config::{AdminToken, AuthSettings};
-use tokens::{Stored, TokenError, TokenInfo, TokenStore, hash, new_token};
-
-use std::sync::Arc;
-
-use crate::shared_store::{Kind, SharedStore};
-
-/// What a token may do; each role may do what the ones before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Viewer,
-    Editor,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Viewer => "viewer",
-            Self::Editor => "editor",
-            Self::Admin => "admin",
-        }
-    }
-}
+use crate::store::follow::Follower;
+use crate::store::{Expect, Kind, Store, StoreError, validate_name};
+pub use role::Role;
+use tokens::{Stored, TokenError, TokenInfo, Tokens, hash, new_token};
 
 /// The shortest admin token weir takes from an operator: a guessable one is refused.
 const MIN_ADMIN_TOKEN: usize = 16;
@@ -55,21 +36,29 @@ const MAX_ADMIN_TOKEN: usize = 4096;
 /// The name the admin token goes by.
 pub const ADMIN: &str = "admin";
 
+/// How often a token change is tried again when other replicas changed it first.
+const CONFLICT_TRIES: usize = 3;
+
 /// The API's gatekeeper.
 pub struct Auth {
     enabled: bool,
     metrics: bool,
     /// The admin token's hash.
     admin: [u8; 32],
-    tokens: Mutex<TokenStore>,
-    /// The fleet's shared store, where the tokens are kept instead of `tokens.json`.
-    shared: std::sync::OnceLock<Arc<SharedStore>>,
+    store: Store,
+    /// The store's tokens: this replica's copy.
+    tokens: Mutex<Tokens>,
 }
 
 impl Auth {
-    /// Sets up authentication as `settings` say, keeping tokens under `data_dir`.
-    pub fn open(settings: &AuthSettings, data_dir: &Path) -> anyhow::Result<Self> {
-        let tokens = TokenStore::open(&data_dir.join("tokens.json"))?;
+    /// Sets up authentication as `settings` say (the admin token made under `data_dir`
+    /// if need be), with the tokens of `store`.
+    pub async fn open(
+        settings: &AuthSettings,
+        data_dir: &Path,
+        store: Store,
+    ) -> anyhow::Result<Self> {
+        let tokens = Mutex::new(Tokens::new(store.list(Kind::Token).await?));
         if !settings.enabled {
             tracing::warn!(
                 "API authentication is off (--auth off): anyone who can reach the HTTP API can read and change every rule"
@@ -78,8 +67,8 @@ impl Auth {
                 enabled: false,
                 metrics: false,
                 admin: [0; 32],
-                tokens: Mutex::new(tokens),
-                shared: Default::default(),
+                store,
+                tokens,
             });
         }
         let admin = match &settings.admin_token {
@@ -96,47 +85,21 @@ impl Auth {
             enabled: true,
             metrics: settings.metrics,
             admin: hash(&admin),
-            tokens: Mutex::new(tokens),
-            shared: Default::default(),
+            store,
+            tokens,
         })
     }
 
-    /// Keeps the tokens in the fleet's shared store from now on (those of `tokens.json`
-    /// are not used), starting with the ones it holds.
-    pub async fn use_shared(&self, shared: Arc<SharedStore>) -> anyhow::Result<()> {
-        let all = load_tokens(&shared).await?;
-        self.store().set_all_cached(all);
-        let _ = self.shared.set(shared);
+    /// What follows the store's feed for the tokens.
+    pub fn follower(self: &Arc<Self>) -> Arc<dyn Follower> {
+        Arc::new(TokensFollower(self.clone()))
+    }
+
+    /// Makes the token `name` as the store holds it now the copy here.
+    async fn refresh(&self, name: &str) -> anyhow::Result<()> {
+        let remote = self.store.get::<Stored>(Kind::Token, name).await?;
+        self.copy().set(name, remote);
         Ok(())
-    }
-
-    /// Brings the token `name` in step with the shared store.
-    pub async fn sync_token(&self, name: &str) {
-        let Some(shared) = self.shared.get() else {
-            return;
-        };
-        match shared.get(Kind::Token, name).await {
-            Ok(row) => {
-                let stored = row.and_then(|r| serde_json::from_str::<Stored>(&r.body).ok());
-                self.store().set_cached(name, stored);
-            }
-            Err(e) => {
-                tracing::warn!(token = name, error = %format!("{e:#}"), "cannot read a changed token from the rule store")
-            }
-        }
-    }
-
-    /// Brings every token in step with the shared store.
-    pub async fn sync_tokens(&self) {
-        let Some(shared) = self.shared.get() else {
-            return;
-        };
-        match load_tokens(shared).await {
-            Ok(all) => self.store().set_all_cached(all),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot read the tokens of the rule store")
-            }
-        }
     }
 
     /// Whether requests need a token at all.
@@ -152,7 +115,7 @@ impl Auth {
     /// The role of the bearer of `token`, if it is one weir knows.
     pub fn role_of(&self, token: &str) -> Option<Role> {
         let h = hash(token);
-        let stored = self.store().role_of(&h);
+        let stored = self.copy().role_of(&h);
         // Both comparisons run whatever the first found: no timing says which matched.
         let is_admin = tokens::same(&h, &self.admin);
         if is_admin { Some(Role::Admin) } else { stored }
@@ -163,24 +126,31 @@ impl Auth {
         if name == ADMIN {
             return Err(TokenError::Reserved(name.to_owned()));
         }
+        validate_name(Kind::Token, name)?;
+        self.copy().check_new(name)?;
         let token = new_token();
-        let Some(shared) = self.shared.get() else {
-            self.store().insert(name, role, &token)?;
-            return Ok(token);
-        };
-        let stored = self.store().new_entry(name, role, &token)?;
-        let body = serde_json::to_string(&stored).map_err(|e| TokenError::Store(e.into()))?;
-        match shared.put(Kind::Token, name, &body, 1).await {
-            Ok(Ok(())) => {
-                self.store().set_cached(name, Some(stored));
+        let stored = Stored::new(role, &token);
+        match self
+            .store
+            .put(Kind::Token, name, &stored, Expect::Absent)
+            .await
+        {
+            Ok(version) => {
+                self.copy().set(
+                    name,
+                    Some(crate::store::Versioned {
+                        version,
+                        value: stored,
+                    }),
+                );
                 Ok(token)
             }
             // Another replica made one of that name meanwhile.
-            Ok(Err(_)) => {
-                self.sync_token(name).await;
+            Err(StoreError::Conflict { .. }) => {
+                self.refresh(name).await.map_err(TokenError::Store)?;
                 Err(TokenError::Exists(name.to_owned()))
             }
-            Err(e) => Err(TokenError::Store(e)),
+            Err(StoreError::Failed(e)) => Err(TokenError::Store(e)),
         }
     }
 
@@ -191,7 +161,7 @@ impl Auth {
             role: Role::Admin,
             created_at_ms: None,
         }];
-        all.extend(self.store().list());
+        all.extend(self.copy().list());
         all
     }
 
@@ -200,19 +170,46 @@ impl Auth {
         if name == ADMIN {
             return Err(TokenError::Reserved(name.to_owned()));
         }
-        let Some(shared) = self.shared.get() else {
-            return self.store().remove(name);
-        };
-        let removed = shared
-            .delete_any(Kind::Token, name)
-            .await
-            .map_err(TokenError::Store)?;
-        self.store().set_cached(name, None);
-        Ok(removed)
+        for _ in 0..CONFLICT_TRIES {
+            let Some(version) = self.copy().version(name) else {
+                return Ok(false);
+            };
+            match self.store.delete(Kind::Token, name, version).await {
+                Ok(()) => {
+                    self.copy().set(name, None);
+                    return Ok(true);
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    self.refresh(name).await.map_err(TokenError::Store)?
+                }
+                Err(StoreError::Failed(e)) => return Err(TokenError::Store(e)),
+            }
+        }
+        Err(TokenError::Conflict(name.to_owned()))
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, TokenStore> {
+    fn copy(&self) -> std::sync::MutexGuard<'_, Tokens> {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct TokensFollower(Arc<Auth>);
+
+impl Follower for TokensFollower {
+    fn kind(&self) -> Kind {
+        Kind::Token
+    }
+
+    fn held(&self) -> BoxFuture<'_, Vec<(String, u64)>> {
+        Box::pin(std::future::ready(self.0.copy().versions()))
+    }
+
+    fn sync<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.0.refresh(name).await {
+                tracing::warn!(token = name, error = %format!("{e:#}"), "cannot read a changed token from the store");
+            }
+        })
     }
 }
 
@@ -268,25 +265,14 @@ fn data_dir_token(path: &PathBuf) -> anyhow::Result<String> {
     }
 }
 
-/// Every token of the shared store (rows that are not tokens are skipped, logged).
-async fn load_tokens(shared: &SharedStore) -> anyhow::Result<Vec<(String, Stored)>> {
-    Ok(shared
-        .all(Kind::Token)
-        .await?
-        .into_iter()
-        .filter_map(|r| match serde_json::from_str::<Stored>(&r.body) {
-            Ok(s) => Some((r.name, s)),
-            Err(e) => {
-                tracing::error!(token = %r.name, error = %e, "a row of the shared store is not a token: skipped");
-                None
-            }
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn open(settings: &AuthSettings, dir: &Path) -> anyhow::Result<Auth> {
+        let store = Store::new(Arc::new(crate::store::local::Local::open(dir)?));
+        Auth::open(settings, dir, store).await
+    }
 
     fn settings(admin_token: AdminToken) -> AuthSettings {
         AuthSettings {
@@ -296,10 +282,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_short_admin_token_is_refused_by_where_it_came_from() {
+    #[tokio::test]
+    async fn a_short_admin_token_is_refused_by_where_it_came_from() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = Auth::open(&settings(AdminToken::Value("short".into())), tmp.path())
+        let err = open(&settings(AdminToken::Value("short".into())), tmp.path())
+            .await
             .err()
             .unwrap();
         assert!(
@@ -308,7 +295,8 @@ mod tests {
         );
         let file = tmp.path().join("secret");
         std::fs::write(&file, "  tiny \n").unwrap();
-        let err = Auth::open(&settings(AdminToken::File(file.clone())), tmp.path())
+        let err = open(&settings(AdminToken::File(file.clone())), tmp.path())
+            .await
             .err()
             .unwrap();
         assert!(
@@ -316,7 +304,8 @@ mod tests {
             "{err:#}"
         );
         let missing = tmp.path().join("missing");
-        let err = Auth::open(&settings(AdminToken::File(missing)), tmp.path())
+        let err = open(&settings(AdminToken::File(missing)), tmp.path())
+            .await
             .err()
             .unwrap();
         assert!(
@@ -325,10 +314,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_endless_or_huge_admin_token_is_refused_without_reading_it_all() {
+    #[tokio::test]
+    async fn an_endless_or_huge_admin_token_is_refused_without_reading_it_all() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = Auth::open(&settings(AdminToken::File("/dev/zero".into())), tmp.path())
+        let err = open(&settings(AdminToken::File("/dev/zero".into())), tmp.path())
+            .await
             .err()
             .unwrap();
         assert!(
@@ -336,7 +326,8 @@ mod tests {
             "{err:#}"
         );
         let huge = "x".repeat(MAX_ADMIN_TOKEN + 1);
-        let err = Auth::open(&settings(AdminToken::Value(huge.clone())), tmp.path())
+        let err = open(&settings(AdminToken::Value(huge.clone())), tmp.path())
+            .await
             .err()
             .unwrap();
         assert!(
@@ -345,7 +336,8 @@ mod tests {
         );
         // A data-directory token file grown past the bound is refused too.
         std::fs::write(tmp.path().join("admin.token"), &huge).unwrap();
-        let err = Auth::open(&settings(AdminToken::DataDir), tmp.path())
+        let err = open(&settings(AdminToken::DataDir), tmp.path())
+            .await
             .err()
             .unwrap();
         assert!(
@@ -354,18 +346,24 @@ mod tests {
         );
         // At the bound it is taken.
         let at = "y".repeat(MAX_ADMIN_TOKEN);
-        let a = Auth::open(&settings(AdminToken::Value(at.clone())), tmp.path()).unwrap();
+        let a = open(&settings(AdminToken::Value(at.clone())), tmp.path())
+            .await
+            .unwrap();
         assert_eq!(a.role_of(&at), Some(Role::Admin));
     }
 
     #[tokio::test]
     async fn the_made_admin_token_is_kept_and_roles_are_ordered() {
         let tmp = tempfile::tempdir().unwrap();
-        let a = Auth::open(&settings(AdminToken::DataDir), tmp.path()).unwrap();
+        let a = open(&settings(AdminToken::DataDir), tmp.path())
+            .await
+            .unwrap();
         let token = std::fs::read_to_string(tmp.path().join("admin.token")).unwrap();
         assert_eq!(a.role_of(token.trim()), Some(Role::Admin));
         // Opened again, the same token holds.
-        let b = Auth::open(&settings(AdminToken::DataDir), tmp.path()).unwrap();
+        let b = open(&settings(AdminToken::DataDir), tmp.path())
+            .await
+            .unwrap();
         assert_eq!(b.role_of(token.trim()), Some(Role::Admin));
         assert_eq!(b.role_of("weir_wrong"), None);
         assert!(Role::Viewer < Role::Editor && Role::Editor < Role::Admin);

@@ -1,32 +1,44 @@
-//! The API tokens an admin made: names, roles and SHA-256 hashes in
-//! `<data-dir>/tokens.json` (mode 0600, replaced atomically). The tokens themselves are
-//! shown once, when made, and kept nowhere.
+//! The API tokens an admin made, as the store keeps them: a name, a role and the token's
+//! SHA-256 hash; the tokens themselves are shown once, when made, and kept nowhere. This
+//! is the copy a replica checks requests against ([`Tokens`]), in step with the store.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::Role;
-use crate::rules::spec::validate_name;
+use super::role::Role;
+use crate::store::{NameError, Versioned};
 
 /// Why a token could not be made or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("{0}")]
-    InvalidName(String),
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
     #[error("a token named '{0}' exists; delete it first")]
     Exists(String),
     #[error("the token '{0}' is weir's own and cannot be made or deleted over the API")]
     Reserved(String),
     #[error("there are {MAX_TOKENS} tokens, the most weir keeps; delete one first")]
     TooMany,
-    #[error(transparent)]
+    /// Other replicas kept changing the token meanwhile.
+    #[error("the token '{0}' was changed by another replica meanwhile, again and again; try again")]
+    Conflict(String),
+    #[error("{0:#}")]
     Store(anyhow::Error),
+}
+
+impl weir_engine::Classify for TokenError {
+    fn class(&self) -> weir_engine::ErrorClass {
+        use weir_engine::ErrorClass;
+        match self {
+            Self::Store(_) => ErrorClass::Internal,
+            Self::Conflict(_) => ErrorClass::External,
+            _ => ErrorClass::User,
+        }
+    }
 }
 
 /// A token as listed: never the token itself.
@@ -38,7 +50,8 @@ pub struct TokenInfo {
     pub created_at_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A token as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stored {
     role: Role,
     /// Hex SHA-256 of the token.
@@ -46,23 +59,17 @@ pub struct Stored {
     created_at_ms: i64,
 }
 
-#[derive(Serialize, Deserialize)]
-struct TokenFile {
-    version: u32,
-    tokens: BTreeMap<String, Stored>,
-}
-
 /// The most tokens an admin can make. Every request compares its token with each, so
 /// the count is bounded; a fleet needs tokens per team or service, not per device.
 pub const MAX_TOKENS: usize = 1000;
 
-pub struct TokenStore {
-    path: PathBuf,
-    tokens: BTreeMap<String, Stored>,
+/// The tokens held here, with their versions, and their hashes decoded.
+#[derive(Default)]
+pub struct Tokens {
+    tokens: BTreeMap<String, Versioned<Stored>>,
     /// The hashes, decoded, in the order of `tokens`.
     hashes: Vec<([u8; 32], Role)>,
 }
-
 /// A new token: `weir_` and 32 random bytes, base64url.
 pub fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -97,41 +104,33 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-impl TokenStore {
-    /// Opens the store at `path` (none yet: empty).
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let tokens = match std::fs::read(path) {
-            Ok(bytes) => {
-                let file: TokenFile = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("token store {} is not readable", path.display()))?;
-                file.tokens
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let mut store = Self {
-            path: path.to_owned(),
-            tokens,
-            hashes: Vec::new(),
-        };
-        store.index()?;
-        Ok(store)
+impl Stored {
+    /// A new token's entry: its role and hash.
+    pub fn new(role: Role, token: &str) -> Self {
+        Self {
+            role,
+            sha256: hex(&hash(token)),
+            created_at_ms: weir_engine::now_ms(),
+        }
+    }
+}
+
+impl Tokens {
+    /// The store's tokens; one without a valid hash is left out, logged.
+    pub fn new(all: Vec<(String, Versioned<Stored>)>) -> Self {
+        let mut t = Self::default();
+        for (name, v) in all {
+            t.set(&name, Some(v));
+        }
+        t
     }
 
-    fn index(&mut self) -> anyhow::Result<()> {
+    fn index(&mut self) {
         self.hashes = self
             .tokens
-            .iter()
-            .map(|(name, t)| {
-                unhex(&t.sha256).map(|h| (h, t.role)).with_context(|| {
-                    format!(
-                        "token '{name}' in {} has no valid hash",
-                        self.path.display()
-                    )
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(())
+            .values()
+            .filter_map(|t| Some((unhex(&t.value.sha256)?, t.value.role)))
+            .collect();
     }
 
     /// The role of the token whose hash is `h`. Every stored hash is compared, so the
@@ -146,72 +145,46 @@ impl TokenStore {
         found
     }
 
-    pub fn insert(&mut self, name: &str, role: Role, token: &str) -> Result<(), TokenError> {
-        let stored = self.new_entry(name, role, token)?;
-        let mut next = self.tokens.clone();
-        next.insert(name.to_owned(), stored);
-        self.save(next)
-    }
-
-    /// What [`TokenStore::insert`] would store for a new token, once checked: a name not
-    /// taken, below [`MAX_TOKENS`].
-    pub fn new_entry(&self, name: &str, role: Role, token: &str) -> Result<Stored, TokenError> {
-        validate_name(name)
-            .map_err(|m| TokenError::InvalidName(m.replace("rule name", "token name")))?;
+    /// Checks that a new token named `name` may be made: a name not taken, below
+    /// [`MAX_TOKENS`].
+    pub fn check_new(&self, name: &str) -> Result<(), TokenError> {
         if self.tokens.contains_key(name) {
             return Err(TokenError::Exists(name.to_owned()));
         }
         if self.tokens.len() >= MAX_TOKENS {
             return Err(TokenError::TooMany);
         }
-        Ok(Stored {
-            role,
-            sha256: hex(&hash(token)),
-            created_at_ms: weir_engine::now_ms(),
-        })
+        Ok(())
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.tokens.contains_key(name)
+    pub fn version(&self, name: &str) -> Option<u64> {
+        self.tokens.get(name).map(|t| t.version)
     }
 
-    /// Makes `stored` the copy here of the token `name` (`None`: gone), writing nothing:
-    /// the fleet's shared store holds it. An entry without a valid hash is left out.
-    pub fn set_cached(&mut self, name: &str, stored: Option<Stored>) {
+    /// Every token's version.
+    pub fn versions(&self) -> Vec<(String, u64)> {
+        self.tokens
+            .iter()
+            .map(|(n, t)| (n.clone(), t.version))
+            .collect()
+    }
+
+    /// Makes `stored` the copy here of the token `name` (`None`: gone). An entry without
+    /// a valid hash is left out, logged.
+    pub fn set(&mut self, name: &str, stored: Option<Versioned<Stored>>) {
         match stored {
-            Some(s) if unhex(&s.sha256).is_some() => {
+            Some(s) if unhex(&s.value.sha256).is_some() => {
                 self.tokens.insert(name.to_owned(), s);
             }
             Some(_) => {
-                tracing::error!(
-                    token = name,
-                    "a token of the shared store has no valid hash: left out"
-                );
+                tracing::error!(token = name, "a stored token has no valid hash: left out");
                 self.tokens.remove(name);
             }
             None => {
                 self.tokens.remove(name);
             }
         }
-        let _ = self.index();
-    }
-
-    /// Replaces every token with those of the fleet's shared store.
-    pub fn set_all_cached(&mut self, all: Vec<(String, Stored)>) {
-        self.tokens = all
-            .into_iter()
-            .filter(|(_, s)| unhex(&s.sha256).is_some())
-            .collect();
-        let _ = self.index();
-    }
-
-    pub fn remove(&mut self, name: &str) -> Result<bool, TokenError> {
-        if !self.tokens.contains_key(name) {
-            return Ok(false);
-        }
-        let mut next = self.tokens.clone();
-        next.remove(name);
-        self.save(next).map(|()| true)
+        self.index();
     }
 
     pub fn list(&self) -> Vec<TokenInfo> {
@@ -219,25 +192,10 @@ impl TokenStore {
             .iter()
             .map(|(name, t)| TokenInfo {
                 name: name.clone(),
-                role: t.role,
-                created_at_ms: Some(t.created_at_ms),
+                role: t.value.role,
+                created_at_ms: Some(t.value.created_at_ms),
             })
             .collect()
-    }
-
-    /// Writes `tokens` (a temporary file, synced, renamed over the old one) and makes
-    /// them the store's.
-    fn save(&mut self, tokens: BTreeMap<String, Stored>) -> Result<(), TokenError> {
-        let file = TokenFile { version: 1, tokens };
-        serde_json::to_vec_pretty(&file)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| {
-                crate::private_file::replace(&self.path, &bytes)
-                    .with_context(|| format!("cannot write token store {}", self.path.display()))
-            })
-            .map_err(TokenError::Store)?;
-        self.tokens = file.tokens;
-        self.index().map_err(TokenError::Store)
     }
 }
 
@@ -246,81 +204,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_are_stored_hashed_and_found_by_hash() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("tokens.json");
-        let mut store = TokenStore::open(&path).unwrap();
+    fn tokens_are_found_by_hash_and_a_bad_hash_is_left_out() {
         let (a, b) = (new_token(), new_token());
         assert_ne!(a, b);
         assert!(a.starts_with("weir_") && a.len() > 40, "{a}");
-        store.insert("ci", Role::Editor, &a).unwrap();
-        store.insert("dash", Role::Viewer, &b).unwrap();
-        assert!(matches!(
-            store.insert("ci", Role::Admin, &b),
-            Err(TokenError::Exists(_))
-        ));
-        assert!(matches!(
-            store.insert("a b", Role::Admin, &b),
-            Err(TokenError::InvalidName(_))
-        ));
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(&a) && !text.contains(&b), "{text}");
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-
-        let store = TokenStore::open(&path).unwrap();
-        assert_eq!(store.role_of(&hash(&a)), Some(Role::Editor));
-        assert_eq!(store.role_of(&hash(&b)), Some(Role::Viewer));
-        assert_eq!(store.role_of(&hash("weir_nope")), None);
-        let mut store = store;
-        assert!(store.remove("ci").unwrap());
-        assert!(!store.remove("ci").unwrap());
-        assert_eq!(TokenStore::open(&path).unwrap().role_of(&hash(&a)), None);
+        let v = |s: Stored| Versioned {
+            version: 1,
+            value: s,
+        };
+        let mut t = Tokens::new(vec![
+            ("ci".to_owned(), v(Stored::new(Role::Editor, &a))),
+            ("dash".to_owned(), v(Stored::new(Role::Viewer, &b))),
+        ]);
+        assert_eq!(t.role_of(&hash(&a)), Some(Role::Editor));
+        assert_eq!(t.role_of(&hash(&b)), Some(Role::Viewer));
+        assert_eq!(t.role_of(&hash("weir_nope")), None);
+        assert!(matches!(t.check_new("ci"), Err(TokenError::Exists(_))));
+        let bad = Stored {
+            sha256: "zz".to_owned(),
+            ..Stored::new(Role::Admin, "x")
+        };
+        t.set("bad", Some(v(bad)));
+        assert_eq!(
+            t.list().len(),
+            2,
+            "a token without a valid hash is left out"
+        );
+        t.set("ci", None);
+        assert_eq!(t.role_of(&hash(&a)), None);
     }
 
     #[test]
     fn an_admin_makes_at_most_max_tokens() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut store = TokenStore::open(&tmp.path().join("tokens.json")).unwrap();
-        for i in 0..MAX_TOKENS - 1 {
-            store.tokens.insert(
-                format!("t{i}"),
-                Stored {
-                    role: Role::Viewer,
-                    sha256: hex(&hash(&format!("token-{i}"))),
-                    created_at_ms: 0,
-                },
-            );
-        }
-        store.insert("last", Role::Viewer, &new_token()).unwrap();
-        let err = store.insert("one-more", Role::Viewer, &new_token());
-        assert!(matches!(err, Err(TokenError::TooMany)), "{err:?}");
-        assert!(store.remove("t0").unwrap());
-        store
-            .insert("one-more", Role::Viewer, &new_token())
-            .unwrap();
-        assert_eq!(store.list().len(), MAX_TOKENS);
-    }
-
-    #[test]
-    fn a_damaged_token_store_is_refused_with_its_path() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("tokens.json");
-        std::fs::write(&path, b"{\"version\": 1, \"tokens\": {\"ci\": ").unwrap();
-        let err = TokenStore::open(&path).err().unwrap();
-        assert!(
-            format!("{err:#}").contains("tokens.json is not readable"),
-            "{err:#}"
-        );
-        let bad_hash =
-            r#"{"version":1,"tokens":{"ci":{"role":"editor","sha256":"zz","created_at_ms":0}}}"#;
-        std::fs::write(&path, bad_hash).unwrap();
-        let err = TokenStore::open(&path).err().unwrap();
-        assert!(
-            format!("{err:#}").contains("token 'ci' in")
-                && format!("{err:#}").contains("has no valid hash"),
-            "{err:#}"
-        );
+        let all = (0..MAX_TOKENS)
+            .map(|i| {
+                let s = Stored::new(Role::Viewer, &format!("token-{i}"));
+                (
+                    format!("t{i}"),
+                    Versioned {
+                        version: 1,
+                        value: s,
+                    },
+                )
+            })
+            .collect();
+        let mut t = Tokens::new(all);
+        assert!(matches!(t.check_new("one-more"), Err(TokenError::TooMany)));
+        t.set("t0", None);
+        t.check_new("one-more").unwrap();
     }
 }

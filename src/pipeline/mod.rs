@@ -6,7 +6,7 @@
 //!                               └──────────────▶ error action worker ◀─────────┘
 //! ```
 //!
-//! * [`router`]: which rules a message goes to.
+//! * `router.rs`: the routing table: which rules a message goes to.
 //! * [`rule_worker`]: batches a rule's messages, runs the rule, hands the outputs on.
 //! * [`error_records`]: what a rule's error action receives.
 //! * the action workers are the connectors' ([`weir_connectors::sink::worker`]).
@@ -41,7 +41,10 @@ use weir_connectors::sink::{
 use weir_connectors::sinks::{Action, ActionWorker, WorkerInputs};
 use weir_engine::{Message, Rule};
 
-use router::Routes;
+use router::{Routed, Routes};
+
+/// Most ingress messages routed against one snapshot of the routing table.
+const ROUTE_BATCH: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct BatchSettings {
@@ -116,6 +119,16 @@ struct RunningRule {
     pending: Mutex<Option<Prepared>>,
 }
 
+impl Routed for RunningRule {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn filter(&self) -> &str {
+        &self.filter
+    }
+}
+
 impl RunningRule {
     /// The rule worker's channel, starting the workers if they are not running yet.
     fn sender(&self, pipeline: &Pipeline) -> &mpsc::Sender<Arc<Message>> {
@@ -142,7 +155,7 @@ pub struct Pipeline {
     external: Option<Arc<ExternalBroker>>,
     /// The rules running now, by name.
     running: Mutex<HashMap<String, Arc<RunningRule>>>,
-    routes: RwLock<Arc<Routes>>,
+    routes: RwLock<Arc<Routes<RunningRule>>>,
     /// Every worker task, so that shutdown can wait for them to drain.
     tasks: TaskTracker,
     /// Cancelled when shutdown begins.
@@ -404,6 +417,48 @@ impl Pipeline {
                 })
                 .collect();
             ext.set_filters(filters);
+        }
+    }
+
+    /// Routes ingress messages to the rules whose filters match, until the ingress closes.
+    pub async fn route(self: Arc<Self>, mut ingress: mpsc::Receiver<Message>, embedded: bool) {
+        let mut targets: Vec<usize> = Vec::new();
+        let mut inbox: Vec<Message> = Vec::new();
+        // What is queued is routed together, against one snapshot of the routing table.
+        while ingress.recv_many(&mut inbox, ROUTE_BATCH).await > 0 {
+            if embedded {
+                self.metrics.ingress_messages.inc_by(inbox.len() as u64);
+            }
+            let routes = self
+                .routes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for msg in inbox.drain(..) {
+                self.route_one(&routes, msg, &mut targets).await;
+            }
+        }
+    }
+
+    /// Sends one message to every rule whose filter matches its topic.
+    async fn route_one(
+        &self,
+        routes: &Routes<RunningRule>,
+        mut msg: Message,
+        targets: &mut Vec<usize>,
+    ) {
+        routes.targets(&mut msg, targets);
+        if targets.is_empty() {
+            self.metrics.ingress_unmatched.inc();
+            return;
+        }
+        let msg = Arc::new(msg);
+        for &i in targets.iter() {
+            let rule = &routes.rules[i];
+            if rule.sender(self).send(msg.clone()).await.is_err() {
+                // The rule was replaced or stopped between the lookup and the send.
+                tracing::debug!(rule = %rule.name, "rule stopped while routing");
+            }
         }
     }
 }

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use weir_connectors::sinks::ActionConfig;
 
+use crate::store::{Kind, validate_name};
+
 /// A rule as a user submits it (`PUT /v1/rules/{name}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +71,9 @@ pub(crate) fn current_sql_version() -> String {
     SQL_VERSION.to_owned()
 }
 
+/// The most tests one rule may carry.
+pub const MAX_TESTS: usize = 100;
+
 /// A rule as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredRule {
@@ -113,25 +118,6 @@ impl Precondition {
     }
 }
 
-/// Checks a rule name: 1 to 128 letters, digits, '_' or '-'.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 128 {
-        return Err(format!(
-            "rule name must have 1 to 128 characters, got {}",
-            name.len()
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-    {
-        return Err(format!(
-            "rule name '{name}' contains '{c}'; use letters, digits, '_' and '-'"
-        ));
-    }
-    Ok(())
-}
-
 /// A rule file from the queries directory: SQL, with the rest of the rule in `--` comment
 /// lines at the top:
 ///
@@ -152,7 +138,7 @@ pub fn parse_rule_file(path: &Path, text: &str) -> anyhow::Result<(String, RuleS
         .and_then(|s| s.to_str())
         .context("rule file name is not UTF-8")?
         .to_owned();
-    validate_name(&name).map_err(anyhow::Error::msg)?;
+    validate_name(Kind::Rule, &name)?;
     let mut spec = RuleSpec {
         sql: String::new(),
         actions: Vec::new(),
@@ -201,14 +187,6 @@ pub fn parse_rule_file(path: &Path, text: &str) -> anyhow::Result<(String, RuleS
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert!(validate_name("high_temp-1").is_ok());
-        assert!(validate_name("").is_err());
-        assert!(validate_name("a b").is_err());
-        assert!(validate_name(&"x".repeat(129)).is_err());
-    }
 
     #[test]
     fn rule_files() {

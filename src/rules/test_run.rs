@@ -12,12 +12,11 @@ use weir_connectors::sinks::ActionConfig;
 use weir_engine::json_text::same_json;
 use weir_engine::{Message, MqttProperties};
 
+use super::check::off_runtime;
+use super::error::RuleError;
 use super::spec::{RuleSpec, RuleTest, current_sql_version};
-use super::{RuleError, RuleService};
+use super::state::RuleService;
 use crate::pipeline::CompiledRule;
-
-/// The most tests one rule may carry.
-pub const MAX_TESTS: usize = 100;
 
 /// `POST /v1/test`: a rule and sample messages.
 #[derive(Debug, serde::Deserialize)]
@@ -97,7 +96,7 @@ fn sample(
 
 /// What a rule gave for one message: its outputs, or `{"error": reason}` when it failed.
 fn given(compiled: &CompiledRule, msg: &Message, budget: usize) -> Value {
-    let outcome = super::off_runtime(|| {
+    let outcome = off_runtime(|| {
         let _scope = weir_engine::memory::Scope::enter(budget);
         compiled.rule.process(std::slice::from_ref(msg))
     });
@@ -277,7 +276,7 @@ impl RuleService {
                 continue;
             }
             let budget = self.pipeline.memory_budget();
-            let outcome = super::off_runtime(|| {
+            let outcome = off_runtime(|| {
                 let _scope = weir_engine::memory::Scope::enter(budget);
                 rule.process(std::slice::from_ref(&msg))
             });

@@ -73,6 +73,29 @@ impl Drop for TestDir {
     }
 }
 
+/// What weir's local store holds on disk under the data directory `dir`: its snapshot
+/// and journal, as text, and the mode of each (both must be 0600: they hold secrets).
+pub fn stored_text(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let mut text = String::new();
+    for file in ["store.json", "store.journal"] {
+        if let Ok(t) = std::fs::read_to_string(dir.join(file)) {
+            let mode = std::fs::metadata(dir.join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file} is weir's alone");
+            text.push_str(&t);
+        }
+    }
+    assert!(
+        !text.is_empty(),
+        "weir's store in {} has files",
+        dir.display()
+    );
+    text
+}
+
 /// Runs a command and panics with its output if it fails.
 pub fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

@@ -8,7 +8,6 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use clap::Parser;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -255,10 +254,8 @@ impl Weir {
     fn launch_args(data_dir: &Path, args: Vec<String>) -> Weir {
         init();
         log_if_asked();
-        let cli = weir::config::Cli::try_parse_from(
-            std::iter::once("weir".to_owned()).chain(args.clone()),
-        )
-        .unwrap_or_else(|e| panic!("weir's flags {args:?}: {e}"));
+        let cli = weir::config::parse_from(std::iter::once("weir".to_owned()).chain(args.clone()))
+            .unwrap_or_else(|e| panic!("weir's flags {args:?}: {e}"));
         let weir::config::Command::Serve(serve) = cli.command else {
             panic!("weir serve {args:?}")
         };
@@ -266,7 +263,8 @@ impl Weir {
         let http = std::net::TcpListener::bind("127.0.0.1:0").expect("an HTTP port");
         let mqtt = std::net::TcpListener::bind("127.0.0.1:0").expect("an MQTT port");
         let mqtts = settings
-            .mqtts
+            .mqtt
+            .tls
             .as_ref()
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("an MQTT TLS port"));
         let mut api = Api::new(
@@ -275,12 +273,12 @@ impl Weir {
             data_dir,
         );
         api.mqtts = mqtts.as_ref().map(|l| l.local_addr().unwrap());
-        let mqtt_ws = settings
-            .mqtt_ws
-            .as_ref()
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("an MQTT WebSocket port"));
+        let mqtt_ws =
+            settings.mqtt.ws.as_ref().map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0").expect("an MQTT WebSocket port")
+            });
         api.mqtt_ws = mqtt_ws.as_ref().map(|l| l.local_addr().unwrap());
-        let embedded = settings.broker.is_none();
+        let embedded = settings.ingress.broker.is_none();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let (done_tx, done) = std::sync::mpsc::channel();

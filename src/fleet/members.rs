@@ -41,7 +41,7 @@ use weir_connectors::metrics::Metrics;
 use weir_connectors::mqtt::{AdoptedSession, ExternalBroker};
 use weir_engine::Message;
 
-use crate::pg::Target;
+use super::pg::{Target, notifications};
 
 /// When a replica's session is taken over, and when it is ended for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +79,20 @@ pub fn lock_key(client_id: &str) -> i64 {
     }
     (h & i64::MAX as u64) as i64
 }
+
+/// The fleet's roll, made once by whichever replica comes first (the advisory lock, the
+/// store's, keeps replicas starting together from racing on it).
+const MEMBERS: &str = "
+BEGIN;
+SELECT pg_advisory_xact_lock(7265697201);
+CREATE TABLE IF NOT EXISTS weir_members (
+    client_id text PRIMARY KEY,
+    share_group text NOT NULL,
+    lock_key bigint NOT NULL,
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
+COMMIT;
+";
 
 /// Whether the advisory lock of the member's `lock_key` is held by anyone, in this
 /// database.
@@ -167,9 +181,9 @@ impl Member {
             .connect()
             .await
             .context("cannot connect to the rule store")?;
-        let (mut notes, driver) =
-            crate::pg::notifications(connection, "the fleet's connection to the store");
+        let (mut notes, driver) = notifications(connection, "the fleet's connection to the store");
         let result = async {
+            client.batch_execute(MEMBERS).await?;
             client.batch_execute("LISTEN weir_members").await?;
             let mut turn = tokio::time::interval(TURN);
             loop {

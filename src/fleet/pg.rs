@@ -84,7 +84,7 @@ impl Target {
         let url = format!("{base}?{}", kept.join("&"));
         let config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", crate::shared_store::redact_url(&url)))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e}", redact_url(&url)))?;
         let roots = match &root {
             Some(path) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -167,6 +167,18 @@ pub fn notifications(
         }
     });
     (rx, driver)
+}
+
+/// The URL as logs may show it: without a password.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:<redacted>{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn provider() -> rustls::crypto::CryptoProvider {
@@ -307,6 +319,15 @@ impl ServerCertVerifier for CaOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_password_in_logs() {
+        assert_eq!(
+            redact_url("postgres://weir:s3cret@db:5432/weir"),
+            "postgres://weir:<redacted>@db:5432/weir"
+        );
+        assert_eq!(redact_url("postgres://db/weir"), "postgres://db/weir");
+    }
 
     #[test]
     fn libpq_urls_are_read() {
