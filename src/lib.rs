@@ -31,9 +31,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use weir_connectors::delivery::Policy;
 use weir_connectors::metrics::Metrics;
 use weir_connectors::mqtt::{Broker, ExternalBroker, Publisher};
-use weir_connectors::sink::Policy;
 use weir_engine::Engine;
 
 use crate::config::Settings;

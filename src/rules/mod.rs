@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::sync::Mutex;
-use weir_connectors::sink::ConfigError;
+use weir_connectors::delivery::ConfigError;
 use weir_connectors::sinks::connection::ConnectionConfig;
 use weir_connectors::sinks::{Action, ActionConfig};
 use weir_engine::template::TemplateExprs;

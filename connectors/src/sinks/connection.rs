@@ -13,8 +13,8 @@ use super::kafka::KafkaConnection;
 use super::object_store::ObjectStoreConnection;
 use super::republish::MqttConnection;
 use super::webhook::WebhookConnection;
-use crate::sink::ConfigError;
-use crate::sink::secrets::{self, SecretMap};
+use crate::delivery::ConfigError;
+use crate::delivery::secrets::{self, SecretMap};
 
 /// A connection as an operator writes it: `{"kafka": {...}}`, `{"object_store": {...}}`,
 /// `{"webhook": {...}}`.
@@ -230,7 +230,10 @@ mod tests {
         }
         // `path` without a connection is a mistake, not a URL.
         let err = action(json!({"webhook": {"url": "http://x/", "path": "y"}}))
-            .validate(&mut Default::default(), &crate::sink::Policy::allow_all())
+            .validate(
+                &mut Default::default(),
+                &crate::delivery::Policy::allow_all(),
+            )
             .err()
             .unwrap()
             .to_string();

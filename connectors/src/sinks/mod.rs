@@ -1,7 +1,7 @@
 //! The sinks a rule's actions deliver to, one folder each with the same anatomy:
 //! `mod.rs` (the running [`Sink`]), `config.rs` (the [`SinkConfig`] a rule writes, checked
 //! once) and `tests.rs`. The contract they implement and the worker that drives them are
-//! in [`crate::sink`].
+//! in [`crate::delivery`].
 //!
 //! This file is the registry: the list below is what makes `{"<kind>": {...}}` a valid
 //! action in a rule. Adding a sink is its folder, its `mod` line here and one line in the
@@ -20,12 +20,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use weir_engine::template::{Template, TemplateExprs};
 
-use crate::metrics::Metrics;
-use crate::sink::secrets::{self, SecretMap};
-use crate::sink::{
+use crate::delivery::secrets::{self, SecretMap};
+use crate::delivery::{
     ConfigError, Delivery, Policy, RetryPolicy, Sink, SinkConfig, SinkContext, Undeliverable,
     Validated, WorkerSettings, run_worker,
 };
+use crate::metrics::Metrics;
 
 /// Declares the registry: the [`ActionConfig`] enum, one variant per sink, and its
 /// dispatch to each sink's [`SinkConfig`].
@@ -99,13 +99,13 @@ registry! {
 
 impl ActionConfig {
     /// The action as an API answer shows it: its secrets
-    /// [`REDACTED`](crate::sink::secrets::REDACTED).
+    /// [`REDACTED`](crate::delivery::secrets::REDACTED).
     pub fn redacted(&self) -> Self {
         secrets::redacted(self, Self::secret_maps)
     }
 
     /// Gives the secrets this action sends back as
-    /// [`REDACTED`](crate::sink::secrets::REDACTED) their values in `old`, the action as
+    /// [`REDACTED`](crate::delivery::secrets::REDACTED) their values in `old`, the action as
     /// stored (if it is of the same type); `Err` names a secret that has none.
     pub fn restore_secrets(&mut self, old: Option<&ActionConfig>) -> Result<(), String> {
         let old = old.filter(|o| o.kind() == self.kind());

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
 use super::Kafka;
-use crate::sink::policy::NotAllowed;
-use crate::sink::secrets::{SecretMap, sounds_secret};
-use crate::sink::{ConfigError, Policy, SinkConfig, Validated};
+use crate::delivery::policy::NotAllowed;
+use crate::delivery::secrets::{SecretMap, sounds_secret};
+use crate::delivery::{ConfigError, Policy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

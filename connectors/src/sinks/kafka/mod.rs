@@ -23,7 +23,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use crate::sink::{ConfigError, Delivery, Outcome, Reason, Sink, SinkContext};
+use crate::delivery::{ConfigError, Delivery, Outcome, Reason, Sink, SinkContext};
 
 pub struct Kafka {
     settings: Settings,

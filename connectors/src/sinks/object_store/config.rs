@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
 use super::ObjectStoreSink;
-use crate::sink::policy::NotAllowed;
-use crate::sink::retry::humantime_serde_compat;
-use crate::sink::secrets::{SecretMap, sounds_secret};
-use crate::sink::{ConfigError, Policy, SinkConfig, Validated};
+use crate::delivery::policy::NotAllowed;
+use crate::delivery::retry::humantime_serde_compat;
+use crate::delivery::secrets::{SecretMap, sounds_secret};
+use crate::delivery::{ConfigError, Policy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

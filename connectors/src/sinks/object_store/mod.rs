@@ -28,7 +28,7 @@ pub use upload::to_parquet;
 use self::config::Target;
 use self::staging::{Staging, clean_key};
 use self::upload::{Pending, Uploader};
-use crate::sink::{ConfigError, Delivery, Outcome, RetryPolicy, Sink, SinkContext};
+use crate::delivery::{ConfigError, Delivery, Outcome, RetryPolicy, Sink, SinkContext};
 
 pub struct ObjectStoreSink {
     settings: Settings,

@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::Format;
+use crate::delivery::owned_files::{claim, release};
+use crate::delivery::{Failure, Reason, RetryPolicy};
 use crate::metrics::Metrics;
-use crate::sink::owned_files::{claim, release};
-use crate::sink::{Failure, Reason, RetryPolicy};
 
 /// A rolled staging file waiting for its upload.
 pub(super) struct Pending {

@@ -12,10 +12,10 @@ use weir_engine::template::{Template, TemplateExprs};
 use weir_engine::topic::validate_topic;
 
 use super::Republish;
+use crate::delivery::retry::humantime_serde_compat;
+use crate::delivery::secrets::REDACTED;
+use crate::delivery::{ConfigError, SinkConfig, Validated};
 use crate::mqtt::ExternalConfig;
-use crate::sink::retry::humantime_serde_compat;
-use crate::sink::secrets::REDACTED;
-use crate::sink::{ConfigError, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

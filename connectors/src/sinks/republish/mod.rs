@@ -11,8 +11,8 @@ use rumqttc::mqttbytes::QoS;
 use weir_engine::template::Template;
 use weir_engine::topic::validate_topic;
 
+use crate::delivery::{ConfigError, Delivery, Outcome, Reason, Sink, SinkContext};
 use crate::mqtt::Publisher;
-use crate::sink::{ConfigError, Delivery, Outcome, Reason, Sink, SinkContext};
 
 pub struct Republish {
     topic: Template,

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
 use super::Webhook;
-use crate::sink::retry::humantime_serde_compat;
-use crate::sink::secrets::{SecretMap, sounds_secret};
-use crate::sink::{ConfigError, Policy, RetryPolicy, SinkConfig, Validated};
+use crate::delivery::retry::humantime_serde_compat;
+use crate::delivery::secrets::{SecretMap, sounds_secret};
+use crate::delivery::{ConfigError, Policy, RetryPolicy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -14,8 +14,8 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use weir_engine::template::Template;
 
-use crate::sink::policy::not_allowed_in;
-use crate::sink::{ConfigError, Delivery, Outcome, Policy, Reason, Sink, SinkContext};
+use crate::delivery::policy::not_allowed_in;
+use crate::delivery::{ConfigError, Delivery, Outcome, Policy, Reason, Sink, SinkContext};
 
 pub struct Webhook {
     url: Template,

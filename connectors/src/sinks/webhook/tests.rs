@@ -2,8 +2,8 @@ use serde_json::json;
 use weir_engine::template::TemplateExprs;
 
 use super::*;
-use crate::sink::SinkConfig;
-use crate::sink::testing::{assert_refused, parse};
+use crate::delivery::SinkConfig;
+use crate::delivery::testing::{assert_refused, parse};
 
 #[test]
 fn urls_headers_and_timeouts_are_checked_once() {
@@ -56,7 +56,7 @@ fn statuses_are_classified_once() {
 
 #[test]
 fn the_policy_keeps_literal_urls_off_metadata_services_and_weir() {
-    use crate::sink::testing::{assert_allowed, assert_not_allowed, default_policy};
+    use crate::delivery::testing::{assert_allowed, assert_not_allowed, default_policy};
     let p = default_policy();
     assert_not_allowed::<WebhookConfig>(
         &p,

@@ -8,7 +8,7 @@
 //! refusal names what it refused and the setting that would allow it.
 //!
 //! The sinks check their configuration against the policy when a rule is submitted
-//! ([`crate::sink::SinkConfig::check_policy`]); the webhook checks each rendered URL
+//! ([`crate::delivery::SinkConfig::check_policy`]); the webhook checks each rendered URL
 //! again, and its HTTP client resolves no name to a refused address ([`Resolver`]).
 
 use std::collections::BTreeSet;
