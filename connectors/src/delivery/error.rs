@@ -1,0 +1,30 @@
+//! Why an action's configuration was refused.
+
+use weir_engine::template::TemplateError;
+
+/// Why an action's configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{action}: {message}")]
+    Invalid {
+        action: &'static str,
+        message: String,
+    },
+    /// The operator's policy does not let a rule reach this destination.
+    #[error("{action}: {message}")]
+    NotAllowed {
+        action: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+}
+
+impl ConfigError {
+    pub fn invalid(action: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            action,
+            message: message.into(),
+        }
+    }
+}
