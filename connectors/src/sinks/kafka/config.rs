@@ -8,7 +8,7 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
-use super::Kafka;
+use super::sink::{Kafka, Settings, check_topic_name};
 use crate::delivery::policy::NotAllowed;
 use crate::delivery::secrets::{SecretMap, sounds_secret};
 use crate::delivery::{ConfigError, Policy, SinkConfig, Validated};
@@ -161,18 +161,6 @@ const ALLOWED: &[(&str, Option<&[&str]>)] = &[
 /// Settings a rule may not set: weir owns them.
 const RESERVED: &[&str] = &["bootstrap.servers", "client.id"];
 
-/// A Kafka action, checked.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub(super) topic: Template,
-    pub(super) key: Option<Template>,
-    pub(super) headers: Vec<(String, Template)>,
-    /// The producer's settings but its `client.id`, which names the rule and action.
-    pub(super) producer: ClientConfig,
-    /// How long the producer tries a record before failing it back to the worker.
-    pub(super) timeout: Duration,
-}
-
 impl SinkConfig for KafkaConfig {
     const KIND: &'static str = "kafka";
     type Sink = Kafka;
@@ -322,22 +310,5 @@ fn refusal(key: &str) -> &'static str {
         k if k.starts_with("sasl.kerberos") => "it runs a program",
         k if k.starts_with("sasl.oauthbearer") => "it fetches credentials from elsewhere",
         _ => "it is not on the list of properties rules may set",
-    }
-}
-
-/// Kafka's rule for topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
-pub(super) fn check_topic_name(t: &str) -> Result<(), String> {
-    let ok = !t.is_empty()
-        && t.len() <= 249
-        && t != "."
-        && t != ".."
-        && t.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "'{t}' is not a valid Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')"
-        ))
     }
 }

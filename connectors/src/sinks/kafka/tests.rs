@@ -1,10 +1,13 @@
+use std::time::Duration;
+
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde_json::json;
 use weir_engine::template::TemplateExprs;
 
+use super::sink::{classify, producer_config};
 use super::*;
-use crate::delivery::SinkConfig;
 use crate::delivery::testing::{assert_refused, parse};
+use crate::delivery::{Outcome, Reason, SinkConfig};
 
 #[test]
 fn validates_servers_topic_and_reserved_properties() {

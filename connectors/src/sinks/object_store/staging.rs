@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::time::Instant;
 
-use super::config::Format;
+use super::format::Format;
 use crate::delivery::owned_files::{claim, unique_owner};
 use crate::delivery::{Delivery, Outcome, Reason};
 

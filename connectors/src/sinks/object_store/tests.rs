@@ -4,11 +4,12 @@ use object_store::ObjectStoreExt;
 use serde_json::json;
 use weir_engine::template::TemplateExprs;
 
+use super::format::to_parquet;
 use super::staging::clean_key;
-use super::upload::{Pending, Uploader, to_parquet};
+use super::upload::{Pending, Uploader};
 use super::*;
-use crate::delivery::SinkConfig;
 use crate::delivery::testing::{assert_refused, parse};
+use crate::delivery::{RetryPolicy, SinkConfig};
 use crate::metrics::Metrics;
 
 #[test]

@@ -1,3 +1,4 @@
+use rumqttc::mqttbytes::QoS;
 use serde_json::json;
 use weir_engine::template::TemplateExprs;
 

@@ -8,7 +8,7 @@ use reqwest::header::HeaderName;
 use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
-use super::Webhook;
+use super::sink::{Settings, Webhook};
 use crate::delivery::retry::humantime_serde_compat;
 use crate::delivery::secrets::{SecretMap, sounds_secret};
 use crate::delivery::{ConfigError, Policy, RetryPolicy, SinkConfig, Validated};
@@ -115,14 +115,6 @@ impl WebhookConnection {
         };
         sample.validate(&mut TemplateExprs::default()).map(|_| ())
     }
-}
-
-/// A webhook action, checked.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub(super) url: Template,
-    pub(super) headers: Vec<(HeaderName, Template)>,
-    pub(super) timeout: Duration,
 }
 
 impl SinkConfig for WebhookConfig {

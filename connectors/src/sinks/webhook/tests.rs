@@ -1,9 +1,13 @@
+use std::time::Duration;
+
+use reqwest::StatusCode;
 use serde_json::json;
 use weir_engine::template::TemplateExprs;
 
+use super::sink::answer;
 use super::*;
-use crate::delivery::SinkConfig;
 use crate::delivery::testing::{assert_refused, parse};
+use crate::delivery::{Outcome, Reason, SinkConfig};
 
 #[test]
 fn urls_headers_and_timeouts_are_checked_once() {
