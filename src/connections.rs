@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use weir_connectors::sinks::connection::ConnectionConfig;
+use weir_connectors::sinks::ConnectionConfig;
 
 /// A connection as stored and listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::Mutex;
 use weir_connectors::delivery::ConfigError;
-use weir_connectors::sinks::connection::ConnectionConfig;
+use weir_connectors::sinks::ConnectionConfig;
 use weir_connectors::sinks::{Action, ActionConfig};
 use weir_engine::template::TemplateExprs;
 use weir_engine::{Engine, Rule, SqlError, SqlVersion, now_ms};
@@ -35,16 +35,16 @@ use spec::{Precondition, RuleSpec, StoredRule, parse_rule_file, validate_name};
 fn keep_secrets(spec: &mut RuleSpec, old: Option<&RuleSpec>) -> Result<(), RuleError> {
     for (i, a) in spec.actions.iter_mut().enumerate() {
         a.restore_secrets(old.and_then(|o| o.actions.get(i)))
-            .map_err(|message| RuleError::Action {
+            .map_err(|e| RuleError::Action {
                 context: format!("actions[{i}]"),
-                message,
+                message: e.to_string(),
             })?;
     }
     if let Some(a) = &mut spec.error_action {
         a.restore_secrets(old.and_then(|o| o.error_action.as_ref()))
-            .map_err(|message| RuleError::Action {
+            .map_err(|e| RuleError::Action {
                 context: "error_action".to_owned(),
-                message,
+                message: e.to_string(),
             })?;
     }
     Ok(())
@@ -242,9 +242,9 @@ impl RuleService {
         let old = self.connection_store().get(name).cloned();
         config
             .restore_secrets(old.as_ref().map(|o| &o.config))
-            .map_err(|message| RuleError::Action {
+            .map_err(|e| RuleError::Action {
                 context: "connection".to_owned(),
-                message,
+                message: e.to_string(),
             })?;
         config.validate().map_err(|e| RuleError::Action {
             context: "connection".to_owned(),

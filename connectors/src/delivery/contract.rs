@@ -1,6 +1,7 @@
 //! The contract a sink implements: its configuration as a rule writes it ([`SinkConfig`],
-//! checked once into [`Validated`] settings) and the running [`Sink`] built from them, with
-//! the [`SinkContext`] it is built in.
+//! checked once into [`Validated`] settings), the named [`Connection`] an operator may
+//! define for it, and the running [`Sink`] built from the settings, with the
+//! [`SinkContext`] it is built in.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use super::error::ConfigError;
 use super::output::{Delivery, Outcome};
 use super::policy::{self, Policy};
 use super::retry::RetryPolicy;
-use super::secrets;
+use super::secrets::{self, SecretError, SecretMap};
 use crate::metrics::Metrics;
 use crate::mqtt::Publisher;
 
@@ -60,8 +61,59 @@ pub trait SinkConfig:
 
     /// The maps of the configuration whose values may be secrets, which API answers show
     /// as [`secrets::REDACTED`]. None by default.
-    fn secret_maps(&mut self) -> Vec<secrets::SecretMap<'_>> {
+    fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
         Vec::new()
+    }
+
+    /// The named connection the action names (`"connection": "events"`), if any: the
+    /// action is then resolved with it ([`Connection::apply`]) before it is validated.
+    /// None by default, for a sink that takes no connection.
+    fn connection(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A named connection: a destination an operator defines once (`PUT
+/// /v1/connections/{name}`) with its endpoints, credentials and transport options, which
+/// actions name (`{"kafka": {"connection": "events", "topic": "t"}}`) instead of writing
+/// them inline. An action naming one adds only its own parameters (topic, key, path below
+/// the connection's prefix, format, rolling); the connection is the operator's, so the
+/// policy on inline destinations does not apply to it. Its secrets are write-only, as an
+/// action's are.
+///
+/// A sink that takes one declares it beside itself in the registry (`sinks/mod.rs`).
+pub trait Connection:
+    std::fmt::Debug + Clone + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// The connection's type, as operators write it: `{"<KIND>": {...}}`. Usually its
+    /// action's kind; `mqtt` for the republish action's.
+    const KIND: &'static str;
+    /// The action that names it.
+    type Action: SinkConfig;
+
+    /// Checks the connection as an action using it would be, without I/O.
+    fn validate(&self) -> Result<(), ConfigError>;
+
+    /// `action` as if written inline with this connection's settings; `name` is the
+    /// connection's, for errors. Refuses an action that repeats or escapes what the
+    /// connection gives.
+    fn apply(&self, name: &str, action: &Self::Action) -> Result<Self::Action, ConfigError>;
+
+    /// The maps of the connection whose values may be secrets. None by default.
+    fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+        Vec::new()
+    }
+
+    /// The connection as an API answer shows it: its secrets
+    /// [`REDACTED`](secrets::REDACTED).
+    fn redacted(&self) -> Self {
+        secrets::redacted(self, Self::secret_maps)
+    }
+
+    /// Gives the secrets sent back redacted their values in `old`, the connection as
+    /// stored; `Err` names a secret that has none.
+    fn restore_secrets(&mut self, old: Option<&Self>) -> Result<(), SecretError> {
+        secrets::restore(self, old, Self::secret_maps)
     }
 }
 

@@ -11,7 +11,7 @@ use weir_engine::template::{Template, TemplateExprs};
 use super::sink::{Kafka, Settings, check_topic_name};
 use crate::delivery::policy::NotAllowed;
 use crate::delivery::secrets::{SecretMap, sounds_secret};
-use crate::delivery::{ConfigError, Policy, SinkConfig, Validated};
+use crate::delivery::{ConfigError, Connection, Policy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,8 +54,11 @@ pub struct KafkaConnection {
     pub properties: BTreeMap<String, String>,
 }
 
-impl KafkaConnection {
-    pub(crate) fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+impl Connection for KafkaConnection {
+    const KIND: &'static str = "kafka";
+    type Action = KafkaConfig;
+
+    fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
         vec![SecretMap {
             field: "properties",
             map: &mut self.properties,
@@ -64,11 +67,7 @@ impl KafkaConnection {
     }
 
     /// The action as if written inline with the connection's settings.
-    pub(crate) fn apply(
-        &self,
-        name: &str,
-        action: &KafkaConfig,
-    ) -> Result<KafkaConfig, ConfigError> {
+    fn apply(&self, name: &str, action: &KafkaConfig) -> Result<KafkaConfig, ConfigError> {
         if !action.bootstrap_servers.is_empty() || !action.properties.is_empty() {
             return Err(KafkaConfig::invalid(format!(
                 "bootstrap_servers and properties come from the connection '{name}'; the action \
@@ -84,7 +83,7 @@ impl KafkaConnection {
     }
 
     /// Checks the connection as an action using it would be.
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let sample = KafkaConfig {
             connection: None,
             bootstrap_servers: self.bootstrap_servers.clone(),
@@ -164,6 +163,10 @@ const RESERVED: &[&str] = &["bootstrap.servers", "client.id"];
 impl SinkConfig for KafkaConfig {
     const KIND: &'static str = "kafka";
     type Sink = Kafka;
+
+    fn connection(&self) -> Option<&str> {
+        self.connection.as_deref()
+    }
 
     fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
         vec![SecretMap {

@@ -15,7 +15,7 @@ use super::store::{Cloud, Target};
 use crate::delivery::policy::NotAllowed;
 use crate::delivery::retry::humantime_serde_compat;
 use crate::delivery::secrets::{SecretMap, sounds_secret};
-use crate::delivery::{ConfigError, Policy, SinkConfig, Validated};
+use crate::delivery::{ConfigError, Connection, Policy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,8 +74,11 @@ pub struct ObjectStoreConnection {
     pub options: BTreeMap<String, String>,
 }
 
-impl ObjectStoreConnection {
-    pub(crate) fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+impl Connection for ObjectStoreConnection {
+    const KIND: &'static str = "object_store";
+    type Action = ObjectStoreConfig;
+
+    fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
         vec![SecretMap {
             field: "options",
             map: &mut self.options,
@@ -85,7 +88,7 @@ impl ObjectStoreConnection {
 
     /// The action as if written inline: the connection's URL with the action's `path`
     /// below it, and the connection's options.
-    pub(crate) fn apply(
+    fn apply(
         &self,
         name: &str,
         action: &ObjectStoreConfig,
@@ -116,7 +119,7 @@ impl ObjectStoreConnection {
     }
 
     /// Checks the connection as an action using it would be.
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let sample = ObjectStoreConfig {
             connection: None,
             path: None,
@@ -314,6 +317,10 @@ fn refusal(canonical: &str) -> &'static str {
 impl SinkConfig for ObjectStoreConfig {
     const KIND: &'static str = "object_store";
     type Sink = ObjectStoreSink;
+
+    fn connection(&self) -> Option<&str> {
+        self.connection.as_deref()
+    }
 
     fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
         vec![SecretMap {

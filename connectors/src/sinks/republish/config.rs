@@ -11,7 +11,8 @@ use weir_engine::topic::validate_topic;
 
 use super::connection::MqttConnection;
 use super::sink::{Republish, Settings};
-use crate::delivery::{ConfigError, SinkConfig, Validated};
+use crate::delivery::secrets::{REDACTED, SecretError};
+use crate::delivery::{ConfigError, Connection, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,27 +31,54 @@ pub struct RepublishConfig {
     pub(crate) broker: Option<MqttConnection>,
 }
 
-impl MqttConnection {
-    /// The action as if written with the connection.
-    pub(crate) fn apply(&self, action: &RepublishConfig) -> RepublishConfig {
-        RepublishConfig {
-            connection: None,
-            broker: Some(self.clone()),
-            ..action.clone()
-        }
-    }
+impl Connection for MqttConnection {
+    const KIND: &'static str = "mqtt";
+    type Action = RepublishConfig;
 
     /// Checks the connection without connecting.
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         self.external("r", "a")
             .validate()
             .map_err(|e| RepublishConfig::invalid(e.to_string()))
+    }
+
+    /// The action as if written with the connection.
+    fn apply(&self, _name: &str, action: &RepublishConfig) -> Result<RepublishConfig, ConfigError> {
+        Ok(RepublishConfig {
+            connection: None,
+            broker: Some(self.clone()),
+            ..action.clone()
+        })
+    }
+
+    /// The connection as an API answer shows it: the password redacted.
+    fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        if shown.password.is_some() {
+            shown.password = Some(REDACTED.to_owned());
+        }
+        shown
+    }
+
+    /// A password sent back redacted keeps the one `old` has.
+    fn restore_secrets(&mut self, old: Option<&Self>) -> Result<(), SecretError> {
+        if self.password.as_deref() == Some(REDACTED) {
+            match old.and_then(|o| o.password.clone()) {
+                Some(p) => self.password = Some(p),
+                None => return Err(SecretError::NoStoredPassword),
+            }
+        }
+        Ok(())
     }
 }
 
 impl SinkConfig for RepublishConfig {
     const KIND: &'static str = "republish";
     type Sink = Republish;
+
+    fn connection(&self) -> Option<&str> {
+        self.connection.as_deref()
+    }
 
     fn validate(&self, exprs: &mut TemplateExprs) -> Result<Validated<Settings>, ConfigError> {
         let topic = Template::parse(&self.topic, exprs)?;

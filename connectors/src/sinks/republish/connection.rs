@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::retry::humantime_serde_compat;
-use crate::delivery::secrets::REDACTED;
 use crate::mqtt::ExternalConfig;
 
 /// An MQTT connection an operator defines: another broker that republish actions naming
@@ -58,23 +57,5 @@ impl MqttConnection {
             client_key: self.client_key.clone(),
             keep_alive: self.keep_alive,
         }
-    }
-
-    /// The connection as an API answer shows it: the password redacted.
-    pub(crate) fn redact(&mut self) {
-        if self.password.is_some() {
-            self.password = Some(REDACTED.to_owned());
-        }
-    }
-
-    /// A password sent back redacted keeps the one `old` has.
-    pub(crate) fn restore(&mut self, old: Option<&MqttConnection>) -> Result<(), String> {
-        if self.password.as_deref() == Some(REDACTED) {
-            match old.and_then(|o| o.password.clone()) {
-                Some(p) => self.password = Some(p),
-                None => return Err(format!("password is {REDACTED}, but no password is stored")),
-            }
-        }
-        Ok(())
     }
 }
