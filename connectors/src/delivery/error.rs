@@ -1,6 +1,7 @@
 //! Why an action's configuration was refused.
 
 use weir_engine::template::TemplateError;
+use weir_engine::{Classify, ErrorClass};
 
 /// Why an action's configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,5 +27,14 @@ impl ConfigError {
             action,
             message: message.into(),
         }
+    }
+}
+
+/// A configuration is the rule author's (or the operator's) to fix: the same again is
+/// refused the same way. A sink that cannot be built (a producer, a directory) is reported
+/// as [`ConfigError::Invalid`] too, and so classified the same.
+impl Classify for ConfigError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
     }
 }

@@ -15,6 +15,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
+use weir_engine::{Classify, ErrorClass};
+
 /// The operator's policy on inline destinations.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -41,6 +43,12 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct NotAllowed(pub String);
+
+impl Classify for NotAllowed {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
+}
 
 impl Policy {
     /// A policy that allows everything: for tests of the sinks themselves.

@@ -239,7 +239,7 @@ impl SinkConfig for KafkaConfig {
         }
         let topic = Template::parse(&self.topic, exprs)?;
         if topic.is_literal() {
-            check_topic_name(&self.topic).map_err(Self::invalid)?;
+            check_topic_name(&self.topic).map_err(|e| Self::invalid(e.to_string()))?;
         }
         let key = self
             .key

@@ -9,6 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use weir_engine::template::Template;
+use weir_engine::{Classify, ErrorClass};
 
 use crate::delivery::{ConfigError, Delivery, Outcome, Reason, Sink, SinkContext};
 
@@ -106,7 +107,8 @@ impl Kafka {
         let s = &self.settings;
         let topic = d.render(&s.topic);
         if !s.topic.is_literal() {
-            check_topic_name(&topic).map_err(|m| Outcome::dead_letter(Reason::InvalidTopic, m))?;
+            check_topic_name(&topic)
+                .map_err(|e| Outcome::dead_letter(Reason::InvalidTopic, e.to_string()))?;
         }
         let key = s.key.as_ref().map(|k| d.render(k));
         let mut headers = OwnedHeaders::new_with_capacity(s.headers.len());
@@ -174,8 +176,19 @@ pub(super) fn classify(e: &KafkaError) -> Outcome {
     }
 }
 
+/// A topic name Kafka refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a valid Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')")]
+pub(super) struct InvalidTopicName(String);
+
+impl Classify for InvalidTopicName {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
+}
+
 /// Kafka's rule for topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
-pub(super) fn check_topic_name(t: &str) -> Result<(), String> {
+pub(super) fn check_topic_name(t: &str) -> Result<(), InvalidTopicName> {
     let ok = !t.is_empty()
         && t.len() <= 249
         && t != "."
@@ -185,8 +198,6 @@ pub(super) fn check_topic_name(t: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "'{t}' is not a valid Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')"
-        ))
+        Err(InvalidTopicName(t.to_owned()))
     }
 }

@@ -12,7 +12,7 @@ use weir_engine::template::Template;
 
 use super::format::Format;
 use super::staging::{Staging, clean_key};
-use super::store::Target;
+use super::store::{StoreError, Target};
 use super::upload::{self, Pending, Uploader};
 use crate::delivery::{ConfigError, Delivery, Outcome, RetryPolicy, Sink, SinkContext};
 
@@ -48,7 +48,7 @@ impl Sink for ObjectStoreSink {
 
     async fn build(settings: &Settings, ctx: &SinkContext) -> Result<Self, ConfigError> {
         let bad = |m: String| ConfigError::invalid("object_store", m);
-        let store = open_store(settings, ctx).map_err(bad)?;
+        let store = open_store(settings, ctx).map_err(|e| bad(e.to_string()))?;
         let staging = Staging::open(
             ctx.state_dir.join("staging"),
             settings.format,
@@ -169,23 +169,26 @@ impl ObjectStoreSink {
 }
 
 /// The store the action writes to.
-fn open_store(settings: &Settings, ctx: &SinkContext) -> Result<Arc<dyn ObjectStore>, String> {
-    let local = |dir: &std::path::Path| -> Result<Arc<dyn ObjectStore>, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(Arc::new(
-            LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("{}: {e}", dir.display()))?,
-        ))
+fn open_store(settings: &Settings, ctx: &SinkContext) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let local = |dir: &std::path::Path| -> Result<Arc<dyn ObjectStore>, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        Ok(Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(
+            |source| StoreError::Local {
+                dir: dir.to_owned(),
+                source,
+            },
+        )?))
     };
     match &settings.target {
         Target::OutputDir => local(&ctx.output_dir.join(&ctx.rule)),
         Target::Local(dir) => local(dir),
-        Target::Cloud { kind, base } => kind
-            .build(
-                base,
-                &settings.options,
-                ctx.policy.allow_ambient_credentials,
-            )
-            .map_err(|e| format!("{} store {base}: {e}", kind.name())),
+        Target::Cloud { kind, base } => kind.build(
+            base,
+            &settings.options,
+            ctx.policy.allow_ambient_credentials,
+        ),
     }
 }

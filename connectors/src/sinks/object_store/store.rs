@@ -11,6 +11,7 @@ use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use weir_engine::{Classify, ErrorClass};
 
 /// Where the files go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,7 +173,7 @@ impl Cloud {
         base: &str,
         options: &BTreeMap<String, String>,
         ambient: bool,
-    ) -> Result<Arc<dyn ObjectStore>, String> {
+    ) -> Result<Arc<dyn ObjectStore>, StoreError> {
         // weir retries failed uploads itself, with the files waiting on disk; the client
         // only smooths over a blip.
         let retry = object_store::RetryConfig {
@@ -180,7 +181,16 @@ impl Cloud {
             retry_timeout: Duration::from_secs(10),
             ..Default::default()
         };
-        let unknown = |k: &str| format!("unknown {} option '{k}'", self.name());
+        let unknown = |k: &str| StoreError::UnknownOption {
+            store: self.name(),
+            base: base.to_owned(),
+            key: k.to_owned(),
+        };
+        let failed = |source| StoreError::Cloud {
+            store: self.name(),
+            base: base.to_owned(),
+            source,
+        };
         // The three builders take their settings the same way, but share no trait.
         macro_rules! build {
             ($builder:ty) => {{
@@ -194,7 +204,7 @@ impl Cloud {
                     let key = k.to_ascii_lowercase().parse().map_err(|_| unknown(k))?;
                     b = b.with_config(key, v);
                 }
-                Arc::new(b.build().map_err(|e| e.to_string())?)
+                Arc::new(b.build().map_err(failed)?)
             }};
         }
         Ok(match self {
@@ -202,5 +212,46 @@ impl Cloud {
             Self::Gcs => build!(GoogleCloudStorageBuilder),
             Self::Azure => build!(MicrosoftAzureBuilder),
         })
+    }
+}
+
+/// Why the store of an action could not be opened (when its sink is built).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StoreError {
+    /// The local directory cannot be created.
+    #[error("cannot create {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The local directory cannot be a store's root.
+    #[error("{}: {source}", dir.display())]
+    Local {
+        dir: PathBuf,
+        source: object_store::Error,
+    },
+    /// An option the cloud store does not know.
+    #[error("{store} store {base}: unknown {store} option '{key}'")]
+    UnknownOption {
+        store: &'static str,
+        base: String,
+        key: String,
+    },
+    /// The cloud store's client refused its settings.
+    #[error("{store} store {base}: {source}")]
+    Cloud {
+        store: &'static str,
+        base: String,
+        source: object_store::Error,
+    },
+}
+
+impl Classify for StoreError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            // weir's own disk.
+            Self::CreateDir { .. } | Self::Local { .. } => ErrorClass::Internal,
+            Self::UnknownOption { .. } | Self::Cloud { .. } => ErrorClass::User,
+        }
     }
 }
