@@ -1,4 +1,8 @@
-//! Workloads shared by weir's benchmarks: realistic telemetry payloads and the seed rule.
+//! Workloads shared by weir's benchmarks: realistic telemetry payloads and the seed rule;
+//! what the end-to-end harnesses share ([`harness`]); and the load harness itself
+//! ([`load`], run by `weir-load`).
+
+pub mod load;
 
 use bytes::Bytes;
 use weir_engine::Message;

@@ -23,11 +23,12 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_engine::topic::validate_topic;
-use weir_engine::{Ack, Message, MqttProperties};
+use weir_engine::{Ack, Classify, ErrorClass, Message, MqttProperties};
 
 use crate::metrics::Metrics;
 
@@ -47,16 +48,16 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Parses `kafka://host:port[,host:port...]/topic[,topic...][?group=NAME]` (group
     /// `weir` by default; a topic starting with `^` is a regular expression).
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, SourceError> {
         let rest = url
             .strip_prefix("kafka://")
-            .ok_or_else(|| format!("--source must be kafka://brokers/topics, got '{url}'"))?;
+            .ok_or_else(|| SourceError::NotKafka(url.to_owned()))?;
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (brokers, topics) = rest.split_once('/').ok_or_else(|| {
-            format!("--source {url}: no topic after the brokers (kafka://host:9092/topic)")
-        })?;
+        let (brokers, topics) = rest
+            .split_once('/')
+            .ok_or_else(|| SourceError::NoTopicPath(url.to_owned()))?;
         if brokers.is_empty() {
-            return Err(format!("--source {url}: no brokers"));
+            return Err(SourceError::NoBrokers(url.to_owned()));
         }
         let topics: Vec<String> = topics
             .split(',')
@@ -64,7 +65,7 @@ impl KafkaSource {
             .map(str::to_owned)
             .collect();
         if topics.is_empty() {
-            return Err(format!("--source {url}: no topic"));
+            return Err(SourceError::NoTopic(url.to_owned()));
         }
         let mut group = "weir".to_owned();
         let mut instance = None;
@@ -73,9 +74,10 @@ impl KafkaSource {
                 Some(("group", g)) if !g.is_empty() => group = g.to_owned(),
                 Some(("instance", i)) if !i.is_empty() => instance = Some(i.to_owned()),
                 _ => {
-                    return Err(format!(
-                        "--source {url}: unknown parameter '{pair}' (group=NAME, instance=ID)"
-                    ));
+                    return Err(SourceError::UnknownParameter {
+                        url: url.to_owned(),
+                        pair: pair.to_owned(),
+                    });
                 }
             }
         }
@@ -85,6 +87,36 @@ impl KafkaSource {
             group,
             instance,
         })
+    }
+}
+
+/// Why `--source` was refused, or its consumer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("--source must be kafka://brokers/topics, got '{0}'")]
+    NotKafka(String),
+    #[error("--source {0}: no topic after the brokers (kafka://host:9092/topic)")]
+    NoTopicPath(String),
+    #[error("--source {0}: no brokers")]
+    NoBrokers(String),
+    #[error("--source {0}: no topic")]
+    NoTopic(String),
+    #[error("--source {url}: unknown parameter '{pair}' (group=NAME, instance=ID)")]
+    UnknownParameter { url: String, pair: String },
+    #[error("--source: cannot create the Kafka consumer: {0}")]
+    Consumer(KafkaError),
+    #[error("--source: cannot subscribe to {topics:?}: {error}")]
+    Subscribe {
+        topics: Vec<String>,
+        error: KafkaError,
+    },
+}
+
+/// A source is the operator's to fix: librdkafka refuses a consumer or a subscription for
+/// its settings (a topic's regular expression), not for a broker that is away.
+impl Classify for SourceError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
     }
 }
 
@@ -102,7 +134,6 @@ impl Partition {
     }
 }
 
-/// Starts consuming; the records go to `ingress` until `cancel`.
 /// Starts consuming; the records go to `ingress` until `cancel`. A record larger than
 /// `max_bytes` (the bound on a device's message), or whose topic is not a valid MQTT
 /// topic name, is skipped, logged and counted, and its offset committed like the others.
@@ -112,7 +143,7 @@ pub fn start(
     max_bytes: usize,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), SourceError> {
     let mut config = ClientConfig::new();
     if let Some(i) = &source.instance {
         config.set("group.instance.id", i);
@@ -129,11 +160,14 @@ pub fn start(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "3000")
         .create()
-        .map_err(|e| format!("--source: cannot create the Kafka consumer: {e}"))?;
+        .map_err(SourceError::Consumer)?;
     let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
-        .map_err(|e| format!("--source: cannot subscribe to {topics:?}: {e}"))?;
+        .map_err(|error| SourceError::Subscribe {
+            topics: source.topics.clone(),
+            error,
+        })?;
     tracing::info!(brokers = %source.bootstrap_servers, topics = ?source.topics, group = %source.group, "consuming from Kafka");
     tokio::spawn(run(consumer, ingress, max_bytes, metrics, cancel));
     Ok(())

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use weir_connectors::sinks::connection::ConnectionConfig;
+use weir_connectors::sinks::ConnectionConfig;
 
 use super::error::ApiError;
 use super::state::{AppState, parse_body};

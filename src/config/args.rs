@@ -69,7 +69,7 @@ pub struct ServeArgs {
 /// A connection of the config file; its `Debug` shows no secret.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
-pub struct FileConnection(pub weir_connectors::sinks::connection::ConnectionConfig);
+pub struct FileConnection(pub weir_connectors::sinks::ConnectionConfig);
 
 impl std::fmt::Debug for FileConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

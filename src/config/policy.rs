@@ -36,7 +36,7 @@ pub struct PolicyArgs {
 }
 
 /// The operator's policy on what rules' inline destinations may reach (see
-/// [`weir_connectors::sink::Policy`], which adds the listeners once they are bound).
+/// [`weir_connectors::delivery::Policy`], which adds the listeners once they are bound).
 #[derive(Debug, Clone, Default)]
 pub struct PolicySettings {
     pub file_dirs: Vec<PathBuf>,

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
-use weir_connectors::sink::{Delivery, Undeliverable};
+use weir_connectors::delivery::{Delivery, Undeliverable};
 use weir_engine::Message;
 
 /// Turns the outputs a rule's actions gave up on into error records for its error action,

@@ -9,7 +9,7 @@
 //! * `router.rs`: the routing table: which rules a message goes to.
 //! * [`rule_worker`]: batches a rule's messages, runs the rule, hands the outputs on.
 //! * [`error_records`]: what a rule's error action receives.
-//! * the action workers are the connectors' ([`weir_connectors::sink::worker`]).
+//! * the action workers are the connectors' ([`weir_connectors::delivery::worker`]).
 //!
 //! Every hop is a bounded channel, so a slow action holds back its rule, a slow rule holds
 //! back the router, and the router holds back the ingress (and through it the publishing
@@ -31,13 +31,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
-use weir_connectors::metrics::Metrics;
-use weir_connectors::mqtt::{ExternalBroker, Publisher};
-use weir_connectors::sink::disk_buffer::has_segments;
-use weir_connectors::sink::policy::Resolver;
-use weir_connectors::sink::{
+use weir_connectors::delivery::disk_buffer::has_segments;
+use weir_connectors::delivery::policy::Resolver;
+use weir_connectors::delivery::{
     Delivery, Policy, RetryPolicy, SinkContext, Undeliverable, WorkerSettings,
 };
+use weir_connectors::metrics::Metrics;
+use weir_connectors::mqtt::{ExternalBroker, Publisher};
 use weir_connectors::sinks::{Action, ActionWorker, WorkerInputs};
 use weir_engine::{Message, Rule};
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use weir_connectors::delivery::Delivery;
 use weir_connectors::metrics::Metrics;
-use weir_connectors::sink::Delivery;
 use weir_engine::{FailureReason, Message, Rule, now_ms};
 
 use super::error_records::{error_record, send_error};

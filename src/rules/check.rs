@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use weir_connectors::sink::ConfigError;
-use weir_connectors::sinks::connection::ConnectionConfig;
+use weir_connectors::delivery::ConfigError;
+use weir_connectors::sinks::ConnectionConfig;
 use weir_connectors::sinks::{Action, ActionConfig};
 use weir_engine::template::TemplateExprs;
 use weir_engine::{Rule, SqlVersion};

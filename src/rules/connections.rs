@@ -4,7 +4,7 @@
 //! rules, with their secrets; a change is checked against every rule that names the
 //! connection, and the running ones restart with it.
 
-use weir_connectors::sinks::connection::ConnectionConfig;
+use weir_connectors::sinks::ConnectionConfig;
 use weir_engine::now_ms;
 
 use super::check::uses;
@@ -65,9 +65,9 @@ impl RuleService {
             let old = self.connection_copy().get(name).cloned();
             config
                 .restore_secrets(old.as_ref().map(|o| &o.value.config))
-                .map_err(|message| RuleError::Action {
+                .map_err(|e| RuleError::Action {
                     context: "connection".to_owned(),
-                    message,
+                    message: e.to_string(),
                 })?;
             config.validate().map_err(|e| RuleError::Action {
                 context: "connection".to_owned(),

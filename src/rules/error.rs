@@ -1,7 +1,7 @@
 //! Why a change of a rule or a connection was refused or failed, classified once: the
 //! API's status and code follow from it (`src/api/error.rs`).
 
-use weir_connectors::sink::ConfigError;
+use weir_connectors::delivery::ConfigError;
 use weir_engine::{Classify, ErrorClass, SqlError};
 
 use crate::store::{NameError, StoreError};

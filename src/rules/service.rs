@@ -15,16 +15,16 @@ use crate::store::{Expect, Kind, StoreError, validate_name};
 fn keep_secrets(spec: &mut RuleSpec, old: Option<&RuleSpec>) -> Result<(), RuleError> {
     for (i, a) in spec.actions.iter_mut().enumerate() {
         a.restore_secrets(old.and_then(|o| o.actions.get(i)))
-            .map_err(|message| RuleError::Action {
+            .map_err(|e| RuleError::Action {
                 context: format!("actions[{i}]"),
-                message,
+                message: e.to_string(),
             })?;
     }
     if let Some(a) = &mut spec.error_action {
         a.restore_secrets(old.and_then(|o| o.error_action.as_ref()))
-            .map_err(|message| RuleError::Action {
+            .map_err(|e| RuleError::Action {
                 context: "error_action".to_owned(),
-                message,
+                message: e.to_string(),
             })?;
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use weir_connectors::sinks::connection::ConnectionConfig;
+use weir_connectors::sinks::ConnectionConfig;
 use weir_engine::Engine;
 
 use super::spec::StoredRule;

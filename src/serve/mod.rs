@@ -20,8 +20,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use weir_connectors::delivery::Policy;
 use weir_connectors::metrics::Metrics;
-use weir_connectors::sink::Policy;
 use weir_engine::Engine;
 
 use crate::api::AppState;

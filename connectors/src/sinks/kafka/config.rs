@@ -8,10 +8,10 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
-use super::Kafka;
-use crate::sink::policy::NotAllowed;
-use crate::sink::secrets::{SecretMap, sounds_secret};
-use crate::sink::{ConfigError, Policy, SinkConfig, Validated};
+use super::sink::{Kafka, Settings, check_topic_name};
+use crate::delivery::policy::NotAllowed;
+use crate::delivery::secrets::{SecretMap, sounds_secret};
+use crate::delivery::{ConfigError, Connection, Policy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,8 +54,11 @@ pub struct KafkaConnection {
     pub properties: BTreeMap<String, String>,
 }
 
-impl KafkaConnection {
-    pub(crate) fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+impl Connection for KafkaConnection {
+    const KIND: &'static str = "kafka";
+    type Action = KafkaConfig;
+
+    fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
         vec![SecretMap {
             field: "properties",
             map: &mut self.properties,
@@ -64,11 +67,7 @@ impl KafkaConnection {
     }
 
     /// The action as if written inline with the connection's settings.
-    pub(crate) fn apply(
-        &self,
-        name: &str,
-        action: &KafkaConfig,
-    ) -> Result<KafkaConfig, ConfigError> {
+    fn apply(&self, name: &str, action: &KafkaConfig) -> Result<KafkaConfig, ConfigError> {
         if !action.bootstrap_servers.is_empty() || !action.properties.is_empty() {
             return Err(KafkaConfig::invalid(format!(
                 "bootstrap_servers and properties come from the connection '{name}'; the action \
@@ -84,7 +83,7 @@ impl KafkaConnection {
     }
 
     /// Checks the connection as an action using it would be.
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let sample = KafkaConfig {
             connection: None,
             bootstrap_servers: self.bootstrap_servers.clone(),
@@ -161,21 +160,13 @@ const ALLOWED: &[(&str, Option<&[&str]>)] = &[
 /// Settings a rule may not set: weir owns them.
 const RESERVED: &[&str] = &["bootstrap.servers", "client.id"];
 
-/// A Kafka action, checked.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub(super) topic: Template,
-    pub(super) key: Option<Template>,
-    pub(super) headers: Vec<(String, Template)>,
-    /// The producer's settings but its `client.id`, which names the rule and action.
-    pub(super) producer: ClientConfig,
-    /// How long the producer tries a record before failing it back to the worker.
-    pub(super) timeout: Duration,
-}
-
 impl SinkConfig for KafkaConfig {
     const KIND: &'static str = "kafka";
     type Sink = Kafka;
+
+    fn connection(&self) -> Option<&str> {
+        self.connection.as_deref()
+    }
 
     fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
         vec![SecretMap {
@@ -248,7 +239,7 @@ impl SinkConfig for KafkaConfig {
         }
         let topic = Template::parse(&self.topic, exprs)?;
         if topic.is_literal() {
-            check_topic_name(&self.topic).map_err(Self::invalid)?;
+            check_topic_name(&self.topic).map_err(|e| Self::invalid(e.to_string()))?;
         }
         let key = self
             .key
@@ -322,22 +313,5 @@ fn refusal(key: &str) -> &'static str {
         k if k.starts_with("sasl.kerberos") => "it runs a program",
         k if k.starts_with("sasl.oauthbearer") => "it fetches credentials from elsewhere",
         _ => "it is not on the list of properties rules may set",
-    }
-}
-
-/// Kafka's rule for topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
-pub(super) fn check_topic_name(t: &str) -> Result<(), String> {
-    let ok = !t.is_empty()
-        && t.len() <= 249
-        && t != "."
-        && t != ".."
-        && t.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "'{t}' is not a valid Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')"
-        ))
     }
 }

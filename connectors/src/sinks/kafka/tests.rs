@@ -1,10 +1,13 @@
+use std::time::Duration;
+
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde_json::json;
 use weir_engine::template::TemplateExprs;
 
+use super::sink::{classify, producer_config};
 use super::*;
-use crate::sink::SinkConfig;
-use crate::sink::testing::{assert_refused, parse};
+use crate::delivery::testing::{assert_refused, parse};
+use crate::delivery::{Outcome, Reason, SinkConfig};
 
 #[test]
 fn validates_servers_topic_and_reserved_properties() {
@@ -79,7 +82,7 @@ fn timeouts_retry_and_refusals_dead_letter() {
 
 #[test]
 fn the_policy_allows_only_safe_properties() {
-    use crate::sink::testing::{assert_allowed, assert_not_allowed, default_policy};
+    use crate::delivery::testing::{assert_allowed, assert_not_allowed, default_policy};
     let p = default_policy();
     let with = |props: serde_json::Value| json!({"bootstrap_servers": "kafka:9092", "topic": "t", "properties": props});
     assert_not_allowed::<KafkaConfig>(

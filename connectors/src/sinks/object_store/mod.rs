@@ -2,189 +2,25 @@
 //! (`file://`, or the output directory when no URL is given) or in S3 and S3-compatible
 //! stores, Google Cloud Storage and Azure, through the `object_store` crate.
 //!
-//! * [`config`]: the action as a rule writes it, checked once.
+//! * [`config`]: the action as a rule writes it, checked once; [`store`]: where the files
+//!   go, and the options each store takes.
+//! * [`sink`]: the running sink, which stages outputs and rolls files.
 //! * [`staging`]: outputs are appended to a staging file per partition (the rendered path
 //!   template) and are durable once the batch is flushed.
 //! * [`upload`]: rolled files are converted and uploaded in the background; failed
 //!   uploads wait on disk, files a crashed or stopped run left are uploaded at the next
 //!   start.
+//! * [`format`]: JSON lines, or Parquet converted from them.
 
 mod config;
+mod format;
+mod sink;
 mod staging;
+mod store;
 #[cfg(test)]
 mod tests;
 mod upload;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-
-pub use config::{Format, ObjectStoreConfig, ObjectStoreConnection, Settings};
-use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
-use tokio::sync::mpsc;
-pub use upload::to_parquet;
-
-use self::config::Target;
-use self::staging::{Staging, clean_key};
-use self::upload::{Pending, Uploader};
-use crate::sink::{ConfigError, Delivery, Outcome, RetryPolicy, Sink, SinkContext};
-
-pub struct ObjectStoreSink {
-    settings: Settings,
-    /// The literal path under the store's root, cleaned, when the path has no templates.
-    prefix: String,
-    staging: Staging,
-    /// Rolled files, to the uploader task.
-    uploads: Option<mpsc::UnboundedSender<Pending>>,
-    uploader: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Sink for ObjectStoreSink {
-    type Settings = Settings;
-    /// Staging files outlive a run: those an earlier run left are uploaded at once.
-    const KEEPS_STATE: bool = true;
-
-    async fn build(settings: &Settings, ctx: &SinkContext) -> Result<Self, ConfigError> {
-        let bad = |m: String| ConfigError::invalid("object_store", m);
-        let store = open_store(settings, ctx).map_err(bad)?;
-        let staging = Staging::open(
-            ctx.state_dir.join("staging"),
-            settings.format,
-            &ctx.rule,
-            &ctx.label,
-        )
-        .await
-        .map_err(|e| {
-            bad(format!(
-                "cannot create {}: {e}",
-                ctx.state_dir.join("staging").display()
-            ))
-        })?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let uploader = Uploader {
-            store,
-            format: settings.format,
-            pending: upload::adopt(staging.dir()).await,
-            retry: RetryPolicy::default(),
-            metrics: ctx.metrics.clone(),
-            rule: ctx.rule.clone(),
-            label: ctx.label.clone(),
-        };
-        Ok(Self {
-            prefix: clean_key(&settings.prefix),
-            settings: settings.clone(),
-            staging,
-            uploads: Some(tx),
-            uploader: Some(tokio::spawn(uploader.run(rx))),
-        })
-    }
-
-    /// Appends every delivery to its partition's staging file, then hands the bytes to the
-    /// operating system: a crash of weir after this returns loses none of them. A file
-    /// that reaches `max_rows` or `max_bytes` is rolled at once, mid-batch if need be.
-    async fn deliver_batch(&mut self, batch: &[Delivery]) -> Vec<Outcome> {
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
-        // Per open partition, the batch positions written to it and not yet flushed.
-        let mut unflushed: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, d) in batch.iter().enumerate() {
-            let part = self.partition(d);
-            if let Err(o) = self.staging.append(&part, d).await {
-                outcomes.push(o);
-                continue;
-            }
-            outcomes.push(Outcome::Delivered);
-            unflushed.entry(part.clone()).or_default().push(i);
-            let s = &self.settings;
-            let full = self
-                .staging
-                .get(&part)
-                .is_some_and(|f| f.rows >= s.max_rows || f.bytes >= s.max_bytes);
-            if full {
-                let written = unflushed.remove(&part).unwrap_or_default();
-                self.settle(&part, &written, &mut outcomes).await;
-                self.roll(&part).await;
-            }
-        }
-        for (part, written) in unflushed {
-            self.settle(&part, &written, &mut outcomes).await;
-        }
-        outcomes
-    }
-
-    fn tick_interval(&self) -> Option<Duration> {
-        Some(Duration::from_secs(1))
-    }
-
-    /// Rolls the files past their age.
-    async fn tick(&mut self) {
-        for part in self.staging.older_than(self.settings.max_age) {
-            self.roll(&part).await;
-        }
-    }
-
-    /// Rolls every open file and waits for the uploader to try every pending upload once
-    /// more; what still fails stays on disk for the next start.
-    async fn close(&mut self) {
-        for part in self.staging.partitions() {
-            self.roll(&part).await;
-        }
-        self.uploads = None;
-        if let Some(h) = self.uploader.take() {
-            let _ = h.await;
-        }
-    }
-}
-
-impl ObjectStoreSink {
-    /// The object path for a delivery (prefix and rendered partition, no file name).
-    fn partition(&self, d: &Delivery) -> String {
-        match &self.settings.path {
-            None => self.prefix.clone(),
-            Some(t) => clean_key(&d.render(t)),
-        }
-    }
-
-    /// Flushes a partition's staging file; if that fails, its rows of this batch failed.
-    async fn settle(&mut self, part: &str, written: &[usize], outcomes: &mut [Outcome]) {
-        if let Err(o) = self.staging.flush(part).await {
-            for &i in written {
-                outcomes[i] = o.clone();
-            }
-        }
-    }
-
-    /// Closes a partition's staging file and hands it to the uploader.
-    async fn roll(&mut self, part: &str) {
-        let Some(s) = self.staging.roll(part).await else {
-            return;
-        };
-        if let Some(tx) = &self.uploads
-            && tx.send(Pending::new(s.path, s.key)).is_err()
-        {
-            tracing::error!("the uploader stopped early; the file waits for the next start");
-        }
-    }
-}
-
-/// The store the action writes to.
-fn open_store(settings: &Settings, ctx: &SinkContext) -> Result<Arc<dyn ObjectStore>, String> {
-    let local = |dir: &std::path::Path| -> Result<Arc<dyn ObjectStore>, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(Arc::new(
-            LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("{}: {e}", dir.display()))?,
-        ))
-    };
-    match &settings.target {
-        Target::OutputDir => local(&ctx.output_dir.join(&ctx.rule)),
-        Target::Local(dir) => local(dir),
-        Target::Cloud { kind, base } => kind
-            .build(
-                base,
-                &settings.options,
-                ctx.policy.allow_ambient_credentials,
-            )
-            .map_err(|e| format!("{} store {base}: {e}", kind.name())),
-    }
-}
+pub use config::{ObjectStoreConfig, ObjectStoreConnection};
+pub use format::{Format, to_parquet};
+pub use sink::{ObjectStoreSink, Settings};

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::time::Instant;
 
-use super::config::Format;
-use crate::sink::owned_files::{claim, unique_owner};
-use crate::sink::{Delivery, Outcome, Reason};
+use super::format::Format;
+use crate::delivery::owned_files::{claim, unique_owner};
+use crate::delivery::{Delivery, Outcome, Reason};
 
 /// One staging file: the rows of one future object.
 pub(super) struct Staged {

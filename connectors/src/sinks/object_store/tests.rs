@@ -4,12 +4,13 @@ use object_store::ObjectStoreExt;
 use serde_json::json;
 use weir_engine::template::TemplateExprs;
 
+use super::format::to_parquet;
 use super::staging::clean_key;
-use super::upload::{Pending, Uploader, to_parquet};
+use super::upload::{Pending, Uploader};
 use super::*;
+use crate::delivery::testing::{assert_refused, parse};
+use crate::delivery::{RetryPolicy, SinkConfig};
 use crate::metrics::Metrics;
-use crate::sink::SinkConfig;
-use crate::sink::testing::{assert_refused, parse};
 
 #[test]
 fn urls_options_and_templates_are_checked() {
@@ -160,7 +161,7 @@ async fn a_staging_file_that_disappeared_is_let_go() {
 
 #[test]
 fn the_policy_keeps_rules_off_local_files_and_weirs_credentials() {
-    use crate::sink::testing::{assert_allowed, assert_not_allowed, default_policy};
+    use crate::delivery::testing::{assert_allowed, assert_not_allowed, default_policy};
     let p = default_policy();
     let creds =
         json!({"access_key_id": "a", "secret_access_key": "s", "endpoint": "http://minio:9000"});

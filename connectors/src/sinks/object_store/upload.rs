@@ -19,10 +19,10 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::config::Format;
+use super::format::{Format, to_parquet};
+use crate::delivery::owned_files::{claim, release};
+use crate::delivery::{Failure, Reason, RetryPolicy};
 use crate::metrics::Metrics;
-use crate::sink::owned_files::{claim, release};
-use crate::sink::{Failure, Reason, RetryPolicy};
 
 /// A rolled staging file waiting for its upload.
 pub(super) struct Pending {
@@ -250,36 +250,4 @@ async fn upload(
     w.put(body);
     w.finish().await.map_err(store_failed)?;
     Ok(())
-}
-
-/// JSON lines to a Parquet file: the schema is inferred from all the rows. Public for the
-/// encoding benchmark.
-pub fn to_parquet(lines: &[u8]) -> Result<bytes::Bytes, Failure> {
-    use weir_engine::arrow::json::ReaderBuilder;
-    use weir_engine::arrow::json::reader::infer_json_schema_from_seekable;
-    let fail = |m: String| Failure::new(Reason::Parquet, m);
-    let (schema, _) = infer_json_schema_from_seekable(std::io::Cursor::new(lines), None)
-        .map_err(|e| fail(format!("inferring the schema: {e}")))?;
-    let schema = Arc::new(schema);
-    let reader = ReaderBuilder::new(schema.clone())
-        .with_batch_size(64 * 1024)
-        .with_coerce_primitive(true)
-        .build(std::io::Cursor::new(lines))
-        .map_err(|e| fail(format!("reading rows: {e}")))?;
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .build();
-    let mut out = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, schema, Some(props))
-        .map_err(|e| fail(format!("starting the file: {e}")))?;
-    for batch in reader {
-        let batch = batch.map_err(|e| fail(format!("reading rows: {e}")))?;
-        writer
-            .write(&batch)
-            .map_err(|e| fail(format!("writing rows: {e}")))?;
-    }
-    writer
-        .close()
-        .map_err(|e| fail(format!("finishing the file: {e}")))?;
-    Ok(bytes::Bytes::from(out))
 }

@@ -1,9 +1,10 @@
+use rumqttc::mqttbytes::QoS;
 use serde_json::json;
 use weir_engine::template::TemplateExprs;
 
 use super::*;
-use crate::sink::SinkConfig;
-use crate::sink::testing::{assert_refused, parse};
+use crate::delivery::SinkConfig;
+use crate::delivery::testing::{assert_refused, parse};
 
 #[test]
 fn topics_and_qos_are_checked_once() {

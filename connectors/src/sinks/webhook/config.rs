@@ -8,10 +8,10 @@ use reqwest::header::HeaderName;
 use serde::{Deserialize, Serialize};
 use weir_engine::template::{Template, TemplateExprs};
 
-use super::Webhook;
-use crate::sink::retry::humantime_serde_compat;
-use crate::sink::secrets::{SecretMap, sounds_secret};
-use crate::sink::{ConfigError, Policy, RetryPolicy, SinkConfig, Validated};
+use super::sink::{Settings, Webhook};
+use crate::delivery::retry::humantime_serde_compat;
+use crate::delivery::secrets::{SecretMap, sounds_secret};
+use crate::delivery::{ConfigError, Connection, Policy, RetryPolicy, SinkConfig, Validated};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,8 +50,11 @@ pub struct WebhookConnection {
     pub headers: BTreeMap<String, String>,
 }
 
-impl WebhookConnection {
-    pub(crate) fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
+impl Connection for WebhookConnection {
+    const KIND: &'static str = "webhook";
+    type Action = WebhookConfig;
+
+    fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
         vec![SecretMap {
             field: "headers",
             map: &mut self.headers,
@@ -62,11 +65,7 @@ impl WebhookConnection {
     /// The action as if written inline: the connection's URL with the action's `path`
     /// below it (the host is the connection's, whatever the path renders to), and the
     /// connection's headers with the action's own.
-    pub(crate) fn apply(
-        &self,
-        name: &str,
-        action: &WebhookConfig,
-    ) -> Result<WebhookConfig, ConfigError> {
+    fn apply(&self, name: &str, action: &WebhookConfig) -> Result<WebhookConfig, ConfigError> {
         if !action.url.is_empty() {
             return Err(WebhookConfig::invalid(format!(
                 "url comes from the connection '{name}'; the action gives a path below it"
@@ -99,7 +98,7 @@ impl WebhookConnection {
     }
 
     /// Checks the connection as an action using it would be.
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.url.contains("${") {
             return Err(WebhookConfig::invalid(
                 "a connection's url cannot use ${...} templates; actions add a path",
@@ -117,17 +116,13 @@ impl WebhookConnection {
     }
 }
 
-/// A webhook action, checked.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub(super) url: Template,
-    pub(super) headers: Vec<(HeaderName, Template)>,
-    pub(super) timeout: Duration,
-}
-
 impl SinkConfig for WebhookConfig {
     const KIND: &'static str = "webhook";
     type Sink = Webhook;
+
+    fn connection(&self) -> Option<&str> {
+        self.connection.as_deref()
+    }
 
     fn secret_maps(&mut self) -> Vec<SecretMap<'_>> {
         vec![SecretMap {

@@ -1,9 +1,13 @@
+use std::time::Duration;
+
+use reqwest::StatusCode;
 use serde_json::json;
 use weir_engine::template::TemplateExprs;
 
+use super::sink::answer;
 use super::*;
-use crate::sink::SinkConfig;
-use crate::sink::testing::{assert_refused, parse};
+use crate::delivery::testing::{assert_refused, parse};
+use crate::delivery::{Outcome, Reason, SinkConfig};
 
 #[test]
 fn urls_headers_and_timeouts_are_checked_once() {
@@ -56,7 +60,7 @@ fn statuses_are_classified_once() {
 
 #[test]
 fn the_policy_keeps_literal_urls_off_metadata_services_and_weir() {
-    use crate::sink::testing::{assert_allowed, assert_not_allowed, default_policy};
+    use crate::delivery::testing::{assert_allowed, assert_not_allowed, default_policy};
     let p = default_policy();
     assert_not_allowed::<WebhookConfig>(
         &p,

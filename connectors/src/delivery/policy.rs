@@ -8,12 +8,14 @@
 //! refusal names what it refused and the setting that would allow it.
 //!
 //! The sinks check their configuration against the policy when a rule is submitted
-//! ([`crate::sink::SinkConfig::check_policy`]); the webhook checks each rendered URL
+//! ([`crate::delivery::SinkConfig::check_policy`]); the webhook checks each rendered URL
 //! again, and its HTTP client resolves no name to a refused address ([`Resolver`]).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
+
+use weir_engine::{Classify, ErrorClass};
 
 /// The operator's policy on inline destinations.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +43,12 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct NotAllowed(pub String);
+
+impl Classify for NotAllowed {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
+}
 
 impl Policy {
     /// A policy that allows everything: for tests of the sinks themselves.

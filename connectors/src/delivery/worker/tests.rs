@@ -139,7 +139,7 @@ fn context(metrics: &Arc<Metrics>) -> SinkContext {
         publisher: Publisher::Embedded(Broker::new(ingress, metrics.clone())),
         metrics: metrics.clone(),
         http: reqwest::Client::new(),
-        policy: Arc::new(crate::sink::Policy::allow_all()),
+        policy: Arc::new(crate::delivery::Policy::allow_all()),
         output_dir: std::env::temp_dir(),
         state_dir: std::env::temp_dir(),
     }

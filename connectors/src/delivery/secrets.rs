@@ -6,11 +6,33 @@
 
 use std::collections::BTreeMap;
 
+use weir_engine::{Classify, ErrorClass};
+
 /// What an API answer shows in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
 /// The secret maps of a configuration (an action's, a connection's).
 pub type SecretMaps<T> = for<'a> fn(&'a mut T) -> Vec<SecretMap<'a>>;
+
+/// A secret sent back [`REDACTED`] that has no stored value to keep.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// A secret of a map: `properties.sasl.password`.
+    #[error(
+        "{field}.{key} is '{redacted}' and there is no stored value to keep: give its value",
+        redacted = REDACTED
+    )]
+    NoStoredValue { field: &'static str, key: String },
+    /// The password of an MQTT connection.
+    #[error("password is {redacted}, but no password is stored", redacted = REDACTED)]
+    NoStoredPassword,
+}
+
+impl Classify for SecretError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
+}
 
 /// `value` with every secret [`REDACTED`].
 pub fn redacted<T: Clone>(value: &T, maps: SecretMaps<T>) -> T {
@@ -25,7 +47,7 @@ pub fn restore<T: Clone>(
     value: &mut T,
     old: Option<&T>,
     maps: SecretMaps<T>,
-) -> Result<(), String> {
+) -> Result<(), SecretError> {
     let mut old = old.cloned();
     let olds: Vec<_> = old
         .as_mut()
@@ -58,7 +80,7 @@ impl SecretMap<'_> {
 
     /// Gives every secret that is [`REDACTED`] the value it has in `old` (the same map of
     /// the action as stored); `Err` names one that has no value to keep.
-    pub fn restore(&mut self, old: Option<&BTreeMap<String, String>>) -> Result<(), String> {
+    pub fn restore(&mut self, old: Option<&BTreeMap<String, String>>) -> Result<(), SecretError> {
         for (k, v) in self.map.iter_mut() {
             if v != REDACTED || !(self.is_secret)(k) {
                 continue;
@@ -69,10 +91,10 @@ impl SecretMap<'_> {
             {
                 Some(kept) => *v = kept.clone(),
                 None => {
-                    return Err(format!(
-                        "{}.{k} is '{REDACTED}' and there is no stored value to keep: give its value",
-                        self.field
-                    ));
+                    return Err(SecretError::NoStoredValue {
+                        field: self.field,
+                        key: k.clone(),
+                    });
                 }
             }
         }
@@ -126,7 +148,8 @@ mod tests {
             is_secret: sounds_secret,
         }
         .restore(Some(&stored))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("properties.sasl.password"), "{err}");
     }
 }
