@@ -1,5 +1,6 @@
 //! The Eclipse Paho interoperability client tests (`tests/paho/`, vendored unmodified
-//! with their licence) against weir's embedded broker, each test in a process of its own.
+//! with their licence) against weir's embedded broker, each test in a process of its own,
+//! on five weirs side by side (a test at a time on each).
 //! The subscribe-failure tests need a topic the broker refuses: the ACL denies
 //! `test/nosubscribe`. The same suites run against Mosquitto 2 (default configuration)
 //! pass 8 of 10 (3.1.1) and 21 of 27 (5.0); see docs/broker.md.
@@ -11,14 +12,23 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-/// Runs one suite (`"3"` or `"5"`) against a weir of its own; the tests that passed and
+/// How many weirs a suite runs on, its tests side by side, one at a time on each: most of
+/// a Paho test's time is its own sleeps.
+const BROKERS: usize = 5;
+
+/// Runs one suite (`"3"` or `"5"`) against weirs of its own; the tests that passed and
 /// those that failed.
 async fn run_suite(suite: &'static str) -> (Vec<String>, Vec<String>) {
     let dir = temp_dir(&format!("paho-{suite}"));
     let acl = dir.join("acl");
     std::fs::write(&acl, "topic readwrite #\ntopic deny test/nosubscribe\n").unwrap();
-    let weir = Weir::start(&dir, &["--mqtt-acl-file", acl.to_str().unwrap()]).await;
-    let port = weir.mqtt.port().to_string();
+    let mut weirs = Vec::new();
+    for i in 0..BROKERS {
+        let data = dir.join(format!("weir-{i}"));
+        weirs.push(Weir::start(&data, &["--mqtt-acl-file", acl.to_str().unwrap()]).await);
+    }
+    let ports: Vec<String> = weirs.iter().map(|w| w.mqtt.port().to_string()).collect();
+    let port = ports.join(",");
     let runner = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho/run.py");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")

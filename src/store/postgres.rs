@@ -45,6 +45,9 @@ CREATE TRIGGER weir_objects_changed AFTER INSERT OR UPDATE OR DELETE ON weir_obj
     FOR EACH ROW EXECUTE FUNCTION weir_objects_notify();
 ";
 
+/// How long opening waits for the feed to listen.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
 /// How often a replica compares everything, announcements or not.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
@@ -92,7 +95,13 @@ impl Postgres {
             .context("cannot create the rule store's table")?;
         tx.commit().await?;
         let feed = broadcast::channel(super::FEED_CAPACITY).0;
-        listen(target.clone(), feed.clone(), stop);
+        // Opened once the feed is live: changes made from then on are announced one by
+        // one (those before are found by comparing, as after any lost connection).
+        let (listening, live) = tokio::sync::oneshot::channel();
+        listen(target.clone(), feed.clone(), stop, listening);
+        if tokio::time::timeout(LISTEN_WAIT, live).await.is_err() {
+            tracing::warn!(store = %shown, "not listening to the rule store's changes yet; trying on");
+        }
         Ok(Self {
             target,
             shown,
@@ -263,18 +272,27 @@ impl Backend for Postgres {
 
 /// Listens for the store's announcements until `stop`, and announces each change on
 /// `feed`, and `All` whenever announcements may have been missed (at the start, after the
-/// listening connection was lost, every 30 s).
-fn listen(target: Target, feed: broadcast::Sender<Change>, stop: CancellationToken) {
+/// listening connection was lost, every 30 s). `listening` is told when it first listens.
+fn listen(
+    target: Target,
+    feed: broadcast::Sender<Change>,
+    stop: CancellationToken,
+    listening: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut listening = Some(listening);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let mut listening = false;
+            let mut is_listening = false;
             let listened = async {
                 let (client, connection) = target.connect().await?;
                 let (mut notes, driver) =
                     notifications(connection, "the rule store's listening connection");
                 client.batch_execute("LISTEN weir_changes").await?;
-                listening = true;
+                is_listening = true;
+                if let Some(l) = listening.take() {
+                    let _ = l.send(());
+                }
                 // Listening: whatever changed before now is found by comparing.
                 let _ = feed.send(Change::All);
                 let mut resync = tokio::time::interval(RESYNC_EVERY);
@@ -310,7 +328,7 @@ fn listen(target: Target, feed: broadcast::Sender<Change>, stop: CancellationTok
                 _ = tokio::time::sleep(backoff) => {}
             }
             // Backing off grows only while connecting fails.
-            backoff = if listening {
+            backoff = if is_listening {
                 Duration::from_millis(100)
             } else {
                 (backoff * 2).min(Duration::from_secs(5))
