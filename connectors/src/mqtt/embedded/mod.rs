@@ -27,10 +27,13 @@
 //! publishing client instead of growing memory.
 
 pub mod access;
+mod delivery;
 mod park;
 mod retained;
 mod session;
+mod signals;
 mod store;
+mod subscription;
 pub mod tls;
 mod wire;
 mod ws;
@@ -52,12 +55,13 @@ use weir_engine::topic::{TopicTrie, validate_filter, validate_topic};
 use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
 use self::access::{Access, Denied, Want};
+use self::delivery::Delivery;
 use self::park::Parker;
 use self::retained::{Retained, RetainedStore};
-use self::session::{
-    ConnId, Delivery, EndSignal, Flight, Link, MAX_INFLIGHT, Offered, Session, Signals, SubOptions,
-};
+use self::session::{ConnId, Flight, Link, MAX_INFLIGHT, Offered, Session};
+use self::signals::{EndSignal, Signals};
 use self::store::{SavedMessage, SavedQueue, SavedSession, SavedSub, Store};
+use self::subscription::{Sub, SubOptions, shared};
 use self::tls::ListenerOptions;
 use self::wire::{
     Inbound, OutPublish, Outbound, RECEIVE_MAX, Refusal, Stream, SubRefusal, TOPIC_ALIAS_MAX, Will,
@@ -131,36 +135,6 @@ enum Transport {
     Tcp,
     Tls(rumqttc::tokio_rustls::TlsAcceptor),
     WebSocket,
-}
-
-/// One subscription in the routing trie (keyed by its topic filter, without any
-/// `$share/<group>/`).
-#[derive(Clone)]
-struct Sub {
-    client: Arc<str>,
-    /// The filter as subscribed, with any `$share/<group>/`: the key in the session.
-    filter: Arc<str>,
-    group: Option<Arc<str>>,
-    opts: SubOptions,
-}
-
-impl PartialEq for Sub {
-    fn eq(&self, other: &Self) -> bool {
-        self.client == other.client && self.filter == other.filter
-    }
-}
-
-/// `$share/<group>/<filter>` split into its group and filter; `None` for a plain filter.
-/// An invalid share (empty group, wildcard in the group, no filter) is an `Err`.
-fn shared(filter: &str) -> Result<Option<(&str, &str)>, ()> {
-    let Some(rest) = filter.strip_prefix("$share/") else {
-        return Ok(None);
-    };
-    let (group, inner) = rest.split_once('/').ok_or(())?;
-    if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
-        return Err(());
-    }
-    Ok(Some((group, inner)))
 }
 
 /// A handle to the embedded broker: publish into it from inside weir.
@@ -1955,22 +1929,6 @@ async fn send(wire: &mut Wire, packet: Outbound<'_>) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shared_subscriptions_name_a_group_and_a_filter() {
-        assert_eq!(shared("a/b"), Ok(None));
-        assert_eq!(shared("$share/g/a/+"), Ok(Some(("g", "a/+"))));
-        assert_eq!(shared("$share/g/#"), Ok(Some(("g", "#"))));
-        for bad in [
-            "$share/g",
-            "$share//a",
-            "$share/g/",
-            "$share/+/a",
-            "$share/#/a",
-        ] {
-            assert_eq!(shared(bad), Err(()), "{bad}");
-        }
-    }
 
     /// What an idle connection holds: the bench (weir-conns) measures the whole; this
     /// names the parts, so that a field added to any of them is a choice, not a drift.
