@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 use super::access::{Denied, Want};
 use super::broker::Broker;
 use super::client::{Admitted, Conn, Peer};
+use super::error::ClientError;
 use super::limits::{CONNECT_TIMEOUT, FOREVER_SECS};
 use super::session::{Link, MAX_INFLIGHT};
 use super::signals::Signals;
 use super::tls::{self, ListenerOptions};
-use super::wire::{self, Outbound, Refusal, Stream, Wire};
+use super::wire::{Outbound, Refusal, Stream, Wire, WireError};
 use super::ws;
 
 /// How a listener's connections carry MQTT.
@@ -125,7 +126,7 @@ impl Broker {
         &self,
         stream: TcpStream,
         transport: &Transport,
-    ) -> Result<(Stream, Option<String>), String> {
+    ) -> Result<(Stream, Option<String>), ClientError> {
         match transport {
             Transport::Tcp => Ok((Box::new(stream), None)),
             Transport::WebSocket => {
@@ -134,11 +135,11 @@ impl Broker {
                     Ok(Ok(ws)) => Ok((Box::new(ws), None)),
                     Ok(Err(e)) => {
                         self.refused("websocket");
-                        Err(e)
+                        Err(ClientError::WebSocket(Box::new(e)))
                     }
                     Err(_) => {
                         self.refused("websocket");
-                        Err(format!("no WebSocket handshake within {CONNECT_TIMEOUT:?}"))
+                        Err(ClientError::NoWebSocketHandshake(CONNECT_TIMEOUT))
                     }
                 }
             }
@@ -155,11 +156,11 @@ impl Broker {
                     }
                     Ok(Err(e)) => {
                         self.refused("tls");
-                        Err(format!("TLS handshake failed: {e}"))
+                        Err(ClientError::Tls(e))
                     }
                     Err(_) => {
                         self.refused("tls");
-                        Err(format!("no TLS handshake within {CONNECT_TIMEOUT:?}"))
+                        Err(ClientError::NoTlsHandshake(CONNECT_TIMEOUT))
                     }
                 }
             }
@@ -174,7 +175,7 @@ impl Broker {
         peer: SocketAddr,
         certificate: Option<String>,
         options: ListenerOptions,
-    ) -> Result<Admitted, String> {
+    ) -> Result<Admitted, ClientError> {
         let (mut wire, mut connect) = Box::pin(Wire::accept(
             stream,
             self.inner.limits.max_packet,
@@ -182,7 +183,7 @@ impl Broker {
         ))
         .await
         .inspect_err(|e| {
-            if e.starts_with(wire::UNSUPPORTED_PROTOCOL) {
+            if matches!(e, WireError::UnsupportedProtocol(_)) {
                 self.refused("protocol");
             }
         })?;
@@ -200,7 +201,7 @@ impl Broker {
                 "mqtt client refused: its client id is not its certificate's name"
             );
             Box::pin(wire.refuse(Refusal::ClientId)).await;
-            return Err("client id differs from the certificate's name".to_owned());
+            return Err(ClientError::NotTheCertificatesName);
         }
         let authenticated = match certificate {
             // A certificate the client CA signed is proof enough.
@@ -229,7 +230,7 @@ impl Broker {
                     Denied::BadCredentials => Refusal::BadCredentials,
                 }))
                 .await;
-                return Err(format!("refused: {}", denied.reason()));
+                return Err(ClientError::Refused(denied));
             }
         };
         let (client_id, assigned) = if connect.client_id.is_empty() {
@@ -238,7 +239,7 @@ impl Broker {
             if !connect.clean_start && !wire.is_v5() {
                 self.refused("client_id");
                 Box::pin(wire.refuse(Refusal::ClientId)).await;
-                return Err("empty client id needs a clean session".to_owned());
+                return Err(ClientError::EmptyClientId);
             }
             let assigned = format!("weir-anon-{id}");
             (assigned.clone(), wire.is_v5().then_some(assigned))
@@ -271,7 +272,7 @@ impl Broker {
                 "mqtt client refused: the broker holds its maximum of sessions (--mqtt-max-sessions)"
             );
             Box::pin(wire.refuse(Refusal::Quota)).await;
-            return Err("the broker holds its maximum of sessions".to_owned());
+            return Err(ClientError::MaxSessions);
         };
         tracing::debug!(%peer, %client_id, v5 = wire.is_v5(), present, "mqtt client connected");
         let peer = Peer {

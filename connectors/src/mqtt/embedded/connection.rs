@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::broker::{Broker, Sleeper, lock};
 use super::client::{Admitted, Conn, Life};
 use super::delivery::Delivery;
+use super::error::ClientError;
 use super::limits::{IDLE_WITHOUT_KEEP_ALIVE, PARK_AFTER, WRITE_TIMEOUT};
 use super::park::{Parker, Resumable};
-use super::session::{self, Flight};
+use super::session::Flight;
 use super::signals::{EndSignal, Signals};
 use super::wire::{Inbound, OutPublish, Outbound, Wire};
 
@@ -42,7 +43,7 @@ impl Broker {
         client: Admitted,
         cancel: CancellationToken,
         permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         let Admitted {
             mut conn,
             will,
@@ -87,9 +88,7 @@ impl Broker {
                 let park_at = Instant::now() + PARK_AFTER;
                 self.serve_conn(&mut conn, &mut life, park_at).await
             }
-            Err(e) => Err(format!(
-                "a parked connection could not be served again: {e}"
-            )),
+            Err(e) => Err(ClientError::Resume(e)),
         };
         if let Err(e) = self.finish(conn, life, result) {
             tracing::debug!(error = %e, "mqtt connection closed");
@@ -101,8 +100,8 @@ impl Broker {
         self,
         mut conn: Conn,
         life: Life,
-        result: Result<End, String>,
-    ) -> Result<(), String> {
+        result: Result<End, ClientError>,
+    ) -> Result<(), ClientError> {
         let result = match result {
             Ok(End::Park) => match conn.wire.park() {
                 Ok(()) => {
@@ -121,7 +120,7 @@ impl Broker {
                     }));
                     return Ok(());
                 }
-                Err(e) => Err(format!("the connection could not be parked: {e}")),
+                Err(e) => Err(ClientError::Park(e)),
             },
             other => other,
         };
@@ -172,7 +171,7 @@ impl Broker {
         c: &mut Conn,
         life: &mut Life,
         mut park_at: Instant,
-    ) -> Result<End, String> {
+    ) -> Result<End, ClientError> {
         loop {
             let parkable = c.parkable
                 && c.acks.as_ref().is_none_or(|a| a.is_empty())
@@ -194,12 +193,11 @@ impl Broker {
                     match c.signals.ended() {
                         Some(EndSignal::Kicked) => {
                             Box::pin(c.disconnect(Reason::SessionTakenOver)).await;
-                            return Err("taken over by a new connection with the same client id".to_owned());
+                            return Err(ClientError::TakenOver);
                         }
-                        Some(EndSignal::Slow) => return Err(format!(
-                            "a slow subscriber: more than {} bytes or {} messages waited for it",
-                            self.inner.limits.max_queued_bytes, session::MAX_QUEUED_MESSAGES
-                        )),
+                        Some(EndSignal::Slow) => return Err(ClientError::Slow {
+                            bytes: self.inner.limits.max_queued_bytes,
+                        }),
                         None => {}
                     }
                     for pkid in c.signals.take_acked() {
@@ -211,12 +209,12 @@ impl Broker {
                     let packet = match incoming {
                         None => return Ok(End::Closed),
                         Some(Err(e)) => {
-                            if e.contains("has been exceeded by packet") {
+                            if e.is_too_large() {
                                 Box::pin(c.disconnect(Reason::PacketTooLarge)).await;
                             } else {
                                 Box::pin(c.disconnect(Reason::MalformedPacket)).await;
                             }
-                            return Err(e);
+                            return Err(e.into());
                         }
                         Some(Ok(p)) => p,
                     };
@@ -232,7 +230,7 @@ impl Broker {
                 _ = tokio::time::sleep_until(timer.into()) => {
                     if Instant::now() >= life.deadline {
                         Box::pin(c.disconnect(Reason::KeepAliveTimeout)).await;
-                        return Err("keep-alive timeout".to_owned());
+                        return Err(ClientError::KeepAlive);
                     }
                     // Quiet still: the read just polled may have taken part of a packet.
                     if parkable && c.wire.is_quiet() {
@@ -248,7 +246,7 @@ impl Broker {
         &self,
         c: &mut Conn,
         packet: Inbound,
-    ) -> Result<Option<End>, String> {
+    ) -> Result<Option<End>, ClientError> {
         match packet {
             Inbound::Publish(p) => self.incoming_publish(c, p).await?,
             Inbound::PubAck(pkid) => {
@@ -293,7 +291,7 @@ impl Broker {
 
     /// Sends again what was in flight when the client last went away: PUBLISH marked DUP,
     /// or PUBREL.
-    pub(super) async fn resend_in_flight(&self, c: &mut Conn) -> Result<(), String> {
+    pub(super) async fn resend_in_flight(&self, c: &mut Conn) -> Result<(), ClientError> {
         let again: Vec<(u16, Option<Delivery>)> = lock(&c.session)
             .queued()
             .inflight
@@ -322,7 +320,7 @@ impl Broker {
     }
 
     /// Sends what the session has queued, as far as the client's receive maximum allows.
-    pub(super) async fn flush(&self, c: &mut Conn) -> Result<(), String> {
+    pub(super) async fn flush(&self, c: &mut Conn) -> Result<(), ClientError> {
         let total = &self.inner.metrics.broker_queued_bytes;
         let (batch, expired) = lock(&c.session).take_sendable(c.id, c.quota, total);
         for _ in 0..expired {
@@ -365,7 +363,7 @@ impl Resumable for Sleeper {
 
 impl Conn {
     /// The rules hold message `pkid`: sends every acknowledgement now due, in order.
-    pub(super) async fn acknowledged(&mut self, pkid: u16) -> Result<(), String> {
+    pub(super) async fn acknowledged(&mut self, pkid: u16) -> Result<(), ClientError> {
         let Some(acks) = self.acks.as_deref_mut() else {
             return Ok(());
         };
@@ -391,7 +389,7 @@ impl Conn {
         d: &Delivery,
         dup: bool,
         broker: &Broker,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         let set = self.aliases.as_ref().map_or(0, |a| a.out.len());
         let (topic, alias, new_alias) =
             match self.aliases.as_ref().and_then(|a| a.out.get(&d.topic)) {
@@ -427,7 +425,7 @@ impl Conn {
         // A subscriber found too slow meanwhile is let go mid-write.
         let sent = tokio::select! {
             sent = send(&mut self.wire, out) => sent,
-            _ = self.signals.ending() => return Err("let go while writing (a slow subscriber, or taken over)".to_owned()),
+            _ = self.signals.ending() => return Err(ClientError::LetGo),
         };
         self.signals.rewake();
         let sent = sent?;
@@ -470,8 +468,9 @@ impl Conn {
 
 /// Sends a packet, giving the client [`WRITE_TIMEOUT`] to take it. A PUBLISH larger than
 /// the client accepts is not sent (`Ok(false)`).
-pub(super) async fn send(wire: &mut Wire, packet: Outbound<'_>) -> Result<bool, String> {
+pub(super) async fn send(wire: &mut Wire, packet: Outbound<'_>) -> Result<bool, ClientError> {
     tokio::time::timeout(WRITE_TIMEOUT, wire.send(packet))
         .await
-        .map_err(|_| format!("the client read nothing for {WRITE_TIMEOUT:?}"))?
+        .map_err(|_| ClientError::WriteTimeout)?
+        .map_err(ClientError::from)
 }

@@ -39,7 +39,8 @@
 //!   `session.rs` (one session's queue and messages in flight), `subscription.rs`,
 //!   `delivery.rs` (a message on its way to a client), `signals.rs` (what other tasks
 //!   tell a connection), `park.rs` (idle connections without a task), `retained.rs`,
-//!   `store.rs` (the saved files), [`wire`] (the codecs), [`access`], [`tls`], `ws.rs`.
+//!   `store.rs` (the saved files), `error.rs` (why a client was refused or let go),
+//!   [`wire`] (the codecs), [`access`], [`tls`], `ws.rs`.
 
 pub mod access;
 mod admission;
@@ -47,6 +48,7 @@ mod broker;
 mod client;
 mod connection;
 mod delivery;
+mod error;
 mod limits;
 mod park;
 mod persistence;

@@ -20,6 +20,7 @@ use super::broker::{Broker, lock};
 use super::client::{Conn, Peer};
 use super::connection::send;
 use super::delivery::Delivery;
+use super::error::ClientError;
 use super::retained::Retained;
 use super::session::{Offered, Session};
 use super::signals::EndSignal;
@@ -206,7 +207,7 @@ impl Broker {
         peer: &Peer,
         m: &Incoming<'_>,
         ack: Ack,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         self.inner.metrics.broker_received.inc();
         let msg = Message {
             topic: m.topic.to_owned(),
@@ -220,7 +221,7 @@ impl Broker {
             ack,
         };
         if self.inner.ingress.send(msg).await.is_err() {
-            return Err("weir is shutting down".to_owned());
+            return Err(ClientError::ShuttingDown);
         }
         // Let the other connections woken with this one take their packets first: a
         // SUBSCRIBE that reached the broker before this PUBLISH is then in place when it
@@ -239,22 +240,20 @@ impl Broker {
         &self,
         c: &mut Conn,
         p: wire::Publish,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         // MQTT 5 topic aliases: an alias with a topic sets it; an alias alone uses it.
         let topic = match p.alias {
             None => p.topic,
             Some(a) if a == 0 || a > TOPIC_ALIAS_MAX => {
                 c.refuse(Reason::TopicAliasInvalid).await;
-                return Err(format!(
-                    "topic alias {a} is not from 1 to {TOPIC_ALIAS_MAX}"
-                ));
+                return Err(ClientError::AliasOutOfRange(a));
             }
             Some(a) if p.topic.is_empty() => {
                 match c.aliases.as_ref().and_then(|x| x.inbound.get(&a)) {
                     Some(t) => t.clone(),
                     None => {
                         c.refuse(Reason::ProtocolError).await;
-                        return Err(format!("topic alias {a} was never set"));
+                        return Err(ClientError::AliasNeverSet(a));
                     }
                 }
             }
@@ -268,16 +267,14 @@ impl Broker {
         };
         if validate_topic(&topic).is_err() {
             c.disconnect(Reason::TopicNameInvalid).await;
-            return Err(format!("invalid topic name '{topic}'"));
+            return Err(ClientError::InvalidTopic(topic.into()));
         }
         if p.qos > 0 && c.v5 {
             let unacknowledged = c.acks.as_ref().map_or(0, |a| a.len())
                 + lock(&c.session).queued().incoming_qos2.len();
             if unacknowledged >= usize::from(RECEIVE_MAX) {
                 c.refuse(Reason::ReceiveMaximumExceeded).await;
-                return Err(format!(
-                    "more than {RECEIVE_MAX} QoS 1 and 2 messages unacknowledged"
-                ));
+                return Err(ClientError::ReceiveMaximum);
             }
         }
         if !self.allows(

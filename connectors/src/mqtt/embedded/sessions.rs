@@ -14,6 +14,7 @@ use weir_engine::topic::validate_topic;
 use super::access::Want;
 use super::broker::{Broker, lock};
 use super::client::Peer;
+use super::error::ClientError;
 use super::limits::FOREVER_SECS;
 use super::publishing::{Incoming, expires_at};
 use super::session::{ConnId, Link, Session};
@@ -197,9 +198,9 @@ impl Broker {
         });
     }
 
-    pub(super) async fn publish_will(&self, will: &Will, peer: &Peer) -> Result<(), String> {
+    pub(super) async fn publish_will(&self, will: &Will, peer: &Peer) -> Result<(), ClientError> {
         if validate_topic(&will.topic).is_err() {
-            return Err(format!("invalid will topic '{}'", will.topic));
+            return Err(ClientError::InvalidWillTopic(will.topic.as_str().into()));
         }
         if !self.allows(
             peer.principal.as_deref(),
@@ -208,7 +209,7 @@ impl Broker {
             &will.topic,
         ) {
             self.dropped("not_authorized");
-            return Err("the ACL does not let the client write its will topic".to_owned());
+            return Err(ClientError::WillNotAuthorized);
         }
         let m = Incoming {
             topic: &will.topic,

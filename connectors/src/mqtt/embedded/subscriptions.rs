@@ -13,6 +13,7 @@ use super::broker::{Broker, lock};
 use super::client::Conn;
 use super::connection::send;
 use super::delivery::Delivery;
+use super::error::ClientError;
 use super::session::Session;
 use super::subscription::{Sub, SubOptions, shared};
 use super::wire::{Outbound, SubRefusal, SubRequest};
@@ -24,7 +25,7 @@ impl Broker {
         pkid: u16,
         filters: Vec<SubRequest>,
         id: Option<u32>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         let max_subscriptions = self.inner.limits.max_subscriptions;
         let mut granted = Vec::with_capacity(filters.len());
         // Filters that get the retained messages they match, once the SUBACK is out.
@@ -131,7 +132,7 @@ impl Broker {
         c: &mut Conn,
         pkid: u16,
         filters: Vec<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         {
             let mut s = lock(&c.session);
             let mut subs = self.trie_mut();

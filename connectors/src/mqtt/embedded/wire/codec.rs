@@ -10,6 +10,7 @@ use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
+use super::error::{CodecError, WireError};
 use super::packets::{Inbound, Outbound, Refusal};
 use super::v4::{from_v4, to_v4};
 use super::v5::{from_v5, to_v5};
@@ -57,8 +58,8 @@ pub(super) const MAX_OUTGOING: usize = 1024 * 1024;
 impl Wire {
     /// Answers a CONNECT with a refusal; the caller then closes the connection.
     pub async fn refuse(&mut self, why: Refusal) {
-        let _ = match self {
-            Self::Parked { .. } | Self::Gone => Ok(()),
+        match self {
+            Self::Parked { .. } | Self::Gone => {}
             Self::V4(f) => {
                 let code = match why {
                     Refusal::ProtocolVersion => v4::ConnectReturnCode::RefusedProtocolVersion,
@@ -67,9 +68,9 @@ impl Wire {
                     Refusal::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
                     Refusal::Quota => v4::ConnectReturnCode::ServiceUnavailable,
                 };
-                f.send(v4::Packet::ConnAck(v4::ConnAck::new(code, false)))
-                    .await
-                    .map_err(|e| e.to_string())
+                let _ = f
+                    .send(v4::Packet::ConnAck(v4::ConnAck::new(code, false)))
+                    .await;
             }
             Self::V5 { framed, .. } => {
                 let code = match why {
@@ -79,16 +80,15 @@ impl Wire {
                     Refusal::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
                     Refusal::Quota => v5::ConnectReturnCode::QuotaExceeded,
                 };
-                framed
+                let _ = framed
                     .send(v5::Packet::ConnAck(v5::ConnAck {
                         session_present: false,
                         code,
                         properties: None,
                     }))
-                    .await
-                    .map_err(|e| e.to_string())
+                    .await;
             }
-        };
+        }
     }
 
     /// Whether the client speaks MQTT 5.
@@ -185,26 +185,35 @@ impl Wire {
     }
 
     /// The next packet from the client; `None` when it closed the connection.
-    pub async fn recv(&mut self) -> Option<Result<Inbound, String>> {
+    pub async fn recv(&mut self) -> Option<Result<Inbound, WireError>> {
         match self {
-            Self::Parked { .. } | Self::Gone => Some(Err("the connection is parked".to_owned())),
-            Self::V4(f) => Some(f.next().await?.map_err(|e| e.to_string()).and_then(from_v4)),
+            Self::Parked { .. } | Self::Gone => Some(Err(WireError::Parked)),
+            Self::V4(f) => Some(
+                f.next()
+                    .await?
+                    .map_err(|e| CodecError::from(e).into())
+                    .and_then(from_v4),
+            ),
             Self::V5 { framed, .. } => Some(
                 framed
                     .next()
                     .await?
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| CodecError::from(e).into())
                     .and_then(from_v5),
             ),
         }
     }
 
     /// Sends a packet. A PUBLISH larger than the client accepts is not sent (`Ok(false)`).
-    pub async fn send(&mut self, packet: Outbound<'_>) -> Result<bool, String> {
+    pub async fn send(&mut self, packet: Outbound<'_>) -> Result<bool, WireError> {
         match self {
-            Self::Parked { .. } | Self::Gone => Err("the connection is parked".to_owned()),
+            Self::Parked { .. } | Self::Gone => Err(WireError::Parked),
             Self::V4(f) => match to_v4(packet) {
-                Some(p) => f.send(p).await.map(|()| true).map_err(|e| e.to_string()),
+                Some(p) => f
+                    .send(p)
+                    .await
+                    .map(|()| true)
+                    .map_err(|e| CodecError::from(e).into()),
                 None => Ok(true),
             },
             Self::V5 { framed, max_packet } => {
@@ -217,7 +226,7 @@ impl Wire {
                     .send(p)
                     .await
                     .map(|()| true)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| CodecError::from(e).into())
             }
         }
     }

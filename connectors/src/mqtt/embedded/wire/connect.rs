@@ -12,11 +12,9 @@ use tokio::io::AsyncReadExt;
 use tokio_util::codec::{Framed, FramedParts};
 
 use super::codec::{MAX_OUTGOING, Stream, Wire, lean};
+use super::error::WireError;
 use super::packets::{Connect, Refusal, Will};
 use super::v5::will_v5;
-
-/// How the error of [`Wire::accept`] starts when the client was refused for its protocol.
-pub const UNSUPPORTED_PROTOCOL: &str = "unsupported protocol";
 
 /// What the first bytes of a connection say about its protocol.
 enum Sniff {
@@ -63,7 +61,7 @@ impl Wire {
         mut stream: Stream,
         max_packet: usize,
         timeout: Duration,
-    ) -> Result<(Self, Connect), String> {
+    ) -> Result<(Self, Connect), WireError> {
         let read_connect = async {
             let mut buf = BytesMut::with_capacity(256);
             let v5 = loop {
@@ -71,8 +69,8 @@ impl Wire {
                     Sniff::V5 => break true,
                     Sniff::Other => break false,
                     Sniff::NeedMore => {
-                        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                            return Err("closed before CONNECT".to_owned());
+                        if stream.read_buf(&mut buf).await? == 0 {
+                            return Err(WireError::ClosedBeforeConnect);
                         }
                     }
                 }
@@ -85,14 +83,14 @@ impl Wire {
         };
         tokio::time::timeout(timeout, read_connect)
             .await
-            .map_err(|_| format!("no CONNECT within {timeout:?}"))?
+            .map_err(|_| WireError::NoConnect(timeout))?
     }
 
     async fn accept_v4(
         stream: Stream,
         buf: BytesMut,
         max_packet: usize,
-    ) -> Result<(Self, Connect), String> {
+    ) -> Result<(Self, Connect), WireError> {
         let codec = v4::Codec {
             max_incoming_size: max_packet,
             max_outgoing_size: MAX_OUTGOING.max(max_packet),
@@ -124,16 +122,16 @@ impl Wire {
                 lean(&mut framed);
                 Ok((Self::V4(framed), connect))
             }
-            Some(Ok(other)) => Err(format!("expected CONNECT, got {other:?}")),
+            Some(Ok(other)) => Err(WireError::NotConnect(format!("{other:?}"))),
             Some(Err(e)) => {
                 // An MQTT 3.1 client: say which protocols this broker speaks.
                 if matches!(e, rumqttc::mqttbytes::Error::InvalidProtocolLevel(_)) {
                     Self::V4(framed).refuse(Refusal::ProtocolVersion).await;
-                    return Err(format!("{UNSUPPORTED_PROTOCOL}: {e}"));
+                    return Err(WireError::UnsupportedProtocol(e));
                 }
-                Err(format!("bad CONNECT: {e}"))
+                Err(WireError::BadConnect(e.into()))
             }
-            None => Err("closed before CONNECT".to_owned()),
+            None => Err(WireError::ClosedBeforeConnect),
         }
     }
 
@@ -141,7 +139,7 @@ impl Wire {
         stream: Stream,
         buf: BytesMut,
         max_packet: usize,
-    ) -> Result<(Self, Connect), String> {
+    ) -> Result<(Self, Connect), WireError> {
         let limit = u32::try_from(max_packet).unwrap_or(u32::MAX);
         let codec = v5::Codec {
             max_incoming_size: Some(limit),
@@ -186,9 +184,9 @@ impl Wire {
                     connect,
                 ))
             }
-            Some(Ok(other)) => Err(format!("expected CONNECT, got {other:?}")),
-            Some(Err(e)) => Err(format!("bad CONNECT: {e}")),
-            None => Err("closed before CONNECT".to_owned()),
+            Some(Ok(other)) => Err(WireError::NotConnect(format!("{other:?}"))),
+            Some(Err(e)) => Err(WireError::BadConnect(e.into())),
+            None => Err(WireError::ClosedBeforeConnect),
         }
     }
 }

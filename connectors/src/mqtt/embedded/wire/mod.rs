@@ -12,16 +12,18 @@
 //! * `packets.rs`: the packets as the session logic sees them, in either version;
 //! * `connect.rs`: a new connection's CONNECT, and the codec it picks;
 //! * `codec.rs`: [`Wire`], one client's stream and codec, parked and resumed;
-//! * `v4.rs`, `v5.rs`: each version's packets to and from the broker's.
+//! * `v4.rs`, `v5.rs`: each version's packets to and from the broker's;
+//! * `error.rs`: what can go wrong on the wire ([`WireError`]).
 
 mod codec;
 mod connect;
+mod error;
 mod packets;
 mod v4;
 mod v5;
 
 pub use codec::{Stream, Wire};
-pub use connect::UNSUPPORTED_PROTOCOL;
+pub use error::WireError;
 pub use packets::{
     Inbound, OutPublish, Outbound, Publish, RECEIVE_MAX, Refusal, SubRefusal, SubRequest,
     TOPIC_ALIAS_MAX, Will,

@@ -3,10 +3,11 @@
 
 use rumqttc::mqttbytes::v4;
 
+use super::error::WireError;
 use super::packets::{Inbound, Outbound, Publish, SubRequest};
 use crate::mqtt::packets::qos_v4;
 
-pub(super) fn from_v4(p: v4::Packet) -> Result<Inbound, String> {
+pub(super) fn from_v4(p: v4::Packet) -> Result<Inbound, WireError> {
     Ok(match p {
         v4::Packet::Publish(p) => Inbound::Publish(Publish {
             topic: p.topic,
@@ -46,7 +47,7 @@ pub(super) fn from_v4(p: v4::Packet) -> Result<Inbound, String> {
             with_will: false,
             session_expiry: None,
         },
-        other => return Err(format!("unexpected packet {other:?}")),
+        other => return Err(WireError::UnexpectedPacket(format!("{other:?}"))),
     })
 }
 

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use rumqttc::v5::mqttbytes::v5;
 use weir_engine::MqttProperties;
 
+use super::error::WireError;
 use super::packets::{
     Inbound, Outbound, Publish, RECEIVE_MAX, SubRefusal, SubRequest, TOPIC_ALIAS_MAX, Will,
 };
 use crate::mqtt::packets::{properties_from_v5, qos_v5};
 
-pub(super) fn will_v5(w: v5::LastWill) -> Result<Will, String> {
-    let topic =
-        String::from_utf8(w.topic.to_vec()).map_err(|_| "will topic is not UTF-8".to_owned())?;
+pub(super) fn will_v5(w: v5::LastWill) -> Result<Will, WireError> {
+    let topic = String::from_utf8(w.topic.to_vec()).map_err(|_| WireError::WillTopicNotUtf8)?;
     let (properties, delay, expiry) = match w.properties {
         Some(p) => (
             Some(Arc::new(MqttProperties {
@@ -41,12 +41,11 @@ pub(super) fn will_v5(w: v5::LastWill) -> Result<Will, String> {
     })
 }
 
-pub(super) fn from_v5(p: v5::Packet) -> Result<Inbound, String> {
+pub(super) fn from_v5(p: v5::Packet) -> Result<Inbound, WireError> {
     Ok(match p {
         v5::Packet::Publish(p) => {
             let mut props = p.properties.unwrap_or_default();
-            let topic = String::from_utf8(p.topic.to_vec())
-                .map_err(|_| "topic name is not UTF-8".to_owned())?;
+            let topic = String::from_utf8(p.topic.to_vec()).map_err(|_| WireError::TopicNotUtf8)?;
             let alias = props.topic_alias.take();
             let expiry = props.message_expiry_interval.take();
             Inbound::Publish(Publish {
@@ -95,7 +94,7 @@ pub(super) fn from_v5(p: v5::Packet) -> Result<Inbound, String> {
             with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
             session_expiry: d.properties.and_then(|p| p.session_expiry_interval),
         },
-        other => return Err(format!("unexpected packet {other:?}")),
+        other => return Err(WireError::UnexpectedPacket(format!("{other:?}"))),
     })
 }
 
