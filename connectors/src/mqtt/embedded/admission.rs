@@ -2,7 +2,8 @@
 //! and their handshakes, the limit on connections, a client's CONNECT (the rules on
 //! client ids, authentication by password file or client certificate, the limit on
 //! sessions), and the ACL's answer for each topic a client writes, reads or subscribes
-//! to ([`Broker::allows`]). The password and ACL files themselves are `access.rs`.
+//! to ([`Broker::allows`]). The password and ACL files themselves are in
+//! [`access`](super::access).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -25,7 +25,7 @@ impl Broker {
     /// Gives the connection its session: the one the client had, unless it asked for a
     /// clean start, or a new one. A connection the session had is kicked off. Returns
     /// the session and whether it was there before; `None` when a new session would be
-    /// one more than [`Limits::max_sessions`].
+    /// one more than [`Limits::max_sessions`](super::Limits::max_sessions).
     pub(super) fn attach(
         &self,
         client_id: &Arc<str>,
