@@ -12,7 +12,9 @@ mod packets;
 use rumqttc::mqttbytes::QoS;
 
 pub use embedded::Broker;
-pub use external::{AdoptedSession, ConfirmedPublisher, ExternalBroker, ExternalConfig, no_delay};
+pub use external::{
+    AdoptedSession, ConfirmedPublisher, ExternalBroker, ExternalConfig, PublishError, no_delay,
+};
 
 /// Where republished messages go: the broker weir reads from. On an external broker a
 /// publish returns once the broker acknowledged it.
@@ -28,7 +30,7 @@ impl Publisher {
         &self,
         publishes: Vec<external::publisher::Outgoing>,
         qos: QoS,
-    ) -> Vec<Result<(), String>> {
+    ) -> Vec<Result<(), PublishError>> {
         match self {
             Self::Embedded(b) => publishes
                 .into_iter()

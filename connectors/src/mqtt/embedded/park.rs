@@ -5,16 +5,18 @@
 //! (385 bytes, cache-aligned) and a timer; with tens of thousands of devices that is most
 //! of the broker's memory. So a plain TCP connection with nothing to read, write or
 //! acknowledge is parked: its socket leaves tokio for an epoll set of the parker's own
-//! thread, its state (the [`Parked`] box: what the serving loop needs to go on) sits in a
-//! slot, and its task ends. The parker hands it back to the runtime, as a new task, when
-//! the socket becomes readable, when something is to be sent to the client or it is told
-//! to end (its [`Signals`] wake it), when its keep-alive runs out, or when weir stops.
+//! thread, its state (a box of what the serving loop needs to go on: a [`Resumable`])
+//! sits in a slot, and its task ends. The parker hands it back to the runtime, as a new
+//! task, when the socket becomes readable, when something is to be sent to the client or
+//! it is told to end (its [`Signals`] wake it), when its keep-alive runs out, or when weir
+//! stops.
 //!
 //! Who resumes a parked connection is decided by one atomic swap of
 //! [`Signals::parked`] (its parker's number and its slot, see [`mark`]): whoever takes
 //! that out of it resumes it, so a connection is resumed exactly once per parking. The
-//! signals name the parker by a number, not a pointer: they are one small allocation per
-//! connection, kept as small as can be.
+//! signals name the parker by a number, not a pointer (see `signals.rs`, which keeps the
+//! process's parkers by number): they are one small allocation per connection, kept as
+//! small as can be.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::session::Signals;
+use super::signals::{Claim, MAX_PARKERS, MAX_SLOTS, PARKERS, Signals, mark};
 
 /// What a parked connection needs to be served again: see `Broker::resume`.
 pub(super) trait Resumable: Send + 'static {
@@ -36,35 +38,6 @@ pub(super) trait Resumable: Send + 'static {
     fn fd(&self) -> std::os::fd::RawFd;
     /// Serves it again, on the runtime.
     fn resume(self: Box<Self>);
-}
-
-/// What a connection's wake needs of its parker.
-pub(super) trait Claim: Send + Sync {
-    /// Resumes the connection in `slot`, whose number the caller took out of its
-    /// signals.
-    fn claimed(&self, slot: u32);
-}
-
-/// The live parkers of the process (one per broker), by number.
-static PARKERS: Mutex<Vec<Option<Weak<dyn Claim>>>> = Mutex::new(Vec::new());
-/// Parkers at once at most (numbers fit in the top 8 bits of [`Signals::parked`]).
-const MAX_PARKERS: usize = 255;
-/// Slots per parker at most (slot + 1 fits in the low 24 bits).
-const MAX_SLOTS: u32 = (1 << 24) - 2;
-
-/// What [`Signals::parked`] holds while a connection is parked: its parker and slot.
-fn mark(parker: u32, slot: u32) -> u32 {
-    (parker << 24) | (slot + 1)
-}
-
-/// The parker and slot a value of [`Signals::parked`] names (not 0).
-pub(super) fn unmark(value: u32) -> (Option<Arc<dyn Claim>>, u32) {
-    let parker = PARKERS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get((value >> 24) as usize)
-        .and_then(|p| p.as_ref()?.upgrade());
-    (parker, (value & 0x00FF_FFFF) - 1)
 }
 
 /// The waker's token; slots are the others.

@@ -12,12 +12,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use prometheus::IntGauge;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 
-use tokio::sync::Notify;
-use weir_engine::MqttProperties;
+use super::delivery::Delivery;
+use super::signals::Signals;
+use super::store::{SavedMessage, SavedQueue};
+use super::subscription::SubOptions;
 
 /// Messages queued for one client; one more is refused as if its bytes were over.
 pub const MAX_QUEUED_MESSAGES: usize = 4096;
@@ -26,42 +26,6 @@ pub const MAX_QUEUED_MESSAGES: usize = 4096;
 pub const MAX_INFLIGHT: u16 = 100;
 
 pub type ConnId = u64;
-
-/// The options of one subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubOptions {
-    /// The QoS granted.
-    pub qos: u8,
-    pub no_local: bool,
-    pub retain_as_published: bool,
-    /// MQTT 5's Subscription Identifier.
-    pub id: Option<u32>,
-}
-
-/// A message on its way to one client.
-#[derive(Clone)]
-pub struct Delivery {
-    pub topic: Arc<str>,
-    pub payload: Bytes,
-    pub qos: u8,
-    /// The RETAIN flag to send.
-    pub retain: bool,
-    pub properties: Option<Arc<MqttProperties>>,
-    /// When MQTT 5's Message Expiry Interval runs out.
-    pub expires_at: Option<Instant>,
-    pub subscription_ids: Vec<u32>,
-}
-
-impl Delivery {
-    /// What the message holds of memory, for the queue's bounds.
-    pub fn size(&self) -> usize {
-        self.topic.len() + self.payload.len() + 64
-    }
-
-    pub fn expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
-    }
-}
 
 /// A QoS 1 or 2 message sent to the client and not yet acknowledged in full.
 pub enum Flight {
@@ -75,108 +39,6 @@ pub enum Flight {
 pub struct Link {
     pub conn: ConnId,
     pub signals: Arc<Signals>,
-}
-
-/// Why a connection is to end, as other tasks tell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum EndSignal {
-    /// Another connection took the session over.
-    Kicked = 1,
-    /// The client fell too far behind.
-    Slow = 2,
-}
-
-/// What other tasks tell a connection: one small allocation, so that an idle connection
-/// holds no channel or token of its own (each costs hundreds of bytes, and thousands of
-/// devices stay connected and idle).
-#[derive(Default)]
-pub struct Signals {
-    /// Woken when there is something to send, an acknowledgement due, or an end: see
-    /// [`Signals::wake`].
-    pub wake: Notify,
-    /// Set by every wake, cleared by the connection when it looks: a connection that
-    /// parks finds here a wake that came while it was parking.
-    pending: AtomicBool,
-    /// While the connection is parked, its parker and slot (see `park.rs`); else 0.
-    pub(super) parked: AtomicU32,
-    /// 0 while the connection may go on; else an [`EndSignal`].
-    end: AtomicU8,
-    /// Packet ids of the client's QoS 1 and 2 messages whose outputs the rules now hold.
-    acked: std::sync::Mutex<Vec<u16>>,
-}
-
-impl Signals {
-    /// Tells the connection to end; the first reason given stays.
-    pub fn end(&self, why: EndSignal) -> bool {
-        let first = self
-            .end
-            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if first {
-            self.wake();
-        }
-        first
-    }
-
-    /// Wakes the connection: its task, or the parker if it is parked.
-    pub fn wake(&self) {
-        self.pending.store(true, Ordering::SeqCst);
-        self.wake.notify_one();
-        let parked = self.parked.swap(0, Ordering::SeqCst);
-        if parked != 0
-            && let (Some(parker), slot) = super::park::unmark(parked)
-        {
-            parker.claimed(slot);
-        }
-    }
-
-    /// Whether a wake came since the last call.
-    pub fn take_pending(&self) -> bool {
-        self.pending.swap(false, Ordering::SeqCst)
-    }
-
-    /// Why the connection is to end, if it is.
-    pub fn ended(&self) -> Option<EndSignal> {
-        match self.end.load(Ordering::Acquire) {
-            1 => Some(EndSignal::Kicked),
-            2 => Some(EndSignal::Slow),
-            _ => None,
-        }
-    }
-
-    /// Resolves once the connection is told to end, for a connection busy writing.
-    /// It takes the wakes that come meanwhile: see [`Signals::rewake`].
-    pub async fn ending(&self) -> EndSignal {
-        loop {
-            if let Some(why) = self.ended() {
-                return why;
-            }
-            self.wake.notified().await;
-        }
-    }
-
-    /// Once done with [`Signals::ending`]: wakes the connection again if a wake came
-    /// that it has not yet seen (one [`Signals::ending`] may have taken).
-    pub fn rewake(&self) {
-        if self.pending.load(Ordering::SeqCst) {
-            self.wake.notify_one();
-        }
-    }
-
-    /// The rules hold the outputs of the client's message `pkid`.
-    pub fn acked(&self, pkid: u16) {
-        self.acked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(pkid);
-        self.wake();
-    }
-
-    /// The packet ids acknowledged since the last call, in the order they were.
-    pub fn take_acked(&self) -> Vec<u16> {
-        std::mem::take(&mut *self.acked.lock().unwrap_or_else(|p| p.into_inner()))
-    }
 }
 
 pub struct Session {
@@ -418,10 +280,9 @@ impl Session {
     }
 
     /// The messages queued and in flight, for saving.
-    pub fn saved_queue(&self) -> super::store::SavedQueue {
-        use super::store::SavedMessage;
+    pub fn saved_queue(&self) -> SavedQueue {
         let q = self.queued();
-        super::store::SavedQueue {
+        SavedQueue {
             client_id: self.client_id.to_string(),
             inflight: q
                 .inflight
@@ -473,6 +334,7 @@ fn release(held: &mut u32, size: usize, total: &IntGauge) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn msg(qos: u8) -> Delivery {
         Delivery {

@@ -21,8 +21,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use weir_engine::{MqttProperties, now_ms};
 
+use super::delivery::Delivery;
 use super::retained::Retained;
-use super::session::{Delivery, SubOptions};
+use super::subscription::SubOptions;
 
 /// How soon a change of sessions or subscriptions is on disk.
 pub const AUTOSAVE: Duration = Duration::from_millis(100);

@@ -28,7 +28,7 @@ pub struct WsIo {
 /// when the client asks for it. Messages larger than `max_message` are refused.
 // The handshake callback's error type is tungstenite's HTTP response, large by design.
 #[allow(clippy::result_large_err)]
-pub async fn accept(stream: TcpStream, max_message: usize) -> Result<WsIo, String> {
+pub async fn accept(stream: TcpStream, max_message: usize) -> Result<WsIo, Error> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
@@ -50,8 +50,7 @@ pub async fn accept(stream: TcpStream, max_message: usize) -> Result<WsIo, Strin
         },
         Some(config),
     )
-    .await
-    .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+    .await?;
     Ok(WsIo {
         ws,
         unread: Bytes::new(),

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::ExternalError;
+
 /// How weir connects to an external broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExternalConfig {
@@ -26,19 +28,6 @@ pub struct ExternalConfig {
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
     pub keep_alive: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExternalError {
-    #[error("broker url '{url}': {message}")]
-    Url { url: String, message: String },
-    #[error("cannot read {path}: {source}")]
-    File {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
 }
 
 pub(super) struct Endpoint {

@@ -28,7 +28,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{Endpoint, ExternalConfig, ExternalError};
+use super::config::{Endpoint, ExternalConfig};
+use super::error::{ExternalError, LinkError};
 
 /// Bytes a read may take from the socket at once.
 pub(super) const READ_BUFFER: usize = 64 * 1024;
@@ -106,35 +107,43 @@ impl Dialer {
         &self,
         connect: Connect,
         login: Option<Login>,
-    ) -> Result<(Link, ConnAck), String> {
+    ) -> Result<(Link, ConnAck), LinkError> {
         tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(connect, login))
             .await
-            .map_err(|_| format!("no CONNACK within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|_| LinkError::NoConnAck(CONNECT_TIMEOUT))?
     }
 
     async fn connect_inner(
         &self,
         connect: Connect,
         login: Option<Login>,
-    ) -> Result<(Link, ConnAck), String> {
+    ) -> Result<(Link, ConnAck), LinkError> {
         let ep = &self.endpoint;
         let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
             .await
-            .map_err(|e| format!("cannot connect to {}:{}: {e}", ep.host, ep.port))?;
+            .map_err(|source| LinkError::Connect {
+                host: ep.host.clone(),
+                port: ep.port,
+                source,
+            })?;
         // Each packet goes out as soon as it is written: with Nagle's algorithm a small
         // write waits for the previous one's ACK, which a delayed ACK holds up to 40 ms.
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(LinkError::NoDelay)?;
         let io: Box<dyn Io> = match &self.tls {
             None => Box::new(tcp),
             Some(connector) => {
-                let name = ServerName::try_from(ep.host.clone())
-                    .map_err(|e| format!("'{}' is not a valid TLS server name: {e}", ep.host))?;
-                Box::new(
-                    connector
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| format!("TLS handshake with {}: {e}", ep.host))?,
-                )
+                let name = ServerName::try_from(ep.host.clone()).map_err(|source| {
+                    LinkError::ServerName {
+                        host: ep.host.clone(),
+                        source,
+                    }
+                })?;
+                Box::new(connector.connect(name, tcp).await.map_err(|source| {
+                    LinkError::TlsHandshake {
+                        host: ep.host.clone(),
+                        source,
+                    }
+                })?)
             }
         };
         let mut link = Link {
@@ -150,16 +159,15 @@ impl Dialer {
                     Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {
                         Ok((link, ack))
                     }
-                    Packet::ConnAck(ack) => Err(format!(
-                        "the broker refused the connection: {:?}{}",
-                        ack.code,
-                        reason(ack.properties.and_then(|p| p.reason_string))
-                    )),
-                    other => Err(format!("expected CONNACK, got {other:?}")),
+                    Packet::ConnAck(ack) => Err(LinkError::Refused {
+                        code: ack.code,
+                        reason: ack.properties.and_then(|p| p.reason_string),
+                    }),
+                    other => Err(LinkError::NotConnAck(format!("{other:?}"))),
                 };
             }
             if link.read().await? == 0 {
-                return Err("the broker closed the connection before CONNACK".to_owned());
+                return Err(LinkError::ClosedBeforeConnAck);
             }
         }
     }
@@ -259,7 +267,7 @@ pub(super) struct Link {
 impl Link {
     /// Reads what the socket has (at least one byte) into the read buffer; 0 when the
     /// broker closed the connection. Cancel safe: a read that did not finish took nothing.
-    pub(super) async fn read(&mut self) -> Result<usize, String> {
+    pub(super) async fn read(&mut self) -> Result<usize, LinkError> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_BUFFER / 4 {
             // Decoded packets were split off the front; what is left is a partial packet.
             self.rbuf.reserve(READ_BUFFER);
@@ -267,24 +275,27 @@ impl Link {
         self.io
             .read_buf(&mut self.rbuf)
             .await
-            .map_err(|e| format!("read: {e}"))
+            .map_err(LinkError::Read)
     }
 
     /// The next complete packet in the read buffer, if there is one.
-    pub(super) fn next_packet(&mut self) -> Result<Option<Packet>, String> {
+    pub(super) fn next_packet(&mut self) -> Result<Option<Packet>, LinkError> {
         match Packet::read(&mut self.rbuf, Some(MAX_PACKET)) {
             Ok(p) => Ok(Some(p)),
             Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
-            Err(e) => Err(format!("malformed packet from the broker: {e}")),
+            Err(e) => Err(LinkError::Malformed(e)),
         }
     }
 
     /// Queues a packet; [`Self::flush`] writes what is queued.
-    pub(super) fn queue(&mut self, packet: &Packet) -> Result<(), String> {
+    pub(super) fn queue(&mut self, packet: &Packet) -> Result<(), LinkError> {
         packet
             .write(&mut self.wbuf, Some(MAX_PACKET))
             .map(|_| ())
-            .map_err(|e| format!("cannot encode {packet:?}: {e}"))
+            .map_err(|source| LinkError::Encode {
+                packet: format!("{packet:?}"),
+                source,
+            })
     }
 
     /// Says goodbye (DISCONNECT, normal) when weir stops; gives up after a second.
@@ -296,22 +307,17 @@ impl Link {
     }
 
     /// Writes everything queued, in one write where the socket takes it.
-    pub(super) async fn flush(&mut self) -> Result<(), String> {
+    pub(super) async fn flush(&mut self) -> Result<(), LinkError> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
         self.io
             .write_all(&self.wbuf)
             .await
-            .map_err(|e| format!("write: {e}"))?;
+            .map_err(LinkError::Write)?;
         self.wbuf.clear();
-        self.io.flush().await.map_err(|e| format!("write: {e}"))
+        self.io.flush().await.map_err(LinkError::Write)
     }
-}
-
-/// A broker's reason string, to append to a message.
-pub(super) fn reason(reason_string: Option<String>) -> String {
-    reason_string.map(|r| format!(" ({r})")).unwrap_or_default()
 }
 
 /// Keeps a connection alive: a PINGREQ every keep-alive interval (none if it is zero).
@@ -356,12 +362,9 @@ impl KeepAlive {
     }
 
     /// Queues a PINGREQ, or fails if the broker said nothing since the last one.
-    pub(super) fn ping(&mut self, link: &mut Link) -> Result<(), String> {
+    pub(super) fn ping(&mut self, link: &mut Link) -> Result<(), LinkError> {
         if self.sent.is_some_and(|sent| self.last_heard < sent) {
-            return Err(format!(
-                "no answer from the broker within the keep-alive time ({:?})",
-                self.interval
-            ));
+            return Err(LinkError::NoPingResp(self.interval));
         }
         link.queue(&Packet::PingReq(PingReq))?;
         let now = Instant::now();
@@ -425,7 +428,7 @@ impl Reconnect {
         &mut self,
         url: &str,
         cancel: &CancellationToken,
-        error: &str,
+        error: &LinkError,
     ) -> bool {
         self.failures += 1;
         let wait = Duration::from_millis(100 * u64::from(self.failures.min(50)));

@@ -24,8 +24,9 @@ use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
 use super::config::ExternalConfig;
 use super::connection::{
-    Dialer, KeepAlive, Link, READ_BUFFER, READ_PACE, Reconnect, connect_packet, reason,
+    Dialer, KeepAlive, Link, READ_BUFFER, READ_PACE, Reconnect, connect_packet,
 };
+use super::error::LinkError;
 use crate::metrics::Metrics;
 use crate::mqtt::packets::{properties_from_v5, qos_v5};
 
@@ -161,7 +162,7 @@ impl Session {
         ack_tx: &mpsc::UnboundedSender<AckToken>,
         ack_rx: &mut mpsc::UnboundedReceiver<AckToken>,
         taken_over: &mut bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         let mut state = ConnectionState::default();
         let wanted = self.filters_rx.borrow_and_update().clone();
         self.subscribe(&mut link, &mut state, wanted)?;
@@ -197,7 +198,7 @@ impl Session {
                 read = link.read() => {
                     let n = read?;
                     if n == 0 {
-                        return Err("the broker closed the connection".to_owned());
+                        return Err(LinkError::Closed);
                     }
                     keep_alive.heard();
                     // A read that took a good part of the buffer may have left more behind.
@@ -227,17 +228,16 @@ impl Session {
                             Packet::Disconnect(d) => {
                                 *taken_over =
                                     d.reason_code == DisconnectReasonCode::SessionTakenOver;
-                                return Err(format!(
-                                    "the broker disconnected weir: {:?}{}",
-                                    d.reason_code,
-                                    reason(d.properties.and_then(|p| p.reason_string))
-                                ));
+                                return Err(LinkError::Disconnected {
+                                    code: d.reason_code,
+                                    reason: d.properties.and_then(|p| p.reason_string),
+                                });
                             }
                             Packet::PubAck(_)
                             | Packet::PubRec(_)
                             | Packet::PubComp(_) => {}
                             other => {
-                                return Err(format!("unexpected packet from the broker: {other:?}"));
+                                return Err(LinkError::Unexpected(format!("{other:?}")));
                             }
                         }
                     }
@@ -272,7 +272,7 @@ impl Session {
         link: &mut Link,
         ack_tx: &mpsc::UnboundedSender<AckToken>,
         batch: &mut Vec<Message>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         if p.qos == QoS::ExactlyOnce && self.awaiting_release.contains(&p.pkid) {
             // A resend of a QoS 2 message weir has: acknowledge it again, process it once.
             return self.queue_ack(link, p.pkid, p.qos);
@@ -314,7 +314,7 @@ impl Session {
     }
 
     /// Queues the acknowledgement of a message: PUBACK for QoS 1, PUBREC for QoS 2.
-    fn queue_ack(&mut self, link: &mut Link, pkid: u16, qos: QoS) -> Result<(), String> {
+    fn queue_ack(&mut self, link: &mut Link, pkid: u16, qos: QoS) -> Result<(), LinkError> {
         match qos {
             QoS::AtMostOnce => Ok(()),
             QoS::AtLeastOnce => link.queue(&Packet::PubAck(PubAck::new(pkid, None))),
@@ -332,7 +332,7 @@ impl Session {
         link: &mut Link,
         state: &mut ConnectionState,
         wanted: BTreeSet<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         for f in wanted.difference(&state.subscribed) {
             let sub = self.config.subscription(f);
             let mut packet =
@@ -402,7 +402,7 @@ impl Session {
 /// Why serving a connection ended, other than weir shutting down.
 enum Ended {
     /// The connection failed: connect again.
-    Failed(String),
+    Failed(LinkError),
     /// The owner of an adopted session connected and the broker handed the session over.
     TakenOver,
 }

@@ -14,9 +14,12 @@
 //! * [`ingress`]: the subscribing connection, which hands messages to the router.
 //! * [`publisher`]: the publishing connection of the republish action, which confirms
 //!   each publish.
+//! * `error.rs`: what can go wrong: the configuration ([`ExternalError`]), a connection
+//!   ([`LinkError`]), a publish ([`PublishError`]).
 
 pub mod config;
 mod connection;
+mod error;
 mod ingress;
 pub mod publisher;
 
@@ -27,8 +30,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use weir_engine::Message;
 
-pub use config::{ExternalConfig, ExternalError};
+pub use config::ExternalConfig;
 use connection::{Dialer, spawn_thread};
+pub use error::{ExternalError, LinkError, PublishError};
 pub use publisher::ConfirmedPublisher;
 
 use crate::metrics::Metrics;
@@ -166,7 +170,7 @@ impl ExternalBroker {
     /// start and no session expiry, and disconnects. What the broker still queued for it
     /// is dropped: retire an adopted session with [`AdoptedSession::unsubscribe`] and
     /// wait for it to drain first.
-    pub async fn discard_session(&self, client_id: &str) -> Result<(), String> {
+    pub async fn discard_session(&self, client_id: &str) -> Result<(), LinkError> {
         let (connect, login) = connection::connect_packet(&self.config, client_id, true);
         let (mut link, _) = self.dialer.connect(connect, login).await?;
         link.goodbye().await;

@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::ExternalConfig;
 use super::connection::{
-    Dialer, KeepAlive, Link, READ_BUFFER, READ_PACE, Reconnect, connect_packet, reason,
-    spawn_thread,
+    Dialer, KeepAlive, Link, READ_BUFFER, READ_PACE, Reconnect, connect_packet, spawn_thread,
 };
+use super::error::{LinkError, PublishError};
 
 /// QoS 1 publishes in flight at most (written, not yet acknowledged), unless the broker
 /// allows fewer: its CONNACK's Receive Maximum (Mosquitto's `max_inflight_messages`, 20
@@ -41,7 +41,7 @@ const JOBS: usize = 64;
 /// One output to publish: its topic and payload.
 pub type Outgoing = (String, Bytes);
 
-type Results = Vec<Result<(), String>>;
+type Results = Vec<Result<(), PublishError>>;
 
 struct Job {
     publishes: Vec<Outgoing>,
@@ -94,7 +94,7 @@ impl ConfirmedPublisher {
         if n == 0 {
             return Vec::new();
         }
-        let all = |e: String| vec![Err(e); n];
+        let all = |e: PublishError| vec![Err(e); n];
         let (reply, rx) = oneshot::channel();
         let job = Job {
             publishes,
@@ -102,15 +102,12 @@ impl ConfirmedPublisher {
             reply,
         };
         if self.tx.send(job).await.is_err() {
-            return all("the publisher stopped".to_owned());
+            return all(PublishError::Stopped);
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => all("the publisher stopped".to_owned()),
-            Err(_) => all(format!(
-                "no acknowledgement from the broker within {:?}",
-                self.timeout
-            )),
+            Ok(Err(_)) => all(PublishError::Stopped),
+            Err(_) => all(PublishError::NoAck(self.timeout)),
         }
     }
 }
@@ -119,14 +116,14 @@ impl ConfirmedPublisher {
 struct Pending {
     publishes: Vec<Outgoing>,
     qos: QoS,
-    results: Vec<Option<Result<(), String>>>,
+    results: Vec<Option<Result<(), PublishError>>>,
     outstanding: usize,
     reply: oneshot::Sender<Results>,
 }
 
 impl Pending {
     /// Records one publish's result; true once the job is complete.
-    fn settle(&mut self, index: usize, result: Result<(), String>) -> bool {
+    fn settle(&mut self, index: usize, result: Result<(), PublishError>) -> bool {
         if self.results[index].is_none() {
             self.results[index] = Some(result);
             self.outstanding -= 1;
@@ -138,7 +135,7 @@ impl Pending {
         let results = self
             .results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err("not published".to_owned())))
+            .map(|r| r.unwrap_or(Err(PublishError::NotPublished)))
             .collect();
         let _ = self.reply.send(results);
     }
@@ -178,7 +175,11 @@ impl Task {
             let Err(error) = self.serve(link, window).await else {
                 return;
             };
-            self.fail_unconfirmed(&format!("connection to {url} failed: {error}"));
+            let error = Arc::new(error);
+            self.fail_unconfirmed(&PublishError::ConnectionFailed {
+                url: url.clone(),
+                error: error.clone(),
+            });
             if !connections.lost(&url, &self.cancel, &error).await {
                 return;
             }
@@ -186,13 +187,13 @@ impl Task {
     }
 
     /// Fails back every publish not confirmed yet, with `why`: the actions retry them.
-    fn fail_unconfirmed(&mut self, why: &str) {
+    fn fail_unconfirmed(&mut self, why: &PublishError) {
         self.backlog.clear();
         self.unacked.clear();
         self.written.clear();
         for (_, mut job) in self.jobs.drain() {
             for i in 0..job.results.len() {
-                job.settle(i, Err(why.to_owned()));
+                job.settle(i, Err(why.clone()));
             }
             job.answer();
         }
@@ -200,7 +201,7 @@ impl Task {
 
     /// Serves one connection; `Ok` when weir is shutting down or every publisher handle
     /// is gone, `Err` when the connection failed.
-    async fn serve(&mut self, mut link: Link, window: usize) -> Result<(), String> {
+    async fn serve(&mut self, mut link: Link, window: usize) -> Result<(), LinkError> {
         let mut keep_alive = KeepAlive::new(self.config.keep_alive);
         let mut taken: Vec<Job> = Vec::new();
         let mut next_read = std::time::Instant::now();
@@ -223,7 +224,7 @@ impl Task {
                 read = link.read() => {
                     let n = read?;
                     if n == 0 {
-                        return Err("the broker closed the connection".to_owned());
+                        return Err(LinkError::Closed);
                     }
                     if n < READ_BUFFER / 4 {
                         next_read = std::time::Instant::now() + READ_PACE;
@@ -235,18 +236,17 @@ impl Task {
                                 if let Some(slot) = self.unacked.remove(&ack.pkid) {
                                     let result = match ack.reason {
                                         PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
-                                        refused => Err(format!("the broker refused the publish: {refused:?}")),
+                                        refused => Err(PublishError::Refused(refused)),
                                     };
                                     self.settle(slot, result);
                                 }
                             }
                             Packet::PingResp(_) => keep_alive.answered(),
                             Packet::Disconnect(d) => {
-                                return Err(format!(
-                                    "the broker disconnected weir's publisher: {:?}{}",
-                                    d.reason_code,
-                                    reason(d.properties.and_then(|p| p.reason_string))
-                                ));
+                                return Err(LinkError::PublisherDisconnected {
+                                    code: d.reason_code,
+                                    reason: d.properties.and_then(|p| p.reason_string),
+                                });
                             }
                             _ => {}
                         }
@@ -320,7 +320,7 @@ impl Task {
             };
             publish.pkid = pkid;
             if let Err(e) = link.queue(&Packet::Publish(publish)) {
-                self.settle((id, i), Err(e));
+                self.settle((id, i), Err(PublishError::Link(Arc::new(e))));
                 continue;
             }
             if pkid == 0 {
@@ -332,7 +332,7 @@ impl Task {
     }
 
     /// Records one publish's result, and answers its job once that is complete.
-    fn settle(&mut self, (id, i): Slot, result: Result<(), String>) {
+    fn settle(&mut self, (id, i): Slot, result: Result<(), PublishError>) {
         let done = self.jobs.get_mut(&id).is_some_and(|j| j.settle(i, result));
         if done && let Some(job) = self.jobs.remove(&id) {
             job.answer();
@@ -474,7 +474,7 @@ mod tests {
         let results = published.await.unwrap();
         let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
         assert_eq!(ok, [true, true, true, false, false], "{results:?}");
-        let why = results[3].as_ref().unwrap_err();
+        let why = results[3].as_ref().unwrap_err().to_string();
         assert!(why.contains("failed"), "{why}");
         cancel.cancel();
     }
