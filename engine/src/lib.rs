@@ -41,6 +41,7 @@
 
 pub mod decode;
 pub mod dialect;
+mod engine;
 pub mod error;
 pub mod fields;
 pub mod json_text;
@@ -51,44 +52,10 @@ pub mod rule;
 pub mod template;
 pub mod topic;
 
-use std::sync::Arc;
-
 /// The Arrow version the engine (DataFusion) uses, for crates that build batches too.
 pub use datafusion::arrow;
 pub use dialect::{SqlError, SqlVersion};
+pub use engine::Engine;
 pub use error::{Classify, ErrorClass};
 pub use message::{Ack, Message, MqttProperties, next_seq, now_ms, trace_id};
 pub use rule::{Failure, FailureReason, Outcome, Output, Rule};
-
-/// The shared planning context: DataFusion's session state with weir's settings and
-/// functions. Create one per process and share it between rules.
-#[derive(Debug)]
-pub struct Engine {
-    state: datafusion::execution::SessionState,
-}
-
-impl Engine {
-    pub fn new() -> Arc<Self> {
-        use datafusion::execution::SessionStateBuilder;
-        use datafusion::prelude::SessionConfig;
-        let mut config = SessionConfig::new().with_target_partitions(1);
-        // AWS IoT SQL is case sensitive: `currentAmbientTemperature` must not be lowered.
-        config.options_mut().sql_parser.enable_ident_normalization = false;
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features()
-            .build();
-        for udf in dialect::functions::udfs() {
-            use datafusion::execution::FunctionRegistry;
-            state
-                .register_udf(Arc::new(udf))
-                .expect("weir's functions register once, without conflict");
-        }
-        dialect::functions::bounded::install(&mut state);
-        Arc::new(Self { state })
-    }
-
-    pub(crate) fn state(&self) -> &datafusion::execution::SessionState {
-        &self.state
-    }
-}

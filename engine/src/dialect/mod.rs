@@ -33,6 +33,7 @@ mod rewrite;
 mod shape;
 mod tokens;
 pub mod types;
+mod variables;
 mod version;
 
 use datafusion::sql::sqlparser::ast::{Expr, SelectItem, SetExpr, Spanned, Statement};
@@ -41,14 +42,16 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 pub use error::SqlError;
+pub use variables::Variable;
 pub use version::SqlVersion;
 
-use crate::Engine;
+use crate::engine::Engine;
 use crate::fields::FieldTree;
 use crate::meta::MetaNeeds;
 use ast::{default_name, field_path};
-use rewrite::{desugar, read_null_flagged, rewrite, substitute_variables};
+use rewrite::{desugar, read_null_flagged, rewrite};
 use tokens::{take_select_value, take_set_clause, take_topic_filter, undefined_as_unknown};
+use variables::substitute_variables;
 
 /// One output column of a rule.
 #[derive(Debug, Clone)]
@@ -80,16 +83,6 @@ pub struct ParsedRule {
     pub variables: Vec<Variable>,
     /// The AWS IoT SQL version the rule is written for.
     pub version: SqlVersion,
-}
-
-/// A variable of a rule's `SET @name = <expr>` clause. Its expression has the earlier
-/// variables and nested SELECTs already rewritten; uses of `@name` are replaced by it.
-#[derive(Debug, Clone)]
-pub struct Variable {
-    pub name: String,
-    pub expr: Expr,
-    /// The expression's size, in nodes: what each use of the variable adds.
-    pub nodes: u64,
 }
 
 /// An expression from outside a rule's SELECT (a `${...}` template), rewritten like one.

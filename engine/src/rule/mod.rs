@@ -23,9 +23,10 @@ use serde_json::Value;
 
 use crate::decode::{self, DecodeError};
 use crate::dialect::{self, ParsedRule, SqlError, SqlVersion, types};
+use crate::engine::Engine;
 use crate::fields::FieldTree;
 use crate::meta::{self, MetaNeeds};
-use crate::{Engine, Message, memory};
+use crate::{Message, memory};
 
 mod encode;
 mod outcome;
