@@ -18,7 +18,6 @@
 //! An array whose elements mix JSON types has no Arrow type; it is carried as JSON text
 //! (a marked Utf8 column, see [`crate::json_text`]) and written back as JSON.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -32,7 +31,9 @@ use serde_json::{Map, Value};
 use crate::fields::FieldTree;
 
 mod columns;
+mod key;
 pub use columns::{Columns, Shape};
+use key::Key;
 
 /// Why a payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,32 +119,6 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
         Err(de::Error::custom(NOT_OBJECT))
-    }
-}
-
-/// A map key that borrows from the payload when it has no escapes.
-struct Key;
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Cow<'de, str>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key {
-    type Value = Cow<'de, str>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string key")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v))
     }
 }
 
