@@ -16,7 +16,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::{Expr, Ident};
 
-use super::args::{Call, name_and_signature};
+use super::args::Call;
+use super::udf::name_and_signature;
 use crate::dialect::ast::{call, string_literal};
 use crate::meta::{self, MetaNeeds};
 

@@ -14,7 +14,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Value};
 
-use super::args::{Call, binary, name_and_signature, number, string, text};
+use super::args::{Call, binary, number, string, text};
+use super::udf::name_and_signature;
 use crate::dialect::ast::call;
 use crate::json_text::json_text_field;
 use crate::meta;

@@ -12,7 +12,7 @@
 //! | [`hashes`] | `md2`, `md5`, `sha1`, `sha224`, `sha256`, `sha384`, `sha512`, `crc32` |
 //! | [`collections`] | `get` (computed keys in `collections/get.rs`), `concat`, `transform` |
 //! | [`time`] | `parse_time`, `time_to_epoch` |
-//! | [`conversions`] | `CAST(x AS Int \| Decimal \| Boolean \| String)`, AWS's conversion to Int (`__weir_whole`) |
+//! | [`conversions`] | `CAST(x AS Int \| Decimal \| Boolean \| String)`, AWS's `NOT` (`__weir_not`) |
 //!
 //! A call is resolved by [`resolve`]: functions that call AWS services are refused with
 //! the reason ([`unsupported`]); an AWS function becomes the expression its family
@@ -20,6 +20,13 @@
 //! or a call of one of the family's UDFs); any other DataFusion scalar function is kept
 //! as it is (a weir extension of the dialect); aggregates, window functions and unknown
 //! names are refused.
+//!
+//! What the families share, each a leaf they import: `args.rs` (the call being rewritten
+//! and builders of the expressions it becomes), `udf.rs` (what every kernel has the same),
+//! [`values`] (AWS's values and their conversions: a String read as a number, any value
+//! as an Int (`__weir_whole`) or as its JSON text, `+` of Strings; the operators of
+//! [`crate::dialect::types`] use them too) and [`bounded`] (the meter every call goes
+//! through).
 
 mod args;
 pub(crate) mod bounded;
@@ -33,6 +40,8 @@ pub(super) mod nulls;
 pub(super) mod regex;
 pub(super) mod strings;
 pub(super) mod time;
+mod udf;
+pub(crate) mod values;
 
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::ScalarUDF;
@@ -55,6 +64,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         math::udfs(),
         regex::udfs(),
         bounded::udfs(),
+        values::udfs(),
     ]
     .concat()
 }

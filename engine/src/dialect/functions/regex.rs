@@ -21,8 +21,9 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::Expr;
 
-use super::args::{Call, arg_arrays, string};
+use super::args::{Call, string};
 use super::bounded::over_budget;
+use super::udf::arg_arrays;
 use crate::dialect::ast::call;
 use crate::memory;
 
