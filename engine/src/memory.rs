@@ -23,6 +23,8 @@ use std::alloc::{GlobalAlloc, Layout};
 use mimalloc::MiMalloc as Inner;
 use std::cell::Cell;
 
+use crate::error::{Classify, ErrorClass};
+
 /// The allocator weir runs on: mimalloc, counting for threads inside a [`Scope`].
 /// (Not the system's: glibc's heap keeps the holes that short-lived allocations, such as
 /// a connection's task and tokio's registration of its socket, leave between long-lived
@@ -193,6 +195,14 @@ impl std::fmt::Display for Exceeded {
 }
 
 impl std::error::Error for Exceeded {}
+
+/// The rule needs more than its budget for this message: the rule (or the message) is
+/// what to change, and running it again the same way fails the same way.
+impl Classify for Exceeded {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
+}
 
 fn mib(bytes: usize) -> String {
     if bytes >= 1 << 20 {

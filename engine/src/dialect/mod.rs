@@ -41,7 +41,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
-pub use error::SqlError;
+pub use error::{CallError, SqlError};
 pub use variables::Variable;
 pub use version::SqlVersion;
 

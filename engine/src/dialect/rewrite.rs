@@ -187,7 +187,7 @@ pub(super) fn rewrite(
         match functions::resolve(state, f, needs) {
             Ok(Some(replacement)) => *e = replacement,
             Ok(None) => {}
-            Err(message) => return ControlFlow::Break(SqlError::at(message, span)),
+            Err(refused) => return ControlFlow::Break(SqlError::at(refused.to_string(), span)),
         }
         ControlFlow::Continue(())
     });

@@ -5,6 +5,7 @@ use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{BinaryOperator, CaseWhen, CastKind, DataType, Expr, Value};
 
 use super::values::WHOLE;
+use crate::dialect::CallError;
 
 /// A call of a function in a rule, its arguments already rewritten.
 pub(super) struct Call<'a> {
@@ -17,19 +18,23 @@ pub(super) struct Call<'a> {
 
 impl Call<'_> {
     /// Refuses a call with another number of arguments than `n`.
-    pub fn arity(&self, n: usize) -> Result<(), String> {
+    pub fn arity(&self, n: usize) -> Result<(), CallError> {
         self.arity_named(self.name, n)
     }
 
     /// [`Self::arity`], naming the function as the rule wrote it.
-    pub fn arity_as_written(&self, n: usize) -> Result<(), String> {
+    pub fn arity_as_written(&self, n: usize) -> Result<(), CallError> {
         self.arity_named(self.written, n)
     }
 
-    fn arity_named(&self, name: &str, n: usize) -> Result<(), String> {
+    fn arity_named(&self, name: &str, n: usize) -> Result<(), CallError> {
         match self.args.len() {
             got if got == n => Ok(()),
-            got => Err(format!("{name}() takes {n} argument(s), got {got}")),
+            got => Err(CallError::Arity {
+                name: name.to_owned(),
+                expected: n,
+                got,
+            }),
         }
     }
 

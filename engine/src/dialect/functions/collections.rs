@@ -25,6 +25,7 @@ use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Value};
 use super::args::{Call, binary, number, only_if, text};
 use super::udf::{arg_arrays, name_and_signature};
 use super::values::to_json;
+use crate::dialect::CallError;
 use crate::dialect::ast::call;
 use crate::json_text::{is_json_text, json_text_field};
 
@@ -56,7 +57,7 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
 }
 
 /// The rewrite of a collection function, if `c` calls one.
-pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, CallError>> {
     let a = |i: usize| c.arg(i);
     let out = match c.name {
         // Any mode but 'enrichArray' is Undefined.

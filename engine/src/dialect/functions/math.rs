@@ -17,6 +17,7 @@ use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
 use super::args::{Call, binary, held, number, whole};
 use super::udf::{arg_arrays, name_and_signature};
+use crate::dialect::CallError;
 use crate::dialect::ast::call;
 use crate::json_text::{json_text_field, json_text_of};
 
@@ -31,7 +32,7 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
 }
 
 /// The rewrite of a math function, if `c` calls one.
-pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, CallError>> {
     let a = |i: usize| c.arg(i);
     let out = match c.name {
         "mod" | "remainder" => c

@@ -49,6 +49,7 @@ use datafusion::sql::sqlparser::ast::{self, Expr};
 
 pub(crate) use conversions::cast_type;
 
+use crate::dialect::CallError;
 use crate::dialect::ast::function_args;
 use crate::meta::MetaNeeds;
 
@@ -76,11 +77,11 @@ pub(super) fn resolve(
     state: &SessionState,
     f: &ast::Function,
     needs: &mut MetaNeeds,
-) -> Result<Option<Expr>, String> {
+) -> Result<Option<Expr>, CallError> {
     let written = f.name.to_string();
     let name = written.to_ascii_lowercase();
     if let Some(why) = unsupported(&name) {
-        return Err(format!("{written}() is not supported: it {why}"));
+        return Err(CallError::Unsupported { name: written, why });
     }
     let args = function_args(f)?;
     let c = args::Call {
@@ -109,24 +110,22 @@ pub(super) fn resolve(
         return Ok(None);
     }
     if name.starts_with("__weir") {
-        return Err(format!("unknown function '{written}'"));
+        return Err(CallError::Unknown(written));
     }
     if state.scalar_functions().contains_key(&name)
         || state.higher_order_functions().contains_key(&name)
     {
         if f.over.is_some() || f.filter.is_some() {
-            return Err("window clauses are not supported in a rule".to_owned());
+            return Err(CallError::WindowClause);
         }
         return Ok(None);
     }
     if state.aggregate_functions().contains_key(&name)
         || state.window_functions().contains_key(&name)
     {
-        return Err(format!(
-            "'{written}' is an aggregate or window function; a rule works on one message at a time"
-        ));
+        return Err(CallError::Aggregate(written));
     }
-    Err(format!("unknown function '{written}'"))
+    Err(CallError::Unknown(written))
 }
 
 /// AWS IoT functions that call other AWS services: refused with this reason.

@@ -6,10 +6,11 @@
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
 use super::args::{Call, binary, held, number, only_if, string, text, whole};
+use crate::dialect::CallError;
 use crate::dialect::ast::call;
 
 /// The rewrite of a string function, if `c` calls one.
-pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, CallError>> {
     let a = |i: usize| c.arg(i);
     let out = match c.name {
         "startswith" => c
@@ -32,10 +33,7 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
         // clamped to the string, non-strings converted.
         "substring" => {
             if !(2..=3).contains(&c.args.len()) {
-                Err(format!(
-                    "substring() takes 2 or 3 arguments, got {}",
-                    c.args.len()
-                ))
+                Err(CallError::SubstringArity(c.args.len()))
             } else {
                 let s = string(a(0));
                 // An index rounded down and held to 0..2^31 before it becomes an Int
