@@ -23,6 +23,13 @@ pub mod rule_store;
 pub mod rules;
 pub mod shared_store;
 
+/// The unit tests evaluate rules within memory budgets (`pipeline::evaluate`), which the
+/// engine's counting allocator meters; over the allocator the binary runs on (main.rs).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: weir_engine::memory::Counting<mimalloc::MiMalloc> =
+    weir_engine::memory::Counting::new(mimalloc::MiMalloc);
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -59,3 +59,10 @@ pub use engine::Engine;
 pub use error::{Classify, ErrorClass};
 pub use message::{Ack, Message, MqttProperties, next_seq, now_ms, trace_id};
 pub use rule::{Failure, FailureReason, Outcome, Output, Rule};
+
+/// The engine's tests evaluate rules within memory budgets, which only a counting
+/// allocator meters (see [`memory::Counting`]); over the system's, as the engine does not
+/// choose an allocator for the programs that link it.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: memory::Counting<std::alloc::System> = memory::Counting::new(std::alloc::System);
