@@ -11,6 +11,8 @@
 //!                                    └─ encode: JSON objects (+ `${...}` template values)
 //! ```
 //!
+//! * [`Engine`] (`engine.rs`): the planning context every rule is compiled with:
+//!   DataFusion's session state with weir's settings and functions, one per process.
 //! * [`message`]: the message, its MQTT 5 properties and its acknowledgement.
 //! * [`topic`]: MQTT topic filters and the trie that routes a topic to rules.
 //! * [`dialect`]: the AWS IoT SQL dialect: parsing `SELECT ... FROM '<filter>' WHERE ...`,
@@ -19,12 +21,14 @@
 //! * [`fields`]: the payload fields a rule reads; [`meta`]: the metadata columns
 //!   (topic, client id, ...) a rule reads beside them.
 //! * [`decode`]: JSON payloads to Arrow, decoding only the fields a rule reads.
-//! * [`rule`]: a compiled rule: plans cached per input schema, evaluated per batch.
+//! * [`rule`]: a compiled rule: plans cached per input schema, evaluated per batch, its
+//!   outputs encoded as JSON.
 //! * [`json_text`]: values with no one Arrow type, carried as JSON text.
 //! * [`template`]: `${...}` substitution templates in action parameters.
 //! * [`error`]: how every library error is classified (user, external, internal).
-//! * [`memory`]: the allocator that counts what a rule's evaluation allocates, for its
-//!   memory budget.
+//! * [`memory`]: a rule's memory budget, and the allocator that counts what its evaluation
+//!   allocates ([`memory::Counting`]), which each program installs over the allocator it
+//!   chooses (the engine installs none).
 //!
 //! **JSON's dynamic types on Arrow's static ones.** A batch's column types come from its
 //! messages: a field that is always a number is an Int64 or Float64 column and runs

@@ -14,12 +14,17 @@
 //!    becomes the version's name; `=` and `<>` with an operand that may be JSON `null` get
 //!    AWS's null rules ([`functions::nulls`]).
 //! 4. [`rewrite`]: each expression is made one DataFusion plans: nested SELECTs
-//!    ([`nested`]) and `SET` variables are expanded, AWS syntax becomes SQL, and every
-//!    function call is resolved by [`functions`], where every SQL function a rule can call
-//!    lives. The payload fields the rule reads are collected into a [`FieldTree`] (so that
-//!    the decoder materialises only those) and the metadata columns into [`MetaNeeds`].
+//!    ([`nested`]) and `SET` variables ([`variables`]) are expanded, AWS syntax becomes
+//!    SQL, and every function call is resolved by [`functions`], where every SQL function
+//!    a rule can call lives. The payload fields the rule reads are collected into a
+//!    [`FieldTree`] (so that the decoder materialises only those) and the metadata
+//!    columns into [`MetaNeeds`].
 //! 5. [`types`]: once a batch's schema is known, AWS's rules for operators on mixed types
 //!    are applied to the planned expressions.
+//!
+//! Every pass stays within [`limits`] (the text's length, an expression's depth and, once
+//! variables are substituted, its size); [`ast`] holds the helpers over sqlparser's tree
+//! that the passes share.
 //!
 //! Dotted paths (`geoCoordinates.latitude`) need no rewrite: with identifier
 //! normalisation off, DataFusion resolves them as field access into struct columns.

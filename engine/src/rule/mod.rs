@@ -5,6 +5,9 @@
 //! cached physical expressions over it. If anything in the batch goes wrong (a field whose
 //! type conflicts across messages, an expression that fails on one value), the batch is
 //! re-run one message at a time, so one bad message fails alone and the others pass.
+//!
+//! Here: compiling and running; in `plan.rs` the plan for one batch schema, in `encode.rs`
+//! the outputs as JSON, in `outcome.rs` what a batch gives.
 
 use std::borrow::Borrow;
 use std::sync::Arc;
