@@ -30,3 +30,10 @@ pub mod store;
 pub mod tls;
 
 pub use serve::{BindError, Listeners, run, serve};
+
+/// The unit tests evaluate rules within memory budgets (`pipeline::evaluate`), which the
+/// engine's counting allocator meters; over the allocator the binary runs on (main.rs).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: weir_engine::memory::Counting<mimalloc::MiMalloc> =
+    weir_engine::memory::Counting::new(mimalloc::MiMalloc);

@@ -12,6 +12,11 @@ use weir_benches::{SEED_RULE, telemetry};
 use weir_engine::topic::TopicTrie;
 use weir_engine::{Engine, Rule, memory};
 
+/// The allocator weir runs on (src/main.rs): the memory budget is metered by it, and every
+/// figure is measured over mimalloc, as weir allocates.
+#[global_allocator]
+static ALLOCATOR: memory::Counting<mimalloc::MiMalloc> = memory::Counting::new(mimalloc::MiMalloc);
+
 const BATCH: usize = 1024;
 
 fn seed_rule(c: &mut Criterion) {

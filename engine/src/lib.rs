@@ -11,6 +11,8 @@
 //!                                    └─ encode: JSON objects (+ `${...}` template values)
 //! ```
 //!
+//! * [`Engine`] (`engine.rs`): the planning context every rule is compiled with:
+//!   DataFusion's session state with weir's settings and functions, one per process.
 //! * [`message`]: the message, its MQTT 5 properties and its acknowledgement.
 //! * [`topic`]: MQTT topic filters and the trie that routes a topic to rules.
 //! * [`dialect`]: the AWS IoT SQL dialect: parsing `SELECT ... FROM '<filter>' WHERE ...`,
@@ -19,12 +21,14 @@
 //! * [`fields`]: the payload fields a rule reads; [`meta`]: the metadata columns
 //!   (topic, client id, ...) a rule reads beside them.
 //! * [`decode`]: JSON payloads to Arrow, decoding only the fields a rule reads.
-//! * [`rule`]: a compiled rule: plans cached per input schema, evaluated per batch.
+//! * [`rule`]: a compiled rule: plans cached per input schema, evaluated per batch, its
+//!   outputs encoded as JSON.
 //! * [`json_text`]: values with no one Arrow type, carried as JSON text.
 //! * [`template`]: `${...}` substitution templates in action parameters.
 //! * [`error`]: how every library error is classified (user, external, internal).
-//! * [`memory`]: the allocator that counts what a rule's evaluation allocates, for its
-//!   memory budget.
+//! * [`memory`]: a rule's memory budget, and the allocator that counts what its evaluation
+//!   allocates ([`memory::Counting`]), which each program installs over the allocator it
+//!   chooses (the engine installs none).
 //!
 //! **JSON's dynamic types on Arrow's static ones.** A batch's column types come from its
 //! messages: a field that is always a number is an Int64 or Float64 column and runs
@@ -41,6 +45,7 @@
 
 pub mod decode;
 pub mod dialect;
+mod engine;
 pub mod error;
 pub mod fields;
 pub mod json_text;
@@ -51,44 +56,17 @@ pub mod rule;
 pub mod template;
 pub mod topic;
 
-use std::sync::Arc;
-
 /// The Arrow version the engine (DataFusion) uses, for crates that build batches too.
 pub use datafusion::arrow;
 pub use dialect::{SqlError, SqlVersion};
+pub use engine::Engine;
 pub use error::{Classify, ErrorClass};
 pub use message::{Ack, Message, MqttProperties, next_seq, now_ms, trace_id};
 pub use rule::{Failure, FailureReason, Outcome, Output, Rule};
 
-/// The shared planning context: DataFusion's session state with weir's settings and
-/// functions. Create one per process and share it between rules.
-#[derive(Debug)]
-pub struct Engine {
-    state: datafusion::execution::SessionState,
-}
-
-impl Engine {
-    pub fn new() -> Arc<Self> {
-        use datafusion::execution::SessionStateBuilder;
-        use datafusion::prelude::SessionConfig;
-        let mut config = SessionConfig::new().with_target_partitions(1);
-        // AWS IoT SQL is case sensitive: `currentAmbientTemperature` must not be lowered.
-        config.options_mut().sql_parser.enable_ident_normalization = false;
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features()
-            .build();
-        for udf in dialect::functions::udfs() {
-            use datafusion::execution::FunctionRegistry;
-            state
-                .register_udf(Arc::new(udf))
-                .expect("weir's functions register once, without conflict");
-        }
-        dialect::functions::bounded::install(&mut state);
-        Arc::new(Self { state })
-    }
-
-    pub(crate) fn state(&self) -> &datafusion::execution::SessionState {
-        &self.state
-    }
-}
+/// The engine's tests evaluate rules within memory budgets, which only a counting
+/// allocator meters (see [`memory::Counting`]); over the system's, as the engine does not
+/// choose an allocator for the programs that link it.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: memory::Counting<std::alloc::System> = memory::Counting::new(std::alloc::System);

@@ -1,37 +1,54 @@
 //! A rule's memory budget: what the thread evaluating a batch allocates is counted, and
 //! the evaluation is stopped when it goes over.
 //!
-//! The process's allocator ([`Counting`], installed by this crate) adds every allocation
-//! and subtracts every release of a thread that is inside a [`Scope`], at the cost of one
-//! thread-local read for the threads that are not. Going over the scope's limit does not
-//! refuse the allocation (an allocator that says no aborts the process); it marks the
-//! scope, and the evaluation stops at its next check: between the steps of a batch
-//! ([`check`]), in every SQL function before and after it runs, and in the loops of the
-//! functions that build large values. The functions whose output a count or a repeated
-//! argument sizes [`reserve`] what they would build before they build it, so that one
-//! call cannot take far more than the budget before the check after it.
+//! The counting allocator ([`Counting`]), which each program installs as its global
+//! allocator over the allocator it chooses, adds every allocation and subtracts every
+//! release of a thread that is inside a [`Scope`], at the cost of one thread-local read
+//! for the threads that are not. Going over the scope's limit does not refuse the
+//! allocation (an allocator that says no aborts the process); it marks the scope, and
+//! the evaluation stops at its next check: between the steps of a batch ([`check`]), in
+//! every SQL function before and after it runs, and in the loops of the functions that
+//! build large values. The functions whose output a count or a repeated argument sizes
+//! [`reserve`] what they would build before they build it, so that one call cannot take
+//! far more than the budget before the check after it.
 //!
 //! The count is per thread and net: memory released that was allocated before the scope
 //! began does not go below zero, so a scope is charged at least what it still holds.
 
 // The one place weir allows unsafe code: implementing `GlobalAlloc` is unsafe by
-// definition. Every call is passed on to mimalloc unchanged.
+// definition. Every call is passed on to the allocator beneath unchanged.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout};
-
-use mimalloc::MiMalloc as Inner;
 use std::cell::Cell;
 
-/// The allocator weir runs on: mimalloc, counting for threads inside a [`Scope`].
-/// (Not the system's: glibc's heap keeps the holes that short-lived allocations, such as
-/// a connection's task and tokio's registration of its socket, leave between long-lived
-/// small ones, about a third more memory per idle device connection; mimalloc keeps each
-/// size apart. See benches/README.md, "Idle device connections".)
-pub struct Counting;
+use crate::error::{Classify, ErrorClass};
 
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+/// The allocator that counts, for the threads inside a [`Scope`], what they allocate
+/// through the allocator `A` beneath it. The library installs no allocator: a program
+/// that runs rules within memory budgets installs this one over the allocator it chooses
+/// (weir's binary over mimalloc, the engine's tests over the system's):
+///
+/// ```no_run
+/// use weir_engine::memory::Counting;
+///
+/// #[global_allocator]
+/// static ALLOCATOR: Counting<std::alloc::System> = Counting::new(std::alloc::System);
+/// # fn main() {}
+/// ```
+///
+/// Without it nothing is counted: a [`Scope`] never goes over, and only the limits of the
+/// functions themselves (`repeat`, `range`, ...) hold.
+pub struct Counting<A> {
+    inner: A,
+}
+
+impl<A: GlobalAlloc> Counting<A> {
+    /// Counting over `inner`.
+    pub const fn new(inner: A) -> Self {
+        Self { inner }
+    }
+}
 
 struct Meter {
     /// The scope's limit in bytes; 0 outside any scope.
@@ -95,26 +112,26 @@ fn shrank(bytes: usize) {
 
 // SAFETY: every call is passed on to the inner allocator unchanged; the counting beside it touches
 // only thread-local cells and never allocates.
-unsafe impl GlobalAlloc for Counting {
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         grew(layout.size());
         // SAFETY: the caller's contract, passed on.
-        unsafe { Inner.alloc(layout) }
+        unsafe { self.inner.alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         grew(layout.size());
         // SAFETY: the caller's contract, passed on.
-        unsafe { Inner.alloc_zeroed(layout) }
+        unsafe { self.inner.alloc_zeroed(layout) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         shrank(layout.size());
         // SAFETY: the caller's contract, passed on.
-        unsafe { Inner.dealloc(ptr, layout) }
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     #[inline]
@@ -125,7 +142,7 @@ unsafe impl GlobalAlloc for Counting {
             shrank(layout.size() - new_size);
         }
         // SAFETY: the caller's contract, passed on.
-        unsafe { Inner.realloc(ptr, layout, new_size) }
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -193,6 +210,14 @@ impl std::fmt::Display for Exceeded {
 }
 
 impl std::error::Error for Exceeded {}
+
+/// The rule needs more than its budget for this message: the rule (or the message) is
+/// what to change, and running it again the same way fails the same way.
+impl Classify for Exceeded {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
+}
 
 fn mib(bytes: usize) -> String {
     if bytes >= 1 << 20 {

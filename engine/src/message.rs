@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::error::{Classify, ErrorClass};
+
 /// One message as the ingress received it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -150,16 +152,14 @@ impl MqttProperties {
     /// Reads the JSON form that the rule test endpoint and the golden tests take:
     /// `{"content_type": "...", "format_indicator": "UTF8_DATA", "response_topic": "...",
     /// "correlation_data": "<base64>", "user_properties": [{"key": "value"}, ...]}`.
-    pub fn from_json(v: &serde_json::Value) -> Result<Self, String> {
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, PropertiesError> {
         use base64::Engine as _;
-        let obj = v
-            .as_object()
-            .ok_or("MQTT properties must be a JSON object")?;
+        let obj = v.as_object().ok_or(PropertiesError::NotAnObject)?;
         let mut p = Self::default();
         let text = |key: &str, v: &serde_json::Value| {
             v.as_str()
                 .map(str::to_owned)
-                .ok_or(format!("{key} must be a string"))
+                .ok_or_else(|| PropertiesError::NotAString(key.to_owned()))
         };
         for (key, value) in obj {
             match key.as_str() {
@@ -170,20 +170,18 @@ impl MqttProperties {
                         "UTF8_DATA" => 1,
                         "UNSPECIFIED_BYTES" => 0,
                         other => {
-                            return Err(format!(
-                                "format_indicator must be UTF8_DATA or UNSPECIFIED_BYTES, not '{other}'"
-                            ));
+                            return Err(PropertiesError::FormatIndicator(other.to_owned()));
                         }
                     })
                 }
                 "correlation_data" => {
                     let b = base64::engine::general_purpose::STANDARD
                         .decode(text(key, value)?)
-                        .map_err(|e| format!("correlation_data is not base64: {e}"))?;
+                        .map_err(PropertiesError::CorrelationData)?;
                     p.correlation_data = Some(Bytes::from(b));
                 }
                 "user_properties" => {
-                    let bad = || "user_properties must be an array of {\"key\": \"value\"} objects";
+                    let bad = || PropertiesError::UserProperties;
                     for item in value.as_array().ok_or_else(bad)? {
                         for (k, v) in item.as_object().ok_or_else(bad)? {
                             p.user_properties
@@ -192,14 +190,37 @@ impl MqttProperties {
                     }
                 }
                 other => {
-                    return Err(format!(
-                        "unknown MQTT property '{other}' (known: {}, user_properties)",
-                        Self::NAMES.join(", ")
-                    ));
+                    return Err(PropertiesError::Unknown(other.to_owned()));
                 }
             }
         }
         Ok(p)
+    }
+}
+
+/// Why the JSON form of MQTT properties was refused (see [`MqttProperties::from_json`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PropertiesError {
+    #[error("MQTT properties must be a JSON object")]
+    NotAnObject,
+    #[error("{0} must be a string")]
+    NotAString(String),
+    #[error("format_indicator must be UTF8_DATA or UNSPECIFIED_BYTES, not '{0}'")]
+    FormatIndicator(String),
+    #[error("correlation_data is not base64: {0}")]
+    CorrelationData(base64::DecodeError),
+    #[error("user_properties must be an array of {{\"key\": \"value\"}} objects")]
+    UserProperties,
+    #[error(
+        "unknown MQTT property '{0}' (known: {known}, user_properties)",
+        known = MqttProperties::NAMES.join(", ")
+    )]
+    Unknown(String),
+}
+
+impl Classify for PropertiesError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
     }
 }
 

@@ -15,6 +15,7 @@ use datafusion::arrow::array::{
     ArrayRef, BinaryArray, Int64Array, ListBuilder, StringArray, StringBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use serde_json::Value;
 
@@ -150,7 +151,7 @@ impl MetaNeeds {
         msgs: &[M],
         indices: &[usize],
         json_null: Vec<ArrayRef>,
-    ) -> Result<RecordBatch, String> {
+    ) -> Result<RecordBatch, ArrowError> {
         let schema = Arc::new(self.schema(payload.schema().as_ref()));
         let (_, mut columns, _) = payload.into_parts();
         let msg = |i: usize| msgs[indices[i]].borrow();
@@ -231,6 +232,5 @@ impl MetaNeeds {
             columns,
             &RecordBatchOptions::new().with_row_count(Some(n)),
         )
-        .map_err(|e| e.to_string())
     }
 }

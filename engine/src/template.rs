@@ -6,6 +6,8 @@
 //! same vectorised pass, and returns one value per expression with every output. Rendering
 //! is then only string concatenation.
 
+use crate::error::{Classify, ErrorClass};
+
 /// One part of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -27,6 +29,12 @@ pub enum TemplateError {
     Unclosed { template: String, at: usize },
     #[error("template '{template}': empty expression '${{}}' at byte {at}")]
     Empty { template: String, at: usize },
+}
+
+impl Classify for TemplateError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
 }
 
 /// The expressions of all templates of a rule, deduplicated.

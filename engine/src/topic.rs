@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use crate::error::{Classify, ErrorClass};
+
 /// The most levels a topic or a topic filter may have.
 pub const MAX_LEVELS: usize = 128;
 
@@ -31,6 +33,12 @@ pub enum TopicError {
     WildcardInTopic { topic: String },
     #[error("topic or filter of {levels} levels: at most {MAX_LEVELS} are allowed")]
     TooDeep { levels: usize },
+}
+
+impl Classify for TopicError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
 }
 
 /// Refuses a topic or filter of more than [`MAX_LEVELS`] levels.

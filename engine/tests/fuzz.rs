@@ -20,6 +20,10 @@ use proptest::test_runner::TestRunner;
 use weir_engine::template::{Template, TemplateExprs};
 use weir_engine::{Engine, FailureReason, Message, Outcome, Rule, memory};
 
+/// The memory budgets of the rule targets are metered by the counting allocator.
+#[global_allocator]
+static ALLOCATOR: memory::Counting<std::alloc::System> = memory::Counting::new(std::alloc::System);
+
 /// How long each target runs.
 fn budget() -> Duration {
     let secs = std::env::var("FUZZ_SECONDS")

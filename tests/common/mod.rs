@@ -22,6 +22,13 @@ use serde_json::Value;
 pub use servers::*;
 pub use weir::*;
 
+/// The allocator weir runs on (src/main.rs), in every test process too: weir started in
+/// the test's process meters its rules' memory budgets with it
+/// (`a_rule_over_its_memory_budget_fails_its_messages_and_the_others_carry_on`).
+#[global_allocator]
+static ALLOCATOR: weir_engine::memory::Counting<mimalloc::MiMalloc> =
+    weir_engine::memory::Counting::new(mimalloc::MiMalloc);
+
 /// Installs the TLS crypto provider that the HTTP client needs (once per process).
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::Key;
+use super::key::Key;
 use crate::fields::FieldTree;
 
 /// The fields a rule reads, laid out for the fast path.

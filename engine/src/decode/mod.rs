@@ -18,21 +18,59 @@
 //! An array whose elements mix JSON types has no Arrow type; it is carried as JSON text
 //! (a marked Utf8 column, see [`crate::json_text`]) and written back as JSON.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::json::reader::infer_json_schema_from_iterator;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::error::{Classify, ErrorClass};
 use crate::fields::FieldTree;
 
 mod columns;
+mod key;
 pub use columns::{Columns, Shape};
+use key::Key;
+
+/// Why the projected payloads of a batch do not make one Arrow batch: the batch is then
+/// run a message at a time, and a message that fails alone fails as a type mismatch.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// arrow-json found no one type for a field across the payloads.
+    #[error("fields have conflicting types: {0}")]
+    ConflictingTypes(ArrowError),
+    /// A field is a number or a boolean in one payload and a string in another.
+    #[error("field '{0}' has mixed types in one batch")]
+    MixedTypes(String),
+    /// A value does not fit the type inferred for its field.
+    #[error("field has an unexpected type: {0}")]
+    UnexpectedType(ArrowError),
+    /// arrow-json refused the inferred schema.
+    #[error(transparent)]
+    Schema(ArrowError),
+}
+
+impl Classify for BatchError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::ConflictingTypes(_) | Self::MixedTypes(_) | Self::UnexpectedType(_) => {
+                ErrorClass::User
+            }
+            Self::Schema(_) => ErrorClass::Internal,
+        }
+    }
+}
+
+impl Classify for DecodeError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
+}
 
 /// Why a payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,32 +156,6 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
         Err(de::Error::custom(NOT_OBJECT))
-    }
-}
-
-/// A map key that borrows from the payload when it has no escapes.
-struct Key;
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Cow<'de, str>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key {
-    type Value = Cow<'de, str>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string key")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v))
     }
 }
 
@@ -250,7 +262,7 @@ pub fn group_by_number_kinds(
 /// An array whose elements are of different JSON types (`[1, "a", {"b": 2}]`) has no
 /// Arrow type: when the batch fails for that reason, such arrays are carried as JSON text
 /// (see [`crate::json_text`]) and the batch is built again.
-pub fn rows_to_batch(rows: &[Row], tree: &FieldTree) -> Result<RecordBatch, String> {
+pub fn rows_to_batch(rows: &[Row], tree: &FieldTree) -> Result<RecordBatch, BatchError> {
     match typed_batch(rows, tree, &[]) {
         Ok(batch) => Ok(batch),
         Err(e) => {
@@ -269,9 +281,9 @@ fn typed_batch(
     rows: &[Row],
     tree: &FieldTree,
     json_text: &[Vec<String>],
-) -> Result<RecordBatch, String> {
+) -> Result<RecordBatch, BatchError> {
     let mut inferred = infer_json_schema_from_iterator(rows.iter().map(|(_, v)| Ok::<_, _>(v)))
-        .map_err(|e| format!("fields have conflicting types: {e}"))?;
+        .map_err(BatchError::ConflictingTypes)?;
     for path in json_text {
         inferred = Schema::new(mark_json_text(inferred.fields(), path));
     }
@@ -284,7 +296,7 @@ fn typed_batch(
             r.get(f.name())
                 .is_some_and(|v| stringified(f.data_type(), v))
         }) {
-            return Err(format!("field '{}' has mixed types in one batch", f.name()));
+            return Err(BatchError::MixedTypes(f.name().clone()));
         }
     }
     let schema = Arc::new(widen_schema(&inferred, tree));
@@ -295,15 +307,15 @@ fn typed_batch(
         .with_coerce_primitive(true)
         .with_batch_size(rows.len().max(1))
         .build_decoder()
-        .map_err(|e| e.to_string())?;
+        .map_err(BatchError::Schema)?;
     // The payloads, without copying them out of the rows.
     let values: Vec<&Value> = rows.iter().map(|(_, v)| v).collect();
     decoder
         .serialize(&values)
-        .map_err(|e| format!("field has an unexpected type: {e}"))?;
+        .map_err(BatchError::UnexpectedType)?;
     Ok(decoder
         .flush()
-        .map_err(|e| format!("field has an unexpected type: {e}"))?
+        .map_err(BatchError::UnexpectedType)?
         .unwrap_or_else(|| RecordBatch::new_empty(schema)))
 }
 

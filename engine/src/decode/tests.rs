@@ -95,7 +95,7 @@ fn mixed_number_and_string_refuses_the_batch() {
         (1, serde_json::json!({"s": 3})),
     ];
     let err = rows_to_batch(&rows, &tree(&["s"])).unwrap_err();
-    assert!(err.contains("mixed types"), "{err}");
+    assert!(err.to_string().contains("mixed types"), "{err}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use datafusion::sql::sqlparser::ast::{
     self, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName,
 };
 
-use super::SqlError;
+use super::{CallError, SqlError};
 use crate::meta;
 
 /// A visit that stopped at an error, as a `Result`.
@@ -57,10 +57,10 @@ pub(super) fn string_literal(e: &Expr) -> Option<&str> {
 }
 
 /// The arguments of a call; `*` stands for the payload as received.
-pub(super) fn function_args(f: &ast::Function) -> Result<Vec<Expr>, String> {
+pub(super) fn function_args(f: &ast::Function) -> Result<Vec<Expr>, CallError> {
     match &f.args {
         FunctionArguments::None => Ok(Vec::new()),
-        FunctionArguments::Subquery(_) => Err("a subquery is not supported in a rule".to_owned()),
+        FunctionArguments::Subquery(_) => Err(CallError::Subquery),
         FunctionArguments::List(list) => list
             .args
             .iter()
@@ -70,7 +70,7 @@ pub(super) fn function_args(f: &ast::Function) -> Result<Vec<Expr>, String> {
                 FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => {
                     Ok(Expr::Identifier(Ident::new(meta::PAYLOAD)))
                 }
-                _ => Err(format!("unsupported argument to {}()", f.name)),
+                _ => Err(CallError::Argument(f.name.to_string())),
             })
             .collect(),
     }

@@ -1,9 +1,12 @@
-//! Why a rule or expression was refused, with its position in the SQL text.
+//! Why a rule or expression was refused, with its position in the SQL text ([`SqlError`]),
+//! and why a function call in it was ([`CallError`], placed at the call by the rewrite).
 
 use std::fmt;
 
 use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Location, Span};
+
+use crate::error::{Classify, ErrorClass};
 
 /// A rule or expression that could not be accepted, with its position in the SQL text
 /// where known (1-based line and column).
@@ -56,6 +59,54 @@ impl fmt::Display for SqlError {
 }
 
 impl std::error::Error for SqlError {}
+
+impl Classify for SqlError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
+}
+
+/// Why a function call is refused. The rewrite makes it a [`SqlError`] at the call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("{name}() takes {expected} argument(s), got {got}")]
+    Arity {
+        name: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error("substring() takes 2 or 3 arguments, got {0}")]
+    SubstringArity(usize),
+    /// An argument that is not an expression (`name => value`, `t.*`).
+    #[error("unsupported argument to {0}()")]
+    Argument(String),
+    #[error("a subquery is not supported in a rule")]
+    Subquery,
+    #[error(
+        "get_mqtt_property() takes one of the names '{}'",
+        crate::message::MqttProperties::NAMES.join("', '")
+    )]
+    MqttPropertyName,
+    #[error(
+        "get_user_properties() takes no argument (all user properties) or a user property key as a string literal"
+    )]
+    UserPropertyKey,
+    /// One of AWS's functions that weir does not have, and why.
+    #[error("{name}() is not supported: it {why}")]
+    Unsupported { name: String, why: &'static str },
+    #[error("window clauses are not supported in a rule")]
+    WindowClause,
+    #[error("'{0}' is an aggregate or window function; a rule works on one message at a time")]
+    Aggregate(String),
+    #[error("unknown function '{0}'")]
+    Unknown(String),
+}
+
+impl Classify for CallError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
+}
 
 impl From<ParserError> for SqlError {
     fn from(e: ParserError) -> Self {

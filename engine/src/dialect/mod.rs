@@ -14,12 +14,17 @@
 //!    becomes the version's name; `=` and `<>` with an operand that may be JSON `null` get
 //!    AWS's null rules ([`functions::nulls`]).
 //! 4. [`rewrite`]: each expression is made one DataFusion plans: nested SELECTs
-//!    ([`nested`]) and `SET` variables are expanded, AWS syntax becomes SQL, and every
-//!    function call is resolved by [`functions`], where every SQL function a rule can call
-//!    lives. The payload fields the rule reads are collected into a [`FieldTree`] (so that
-//!    the decoder materialises only those) and the metadata columns into [`MetaNeeds`].
+//!    ([`nested`]) and `SET` variables ([`variables`]) are expanded, AWS syntax becomes
+//!    SQL, and every function call is resolved by [`functions`], where every SQL function
+//!    a rule can call lives. The payload fields the rule reads are collected into a
+//!    [`FieldTree`] (so that the decoder materialises only those) and the metadata
+//!    columns into [`MetaNeeds`].
 //! 5. [`types`]: once a batch's schema is known, AWS's rules for operators on mixed types
 //!    are applied to the planned expressions.
+//!
+//! Every pass stays within [`limits`] (the text's length, an expression's depth and, once
+//! variables are substituted, its size); [`ast`] holds the helpers over sqlparser's tree
+//! that the passes share.
 //!
 //! Dotted paths (`geoCoordinates.latitude`) need no rewrite: with identifier
 //! normalisation off, DataFusion resolves them as field access into struct columns.
@@ -33,6 +38,7 @@ mod rewrite;
 mod shape;
 mod tokens;
 pub mod types;
+mod variables;
 mod version;
 
 use datafusion::sql::sqlparser::ast::{Expr, SelectItem, SetExpr, Spanned, Statement};
@@ -40,15 +46,17 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
-pub use error::SqlError;
+pub use error::{CallError, SqlError};
+pub use variables::Variable;
 pub use version::SqlVersion;
 
-use crate::Engine;
+use crate::engine::Engine;
 use crate::fields::FieldTree;
 use crate::meta::MetaNeeds;
 use ast::{default_name, field_path};
-use rewrite::{desugar, read_null_flagged, rewrite, substitute_variables};
+use rewrite::{desugar, read_null_flagged, rewrite};
 use tokens::{take_select_value, take_set_clause, take_topic_filter, undefined_as_unknown};
+use variables::substitute_variables;
 
 /// One output column of a rule.
 #[derive(Debug, Clone)]
@@ -80,16 +88,6 @@ pub struct ParsedRule {
     pub variables: Vec<Variable>,
     /// The AWS IoT SQL version the rule is written for.
     pub version: SqlVersion,
-}
-
-/// A variable of a rule's `SET @name = <expr>` clause. Its expression has the earlier
-/// variables and nested SELECTs already rewritten; uses of `@name` are replaced by it.
-#[derive(Debug, Clone)]
-pub struct Variable {
-    pub name: String,
-    pub expr: Expr,
-    /// The expression's size, in nodes: what each use of the variable adds.
-    pub nodes: u64,
 }
 
 /// An expression from outside a rule's SELECT (a `${...}` template), rewritten like one.

@@ -14,61 +14,11 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use super::ast::{call, done};
-use super::{SqlError, Variable, functions, limits, nested};
-use crate::Engine;
+use super::variables::{Variable, substitute_variables};
+use super::{SqlError, functions, limits, nested};
+use crate::engine::Engine;
 use crate::fields::FieldTree;
 use crate::meta::{self, MetaNeeds};
-
-/// Replaces every `@name` (and `@name.member`) with the variable's expression.
-pub(super) fn substitute_variables(
-    expr: &mut Expr,
-    variables: &[Variable],
-) -> Result<(), SqlError> {
-    // What substituting would make, before it is made.
-    let mut uses = Vec::new();
-    let _ = visit_expressions(expr, |e| {
-        if let Some(name) = variable_named(e)
-            && let Some(v) = variables.iter().find(|v| v.name == name)
-        {
-            uses.push(v.nodes);
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    limits::check_expansion(expr, uses.into_iter())?;
-    let outcome = visit_expressions_mut(expr, |e| {
-        let (name, members, span) = match &*e {
-            Expr::Identifier(i) if i.quote_style.is_none() && i.value.starts_with('@') => {
-                (i.value.clone(), Vec::new(), i.span)
-            }
-            Expr::CompoundIdentifier(parts)
-                if parts[0].quote_style.is_none() && parts[0].value.starts_with('@') =>
-            {
-                (parts[0].value.clone(), parts[1..].to_vec(), parts[0].span)
-            }
-            _ => return ControlFlow::Continue(()),
-        };
-        let Some(v) = variables.iter().find(|v| v.name == name) else {
-            return ControlFlow::Break(SqlError::at(
-                format!("unknown variable {name}: define it first with SET {name} = <expression>"),
-                span,
-            ));
-        };
-        let value = Expr::Nested(Box::new(v.expr.clone()));
-        *e = if members.is_empty() {
-            value
-        } else {
-            Expr::CompoundFieldAccess {
-                root: Box::new(value),
-                access_chain: members
-                    .into_iter()
-                    .map(|m| ast::AccessExpr::Dot(Expr::Identifier(m)))
-                    .collect(),
-            }
-        };
-        ControlFlow::Continue(())
-    });
-    done(outcome)
-}
 
 /// A member access chain as DataFusion takes it: AWS indexes arrays from 0 (`a[0]`),
 /// DataFusion from 1; `a[1].b` takes the field as `['b']`.
@@ -100,21 +50,6 @@ fn is_call(e: &Expr) -> bool {
         Expr::Function(_) => true,
         Expr::Nested(inner) => is_call(inner),
         _ => false,
-    }
-}
-
-/// The variable an expression names (`@v` or `@v.member`), if it names one.
-fn variable_named(e: &Expr) -> Option<&str> {
-    match e {
-        Expr::Identifier(i) if i.quote_style.is_none() && i.value.starts_with('@') => {
-            Some(&i.value)
-        }
-        Expr::CompoundIdentifier(parts)
-            if parts[0].quote_style.is_none() && parts[0].value.starts_with('@') =>
-        {
-            Some(&parts[0].value)
-        }
-        _ => None,
     }
 }
 
@@ -252,7 +187,7 @@ pub(super) fn rewrite(
         match functions::resolve(state, f, needs) {
             Ok(Some(replacement)) => *e = replacement,
             Ok(None) => {}
-            Err(message) => return ControlFlow::Break(SqlError::at(message, span)),
+            Err(refused) => return ControlFlow::Break(SqlError::at(refused.to_string(), span)),
         }
         ControlFlow::Continue(())
     });

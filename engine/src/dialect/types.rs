@@ -29,10 +29,8 @@ use datafusion::logical_expr::expr::{Cast, ScalarFunction};
 use datafusion::logical_expr::type_coercion::functions::fields_with_udf;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator, lit, try_cast, when};
 
-/// Whether a type is one of Arrow's string types.
-pub(crate) fn is_string(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
-}
+use super::functions::bounded::meter_call;
+use super::functions::values::{is_nested, is_string, json_text, number, plus};
 
 fn is_number(t: &DataType) -> bool {
     t.is_numeric()
@@ -50,7 +48,7 @@ fn strings_as(
         if !is_string(t) {
             x
         } else if to == DataType::Float64 {
-            crate::dialect::functions::conversions::number(x)
+            number(x)
         } else {
             try_cast(x, to.clone())
         }
@@ -105,10 +103,7 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
                 // `+` with a String on either side converts the other operand to a String
                 // and concatenates (`'5' + 3` is `'53'`).
                 Operator::Plus if lk == Kind::Text || rk == Kind::Text => {
-                    crate::dialect::functions::strings::plus(
-                        to_text(l, schema)?,
-                        to_text(r, schema)?,
-                    )
+                    plus(to_text(l, schema)?, to_text(r, schema)?)
                 }
                 // Arithmetic and order: on numbers, and on Strings read as numbers
                 // (Undefined when one is not); on anything else Undefined. Strings are
@@ -156,19 +151,14 @@ pub fn aws_coercions(expr: Expr, schema: &DFSchema) -> Result<Expr> {
                     to_text(inner, schema)?
                 }
                 // AWS: a String is read as a Decimal, which is rounded down.
-                DataType::Int64 if is_string(&from) => try_cast(
-                    crate::dialect::functions::conversions::number(inner),
-                    DataType::Int64,
-                ),
+                DataType::Int64 if is_string(&from) => try_cast(number(inner), DataType::Int64),
                 DataType::Int64 if matches!(from, DataType::Float64 | DataType::Float32) => {
                     try_cast(inner, DataType::Int64)
                 }
                 DataType::Int64 | DataType::Float64 | DataType::Boolean if is_nested(&from) => {
                     lit(ScalarValue::Null)
                 }
-                DataType::Float64 if is_string(&from) => {
-                    crate::dialect::functions::conversions::number(inner)
-                }
+                DataType::Float64 if is_string(&from) => number(inner),
                 DataType::Boolean if is_string(&from) => try_cast(inner, DataType::Boolean),
                 _ => return Ok(Transformed::no(e)),
             };
@@ -208,7 +198,7 @@ fn aws_call(f: &ScalarFunction, schema: &DFSchema) -> Result<Expr> {
         // AWS converts a String argument of a numeric function to a Decimal.
         convert(&mut f, |a, schema| {
             Ok(if is_string(&a.get_type(schema)?) {
-                crate::dialect::functions::conversions::number(a)
+                number(a)
             } else {
                 a
             })
@@ -236,24 +226,12 @@ fn aws_call(f: &ScalarFunction, schema: &DFSchema) -> Result<Expr> {
     if numeric {
         return aws_numeric_result(f, schema);
     }
-    Ok(crate::dialect::functions::bounded::meter_call(&f)
-        .unwrap_or_else(|| Expr::ScalarFunction(f)))
+    Ok(meter_call(&f).unwrap_or_else(|| Expr::ScalarFunction(f)))
 }
 
 /// AWS's string functions that are DataFusion's, by DataFusion's names (`trim` is
 /// `btrim`); the others convert their arguments in their rewrites.
 const TEXT: &[&str] = &["lower", "upper", "btrim", "ltrim", "rtrim", "replace"];
-
-fn is_nested(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::List(_)
-            | DataType::LargeList(_)
-            | DataType::FixedSizeList(..)
-            | DataType::Struct(_)
-            | DataType::Map(..)
-    )
-}
 
 /// `e` as the String AWS converts it to: numbers and Booleans written out, an Array or
 /// Object as its JSON text; Null and Undefined stay Undefined.
@@ -262,7 +240,7 @@ fn to_text(e: Expr, schema: &DFSchema) -> Result<Expr> {
     Ok(if is_string(&t) || t == DataType::Null {
         e
     } else if is_nested(&t) {
-        crate::dialect::functions::conversions::json_text(e)
+        json_text(e)
     } else {
         try_cast(e, DataType::Utf8)
     })
@@ -295,10 +273,8 @@ const TO_INT: &[&str] = &["ceil", "floor", "round", "signum"];
 fn aws_numeric_result(f: ScalarFunction, schema: &DFSchema) -> Result<Expr> {
     let name = f.name().to_owned();
     let first = f.args.first().cloned();
-    let call = |f: &ScalarFunction| {
-        crate::dialect::functions::bounded::meter_call(f)
-            .unwrap_or_else(|| Expr::ScalarFunction(f.clone()))
-    };
+    let call =
+        |f: &ScalarFunction| meter_call(f).unwrap_or_else(|| Expr::ScalarFunction(f.clone()));
     let mut out = call(&f);
     if name == "sqrt"
         && let Some(x) = first

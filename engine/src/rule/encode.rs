@@ -3,6 +3,7 @@
 //! received and `SELECT VALUE` unwrapped.
 
 use bytes::Bytes;
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::dialect::SqlVersion;
@@ -56,12 +57,15 @@ pub(super) fn splice(payload: &Bytes, extra: &Bytes) -> Bytes {
 /// Encodes a batch as one JSON object per row, as rules write their outputs: null
 /// (undefined) values are left out, and JSON text columns are written as the JSON they
 /// hold (see [`crate::json_text`]); whole-number Decimals as the SQL version says.
-pub fn encode_json_rows(batch: &RecordBatch, version: SqlVersion) -> Result<Vec<Bytes>, String> {
+pub fn encode_json_rows(
+    batch: &RecordBatch,
+    version: SqlVersion,
+) -> Result<Vec<Bytes>, ArrowError> {
     let rows = batch.num_rows();
-    let buf = Bytes::from(
-        json_text::write_lines(batch, version.whole_decimals_as_ints())
-            .map_err(|e| e.to_string())?,
-    );
+    let buf = Bytes::from(json_text::write_lines(
+        batch,
+        version.whole_decimals_as_ints(),
+    )?);
     // JSON strings escape newlines, so every '\n' ends a row.
     let mut out = Vec::with_capacity(rows);
     let mut start = 0;

@@ -5,44 +5,40 @@
 //! cached physical expressions over it. If anything in the batch goes wrong (a field whose
 //! type conflicts across messages, an expression that fails on one value), the batch is
 //! re-run one message at a time, so one bad message fails alone and the others pass.
+//!
+//! Here: compiling and running; in `plan.rs` the plan for one batch schema, in `encode.rs`
+//! the outputs as JSON, in `outcome.rs` what a batch gives.
 
 use std::borrow::Borrow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter};
-use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Float64Type, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::array_value_to_string;
-use datafusion::common::DFSchema;
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ExprWithAlias};
+use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
 use serde_json::Value;
 
 use crate::decode::{self, DecodeError};
-use crate::dialect::{self, ParsedRule, SqlError, SqlVersion, types};
+use crate::dialect::{self, ParsedRule, SqlError, SqlVersion};
+use crate::engine::Engine;
 use crate::fields::FieldTree;
 use crate::meta::{self, MetaNeeds};
-use crate::{Engine, Message, memory};
+use crate::{Message, memory};
 
 mod encode;
 mod outcome;
+mod plan;
 
 pub use encode::encode_json_rows;
 use encode::{splice, unwrap_value, with_nulls};
 pub use outcome::{Failure, FailureReason, Outcome, Output};
-
-/// How many distinct input schemas a rule keeps plans for.
-const PLAN_CACHE: usize = 16;
-
-struct Plan {
-    condition: Option<Arc<dyn PhysicalExpr>>,
-    columns: Vec<Arc<dyn PhysicalExpr>>,
-    templates: Vec<Arc<dyn PhysicalExpr>>,
-    output_schema: SchemaRef,
-}
+use plan::{Plan, PlanError, Planner, Plans};
 
 /// A rule ready to run.
 pub struct Rule {
@@ -53,7 +49,7 @@ pub struct Rule {
     meta: MetaNeeds,
     /// The fast decoding path's layout of `fields`, when the rule can take it.
     shape: Option<decode::Shape>,
-    plans: Mutex<Vec<(SchemaRef, Arc<Plan>)>>,
+    plans: Plans,
 }
 
 impl std::fmt::Debug for Rule {
@@ -151,10 +147,11 @@ impl Rule {
             fields,
             meta,
             shape,
-            plans: Mutex::new(Vec::new()),
+            plans: Plans::default(),
         };
         let schema = rule.meta.schema(&decode::reference_schema(&rule.fields));
-        rule.plan_for(&Arc::new(schema)).map_err(SqlError::new)?;
+        rule.plan_for(&Arc::new(schema))
+            .map_err(|e| SqlError::new(e.to_string()))?;
         Ok(rule)
     }
 
@@ -336,7 +333,8 @@ impl Rule {
         rows: &[(usize, Value)],
         outcome: &mut Outcome,
     ) -> Result<(), RunError> {
-        let payload = decode::rows_to_batch(rows, &self.fields).map_err(RunError::Data)?;
+        let payload =
+            decode::rows_to_batch(rows, &self.fields).map_err(|e| RunError::Data(e.to_string()))?;
         let json_null = self
             .meta
             .json_null
@@ -372,9 +370,11 @@ impl Rule {
         let batch = self
             .meta
             .add_columns(payload, msgs, indices, json_null)
-            .map_err(RunError::Data)?;
+            .map_err(|e| RunError::Data(e.to_string()))?;
         memory::check()?;
-        let plan = self.plan_for(&batch.schema()).map_err(RunError::Data)?;
+        let plan = self
+            .plan_for(&batch.schema())
+            .map_err(|e| RunError::Data(e.to_string()))?;
         let n = batch.num_rows();
 
         let (batch, selected): (RecordBatch, Vec<usize>) = match &plan.condition {
@@ -522,91 +522,22 @@ impl Rule {
         plan: &Plan,
         columns: Vec<ArrayRef>,
         rows: usize,
-    ) -> Result<Vec<Bytes>, String> {
+    ) -> Result<Vec<Bytes>, ArrowError> {
         if columns.is_empty() {
             return Ok(vec![Bytes::from_static(b"{}"); rows]);
         }
-        let batch =
-            RecordBatch::try_new(plan.output_schema.clone(), columns).map_err(|e| e.to_string())?;
+        let batch = RecordBatch::try_new(plan.output_schema.clone(), columns)?;
         encode_json_rows(&batch, self.parsed.version)
     }
 
     /// The plan for a batch schema, from the cache or planned now.
-    fn plan_for(&self, schema: &SchemaRef) -> Result<Arc<Plan>, String> {
-        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, plan)) = plans
-            .iter()
-            .find(|(s, _)| Arc::ptr_eq(s, schema) || s == schema)
-        {
-            return Ok(plan.clone());
-        }
-        let plan = Arc::new(self.plan(schema)?);
-        if plans.len() >= PLAN_CACHE {
-            plans.remove(0);
-        }
-        plans.push((schema.clone(), plan.clone()));
-        Ok(plan)
-    }
-
-    fn plan(&self, schema: &SchemaRef) -> Result<Plan, String> {
-        let state = self.engine.state();
-        let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| e.to_string())?;
-        let logical = |expr: &SqlExpr| -> Result<datafusion::logical_expr::Expr, String> {
-            let e = state
-                .create_logical_expr_from_sql_expr(
-                    ExprWithAlias {
-                        expr: dialect::nested::resolve(expr.clone(), schema),
-                        alias: None,
-                    },
-                    &df_schema,
-                )
-                .map_err(|e| e.strip_backtrace())?;
-            types::aws_coercions(e, &df_schema).map_err(|e| e.strip_backtrace())
+    fn plan_for(&self, schema: &SchemaRef) -> Result<Arc<Plan>, PlanError> {
+        let planner = Planner {
+            engine: &self.engine,
+            parsed: &self.parsed,
+            templates: &self.templates,
         };
-        let to_physical = |e| {
-            state
-                .create_physical_expr(e, &df_schema)
-                .map_err(|e| e.strip_backtrace())
-        };
-        let physical = |expr: &SqlExpr| to_physical(logical(expr)?);
-        let condition = match &self.parsed.condition {
-            None => None,
-            Some(c) => {
-                let cond = types::as_condition(logical(c)?, &df_schema)
-                    .map_err(|e| e.strip_backtrace())?;
-                let p = to_physical(cond)?;
-                let ty = p.data_type(schema).map_err(|e| e.to_string())?;
-                if !matches!(ty, DataType::Boolean | DataType::Null) {
-                    return Err(format!(
-                        "WHERE must be a condition, but '{c}' is of type {ty}"
-                    ));
-                }
-                Some(p)
-            }
-        };
-        let mut columns = Vec::with_capacity(self.parsed.columns.len());
-        let mut fields = Vec::with_capacity(self.parsed.columns.len());
-        for col in &self.parsed.columns {
-            let p = physical(&col.expr)?;
-            // The metadata says how to encode the value (see `crate::json_text`).
-            let field = p.return_field(schema).map_err(|e| e.to_string())?;
-            fields.push(
-                Field::new(&col.name, field.data_type().clone(), true)
-                    .with_metadata(field.metadata().clone()),
-            );
-            columns.push(p);
-        }
-        let templates = self
-            .templates
-            .iter()
-            .map(&physical)
-            .collect::<Result<_, _>>()?;
-        Ok(Plan {
-            condition,
-            columns,
-            templates,
-            output_schema: Arc::new(Schema::new(fields)),
-        })
+        self.plans.for_schema(planner, schema)
     }
 }
 

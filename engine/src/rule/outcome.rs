@@ -5,7 +5,7 @@ use bytes::Bytes;
 /// One output message of a rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// Index of the input message in the slice given to [`Rule::process`].
+    /// Index of the input message in the slice given to [`Rule::process`](super::Rule::process).
     pub index: usize,
     /// The output JSON object.
     pub payload: Bytes,

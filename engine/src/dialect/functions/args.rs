@@ -1,15 +1,11 @@
-//! What every family of functions needs: the call being rewritten, the conversions AWS
-//! applies to arguments, expression builders, and the arguments of a UDF as arrays.
+//! What every family of functions needs to rewrite a call: the call being rewritten, the
+//! conversions AWS applies to arguments, and builders of the expressions it becomes.
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::compute::cast as cast_array;
-use datafusion::arrow::datatypes::{DataType as ArrowType, Float64Type};
-use datafusion::common::Result;
-use datafusion::logical_expr::ScalarFunctionArgs;
-
-use super::conversions::is_aws_number;
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{BinaryOperator, CaseWhen, CastKind, DataType, Expr, Value};
+
+use super::values::WHOLE;
+use crate::dialect::CallError;
 
 /// A call of a function in a rule, its arguments already rewritten.
 pub(super) struct Call<'a> {
@@ -22,19 +18,23 @@ pub(super) struct Call<'a> {
 
 impl Call<'_> {
     /// Refuses a call with another number of arguments than `n`.
-    pub fn arity(&self, n: usize) -> Result<(), String> {
+    pub fn arity(&self, n: usize) -> Result<(), CallError> {
         self.arity_named(self.name, n)
     }
 
     /// [`Self::arity`], naming the function as the rule wrote it.
-    pub fn arity_as_written(&self, n: usize) -> Result<(), String> {
+    pub fn arity_as_written(&self, n: usize) -> Result<(), CallError> {
         self.arity_named(self.written, n)
     }
 
-    fn arity_named(&self, name: &str, n: usize) -> Result<(), String> {
+    fn arity_named(&self, name: &str, n: usize) -> Result<(), CallError> {
         match self.args.len() {
             got if got == n => Ok(()),
-            got => Err(format!("{name}() takes {n} argument(s), got {got}")),
+            got => Err(CallError::Arity {
+                name: name.to_owned(),
+                expected: n,
+                got,
+            }),
         }
     }
 
@@ -118,70 +118,7 @@ pub(super) fn held(x: Expr, low: Expr, high: Expr) -> Expr {
 }
 
 /// `x` converted to an Int as AWS converts one: a number or a String holding one, rounded
-/// down; anything else Undefined (see [`Whole`]).
+/// down; anything else Undefined (see [`super::values::Whole`]).
 pub(super) fn whole(x: Expr) -> Expr {
-    crate::dialect::ast::call(super::conversions::WHOLE, vec![x])
-}
-
-/// The name and the signature of one of weir's UDFs, whose struct keeps its signature in
-/// a `signature` field: the part of every `ScalarUDFImpl` here that is the same.
-macro_rules! name_and_signature {
-    ($name:expr) => {
-        fn name(&self) -> &str {
-            $name
-        }
-
-        fn signature(&self) -> &datafusion::logical_expr::Signature {
-            &self.signature
-        }
-    };
-}
-pub(super) use name_and_signature;
-
-/// A UDF's arguments as arrays of the batch's length (literals repeated).
-pub(super) fn arg_arrays(args: &ScalarFunctionArgs) -> Result<Vec<ArrayRef>> {
-    args.args
-        .iter()
-        .map(|a| a.to_array(args.number_rows))
-        .collect()
-}
-
-/// An argument AWS converts to an Int, row by row: a number or a numeric String, rounded
-/// down; anything else (a Boolean, an Array, a String that is no number) is Undefined.
-pub(super) enum Whole {
-    Numbers(ArrayRef),
-    Texts(ArrayRef),
-    None,
-}
-
-impl Whole {
-    pub(super) fn new(key: &ArrayRef) -> Result<Self> {
-        Ok(if key.data_type().is_numeric() {
-            Whole::Numbers(cast_array(key, &ArrowType::Float64)?)
-        } else if crate::dialect::types::is_string(key.data_type()) {
-            Whole::Texts(cast_array(key, &ArrowType::Utf8)?)
-        } else {
-            Whole::None
-        })
-    }
-
-    /// The value at row `i`, if it converts.
-    pub(super) fn at(&self, i: usize) -> Option<i64> {
-        let v = match self {
-            Whole::Numbers(a) => a
-                .is_valid(i)
-                .then(|| a.as_primitive::<Float64Type>().value(i))?,
-            Whole::Texts(a) => {
-                let t = a.as_string::<i32>();
-                let t = t
-                    .is_valid(i)
-                    .then(|| t.value(i))
-                    .filter(|t| is_aws_number(t))?;
-                t.parse::<f64>().ok()?
-            }
-            Whole::None => return None,
-        };
-        // Finite; one beyond i64 saturates (`as` does), which is outside every value anyway.
-        v.is_finite().then(|| v.floor() as i64)
-    }
+    crate::dialect::ast::call(WHOLE, vec![x])
 }

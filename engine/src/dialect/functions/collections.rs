@@ -14,7 +14,6 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::logical_expr::{
@@ -23,9 +22,12 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Value};
 
-use super::args::{Call, arg_arrays, binary, name_and_signature, number, only_if, text};
+use super::args::{Call, binary, number, only_if, text};
+use super::udf::{arg_arrays, name_and_signature};
+use super::values::to_json;
+use crate::dialect::CallError;
 use crate::dialect::ast::call;
-use crate::json_text::{self, is_json_text, json_text_field};
+use crate::json_text::{is_json_text, json_text_field};
 
 mod get;
 
@@ -55,7 +57,7 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
 }
 
 /// The rewrite of a collection function, if `c` calls one.
-pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, CallError>> {
     let a = |i: usize| c.arg(i);
     let out = match c.name {
         // Any mode but 'enrichArray' is Undefined.
@@ -234,26 +236,6 @@ impl Concat {
             signature: Signature::variadic_any(Volatility::Immutable),
         }
     }
-}
-
-/// The JSON form of every value of `array` (`None` where it is null).
-pub(super) fn to_json(array: &ArrayRef) -> Result<Vec<Option<JsonValue>>> {
-    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![Field::new(
-        "v",
-        array.data_type().clone(),
-        true,
-    )]));
-    let batch = RecordBatch::try_new(schema, vec![array.clone()])?;
-    // An object may hold JSON text (a mixed array): written as the JSON it is.
-    let text = json_text::write_lines(&batch, false)?;
-    text.split(|b| *b == b'\n')
-        .take(array.len())
-        .map(|line| {
-            let mut row: serde_json::Map<String, JsonValue> = serde_json::from_slice(line)
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-            Ok(row.remove("v"))
-        })
-        .collect()
 }
 
 impl ScalarUDFImpl for Concat {

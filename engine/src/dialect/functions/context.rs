@@ -16,7 +16,9 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::{Expr, Ident};
 
-use super::args::{Call, name_and_signature};
+use super::args::Call;
+use super::udf::name_and_signature;
+use crate::dialect::CallError;
 use crate::dialect::ast::{call, string_literal};
 use crate::meta::{self, MetaNeeds};
 
@@ -50,7 +52,7 @@ fn plain_column<'a>(name: &str, needs: &'a mut MetaNeeds) -> Option<(&'static st
 }
 
 /// The rewrite of a context function, if `c` calls one.
-pub(super) fn rewrite(c: &Call, needs: &mut MetaNeeds) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call, needs: &mut MetaNeeds) -> Option<Result<Expr, CallError>> {
     if let Some((name, read)) = plain_column(c.name, needs) {
         return Some(c.arity_as_written(0).map(|()| {
             *read = true;
@@ -74,10 +76,7 @@ pub(super) fn rewrite(c: &Call, needs: &mut MetaNeeds) -> Option<Result<Expr, St
                     needs.mqtt.insert(p.to_owned());
                     Ok(quoted_column(meta::mqtt_property(p)))
                 }
-                _ => Err(format!(
-                    "get_mqtt_property() takes one of the names '{}'",
-                    known.join("', '")
-                )),
+                _ => Err(CallError::MqttPropertyName),
             }
         }),
         "get_user_properties" => {
@@ -85,7 +84,7 @@ pub(super) fn rewrite(c: &Call, needs: &mut MetaNeeds) -> Option<Result<Expr, St
                 [] => None,
                 [k] if let Some(k) = string_literal(k) => Some(k.to_owned()),
                 _ => {
-                    return Some(Err("get_user_properties() takes no argument (all user properties) or a user property key as a string literal".to_owned()));
+                    return Some(Err(CallError::UserPropertyKey));
                 }
             };
             let column = meta::user_properties(key.as_deref());

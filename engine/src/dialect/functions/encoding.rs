@@ -14,7 +14,9 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Value};
 
-use super::args::{Call, binary, name_and_signature, number, string, text};
+use super::args::{Call, binary, number, string, text};
+use super::udf::name_and_signature;
+use crate::dialect::CallError;
 use crate::dialect::ast::call;
 use crate::json_text::json_text_field;
 use crate::meta;
@@ -36,7 +38,7 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
 }
 
 /// The rewrite of an encoding function, if `c` calls one.
-pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, CallError>> {
     let a = |i: usize| c.arg(i);
     let out = match c.name {
         "decode" => c.arity(2).map(|()| {

@@ -15,6 +15,7 @@ use datafusion::sql::sqlparser::ast::Expr;
 use sha1::Digest;
 
 use super::args::{Call, string, text};
+use crate::dialect::CallError;
 use crate::dialect::ast::call;
 
 /// The family's kernels.
@@ -27,7 +28,7 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
 }
 
 /// The rewrite of a hash function, if `c` calls one.
-pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, CallError>> {
     let out = match c.name {
         // AWS returns hex strings where DataFusion returns bytes.
         "sha224" | "sha256" | "sha384" | "sha512" => c.arity(1).map(|()| {

@@ -15,7 +15,9 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
-use super::args::{Call, arg_arrays, binary, held, name_and_signature, number, whole};
+use super::args::{Call, binary, held, number, whole};
+use super::udf::{arg_arrays, name_and_signature};
+use crate::dialect::CallError;
 use crate::dialect::ast::call;
 use crate::json_text::{json_text_field, json_text_of};
 
@@ -30,7 +32,7 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
 }
 
 /// The rewrite of a math function, if `c` calls one.
-pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, CallError>> {
     let a = |i: usize| c.arg(i);
     let out = match c.name {
         "mod" | "remainder" => c
@@ -114,8 +116,8 @@ impl ScalarUDFImpl for Nanvl {
             Some(t) => zip(&keep, &cast(x, &t)?, &cast(fallback, &t)?)?,
             None => {
                 let (xs, fs) = (
-                    super::collections::to_json(x)?,
-                    super::collections::to_json(fallback)?,
+                    super::values::to_json(x)?,
+                    super::values::to_json(fallback)?,
                 );
                 let mut out = StringBuilder::with_capacity(x.len(), x.len() * 8);
                 for (i, keep) in keep.values().iter().enumerate() {

@@ -12,7 +12,7 @@
 //! | [`hashes`] | `md2`, `md5`, `sha1`, `sha224`, `sha256`, `sha384`, `sha512`, `crc32` |
 //! | [`collections`] | `get` (computed keys in `collections/get.rs`), `concat`, `transform` |
 //! | [`time`] | `parse_time`, `time_to_epoch` |
-//! | [`conversions`] | `CAST(x AS Int \| Decimal \| Boolean \| String)`, AWS's conversion to Int (`__weir_whole`) |
+//! | [`conversions`] | `CAST(x AS Int \| Decimal \| Boolean \| String)`, AWS's `NOT` (`__weir_not`) |
 //!
 //! A call is resolved by [`resolve`]: functions that call AWS services are refused with
 //! the reason ([`unsupported`]); an AWS function becomes the expression its family
@@ -20,6 +20,13 @@
 //! or a call of one of the family's UDFs); any other DataFusion scalar function is kept
 //! as it is (a weir extension of the dialect); aggregates, window functions and unknown
 //! names are refused.
+//!
+//! What the families share, each a leaf they import: `args.rs` (the call being rewritten
+//! and builders of the expressions it becomes), `udf.rs` (what every kernel has the same),
+//! [`values`] (AWS's values and their conversions: a String read as a number, any value
+//! as an Int (`__weir_whole`) or as its JSON text, `+` of Strings; the operators of
+//! [`crate::dialect::types`] use them too) and [`bounded`] (the meter every call goes
+//! through).
 
 mod args;
 pub(crate) mod bounded;
@@ -33,6 +40,8 @@ pub(super) mod nulls;
 pub(super) mod regex;
 pub(super) mod strings;
 pub(super) mod time;
+mod udf;
+pub(crate) mod values;
 
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::ScalarUDF;
@@ -40,6 +49,7 @@ use datafusion::sql::sqlparser::ast::{self, Expr};
 
 pub(crate) use conversions::cast_type;
 
+use crate::dialect::CallError;
 use crate::dialect::ast::function_args;
 use crate::meta::MetaNeeds;
 
@@ -55,6 +65,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         math::udfs(),
         regex::udfs(),
         bounded::udfs(),
+        values::udfs(),
     ]
     .concat()
 }
@@ -66,11 +77,11 @@ pub(super) fn resolve(
     state: &SessionState,
     f: &ast::Function,
     needs: &mut MetaNeeds,
-) -> Result<Option<Expr>, String> {
+) -> Result<Option<Expr>, CallError> {
     let written = f.name.to_string();
     let name = written.to_ascii_lowercase();
     if let Some(why) = unsupported(&name) {
-        return Err(format!("{written}() is not supported: it {why}"));
+        return Err(CallError::Unsupported { name: written, why });
     }
     let args = function_args(f)?;
     let c = args::Call {
@@ -99,24 +110,22 @@ pub(super) fn resolve(
         return Ok(None);
     }
     if name.starts_with("__weir") {
-        return Err(format!("unknown function '{written}'"));
+        return Err(CallError::Unknown(written));
     }
     if state.scalar_functions().contains_key(&name)
         || state.higher_order_functions().contains_key(&name)
     {
         if f.over.is_some() || f.filter.is_some() {
-            return Err("window clauses are not supported in a rule".to_owned());
+            return Err(CallError::WindowClause);
         }
         return Ok(None);
     }
     if state.aggregate_functions().contains_key(&name)
         || state.window_functions().contains_key(&name)
     {
-        return Err(format!(
-            "'{written}' is an aggregate or window function; a rule works on one message at a time"
-        ));
+        return Err(CallError::Aggregate(written));
     }
-    Err(format!("unknown function '{written}'"))
+    Err(CallError::Unknown(written))
 }
 
 /// AWS IoT functions that call other AWS services: refused with this reason.

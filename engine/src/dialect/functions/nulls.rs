@@ -10,11 +10,12 @@ use std::ops::ControlFlow;
 use datafusion::sql::sqlparser::ast::{self, Expr, Ident, VisitMut, VisitorMut};
 
 use super::args::{Call, if_undefined, when};
+use crate::dialect::CallError;
 use crate::dialect::ast::field_path;
 use crate::meta::{self, MetaNeeds};
 
 /// The rewrite of a null check, if `c` calls one.
-pub(super) fn rewrite(c: &Call, needs: &mut MetaNeeds) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call, needs: &mut MetaNeeds) -> Option<Result<Expr, CallError>> {
     let out = match c.name {
         "isnull" | "isundefined" => c.arity_as_written(1).map(|()| {
             let arg = &c.args[0];

@@ -21,8 +21,10 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::Expr;
 
-use super::args::{Call, arg_arrays, string};
+use super::args::{Call, string};
 use super::bounded::over_budget;
+use super::udf::arg_arrays;
+use crate::dialect::CallError;
 use crate::dialect::ast::call;
 use crate::memory;
 
@@ -44,7 +46,7 @@ pub(super) fn udfs() -> Vec<ScalarUDF> {
 }
 
 /// The rewrite of a regular-expression function, if `c` calls one.
-pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, CallError>> {
     let (name, arity) = match c.name {
         "regexp_matches" => (MATCHES, 2),
         "regexp_replace" => (REPLACE, 3),

@@ -6,10 +6,11 @@
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
 use super::args::{Call, binary, held, number, only_if, string, text, whole};
+use crate::dialect::CallError;
 use crate::dialect::ast::call;
 
 /// The rewrite of a string function, if `c` calls one.
-pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
+pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, CallError>> {
     let a = |i: usize| c.arg(i);
     let out = match c.name {
         "startswith" => c
@@ -32,10 +33,7 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
         // clamped to the string, non-strings converted.
         "substring" => {
             if !(2..=3).contains(&c.args.len()) {
-                Err(format!(
-                    "substring() takes 2 or 3 arguments, got {}",
-                    c.args.len()
-                ))
+                Err(CallError::SubstringArity(c.args.len()))
             } else {
                 let s = string(a(0));
                 // An index rounded down and held to 0..2^31 before it becomes an Int
@@ -85,63 +83,4 @@ pub(super) fn rewrite(c: &Call) -> Option<Result<Expr, String>> {
         _ => return None,
     };
     Some(out)
-}
-
-/// `a + b` of two strings, AWS's concatenation (Undefined when either is): a call of
-/// [`TextPlus`], metered like every function, rather than DataFusion's `||` operator,
-/// which no memory check can reach.
-pub(crate) fn plus(
-    l: datafusion::logical_expr::Expr,
-    r: datafusion::logical_expr::Expr,
-) -> datafusion::logical_expr::Expr {
-    super::bounded::metered_call(TextPlus::new(), vec![l, r])
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct TextPlus {
-    signature: datafusion::logical_expr::Signature,
-}
-
-impl TextPlus {
-    fn new() -> Self {
-        use datafusion::arrow::datatypes::DataType;
-        use datafusion::logical_expr::{Signature, Volatility};
-        Self {
-            signature: Signature::uniform(2, vec![DataType::Utf8], Volatility::Immutable),
-        }
-    }
-}
-
-impl datafusion::logical_expr::ScalarUDFImpl for TextPlus {
-    super::args::name_and_signature!("__weir_text_plus");
-
-    fn return_type(
-        &self,
-        _arg_types: &[datafusion::arrow::datatypes::DataType],
-    ) -> datafusion::common::Result<datafusion::arrow::datatypes::DataType> {
-        Ok(datafusion::arrow::datatypes::DataType::Utf8)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: datafusion::logical_expr::ScalarFunctionArgs,
-    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
-        use datafusion::arrow::array::AsArray;
-        use datafusion::arrow::compute::kernels::concat_elements::concat_elements_utf8;
-        use datafusion::common::ScalarValue;
-        use datafusion::logical_expr::ColumnarValue;
-        if let [ColumnarValue::Scalar(l), ColumnarValue::Scalar(r)] = args.args.as_slice() {
-            let text = |v: &ScalarValue| match v {
-                ScalarValue::Utf8(s) => s.clone(),
-                _ => None,
-            };
-            let joined = text(l).zip(text(r)).map(|(l, r)| l + &r);
-            return Ok(ColumnarValue::Scalar(ScalarValue::Utf8(joined)));
-        }
-        let arrays = super::args::arg_arrays(&args)?;
-        let (l, r) = (arrays[0].as_string::<i32>(), arrays[1].as_string::<i32>());
-        Ok(ColumnarValue::Array(std::sync::Arc::new(
-            concat_elements_utf8(l, r)?,
-        )))
-    }
 }

@@ -20,7 +20,8 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::args::{Whole, arg_arrays, name_and_signature};
+use super::udf::{arg_arrays, name_and_signature};
+use super::values::Whole;
 
 /// The family's kernels, called by their AWS names.
 pub(super) fn udfs() -> Vec<ScalarUDF> {

@@ -19,9 +19,8 @@ use datafusion::logical_expr::{
 };
 use serde_json::Value as JsonValue;
 
-use super::super::args::{Whole, name_and_signature};
-use super::to_json;
-use crate::dialect::types::is_string;
+use crate::dialect::functions::udf::name_and_signature;
+use crate::dialect::functions::values::{Whole, is_string, to_json};
 use crate::json_text::{is_json_text, json_text_field, json_text_of};
 
 /// `__weir_get(x, key)`: AWS's `get`.
