@@ -4,6 +4,7 @@ source file over 600 lines. `scripts/test.sh` runs it first; run it alone with
 
     python3 scripts/shape.py            # the whole workspace
     python3 scripts/shape.py --verbose  # and every file's imports
+    python3 scripts/shape.py --report   # and the longest functions, the lines per crate
 
 An import is a `use` of `crate::`, `super::` or `self::` (or of a child module by its
 name), or such a path written inline (`crate::config::Settings`): the file that uses it
@@ -21,6 +22,8 @@ import sys
 
 MAX_LINES = 600
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if "--root" in sys.argv:  # another checkout, e.g. an older commit's, to compare
+    ROOT = os.path.abspath(sys.argv[sys.argv.index("--root") + 1])
 
 ITEM_RE = re.compile(
     r"\b(?:pub(?:\([^)]*\))?\s+)?(?:async\s+|const\s+|unsafe\s+|extern\s+\"C\"\s+)*"
@@ -323,6 +326,45 @@ def circles(edges):
     return out
 
 
+FN_RE = re.compile(r"\bfn\s+([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def functions(code):
+    """(lines, name, first line) of every function with a body."""
+    out = []
+    for m in FN_RE.finditer(code):
+        open_at = code.find("{", m.end())
+        semi = code.find(";", m.end())
+        if open_at < 0 or (0 <= semi < open_at):
+            continue
+        depth, j = 0, open_at
+        while j < len(code):
+            depth += code[j] == "{"
+            depth -= code[j] == "}"
+            if depth == 0:
+                break
+            j += 1
+        first = code.count("\n", 0, m.start()) + 1
+        out.append((code.count("\n", m.start(), j) + 1, m.group(1), first))
+    return out
+
+
+def report(all_files, rel):
+    fns = []
+    per_crate = {}
+    for f in sorted(all_files):
+        code = strip(open(f, encoding="utf-8").read())
+        fns.extend((n, rel(f), name, line) for n, name, line in functions(code))
+        crate = rel(f).split(os.sep)[0] if rel(f).split(os.sep)[0] in workspace_members() else "."
+        files, lines = per_crate.get(crate, (0, 0))
+        per_crate[crate] = (files + 1, lines + sum(1 for _ in open(f, encoding="utf-8")))
+    print("longest functions:")
+    for n, f, name, line in sorted(fns, reverse=True)[:8]:
+        print(f"  {n:4} lines  {name} ({f}:{line})")
+    for crate, (files, lines) in sorted(per_crate.items()):
+        print(f"crate {crate}: {files} non-test source files, {lines} lines")
+
+
 def main():
     verbose = "--verbose" in sys.argv
     rel = lambda p: os.path.relpath(p, ROOT)
@@ -352,6 +394,8 @@ def main():
                 print(f"  {rel(a)} -> {rel(b)}: {', '.join(sorted(names))}")
     for n, f in sorted(long_files, reverse=True):
         print(f"over {MAX_LINES} lines: {f} ({n})")
+    if "--report" in sys.argv:
+        report(all_files, rel)
     print(
         f"shape: {len(all_files)} source files, {len(found)} import circles, "
         f"{len(long_files)} files over {MAX_LINES} lines"

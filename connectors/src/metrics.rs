@@ -213,7 +213,7 @@ impl Metrics {
             ),
             rule_store_corrupt: counter(
                 "weir_rule_store_corrupt_lines_total",
-                "Lines of the rule journal that could not be read at start: rule changes lost to a damaged file.",
+                "Lines of the store's journal that could not be read at start: changes of rules, connections or tokens lost to a damaged file.",
             ),
             broker_state_corrupt: counter(
                 "weir_broker_state_corrupt_files_total",
