@@ -24,6 +24,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked
+  # nextest runs no doc tests: the examples of docs/extending.md and the crate docs.
+  cargo test --workspace --doc --locked
 else
   cargo test --workspace --locked
 fi
