@@ -74,22 +74,7 @@ pub async fn serve(
     // Subscribed before anything reads the store: no change made meanwhile is missed.
     let feed = store.subscribe();
     metrics.rule_store_corrupt.inc_by(store.corrupt());
-    let state = Arc::new(AppState {
-        rules: Arc::new(
-            RuleService::open(
-                Engine::new(),
-                pipeline.clone(),
-                store.clone(),
-                settings.pipeline.max_rules,
-            )
-            .await?,
-        ),
-        auth: Arc::new(
-            Auth::open(&settings.auth, &settings.storage.data_dir, store.clone()).await?,
-        ),
-        ready: Default::default(),
-        browsers: settings.http.browsers.clone(),
-    });
+    let state = services(&settings, &pipeline, &store).await?;
     let http_addr = listeners.http.local_addr()?;
     let http = Http::start(listeners.http, state.clone(), &settings.http)?;
     let started = async {
@@ -126,6 +111,29 @@ pub async fn serve(
     publisher_stop.cancel();
     tracing::info!("weir stopped");
     Ok(())
+}
+
+/// What the API serves: the rule service and the authenticator, each with its copy of
+/// the store's objects.
+async fn services(
+    settings: &Settings,
+    pipeline: &Arc<Pipeline>,
+    store: &Store,
+) -> anyhow::Result<Arc<AppState>> {
+    let rules = RuleService::open(
+        Engine::new(),
+        pipeline.clone(),
+        store.clone(),
+        settings.pipeline.max_rules,
+    )
+    .await?;
+    let auth = Auth::open(&settings.auth, &settings.storage.data_dir, store.clone()).await?;
+    Ok(Arc::new(AppState {
+        rules: Arc::new(rules),
+        auth: Arc::new(auth),
+        ready: Default::default(),
+        browsers: settings.http.browsers.clone(),
+    }))
 }
 
 /// The operator's policy on inline destinations, with the addresses weir listens on.
