@@ -172,7 +172,7 @@ impl RuleService {
             .map_err(RuleError::Store)?
             .filter(|v| named(name, v));
         let mut copy = self.connection_copy();
-        if copy.get(name).map(|c| c.version) == remote.as_ref().map(|c| c.version) {
+        if copy.get(name) == remote.as_ref() {
             return Ok(false);
         }
         copy.set(name, remote);

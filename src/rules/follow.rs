@@ -40,7 +40,9 @@ impl RuleService {
     async fn adopt(&self, rules: &mut Rules, name: &str, remote: Option<StoredRule>) {
         let local = rules.get(name).map(|r| r.version);
         match remote {
-            Some(rule) if Some(rule.version) != local => {
+            // The same version with other contents: deleted and made again elsewhere
+            // (versions count from 1 again).
+            Some(rule) if Some(rule.version) != local || rules.get(name) != Some(&rule) => {
                 rules.insert(name.to_owned(), rule.clone());
                 tracing::info!(
                     rule = name,

@@ -188,6 +188,33 @@ pub fn parse_rule_file(path: &Path, text: &str) -> anyhow::Result<(String, RuleS
 mod tests {
     use super::*;
 
+    /// A rule read back from the store is the rule written: the followers of the store's
+    /// feed compare them, and a difference would restart the rule after each change.
+    #[test]
+    fn a_stored_rule_reads_back_equal() {
+        let rule: StoredRule = serde_json::from_value(serde_json::json!({
+            "name": "r", "sql": "SELECT a, 1.50 AS b FROM 'x/#'", "source": "api",
+            "actions": [{"webhook": {"url": "https://h/", "headers": {"z": "1", "a": "2"}}}],
+            "error_action": {"republish": {"topic": "errors"}}, "enabled": false,
+            "description": "d", "sql_version": "2015-10-08", "created_at_ms": 1,
+            "updated_at_ms": 2, "version": 3,
+            "tests": [{"topic": "x/1", "payload": {"a": 1.5, "b": [1, {"c": null}]},
+                       "expect": [{"a": 1.5, "b": 1.50}]}]
+        }))
+        .unwrap();
+        let raw = serde_json::value::to_raw_value(&rule).unwrap();
+        let back: StoredRule = serde_json::from_str(raw.get()).unwrap();
+        assert_eq!(back, rule);
+        // As PostgreSQL's jsonb gives it back: keys reordered, spaces added.
+        let Value::Object(fields) = serde_json::from_str(raw.get()).unwrap() else {
+            panic!("a rule is an object")
+        };
+        let reversed: serde_json::Map<String, Value> = fields.into_iter().rev().collect();
+        let reordered = serde_json::to_string_pretty(&reversed).unwrap();
+        let back: StoredRule = serde_json::from_str(&reordered).unwrap();
+        assert_eq!(back, rule);
+    }
+
     #[test]
     fn rule_files() {
         let text = "-- description: hot\n-- action: {\"republish\": {\"topic\": \"x\"}}\n-- enabled: false\nSELECT * FROM 'a'\n";

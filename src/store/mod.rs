@@ -9,10 +9,14 @@
 //! Writes are optimistic: a write names the version it replaces ([`Expect`]) and is refused
 //! with [`StoreError::Conflict`] when the store holds another, so two replicas changing
 //! one object at once cannot lose either change unseen. Every change, whoever made it, is
-//! announced on one feed ([`Store::subscribe`]); [`follow::follow`] hands each change to the
-//! part of weir that keeps that kind running, which brings what runs
-//! here in step with the store ([`follow::Follower`]). A replica follows the one feed; a store of files announces
-//! the changes of its own process.
+//! announced on one feed ([`Store::subscribe`]); [`follow::follow`] hands each change to
+//! the part of weir that keeps that kind running ([`follow::Follower`]), which brings what
+//! runs here in step with the store. A replica follows the one feed; a store of files
+//! announces the changes of its own process.
+//!
+//! Also here: `backend.rs` (the trait and what it keeps), `journal.rs` (JSON-line
+//! journals read back after a crash), `legacy.rs` (an earlier weir's files, read once),
+//! `name.rs` (the names objects go by).
 //!
 //! The service layers on top keep their own parsed copy of their kind (the rule service
 //! its rules and connections, the authenticator its tokens); the store is the truth they
