@@ -24,6 +24,30 @@ use serde_json::value::RawValue;
 use super::backend::Kind;
 use super::journal::{read_if_there, replay_journal};
 
+/// The files an earlier weir kept its objects in.
+pub const FILES: [&str; 4] = [
+    "rules.json",
+    "rules.journal",
+    "connections.json",
+    "tokens.json",
+];
+
+/// An earlier weir's files beside a store that has its own (written by an earlier weir
+/// started on the directory after this one): not read, and said so.
+pub fn warn_if_left(data_dir: &Path) {
+    let left: Vec<&str> = FILES
+        .into_iter()
+        .filter(|f| data_dir.join(f).exists())
+        .collect();
+    if !left.is_empty() {
+        tracing::warn!(
+            files = ?left,
+            dir = %data_dir.display(),
+            "files of an earlier weir beside the store are not read: the store was made from them before, or after them; move them away to silence this"
+        );
+    }
+}
+
 /// What an earlier weir's files held.
 #[derive(Default)]
 pub struct Imported {

@@ -111,6 +111,7 @@ impl Local {
             }
             imported.corrupt
         } else {
+            legacy::warn_if_left(data_dir);
             files.read()?
         };
         Ok(Self {
