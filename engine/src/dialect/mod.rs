@@ -50,10 +50,10 @@ pub use error::{CallError, SqlError};
 pub use variables::Variable;
 pub use version::SqlVersion;
 
-use crate::engine::Engine;
 use crate::fields::FieldTree;
 use crate::meta::MetaNeeds;
 use ast::{default_name, field_path};
+use datafusion::execution::SessionState;
 use rewrite::{desugar, read_null_flagged, rewrite};
 use tokens::{take_select_value, take_set_clause, take_topic_filter, undefined_as_unknown};
 use variables::substitute_variables;
@@ -99,7 +99,11 @@ pub struct ParsedExpr {
 }
 
 /// Parses, validates and rewrites a rule.
-pub fn parse_rule(engine: &Engine, sql: &str, version: SqlVersion) -> Result<ParsedRule, SqlError> {
+pub fn parse_rule(
+    state: &SessionState,
+    sql: &str,
+    version: SqlVersion,
+) -> Result<ParsedRule, SqlError> {
     limits::check_text(sql)?;
     let dialect = GenericDialect {};
     let mut tokens = Tokenizer::new(&dialect, sql)
@@ -217,7 +221,7 @@ pub fn parse_rule(engine: &Engine, sql: &str, version: SqlVersion) -> Result<Par
         limits::check(&col.expr)?;
         version::apply(&mut col.expr, version)?;
         rewrite(
-            engine,
+            state,
             &mut col.expr,
             &rule.variables,
             &mut fields,
@@ -233,7 +237,7 @@ pub fn parse_rule(engine: &Engine, sql: &str, version: SqlVersion) -> Result<Par
     if let Some(cond) = &mut rule.condition {
         limits::check(cond)?;
         version::apply(cond, version)?;
-        rewrite(engine, cond, &rule.variables, &mut fields, &mut needs)?;
+        rewrite(state, cond, &rule.variables, &mut fields, &mut needs)?;
     }
     // A SET variable's comparisons with null, though no expression may use it.
     read_null_flagged(&mut fields, &needs);
@@ -262,7 +266,7 @@ pub fn topic_filter_of(sql: &str) -> Result<String, SqlError> {
 /// Parses and rewrites a standalone expression, such as the inside of `${...}`, which may
 /// use the rule's SET variables.
 pub fn parse_expr(
-    engine: &Engine,
+    state: &SessionState,
     text: &str,
     variables: &[Variable],
     version: SqlVersion,
@@ -288,7 +292,7 @@ pub fn parse_expr(
     let mut needs = MetaNeeds::default();
     limits::check(&expr)?;
     version::apply(&mut expr, version)?;
-    rewrite(engine, &mut expr, variables, &mut fields, &mut needs)?;
+    rewrite(state, &mut expr, variables, &mut fields, &mut needs)?;
     Ok(ParsedExpr {
         expr,
         fields,
@@ -302,7 +306,7 @@ mod tests {
     use crate::meta;
 
     fn parse(sql: &str) -> Result<ParsedRule, SqlError> {
-        parse_rule(&Engine::new(), sql, SqlVersion::default())
+        parse_rule(crate::Engine::new().state(), sql, SqlVersion::default())
     }
 
     /// The walkthrough rule, as shipped.

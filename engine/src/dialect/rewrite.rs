@@ -16,9 +16,9 @@ use datafusion::sql::sqlparser::ast::{
 use super::ast::{call, done};
 use super::variables::{Variable, substitute_variables};
 use super::{SqlError, functions, limits, nested};
-use crate::engine::Engine;
 use crate::fields::FieldTree;
 use crate::meta::{self, MetaNeeds};
+use datafusion::execution::SessionState;
 
 /// A member access chain as DataFusion takes it: AWS indexes arrays from 0 (`a[0]`),
 /// DataFusion from 1; `a[1].b` takes the field as `['b']`.
@@ -81,7 +81,7 @@ pub(super) fn desugar(expr: &mut Expr) -> Result<(), SqlError> {
 /// `SET` variables, functions; refuses what a rule cannot do, and collects the payload
 /// fields and metadata columns it reads.
 pub(super) fn rewrite(
-    engine: &Engine,
+    state: &SessionState,
     expr: &mut Expr,
     variables: &[Variable],
     fields: &mut FieldTree,
@@ -178,7 +178,6 @@ pub(super) fn rewrite(
     });
 
     // Every function call becomes what the function is in weir (see `functions`).
-    let state = engine.state();
     let outcome = visit_expressions_mut(expr, |e| {
         let span = e.span();
         let Expr::Function(f) = &*e else {

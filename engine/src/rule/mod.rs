@@ -122,12 +122,12 @@ impl Rule {
         sql: &str,
         template_exprs: &[String],
     ) -> Result<Self, SqlError> {
-        let parsed = dialect::parse_rule(engine, sql, version)?;
+        let parsed = dialect::parse_rule(engine.state(), sql, version)?;
         let mut fields = parsed.fields.clone();
         let mut meta = parsed.meta.clone();
         let mut templates = Vec::with_capacity(template_exprs.len());
         for text in template_exprs {
-            let e = dialect::parse_expr(engine, text, &parsed.variables, version).map_err(
+            let e = dialect::parse_expr(engine.state(), text, &parsed.variables, version).map_err(
                 |mut e| {
                     e.message = format!("in template expression '${{{text}}}': {}", e.message);
                     e.line = None;
