@@ -8,7 +8,9 @@ source file over 600 lines. `scripts/test.sh` runs it first; run it alone with
 
 An import is a `use` of `crate::`, `super::` or `self::` (or of a child module by its
 name), or such a path written inline (`crate::config::Settings`): the file that uses it
-depends on the file that defines the name. A name a module only re-exports (`pub use
+depends on the file that defines the name. A module reached through another imported as a
+name (`use crate::dialect;` then `dialect::functions::udfs()`) is a name of that module's
+file too. A name a module only re-exports (`pub use
 child::Name`) is followed to the file that defines it. `mod child;` is not an import.
 Files A and B are in a circle when each depends on the other, through any chain.
 
@@ -279,6 +281,11 @@ def analyse(crate, codes, edges):
             segs = [s.strip() for s in m.group(1).split("::")]
             if segs[0] in aliases:
                 target = aliases[segs[0]] + segs[1:]
+                # `use crate::dialect;` then `dialect::functions::...`: the module
+                # `functions` is a name the file of `dialect` declares.
+                parent = tuple(aliases[segs[0]])
+                if parent + (segs[1],) in crate.modules and crate.modules[parent] != f:
+                    edges.setdefault((f, crate.modules[parent]), set()).add(segs[1])
             else:
                 target = absolute(mp, segs)
             if target is None:
