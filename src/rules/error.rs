@@ -4,7 +4,7 @@
 use weir_connectors::delivery::ConfigError;
 use weir_engine::{Classify, ErrorClass, SqlError};
 
-use crate::store::{NameError, StoreError};
+use crate::store::NameError;
 
 /// Why a rule change was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,17 +66,6 @@ impl RuleError {
         match e {
             ConfigError::NotAllowed { .. } => Self::NotAllowed { context, message },
             _ => Self::Action { context, message },
-        }
-    }
-}
-
-impl From<StoreError> for RuleError {
-    /// A conflict is the caller's to handle (it tries again over the newer version); this
-    /// is what is left when it gives up.
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict { name, .. } => Self::Conflict(name),
-            StoreError::Failed(e) => Self::Store(e),
         }
     }
 }
