@@ -86,7 +86,7 @@ impl Store {
     }
 
     /// Every object of a kind that parses as `T`; one that does not (written by hand, or
-    /// by a newer weir) is skipped and logged.
+    /// by a newer weir), or whose name is not a name, is skipped and logged.
     pub async fn list<T: DeserializeOwned>(
         &self,
         kind: Kind,
@@ -140,7 +140,15 @@ impl Store {
     }
 }
 
+/// The object as `T`; `None` (logged) when it does not parse, or its name is not one an
+/// object may have (a row written by hand, a file edited: the name becomes a path of the
+/// API and a label of the metrics).
 fn parse<T: DeserializeOwned>(kind: Kind, o: Object) -> Option<(String, Versioned<T>)> {
+    if let Err(e) = validate_name(kind, &o.name) {
+        let shown: String = o.name.chars().take(64).collect();
+        tracing::error!(kind = %kind, name = %shown, error = %e, "a stored object has a name no object may have: skipped");
+        return None;
+    }
     match serde_json::from_str::<T>(o.body.get()) {
         Ok(value) => Some((
             o.name,

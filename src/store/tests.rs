@@ -325,6 +325,26 @@ async fn a_torn_or_damaged_journal_loses_only_the_changes_it_damaged() {
     );
 }
 
+/// A name no object may have (a journal edited by hand) is not served: the object is
+/// skipped, however long or strange the name.
+#[tokio::test]
+async fn an_object_with_a_name_that_is_not_one_is_skipped() {
+    let h = Files(tempfile::tempdir().unwrap());
+    let long = "x".repeat(100_000);
+    let mut lines = String::new();
+    for name in ["good", "a b", "../up", "", long.as_str()] {
+        let line =
+            json!({"put": {"kind": "rule", "name": name, "version": 1, "body": {"name": name}}});
+        lines.push_str(&format!("{line}\n"));
+    }
+    std::fs::write(h.0.path().join(JOURNAL), lines).unwrap();
+    let s = h.open().await;
+    let listed = s.list::<Value>(Kind::Rule).await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["good"]);
+    assert!(s.get::<Value>(Kind::Rule, "a b").await.unwrap().is_none());
+}
+
 /// A journal that cannot be written refuses the change, and memory stays what the disk
 /// holds; once the disk recovers, the next change writes a whole snapshot.
 #[tokio::test]
