@@ -651,6 +651,11 @@ async fn a_taken_port_is_a_one_line_error_naming_the_setting() {
         "{stderr}"
     );
     assert!(last.contains("in use"), "{stderr}");
+    assert_eq!(
+        last.matches("in use").count(),
+        1,
+        "the reason said once: {stderr}"
+    );
 }
 
 #[tokio::test]

@@ -7,15 +7,16 @@ use tokio::net::TcpListener;
 
 use crate::config::Settings;
 
-/// A listener could not be opened. Printed as one line that names the setting to change.
+/// A listener could not be opened. Printed as one line that names the setting to change
+/// (the system's reason is in it, not chained after it, so that it is said once).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} for {what}: {source} (change it with {flag} or {env})")]
+#[error("cannot listen on {addr} for {what}: {reason} (change it with {flag} or {env})")]
 pub struct BindError {
     pub addr: SocketAddr,
     pub what: &'static str,
     pub flag: &'static str,
     pub env: &'static str,
-    pub source: std::io::Error,
+    pub reason: std::io::Error,
 }
 
 async fn bind(
@@ -24,12 +25,12 @@ async fn bind(
     flag: &'static str,
     env: &'static str,
 ) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError {
+    TcpListener::bind(addr).await.map_err(|reason| BindError {
         addr,
         what,
         flag,
         env,
-        source,
+        reason,
     })
 }
 
