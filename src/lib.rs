@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod private_file;
 pub mod rules;
 pub mod serve;
+pub mod shadow;
 pub mod store;
 pub mod tls;
 

@@ -99,6 +99,12 @@ pub struct Metrics {
     pub action_buffered_bytes: IntGaugeVec,
     /// Outputs in an action's disk buffer, not yet delivered.
     pub action_buffered: IntGaugeVec,
+    /// Device shadow requests, by operation and outcome.
+    pub shadow_requests: IntCounterVec,
+    /// Time from a shadow request's arrival to its answers' publication.
+    pub shadow_latency: HistogramVec,
+    /// Shadows held (and deleted shadows' tombstones, kept 48 hours).
+    pub shadow_documents: IntGauge,
 }
 
 impl Metrics {
@@ -303,6 +309,20 @@ impl Metrics {
             action_buffered: gauge(
                 "weir_action_buffered",
                 "Outputs in an action's disk buffer, not yet delivered.",
+            ),
+            shadow_requests: vec(
+                "weir_shadow_requests_total",
+                "Device shadow requests (MQTT and HTTP), by op (update, get, delete) and outcome (accepted, invalid, not_found, conflict, too_large, throttled, failed).",
+                &["op", "outcome"],
+            ),
+            shadow_latency: histogram(
+                "weir_shadow_request_seconds",
+                "Time from a device shadow request's arrival to its answers being published (the change synced to disk first).",
+                &["op"],
+            ),
+            shadow_documents: plain_gauge(
+                "weir_shadow_documents",
+                "Device shadows weir holds, with deleted shadows' tombstones (kept 48 hours).",
             ),
             registry,
         }

@@ -1,5 +1,5 @@
-//! The HTTP API: rules CRUD, enable/disable, the rule test endpoint, tokens, metrics,
-//! health, readiness and the OpenAPI document. Handlers only translate HTTP: every rule
+//! The HTTP API: rules CRUD, enable/disable, the rule test endpoint, tokens, device
+//! shadows, metrics, health, readiness and the OpenAPI document. Handlers only translate HTTP: every rule
 //! change goes through the [`RuleService`], every error is an [`ApiError`]. Every `/v1`
 //! request is authorised first ([`authorize`]): a bearer token whose role may do it.
 
@@ -8,6 +8,7 @@ mod error;
 mod guards;
 mod rules;
 pub mod server;
+mod shadows;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -46,6 +47,13 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(connections::put)
                 .delete(connections::delete),
         )
+        .route(
+            "/v1/things/{thing}/shadow",
+            get(shadows::get)
+                .post(shadows::update)
+                .delete(shadows::delete),
+        )
+        .route("/v1/things/{thing}/shadows", get(shadows::list))
         .route("/metrics", get(metrics))
         .route(
             "/healthz",

@@ -7,11 +7,13 @@ use super::error::ApiError;
 use crate::auth::Auth;
 use crate::config::Browsers;
 use crate::rules::RuleService;
+use crate::shadow::Shadows;
 
 /// Shared state of the API handlers.
 pub struct AppState {
     pub rules: Arc<RuleService>,
     pub auth: Arc<Auth>,
+    pub shadows: Arc<Shadows>,
     /// Whether weir serves traffic: false while it starts (rules load) and once it stops.
     pub ready: AtomicBool,
     /// Which browser pages and host names may call `/v1` and `/metrics`.

@@ -46,7 +46,20 @@ async fn readiness_follows_the_service() {
         admin_token: crate::config::AdminToken::DataDir,
         metrics: false,
     };
+    let shadows = crate::shadow::Shadows::start(
+        &crate::config::ShadowSettings {
+            max_bytes: 8192,
+            max_shadows: 10,
+            cache_bytes: 1 << 20,
+        },
+        tmp.path(),
+        &pipeline,
+        true,
+        Default::default(),
+    )
+    .unwrap();
     let state = Arc::new(AppState {
+        shadows,
         rules: Arc::new(
             RuleService::open(weir_engine::Engine::new(), pipeline, store.clone(), 1000)
                 .await

@@ -15,6 +15,7 @@ use super::mqtt::MqttArgs;
 use super::pipeline::PipelineArgs;
 use super::policy::PolicyArgs;
 use super::runtime::RuntimeArgs;
+use super::shadows::ShadowArgs;
 use super::storage::StorageArgs;
 
 #[derive(Debug, Parser)]
@@ -60,6 +61,8 @@ pub struct ServeArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub shadows: ShadowArgs,
     /// Named connections, in the config file only: `[connections.<name>.<kind>]` tables
     /// (see docs/security.md). They replace stored connections of the same name at start.
     #[arg(skip)]

@@ -13,7 +13,8 @@
 //! * `ingress.rs`: an external broker, the fleet's session takeover, Kafka sources;
 //! * `pipeline.rs`: batches, budgets, action queues;
 //! * `policy.rs`: what rules' inline destinations may reach;
-//! * `runtime.rs`: threads and logs.
+//! * `runtime.rs`: threads and logs;
+//! * `shadows.rs`: device shadows' limits.
 //!
 //! [`args`] holds the command line that gathers the sections, `values.rs` the checks they
 //! share.
@@ -27,6 +28,7 @@ mod mqtt;
 mod pipeline;
 mod policy;
 mod runtime;
+mod shadows;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -43,6 +45,7 @@ pub use mqtt::{MqttSettings, MqttTlsSettings};
 pub use pipeline::PipelineSettings;
 pub use policy::PolicySettings;
 pub use runtime::RuntimeSettings;
+pub use shadows::ShadowSettings;
 pub use storage::StorageSettings;
 
 /// The settings weir runs on, checked and resolved, section by section.
@@ -56,6 +59,7 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     pub policy: PolicySettings,
     pub runtime: RuntimeSettings,
+    pub shadows: ShadowSettings,
     /// The config file's connections.
     pub connections: BTreeMap<String, FileConnection>,
 }
@@ -72,6 +76,7 @@ impl Settings {
             ingress: args.ingress.resolve()?,
             pipeline: args.pipeline.resolve()?,
             runtime: args.runtime.resolve()?,
+            shadows: args.shadows.resolve()?,
             connections: args.connections.clone(),
             storage,
         })

@@ -167,6 +167,8 @@ fn the_shipped_example_config_parses_and_flags_win() {
     );
     assert_eq!(s.policy.kafka_properties, ["ssl.ca.location"]);
     assert_eq!(s.mqtt.limits.max_subscriptions, 100);
+    assert_eq!(s.shadows.max_bytes, 8192);
+    assert_eq!(s.shadows.max_shadows, 1_000_000);
     let names: Vec<&String> = s.connections.keys().collect();
     assert_eq!(names, ["events", "lake"]);
     for c in s.connections.values() {
@@ -285,4 +287,24 @@ fn layers_are_defaults_file_environment_flags() {
             "{text}: {err}"
         );
     }
+}
+
+#[test]
+fn shadow_limits_are_held_to_their_bounds() {
+    let s = Settings::resolve(&parse(&[])).unwrap();
+    assert_eq!(
+        (
+            s.shadows.max_bytes,
+            s.shadows.max_shadows,
+            s.shadows.cache_bytes
+        ),
+        (8192, 1_000_000, 32 << 20)
+    );
+    let err = |args: &[&str]| Settings::resolve(&parse(args)).unwrap_err().to_string();
+    assert!(err(&["--shadow-max-bytes", "30721"]).contains("at most 30720"));
+    assert!(err(&["--shadow-max-bytes", "0"]).contains("--shadow-max-bytes"));
+    assert!(err(&["--max-shadows", "0"]).contains("--max-shadows"));
+    assert!(err(&["--shadow-cache-bytes", "1000"]).contains("at least 1048576"));
+    let s = Settings::resolve(&parse(&["--shadow-max-bytes", "30720"])).unwrap();
+    assert_eq!(s.shadows.max_bytes, 30720);
 }

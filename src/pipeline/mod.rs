@@ -144,8 +144,19 @@ impl RunningRule {
     }
 }
 
+/// A service of weir's own that takes the messages published on some topics, beside
+/// the rules (the device shadows' requests): the filters it reads (for an external
+/// broker's subscription), a test of a topic, and its queue.
+pub struct Service {
+    pub filters: &'static [&'static str],
+    pub wants: fn(&str) -> bool,
+    pub tx: mpsc::Sender<Arc<Message>>,
+}
+
 pub struct Pipeline {
     metrics: Arc<Metrics>,
+    /// The service taking some topics' messages, once one is attached.
+    service: std::sync::OnceLock<Service>,
     publisher: Publisher,
     http: reqwest::Client,
     /// The client of webhooks through named connections: the operator's, unfiltered.
@@ -192,11 +203,38 @@ impl Pipeline {
             trusted_policy: Arc::new(Policy::allow_all()),
             settings,
             external,
+            service: Default::default(),
             running: Mutex::new(HashMap::new()),
             routes: RwLock::new(Arc::new(Routes::default())),
             tasks: TaskTracker::new(),
             stop: Default::default(),
         })
+    }
+
+    /// Attaches the service that takes the messages of its topics (once; later calls are
+    /// ignored), and tells an external broker to send them.
+    pub fn attach(&self, service: Service) {
+        if self.service.set(service).is_ok() {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            self.publish_routes(&running);
+        }
+    }
+
+    /// The publisher republished messages (and the attached service's answers) go out on.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Routes a message weir made itself (a shadow's answer on the embedded broker) to the
+    /// rules that read its topic, as a device's message is.
+    pub async fn route_own(&self, msg: Message) {
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut targets = Vec::new();
+        self.route_one(&routes, msg, &mut targets).await;
     }
 
     /// What inline destinations may reach.
@@ -407,6 +445,7 @@ impl Pipeline {
         let routes = Routes::new(running.values());
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
         if let Some(ext) = &self.external {
+            let service = self.service.get().map_or(&[][..], |s| s.filters);
             let filters: BTreeSet<String> = running
                 .values()
                 .flat_map(|r| {
@@ -415,6 +454,7 @@ impl Pipeline {
                         weir_engine::topic::basic_ingest_filter(&r.name, &r.filter),
                     ]
                 })
+                .chain(service.iter().map(|f| (*f).to_owned()))
                 .collect();
             ext.set_filters(filters);
         }
@@ -448,11 +488,17 @@ impl Pipeline {
         targets: &mut Vec<usize>,
     ) {
         routes.targets(&mut msg, targets);
-        if targets.is_empty() {
+        let service = self.service.get().filter(|s| (s.wants)(&msg.topic));
+        if targets.is_empty() && service.is_none() {
             self.metrics.ingress_unmatched.inc();
             return;
         }
         let msg = Arc::new(msg);
+        if let Some(s) = service
+            && s.tx.send(msg.clone()).await.is_err()
+        {
+            tracing::debug!(topic = %msg.topic, "the service of this topic has stopped");
+        }
         for &i in targets.iter() {
             let rule = &routes.rules[i];
             if rule.sender(self).send(msg.clone()).await.is_err() {

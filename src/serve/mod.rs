@@ -30,6 +30,7 @@ use crate::config::Settings;
 use crate::fleet::pg::Target;
 use crate::pipeline::{BatchSettings, Pipeline};
 use crate::rules::RuleService;
+use crate::shadow::Shadows;
 use crate::store::{self, Store};
 use http::Http;
 use ingress::Ingress;
@@ -74,7 +75,7 @@ pub async fn serve(
     // Subscribed before anything reads the store: no change made meanwhile is missed.
     let feed = store.subscribe();
     metrics.rule_store_corrupt.inc_by(store.corrupt());
-    let state = services(&settings, &pipeline, &store).await?;
+    let state = services(&settings, &pipeline, &store, &shutdown).await?;
     let http_addr = listeners.http.local_addr()?;
     let http = Http::start(listeners.http, state.clone(), &settings.http)?;
     let started = async {
@@ -114,11 +115,12 @@ pub async fn serve(
 }
 
 /// What the API serves: the rule service and the authenticator, each with its copy of
-/// the store's objects.
+/// the store's objects, and the device shadows.
 async fn services(
     settings: &Settings,
     pipeline: &Arc<Pipeline>,
     store: &Store,
+    stop: &CancellationToken,
 ) -> anyhow::Result<Arc<AppState>> {
     let rules = RuleService::open(
         Engine::new(),
@@ -128,9 +130,17 @@ async fn services(
     )
     .await?;
     let auth = Auth::open(&settings.auth, &settings.storage.data_dir, store.clone()).await?;
+    let shadows = Shadows::start(
+        &settings.shadows,
+        &settings.storage.data_dir,
+        pipeline,
+        settings.ingress.broker.is_none(),
+        stop.clone(),
+    )?;
     Ok(Arc::new(AppState {
         rules: Arc::new(rules),
         auth: Arc::new(auth),
+        shadows,
         ready: Default::default(),
         browsers: settings.http.browsers.clone(),
     }))

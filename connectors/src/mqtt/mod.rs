@@ -9,7 +9,7 @@ pub mod embedded;
 pub mod external;
 mod packets;
 
-use rumqttc::mqttbytes::QoS;
+pub use rumqttc::mqttbytes::QoS;
 
 pub use embedded::Broker;
 pub use external::{
