@@ -53,10 +53,12 @@ async fn readiness_follows_the_service() {
             cache_bytes: 1 << 20,
         },
         tmp.path(),
+        None,
         &pipeline,
         true,
         Default::default(),
     )
+    .await
     .unwrap();
     let state = Arc::new(AppState {
         shadows,

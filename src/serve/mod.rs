@@ -133,10 +133,12 @@ async fn services(
     let shadows = Shadows::start(
         &settings.shadows,
         &settings.storage.data_dir,
+        settings.storage.rule_store.as_deref(),
         pipeline,
         settings.ingress.broker.is_none(),
         stop.clone(),
-    )?;
+    )
+    .await?;
     Ok(Arc::new(AppState {
         rules: Arc::new(rules),
         auth: Arc::new(auth),

@@ -5,9 +5,12 @@
 //! * `topic.rs`: which shadow a topic names, and where its answers go;
 //! * `request.rs`: a request's payload checked, and AWS's error codes and texts;
 //! * `document.rs`: what requests do to a document (merge, metadata, versions, delta);
-//! * `store.rs`: shadows on disk, synced before an answer leaves;
-//! * `service.rs`: the worker that applies requests in batches and publishes the answers.
+//! * `store/`: where shadows are kept (this replica's disk, or the fleet's PostgreSQL),
+//!   synced before an answer leaves;
+//! * `batch.rs`: a batch of requests applied to its shadows and committed;
+//! * `service.rs`: the worker that takes requests in batches and publishes the answers.
 
+mod batch;
 pub mod document;
 pub mod request;
 mod service;
@@ -27,9 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ShadowSettings;
 use crate::pipeline::{Pipeline, Service};
+use batch::{Job, Reply};
 pub use request::ShadowError;
-use service::{Job, Reply, Worker};
-use store::ShadowStore;
+use service::Worker;
+use store::ShadowBackend;
 pub use topic::{Op, ShadowId};
 
 /// Requests queued for the worker, from MQTT and from HTTP each.
@@ -39,7 +43,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// The shadow service: its store, and the queue of the HTTP API's requests.
 pub struct Shadows {
-    store: Arc<ShadowStore>,
+    store: Arc<dyn ShadowBackend>,
     http: mpsc::Sender<Job>,
 }
 
@@ -51,19 +55,24 @@ pub struct Page {
 }
 
 impl Shadows {
-    /// Opens the store under `<data_dir>/shadows/`, attaches the service to the pipeline
-    /// (the request topics' messages come to it) and starts its worker.
-    pub fn start(
+    /// Opens the store (the fleet's PostgreSQL at `fleet`, or `<data_dir>/shadows/`),
+    /// attaches the service to the pipeline (the request topics' messages come to it) and
+    /// starts its worker.
+    pub async fn start(
         settings: &ShadowSettings,
         data_dir: &Path,
+        fleet: Option<&str>,
         pipeline: &Arc<Pipeline>,
         embedded: bool,
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let store = Arc::new(ShadowStore::open(
-            &data_dir.join("shadows"),
-            settings.cache_bytes,
-        )?);
+        let store: Arc<dyn ShadowBackend> = match fleet {
+            Some(url) => Arc::new(store::postgres::Postgres::open(url).await?),
+            None => Arc::new(store::local::Local::open(
+                &data_dir.join("shadows"),
+                settings.cache_bytes,
+            )?),
+        };
         let (mqtt_tx, mqtt_rx) = mpsc::channel(QUEUE);
         let (http_tx, http_rx) = mpsc::channel(QUEUE);
         pipeline.attach(Service {
@@ -120,14 +129,7 @@ impl Shadows {
         after: Option<String>,
         size: usize,
     ) -> Result<Page, ShadowError> {
-        let store = self.store.clone();
-        let thing = thing.to_owned();
-        let now = service::now_s();
-        let listed =
-            tokio::task::spawn_blocking(move || store.list(&thing, after.as_deref(), size, now))
-                .await
-                .map_err(|_| ShadowError::internal())?;
-        match listed {
+        match self.store.list(thing, after.as_deref(), size).await {
             Ok((names, more)) => {
                 let next = more.then(|| names.last().cloned()).flatten();
                 Ok(Page { names, next })
@@ -146,16 +148,14 @@ impl Shadows {
 }
 
 /// Forgets tombstones past their 48 hours, at start and then every hour.
-async fn sweep(store: Arc<ShadowStore>, stop: CancellationToken) {
+async fn sweep(store: Arc<dyn ShadowBackend>, stop: CancellationToken) {
     loop {
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.sweep(service::now_s())).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(tombstones = n, "deleted shadows forgotten after 48 hours"),
-            Ok(Err(e)) => {
+        match store.sweep(service::now_s()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tombstones = n, "deleted shadows forgotten after 48 hours"),
+            Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "sweeping shadow tombstones failed")
             }
-            Err(_) => {}
         }
         tokio::select! {
             _ = stop.cancelled() => return,

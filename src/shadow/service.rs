@@ -8,49 +8,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use weir_connectors::metrics::Metrics;
 use weir_connectors::mqtt::QoS;
 use weir_engine::{Ack, Message};
 
-use super::document::{self, Limits};
-use super::request::{self, ShadowError};
-use super::store::{ShadowStore, Writes};
-use super::topic::{Op, ShadowId};
+use super::batch::{self, Job, Reply, Rules};
+use super::document::Limits;
+use super::request::ShadowError;
+use super::store::ShadowBackend;
+use super::topic::ShadowId;
 use crate::pipeline::Pipeline;
 
 /// Most requests applied in one transaction.
 const BATCH: usize = 256;
 
-/// What a request came by, and where its answer goes.
-pub enum Reply {
-    /// A PUBLISH on a request topic: answers on `<topic>/<answer>`; acknowledged when
-    /// the message is let go of.
-    Mqtt(Arc<Message>),
-    /// An HTTP request: its answer, and its MQTT answers on the shadow's topics.
-    Http(oneshot::Sender<Result<Value, ShadowError>>),
-}
-
-/// One request.
-pub struct Job {
-    pub id: Result<ShadowId, ShadowError>,
-    pub op: Op,
-    pub payload: Bytes,
-    pub reply: Reply,
-    pub received: Instant,
-}
-
-/// A request's result: the messages it publishes (topic, answer) and what an HTTP caller
-/// gets.
-struct Done {
-    op: Op,
-    published: Vec<(String, Bytes)>,
-    result: Result<Value, ShadowError>,
-}
-
 pub struct Worker {
-    pub store: Arc<ShadowStore>,
+    pub store: Arc<dyn ShadowBackend>,
     pub pipeline: Arc<Pipeline>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -68,6 +42,13 @@ pub fn now_s() -> u64 {
 }
 
 impl Worker {
+    fn rules(&self) -> Rules {
+        Rules {
+            limits: self.limits,
+            max_shadows: self.max_shadows,
+        }
+    }
+
     /// Serves requests until both queues close.
     pub async fn run(self, mut mqtt: mpsc::Receiver<Arc<Message>>, mut http: mpsc::Receiver<Job>) {
         let mut msgs = Vec::new();
@@ -96,24 +77,12 @@ impl Worker {
             return;
         }
         let now = now_s();
-        let store = self.store.clone();
-        let (limits, max) = (self.limits, self.max_shadows);
-        let (jobs, results) = tokio::task::spawn_blocking(move || {
-            let results = store.write(|w| {
-                jobs.iter()
-                    .map(|j| apply(w, j, now, limits, max, store.count()))
-                    .collect::<anyhow::Result<Vec<_>>>()
-            });
-            (jobs, results)
-        })
-        .await
-        .expect("the shadow batch does not panic");
-        let done = match results {
+        let done = match batch::apply(&*self.store, &jobs, now, self.rules()).await {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "shadow requests failed: the store could not write them");
                 jobs.iter()
-                    .map(|j| failed(j, ShadowError::internal(), now))
+                    .map(|j| batch::failed(j, ShadowError::internal(), now))
                     .collect()
             }
         };
@@ -191,106 +160,4 @@ fn from_message(m: Arc<Message>) -> Job {
         reply: Reply::Mqtt(m),
         received: Instant::now(),
     }
-}
-
-/// Where a request's answers go: `<request topic>/<answer>`.
-fn answer_topic(job: &Job, answer: &str) -> String {
-    match (&job.reply, &job.id) {
-        (Reply::Mqtt(m), _) => format!("{}/{answer}", m.topic),
-        (Reply::Http(_), Ok(id)) => id.answer(job.op, answer),
-        (Reply::Http(_), Err(_)) => String::new(),
-    }
-}
-
-/// A request refused: its `/rejected` (MQTT only: an HTTP caller gets the error).
-fn failed(job: &Job, e: ShadowError, now: u64) -> Done {
-    let published = match &job.reply {
-        Reply::Mqtt(_) => vec![(
-            answer_topic(job, "rejected"),
-            bytes(&document::rejected(
-                &e,
-                now,
-                request::token_of(&job.payload).as_deref(),
-            )),
-        )],
-        Reply::Http(_) => Vec::new(),
-    };
-    Done {
-        op: job.op,
-        published,
-        result: Err(e),
-    }
-}
-
-/// One request applied in the batch's transaction; an error of the store fails the batch.
-fn apply(
-    w: &mut Writes<'_>,
-    job: &Job,
-    now: u64,
-    limits: Limits,
-    max_shadows: u64,
-    count: u64,
-) -> anyhow::Result<Done> {
-    let id = match &job.id {
-        Ok(id) => id,
-        Err(e) => return Ok(failed(job, e.clone(), now)),
-    };
-    let stored = w.get(id)?.filter(|r| !r.expired(now));
-    let result = match job.op {
-        Op::Get => request::parse_plain(&job.payload).and_then(|token| {
-            document::get(stored.as_ref(), id.shown(), now, token.as_deref())
-                .map(|doc| vec![(answer_topic(job, "accepted"), doc)])
-        }),
-        Op::Delete => {
-            let token = request::parse_plain(&job.payload).ok().flatten();
-            match document::delete(stored.as_ref(), id.shown(), now, token.as_deref()) {
-                Ok((tombstone, accepted)) => {
-                    w.put(id, &tombstone)?;
-                    Ok(vec![(answer_topic(job, "accepted"), accepted)])
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Op::Update => {
-            let updated = request::parse_update(&job.payload)
-                .and_then(|req| document::update(stored.as_ref(), &req, now, limits));
-            match updated {
-                Ok(_)
-                    if stored.is_none()
-                        && w.get(id)?.is_none()
-                        && count as i64 + w.added() >= max_shadows as i64 =>
-                {
-                    Err(ShadowError::new(
-                        429,
-                        "Too Many Requests: weir holds as many shadows as --max-shadows allows",
-                    ))
-                }
-                Ok(u) => {
-                    w.put(id, &u.record)?;
-                    let mut out = vec![(answer_topic(job, "accepted"), u.accepted)];
-                    if let Some(delta) = u.delta {
-                        out.push((answer_topic(job, "delta"), delta));
-                    }
-                    out.push((answer_topic(job, "documents"), u.documents));
-                    Ok(out)
-                }
-                Err(e) => Err(e),
-            }
-        }
-    };
-    Ok(match result {
-        Ok(mut answers) => {
-            let published = answers.iter().map(|(t, v)| (t.clone(), bytes(v))).collect();
-            Done {
-                op: job.op,
-                published,
-                result: Ok(answers.swap_remove(0).1),
-            }
-        }
-        Err(e) => failed(job, e, now),
-    })
-}
-
-fn bytes(v: &Value) -> Bytes {
-    Bytes::from(v.to_string())
 }

@@ -1,0 +1,309 @@
+//! Shadows on this replica's disk: `<data-dir>/shadows/shadows.redb`, a B-tree file whose
+//! transactions are synced when they commit, so a shadow's `/accepted` leaves only once a
+//! crash cannot take the change back. Memory is the file's page cache
+//! (`--shadow-cache-bytes`); everything else is read from disk, however many shadows
+//! exist.
+//!
+//! A key is `(thing, shadow)`, the classic shadow's name the empty string (no named shadow
+//! may have it); a value is a [`Record`] as JSON. redb is blocking: every call runs on a
+//! blocking thread.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use futures_util::future::BoxFuture;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{Expect, ShadowBackend, Write};
+use crate::shadow::document::Record;
+use crate::shadow::topic::ShadowId;
+
+const SHADOWS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("shadows");
+
+/// The file under `<data-dir>/shadows/`.
+pub const FILE: &str = "shadows.redb";
+
+pub struct Local {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    /// Records held: shadows and tombstones.
+    count: AtomicU64,
+}
+
+fn key(id: &ShadowId) -> (&str, &str) {
+    (&id.thing, id.name.as_deref().unwrap_or(""))
+}
+
+/// A record read back; a damaged one (edited by hand, or a bug of an earlier weir) is
+/// logged and read as absent, so that the shadow can be written again.
+fn decode(id: &ShadowId, bytes: &[u8]) -> Option<Record> {
+    match serde_json::from_slice(bytes) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(shadow = %id, error = %e, "a stored shadow cannot be read; it is treated as absent");
+            None
+        }
+    }
+}
+
+/// Runs blocking work of the store on a blocking thread.
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> BoxFuture<'static, anyhow::Result<T>> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .context("the shadow store's thread failed")?
+    })
+}
+
+impl Local {
+    /// Opens (or makes) the store under `dir`, with a page cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: usize) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the shadow directory {}", dir.display()))?;
+        let path = dir.join(FILE);
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .with_context(|| format!("cannot open the shadow store {}", path.display()))?;
+        let txn = db.begin_write()?;
+        let count = txn.open_table(SHADOWS)?.len()?;
+        txn.commit()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                count: AtomicU64::new(count),
+            }),
+        })
+    }
+}
+
+impl Inner {
+    fn load(&self, ids: &[ShadowId]) -> anyhow::Result<HashMap<ShadowId, Record>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SHADOWS)?;
+        let mut found = HashMap::new();
+        for id in ids {
+            if let Some(r) = table.get(key(id))?.and_then(|v| decode(id, v.value())) {
+                found.insert(id.clone(), r);
+            }
+        }
+        Ok(found)
+    }
+
+    fn commit(&self, writes: &[Write]) -> anyhow::Result<bool> {
+        let txn = self.db.begin_write()?;
+        let mut added = 0;
+        {
+            let mut table = txn.open_table(SHADOWS)?;
+            for w in writes {
+                let now = table
+                    .get(key(&w.id))?
+                    .and_then(|v| decode(&w.id, v.value()));
+                if Expect::of(now.as_ref()) != w.expect {
+                    // Only this process writes the file: the service's own mistake.
+                    drop(table);
+                    txn.abort()?;
+                    return Ok(false);
+                }
+                added += u64::from(now.is_none());
+                table.insert(key(&w.id), serde_json::to_vec(&w.record)?.as_slice())?;
+            }
+        }
+        txn.commit().context("cannot commit the shadow store")?;
+        self.count.fetch_add(added, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn list(
+        &self,
+        thing: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<String>, bool)> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SHADOWS)?;
+        let mut names = Vec::new();
+        for entry in table.range((thing, after.unwrap_or(""))..)? {
+            let (k, v) = entry?;
+            let (t, name) = k.value();
+            if t != thing {
+                break;
+            }
+            if name.is_empty() || Some(name) == after {
+                continue;
+            }
+            let id = ShadowId {
+                thing: thing.to_owned(),
+                name: Some(name.to_owned()),
+            };
+            if decode(&id, v.value()).is_some_and(|r| r.live()) {
+                if names.len() == limit {
+                    return Ok((names, true));
+                }
+                names.push(name.to_owned());
+            }
+        }
+        Ok((names, false))
+    }
+
+    fn sweep(&self, now: u64) -> anyhow::Result<u64> {
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut table = txn.open_table(SHADOWS)?;
+            let before = table.len()?;
+            table.retain(|_, v| {
+                serde_json::from_slice::<Record>(v).map_or(true, |r| !r.expired(now))
+            })?;
+            before - table.len()?
+        };
+        txn.commit()?;
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        Ok(removed)
+    }
+}
+
+impl ShadowBackend for Local {
+    fn load<'a>(
+        &'a self,
+        ids: &'a [ShadowId],
+    ) -> BoxFuture<'a, anyhow::Result<HashMap<ShadowId, Record>>> {
+        let (inner, ids) = (self.inner.clone(), ids.to_vec());
+        blocking(move || inner.load(&ids))
+    }
+
+    fn commit<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, anyhow::Result<bool>> {
+        let (inner, writes) = (self.inner.clone(), writes.to_vec());
+        blocking(move || inner.commit(&writes))
+    }
+
+    fn list<'a>(
+        &'a self,
+        thing: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, anyhow::Result<(Vec<String>, bool)>> {
+        let inner = self.inner.clone();
+        let (thing, after) = (thing.to_owned(), after.map(str::to_owned));
+        blocking(move || inner.list(&thing, after.as_deref(), limit))
+    }
+
+    fn sweep(&self, now: u64) -> BoxFuture<'_, anyhow::Result<u64>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.sweep(now))
+    }
+
+    fn count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(thing: &str, name: Option<&str>) -> ShadowId {
+        ShadowId::new(thing, name).unwrap()
+    }
+
+    fn record(version: u64, deleted_at: Option<u64>) -> Record {
+        Record {
+            version,
+            deleted_at,
+            ..Record::default()
+        }
+    }
+
+    fn write(id: ShadowId, expect: Expect, record: Record) -> Write {
+        Write { id, expect, record }
+    }
+
+    #[tokio::test]
+    async fn writes_are_kept_counted_and_listed_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Local::open(dir.path(), 1 << 20).unwrap();
+        let writes = [
+            write(id("lamp", None), Expect::Absent, record(1, None)),
+            write(id("lamp", Some("b")), Expect::Absent, record(1, None)),
+            write(id("lamp", Some("a")), Expect::Absent, record(3, None)),
+            write(
+                id("lamp", Some("gone")),
+                Expect::Absent,
+                record(2, Some(100)),
+            ),
+            write(id("lamp2", Some("x")), Expect::Absent, record(1, None)),
+        ];
+        assert!(store.commit(&writes).await.unwrap());
+        assert_eq!(store.count(), 5);
+        // A write over what is no longer there commits nothing of its batch.
+        let stale = [
+            write(id("lamp", Some("c")), Expect::Absent, record(1, None)),
+            write(
+                id("lamp", Some("a")),
+                Expect::Was {
+                    version: 2,
+                    live: true,
+                },
+                record(3, None),
+            ),
+        ];
+        assert!(!store.commit(&stale).await.unwrap());
+        let ids = [id("lamp", Some("c")), id("lamp", Some("a"))];
+        let loaded = store.load(&ids).await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[&ids[1]].version, 3);
+        drop(store);
+
+        let store = Local::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.count(), 5);
+        // Named shadows only, in order, without tombstones, a page at a time.
+        assert_eq!(
+            store.list("lamp", None, 10).await.unwrap(),
+            (vec!["a".to_owned(), "b".to_owned()], false)
+        );
+        assert_eq!(
+            store.list("lamp", None, 1).await.unwrap(),
+            (vec!["a".to_owned()], true)
+        );
+        assert_eq!(
+            store.list("lamp", Some("a"), 1).await.unwrap(),
+            (vec!["b".to_owned()], false)
+        );
+        assert!(store.list("nobody", None, 10).await.unwrap().0.is_empty());
+        // Tombstones go after 48 hours, and only they.
+        assert_eq!(store.sweep(100 + 3600).await.unwrap(), 0);
+        let later = 100 + crate::shadow::document::TOMBSTONE_SECS;
+        assert_eq!(store.sweep(later).await.unwrap(), 1);
+        assert_eq!(store.count(), 4);
+    }
+
+    #[test]
+    fn a_damaged_file_is_a_clear_error_and_a_damaged_record_reads_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), vec![0x5a; 8192]).unwrap();
+        let e = Local::open(dir.path(), 1 << 20)
+            .err()
+            .expect("garbage is refused");
+        assert!(
+            format!("{e:#}").contains("cannot open the shadow store"),
+            "{e:#}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Local::open(dir.path(), 1 << 20).unwrap();
+        let txn = store.inner.db.begin_write().unwrap();
+        txn.open_table(SHADOWS)
+            .unwrap()
+            .insert(("lamp", ""), b"{not json".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        assert!(store.inner.load(&[id("lamp", None)]).unwrap().is_empty());
+    }
+}

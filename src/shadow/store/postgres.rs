@@ -1,0 +1,231 @@
+//! Shadows in the fleet's PostgreSQL (`--rule-store postgres://...`): one table,
+//! `weir_shadows(thing, shadow, version, doc, updated_at)`, beside the rules. Every replica
+//! serves every shadow; a batch's writes are one transaction, each an `UPDATE ... WHERE
+//! version = <loaded>` (and the same liveness) or an insert that does nothing when the row
+//! exists, so two replicas cannot both accept version N: the one that lost commits nothing
+//! and runs its batch again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use futures_util::future::BoxFuture;
+use tokio_postgres::Client;
+
+use super::{Expect, ShadowBackend, Write};
+use crate::fleet::pg::{Target, redact_url};
+use crate::shadow::document::{Record, TOMBSTONE_SECS};
+use crate::shadow::topic::ShadowId;
+
+const SCHEMA: &str = "
+SELECT pg_advisory_xact_lock(7265697202);
+CREATE TABLE IF NOT EXISTS weir_shadows (
+    thing text NOT NULL,
+    shadow text NOT NULL,
+    version bigint NOT NULL,
+    doc jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (thing, shadow)
+);
+";
+
+pub struct Postgres {
+    target: Target,
+    shown: String,
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// Rows as of the last count, with this replica's inserts since.
+    count: AtomicU64,
+}
+
+async fn connect(target: &Target, shown: &str) -> anyhow::Result<Client> {
+    let (client, connection) = target
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the shadow store {shown}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "the shadow store's connection dropped");
+        }
+    });
+    Ok(client)
+}
+
+fn name(id: &ShadowId) -> &str {
+    id.name.as_deref().unwrap_or("")
+}
+
+async fn count(client: &Client) -> anyhow::Result<u64> {
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM weir_shadows", &[])
+        .await?
+        .get(0);
+    Ok(n as u64)
+}
+
+impl Postgres {
+    /// Connects and makes the table if it is not there.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let target = Target::parse(url).context("--rule-store")?;
+        let shown = redact_url(url);
+        let mut client = connect(&target, &shown).await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(SCHEMA)
+            .await
+            .context("cannot create the shadow store's table")?;
+        tx.commit().await?;
+        let n = count(&client).await?;
+        Ok(Self {
+            target,
+            shown,
+            client: tokio::sync::Mutex::new(Some(client)),
+            count: AtomicU64::new(n),
+        })
+    }
+
+    async fn client(&self) -> anyhow::Result<tokio::sync::MappedMutexGuard<'_, Client>> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            *guard = Some(connect(&self.target, &self.shown).await?);
+        }
+        Ok(tokio::sync::MutexGuard::map(guard, |c| {
+            c.as_mut().expect("connected above")
+        }))
+    }
+
+    async fn load_all(&self, ids: &[ShadowId]) -> anyhow::Result<HashMap<ShadowId, Record>> {
+        let things: Vec<&str> = ids.iter().map(|i| i.thing.as_str()).collect();
+        let names: Vec<&str> = ids.iter().map(name).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.thing, s.shadow, s.doc::text FROM weir_shadows s \
+                 JOIN unnest($1::text[], $2::text[]) AS k(thing, shadow) \
+                 ON s.thing = k.thing AND s.shadow = k.shadow",
+                &[&things, &names],
+            )
+            .await
+            .context("reading the shadow store")?;
+        let mut found = HashMap::new();
+        for r in rows {
+            let (thing, shadow, doc): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            let id = ShadowId {
+                thing,
+                name: (!shadow.is_empty()).then_some(shadow),
+            };
+            match serde_json::from_str::<Record>(&doc) {
+                Ok(record) => {
+                    found.insert(id, record);
+                }
+                Err(e) => {
+                    tracing::error!(shadow = %id, error = %e, "a stored shadow cannot be read; it is treated as absent")
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn commit_all(&self, writes: &[Write]) -> anyhow::Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut added = 0;
+        for w in writes {
+            let doc = serde_json::to_string(&w.record)?;
+            let version = w.record.version as i64;
+            let changed = match w.expect {
+                Expect::Absent => {
+                    added += 1;
+                    tx.execute(
+                        "INSERT INTO weir_shadows (thing, shadow, version, doc) \
+                         VALUES ($1, $2, $3, $4::text::jsonb) ON CONFLICT DO NOTHING",
+                        &[&w.id.thing, &name(&w.id), &version, &doc],
+                    )
+                    .await?
+                }
+                Expect::Was { version: old, live } => {
+                    tx.execute(
+                        "UPDATE weir_shadows SET version = $3, doc = $4::text::jsonb, updated_at = now() \
+                         WHERE thing = $1 AND shadow = $2 AND version = $5 \
+                         AND (doc ? 'deleted_at') = $6",
+                        &[&w.id.thing, &name(&w.id), &version, &doc, &(old as i64), &!live],
+                    )
+                    .await?
+                }
+            };
+            if changed == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        tx.commit()
+            .await
+            .context("cannot commit the shadow store")?;
+        self.count.fetch_add(added, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    async fn list_names(
+        &self,
+        thing: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<String>, bool)> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT shadow FROM weir_shadows WHERE thing = $1 AND shadow > $2 \
+                 AND NOT (doc ? 'deleted_at') ORDER BY shadow LIMIT $3",
+                &[&thing, &after.unwrap_or(""), &(limit as i64 + 1)],
+            )
+            .await
+            .context("reading the shadow store")?;
+        let mut names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let more = names.len() > limit;
+        names.truncate(limit);
+        Ok((names, more))
+    }
+
+    async fn sweep_old(&self, now: u64) -> anyhow::Result<u64> {
+        let client = self.client().await?;
+        let before = now.saturating_sub(TOMBSTONE_SECS) as i64;
+        let n = client
+            .execute(
+                "DELETE FROM weir_shadows WHERE doc ? 'deleted_at' \
+                 AND (doc->>'deleted_at')::bigint <= $1",
+                &[&before],
+            )
+            .await
+            .context("sweeping the shadow store")?;
+        self.count.store(count(&client).await?, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl ShadowBackend for Postgres {
+    fn load<'a>(
+        &'a self,
+        ids: &'a [ShadowId],
+    ) -> BoxFuture<'a, anyhow::Result<HashMap<ShadowId, Record>>> {
+        Box::pin(self.load_all(ids))
+    }
+
+    fn commit<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(self.commit_all(writes))
+    }
+
+    fn list<'a>(
+        &'a self,
+        thing: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, anyhow::Result<(Vec<String>, bool)>> {
+        Box::pin(self.list_names(thing, after, limit))
+    }
+
+    fn sweep(&self, now: u64) -> BoxFuture<'_, anyhow::Result<u64>> {
+        Box::pin(self.sweep_old(now))
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
