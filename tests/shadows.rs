@@ -506,3 +506,52 @@ async fn two_replicas_on_postgresql_never_accept_the_same_version_twice() {
         "22"
     );
 }
+
+#[tokio::test]
+async fn a_thing_asked_past_its_rate_is_told_too_many_requests() {
+    let dir = temp_dir("shadow-rate");
+    let weir = Weir::start(&dir, &["--shadow-requests-per-second-per-thing", "2"]).await;
+    let mut statuses = Vec::new();
+    for n in 0..10 {
+        let (status, body) = weir
+            .send_json(
+                Method::POST,
+                "/v1/things/chatty/shadow",
+                &json!({"state": {"reported": {"n": n}}}),
+            )
+            .await;
+        if status == 429 {
+            assert_eq!(body["error"]["message"], "Too Many Requests");
+        }
+        statuses.push(status.as_u16());
+    }
+    let accepted = statuses.iter().filter(|s| **s == 200).count();
+    assert!((2..=4).contains(&accepted), "{statuses:?}");
+    assert_eq!(
+        accepted + statuses.iter().filter(|s| **s == 429).count(),
+        10
+    );
+    // Another thing is not held back by this one.
+    let (status, _) = weir
+        .send_json(
+            Method::POST,
+            "/v1/things/quiet/shadow",
+            &json!({"state": {"reported": {"n": 1}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let throttled = weir
+        .metric(r#"weir_shadow_requests_total{op="update",outcome="throttled"}"#)
+        .await;
+    assert_eq!(throttled as usize, 10 - accepted);
+    // A second later the thing may ask again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, _) = weir
+        .send_json(
+            Method::POST,
+            "/v1/things/chatty/shadow",
+            &json!({"state": {"reported": {"n": 10}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+}

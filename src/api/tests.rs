@@ -51,6 +51,7 @@ async fn readiness_follows_the_service() {
             max_bytes: 8192,
             max_shadows: 10,
             cache_bytes: 1 << 20,
+            requests_per_second_per_thing: 20,
         },
         tmp.path(),
         None,

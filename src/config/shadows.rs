@@ -25,6 +25,10 @@ pub struct ShadowArgs {
     /// is read from disk [default: 33554432 (32 MiB)].
     #[arg(long, default_value_t = 32 << 20, hide_default_value = true)]
     pub shadow_cache_bytes: usize,
+    /// Requests a second one thing's shadows may take (a second's worth at once); past
+    /// it, 429 Too Many Requests. 0: no limit.
+    #[arg(long, default_value_t = 20)]
+    pub shadow_requests_per_second_per_thing: u32,
 }
 
 /// Device shadows' limits, resolved.
@@ -33,6 +37,7 @@ pub struct ShadowSettings {
     pub max_bytes: usize,
     pub max_shadows: usize,
     pub cache_bytes: usize,
+    pub requests_per_second_per_thing: u32,
 }
 
 impl ShadowArgs {
@@ -51,6 +56,7 @@ impl ShadowArgs {
             max_bytes,
             max_shadows: at_least_one("--max-shadows", self.max_shadows)?,
             cache_bytes: self.shadow_cache_bytes,
+            requests_per_second_per_thing: self.shadow_requests_per_second_per_thing,
         })
     }
 }

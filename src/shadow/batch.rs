@@ -54,15 +54,22 @@ pub struct Rules {
     pub max_shadows: u64,
 }
 
-/// Applies `jobs` at `now` and commits what they changed; an error of the store fails
-/// the whole batch, with nothing written.
+/// Applies `jobs` at `now` and commits what they changed; those `refused` names are
+/// refused with its error instead. An error of the store fails the whole batch, with
+/// nothing written.
 pub async fn apply(
     store: &dyn ShadowBackend,
     jobs: &[Job],
+    refused: &[Option<ShadowError>],
     now: u64,
     rules: Rules,
 ) -> anyhow::Result<Vec<Done>> {
-    let mut ids: Vec<ShadowId> = jobs.iter().filter_map(|j| j.id.clone().ok()).collect();
+    let mut ids: Vec<ShadowId> = jobs
+        .iter()
+        .zip(refused)
+        .filter(|(_, r)| r.is_none())
+        .filter_map(|(j, _)| j.id.clone().ok())
+        .collect();
     ids.sort();
     ids.dedup();
     for _ in 0..RACES {
@@ -75,7 +82,11 @@ pub async fn apply(
         };
         let done: Vec<Done> = jobs
             .iter()
-            .map(|j| batch.apply(j, now, rules.limits))
+            .zip(refused)
+            .map(|(j, refused)| match refused {
+                Some(e) => failed(j, e.clone(), now),
+                None => batch.apply(j, now, rules.limits),
+            })
             .collect();
         let writes: Vec<Write> = batch
             .changed

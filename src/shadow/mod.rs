@@ -8,6 +8,7 @@
 //! * `store/`: where shadows are kept (this replica's disk, or the fleet's PostgreSQL),
 //!   synced before an answer leaves;
 //! * `batch.rs`: a batch of requests applied to its shadows and committed;
+//! * `throttle.rs`: each thing's request rate;
 //! * `service.rs`: the worker that takes requests in batches and publishes the answers.
 
 mod batch;
@@ -17,6 +18,7 @@ mod service;
 pub mod store;
 #[cfg(test)]
 mod tests;
+mod throttle;
 pub mod topic;
 
 use std::path::Path;
@@ -91,6 +93,7 @@ impl Shadows {
             },
             max_shadows: settings.max_shadows as u64,
             embedded,
+            throttle: throttle::Throttle::new(settings.requests_per_second_per_thing),
         };
         tokio::spawn(worker.run(mqtt_rx, http_rx));
         tokio::spawn(sweep(store.clone(), stop));

@@ -17,6 +17,7 @@ use super::batch::{self, Job, Reply, Rules};
 use super::document::Limits;
 use super::request::ShadowError;
 use super::store::ShadowBackend;
+use super::throttle::{self, Throttle};
 use super::topic::ShadowId;
 use crate::pipeline::Pipeline;
 
@@ -32,6 +33,8 @@ pub struct Worker {
     /// Whether answers go to the rules here (embedded broker); an external broker sends
     /// them back to weir itself when a rule reads them.
     pub embedded: bool,
+    /// Each thing's request rate.
+    pub throttle: Throttle,
 }
 
 /// The epoch seconds of now.
@@ -50,7 +53,11 @@ impl Worker {
     }
 
     /// Serves requests until both queues close.
-    pub async fn run(self, mut mqtt: mpsc::Receiver<Arc<Message>>, mut http: mpsc::Receiver<Job>) {
+    pub async fn run(
+        mut self,
+        mut mqtt: mpsc::Receiver<Arc<Message>>,
+        mut http: mpsc::Receiver<Job>,
+    ) {
         let mut msgs = Vec::new();
         let mut jobs = Vec::new();
         let (mut mqtt_open, mut http_open) = (true, true);
@@ -72,12 +79,13 @@ impl Worker {
     }
 
     /// Applies a batch, commits it, publishes its answers and answers its callers.
-    async fn serve(&self, jobs: Vec<Job>) {
+    async fn serve(&mut self, jobs: Vec<Job>) {
         if jobs.is_empty() {
             return;
         }
         let now = now_s();
-        let done = match batch::apply(&*self.store, &jobs, now, self.rules()).await {
+        let refused = throttle::refused(&mut self.throttle, &jobs);
+        let done = match batch::apply(&*self.store, &jobs, &refused, now, self.rules()).await {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "shadow requests failed: the store could not write them");
