@@ -555,3 +555,35 @@ async fn a_thing_asked_past_its_rate_is_told_too_many_requests() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_will_on_a_shadow_topic_reaches_subscribers_but_not_the_shadow() {
+    let dir = temp_dir("shadow-will");
+    let weir = Weir::start(&dir, &[]).await;
+    let topic = "$aws/things/w1/shadow/update";
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe(topic).await;
+    watcher.subscribe("$aws/things/w1/shadow/get/+").await;
+    let mut opts = MqttOptions::new("w1", weir.mqtt.ip().to_string(), weir.mqtt.port());
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_last_will(rumqttc::LastWill::new(
+        topic,
+        json!({"state": {"reported": {"online": false}}}).to_string(),
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (_client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+    let task = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    weir.wait_metric("weir_broker_connections", 2.0).await;
+    task.abort();
+    let (got, v) = watcher.next(10).await.expect("the will");
+    assert_eq!(
+        (got.as_str(), v["state"]["reported"]["online"].clone()),
+        (topic, json!(false))
+    );
+    // The shadow service did not take it: a get after it finds no shadow.
+    watcher.publish("$aws/things/w1/shadow/get", "").await;
+    let (got, v) = watcher.next(10).await.expect("the get's answer");
+    assert_eq!(got, "$aws/things/w1/shadow/get/rejected");
+    assert_eq!(v["code"], 404);
+}

@@ -30,6 +30,9 @@ pub struct Message {
     pub properties: Option<Arc<MqttProperties>>,
     /// Acknowledges the message to its source once every holder has let go of it.
     pub ack: Ack,
+    /// Whether the message is a client's will, which the broker published for it when it
+    /// went away: the rules see it, weir's own services (device shadows) do not, as on AWS.
+    pub will: bool,
 }
 
 /// Acknowledges a message to its source (an external MQTT broker) when the last clone of
@@ -88,6 +91,7 @@ impl Message {
             seq: next_seq(),
             properties: None,
             ack: Ack::default(),
+            will: false,
         }
     }
 

@@ -488,7 +488,12 @@ impl Pipeline {
         targets: &mut Vec<usize>,
     ) {
         routes.targets(&mut msg, targets);
-        let service = self.service.get().filter(|s| (s.wants)(&msg.topic));
+        // A will is not a request to weir's own services (AWS ignores wills on shadow
+        // topics); the rules still see it.
+        let service = self
+            .service
+            .get()
+            .filter(|s| !msg.will && (s.wants)(&msg.topic));
         if targets.is_empty() && service.is_none() {
             self.metrics.ingress_unmatched.inc();
             return;

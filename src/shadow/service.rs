@@ -153,6 +153,7 @@ fn own_message(topic: &str, payload: Bytes, client_id: Option<String>) -> Messag
         seq: weir_engine::next_seq(),
         properties: None,
         ack: Ack::default(),
+        will: false,
     }
 }
 

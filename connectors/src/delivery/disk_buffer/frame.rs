@@ -118,6 +118,7 @@ pub(super) fn decode(body: &[u8]) -> Option<(Delivery, i64)> {
         // written, and the error action reports no MQTT 5 properties.
         properties: None,
         ack: Default::default(),
+        will: false,
     };
     Some((
         Delivery {

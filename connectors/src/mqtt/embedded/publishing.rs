@@ -37,6 +37,8 @@ pub(super) struct Incoming<'a> {
     pub(super) expires_at: Option<Instant>,
     /// The publishing client, for no-local subscriptions.
     pub(super) publisher: Option<&'a str>,
+    /// Whether it is the will of a client that went away.
+    pub(super) will: bool,
 }
 
 pub(super) fn expires_at(seconds: Option<u32>) -> Option<Instant> {
@@ -55,6 +57,7 @@ impl Broker {
             properties: None,
             expires_at: None,
             publisher: None,
+            will: false,
         })
     }
 
@@ -219,6 +222,7 @@ impl Broker {
             seq: weir_engine::next_seq(),
             properties: m.properties.clone(),
             ack,
+            will: m.will,
         };
         if self.inner.ingress.send(msg).await.is_err() {
             return Err(ClientError::ShuttingDown);
@@ -327,6 +331,7 @@ impl Broker {
             properties: p.properties,
             expires_at: expires_at(p.expiry),
             publisher: Some(&c.peer.client_id),
+            will: false,
         };
         self.accept_publish(&c.peer, &m, ack).await
     }

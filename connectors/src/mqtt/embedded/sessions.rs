@@ -219,6 +219,7 @@ impl Broker {
             properties: will.properties.clone(),
             expires_at: expires_at(will.expiry),
             publisher: Some(&peer.client_id),
+            will: true,
         };
         self.accept_publish(peer, &m, Ack::default()).await
     }

@@ -309,6 +309,8 @@ impl Session {
             // spoke MQTT 3.1.1: then they are all Undefined but for format_indicator.
             properties: Some(properties),
             ack,
+            // The broker does not say whether a message was a will.
+            will: false,
         });
         Ok(())
     }
