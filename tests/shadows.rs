@@ -587,3 +587,30 @@ async fn a_will_on_a_shadow_topic_reaches_subscribers_but_not_the_shadow() {
     assert_eq!(got, "$aws/things/w1/shadow/get/rejected");
     assert_eq!(v["code"], 404);
 }
+
+#[tokio::test]
+async fn a_rule_republishing_to_a_shadow_update_topic_updates_the_shadow() {
+    let dir = temp_dir("shadow-republish");
+    let weir = Weir::start(&dir, &[]).await;
+    // AWS's documented way to turn a will into a shadow change: a rule that republishes
+    // it to the shadow's update topic.
+    let rule = json!({
+        "sql": "SELECT {'reported': {'online': online}} AS state FROM 'status/+'",
+        "actions": [{"republish": {"topic": "$aws/things/${topic(2)}/shadow/update", "qos": 1}}]
+    });
+    let (status, body) = weir.put_rule("wills", rule).await;
+    assert_eq!(status, 201, "{body}");
+    let mut app = Mqtt::connect(weir.mqtt, "app").await;
+    app.subscribe("$aws/things/bulb/shadow/update/accepted")
+        .await;
+    let device = Mqtt::connect(weir.mqtt, "bulb").await;
+    device.publish("status/bulb", r#"{"online": false}"#).await;
+    let (_, v) = app
+        .next(10)
+        .await
+        .expect("the shadow took the republished update");
+    assert_eq!(v["state"], json!({"reported": {"online": false}}));
+    assert_eq!(v["version"], 1);
+    let (_, doc) = weir.request(Method::GET, "/v1/things/bulb/shadow").await;
+    assert_eq!(doc["state"]["reported"], json!({"online": false}));
+}

@@ -214,6 +214,9 @@ impl Pipeline {
     /// Attaches the service that takes the messages of its topics (once; later calls are
     /// ignored), and tells an external broker to send them.
     pub fn attach(&self, service: Service) {
+        if let Publisher::Embedded(broker) = &self.publisher {
+            broker.serve_own(service.wants, service.tx.clone());
+        }
         if self.service.set(service).is_ok() {
             let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             self.publish_routes(&running);

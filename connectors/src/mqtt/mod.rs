@@ -32,13 +32,19 @@ impl Publisher {
         qos: QoS,
     ) -> Vec<Result<(), PublishError>> {
         match self {
-            Self::Embedded(b) => publishes
-                .into_iter()
-                .map(|(topic, payload)| {
-                    b.publish(&topic, payload, qos);
-                    Ok(())
-                })
-                .collect(),
+            Self::Embedded(b) => {
+                let n = publishes.len();
+                let mut held = Vec::new();
+                for (topic, payload) in publishes {
+                    b.publish(&topic, payload.clone(), qos);
+                    held.extend(b.to_own_service(&topic, payload).await);
+                }
+                // Confirmed once weir's own service has what was meant for it.
+                for h in held {
+                    let _ = h.await;
+                }
+                (0..n).map(|_| Ok(())).collect()
+            }
             Self::External(p) => p.publish_batch(publishes, qos).await,
         }
     }

@@ -64,6 +64,15 @@ pub(super) struct Inner {
     /// Idle plain-TCP connections, off tokio (see `park.rs`), and the runtime that serves
     /// them again; made with the first connection, `None` if it could not be.
     pub(super) parker: std::sync::OnceLock<Option<(Arc<Parker<Sleeper>>, tokio::runtime::Handle)>>,
+    /// A service of weir's own that takes the messages of some topics (the device
+    /// shadows), for what weir publishes itself on them (see `publishing.rs`).
+    pub(super) own_service: std::sync::OnceLock<OwnService>,
+}
+
+/// A service of weir's own: which topics it takes, and its queue.
+pub(super) struct OwnService {
+    pub(super) wants: fn(&str) -> bool,
+    pub(super) tx: mpsc::Sender<Arc<Message>>,
 }
 
 /// A parked connection: see `park.rs`.
@@ -120,6 +129,7 @@ impl Broker {
                 sessions_dirty: AtomicBool::new(false),
                 retained_dirty: AtomicBool::new(false),
                 parker: std::sync::OnceLock::new(),
+                own_service: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
+use tokio::sync::mpsc;
 use weir_engine::topic::validate_topic;
 use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
 use super::access::Want;
-use super::broker::{Broker, lock};
+use super::broker::{Broker, OwnService, lock};
 use super::client::{Conn, Peer};
 use super::connection::send;
 use super::delivery::Delivery;
@@ -46,8 +47,37 @@ pub(super) fn expires_at(seconds: Option<u32>) -> Option<Instant> {
 }
 
 impl Broker {
+    /// Names the service of weir's own that takes the messages of the topics `wants`
+    /// accepts (once): what weir publishes itself on them is handed to it too.
+    pub fn serve_own(&self, wants: fn(&str) -> bool, tx: mpsc::Sender<Arc<Message>>) {
+        let _ = self.inner.own_service.set(OwnService { wants, tx });
+    }
+
+    /// A message weir publishes itself (a republish action's) on a topic one of weir's
+    /// own services takes, such as a shadow's `update` topic: handed to that service as a
+    /// client's would be. The answer is told once the service has let go of the message
+    /// (the change is stored); `None` when no service takes the topic.
+    pub async fn to_own_service(
+        &self,
+        topic: &str,
+        payload: Bytes,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let service = self.inner.own_service.get()?;
+        if !(service.wants)(topic) {
+            return None;
+        }
+        let (done, held) = tokio::sync::oneshot::channel();
+        let mut msg = Message::new(topic, payload);
+        msg.ack = Ack::on_drop(move || {
+            let _ = done.send(());
+        });
+        service.tx.send(Arc::new(msg)).await.ok()?;
+        Some(held)
+    }
+
     /// Delivers a message to the broker's subscribers (as a republish action does). It
-    /// does not go back into weir's own pipeline. Returns how many subscribers got it.
+    /// does not go back into weir's own pipeline (but see [`Broker::to_own_service`]).
+    /// Returns how many subscribers got it.
     pub fn publish(&self, topic: &str, payload: Bytes, qos: QoS) -> usize {
         self.route(&Incoming {
             topic,
