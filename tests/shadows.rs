@@ -189,6 +189,28 @@ async fn a_device_and_an_app_share_a_shadow_over_mqtt_and_http() {
         .await;
     assert_eq!(status, 400, "a thing name with a slash is refused");
 
+    // Over the size limit once merged: 413 with AWS's text; a name AWS would refuse: 400.
+    let big = "x".repeat(9000);
+    let (status, body) = weir
+        .send_json(
+            Method::POST,
+            "/v1/things/lamp/shadow",
+            &json!({"state": {"reported": {"big": big}}}),
+        )
+        .await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        body["error"]["message"],
+        "The payload exceeds the maximum size allowed"
+    );
+    let (status, body) = weir
+        .request(Method::GET, "/v1/things/lamp/shadow?name=a$b")
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].clone()),
+        (400, json!("invalid_name"))
+    );
+
     weir.wait_metric(
         r#"weir_shadow_requests_total{op="update",outcome="accepted"}"#,
         6.0,
@@ -200,6 +222,12 @@ async fn a_device_and_an_app_share_a_shadow_over_mqtt_and_http() {
         2.0
     );
     assert_eq!(weir.metric("weir_shadow_documents").await, 4.0);
+    assert!(weir.metric("weir_shadow_bytes").await > 0.0);
+    assert_eq!(
+        weir.metric(r#"weir_shadow_requests_total{op="update",outcome="too_large"}"#)
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -105,6 +105,8 @@ pub struct Metrics {
     pub shadow_latency: HistogramVec,
     /// Shadows held (and deleted shadows' tombstones, kept 48 hours).
     pub shadow_documents: IntGauge,
+    /// Bytes the shadow store takes.
+    pub shadow_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -323,6 +325,10 @@ impl Metrics {
             shadow_documents: plain_gauge(
                 "weir_shadow_documents",
                 "Device shadows weir holds, with deleted shadows' tombstones (kept 48 hours).",
+            ),
+            shadow_bytes: plain_gauge(
+                "weir_shadow_bytes",
+                "Bytes the device shadow store takes: its file under the data directory, or in a fleet the weir_shadows table (as of its last count).",
             ),
             registry,
         }

@@ -84,6 +84,7 @@ impl Shadows {
         });
         let metrics = pipeline.metrics().clone();
         metrics.shadow_documents.set(store.count() as i64);
+        metrics.shadow_bytes.set(store.bytes() as i64);
         let worker = Worker {
             store: store.clone(),
             pipeline: pipeline.clone(),

@@ -95,6 +95,7 @@ impl Worker {
             }
         };
         self.metrics.shadow_documents.set(self.store.count() as i64);
+        self.metrics.shadow_bytes.set(self.store.bytes() as i64);
         let out: Vec<_> = done
             .iter()
             .flat_map(|d| d.published.iter().cloned())

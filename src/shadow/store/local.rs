@@ -32,6 +32,8 @@ pub struct Local {
 
 struct Inner {
     db: Database,
+    /// The file, for its size.
+    path: std::path::PathBuf,
     /// Records held: shadows and tombstones.
     count: AtomicU64,
 }
@@ -79,6 +81,7 @@ impl Local {
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
+                path,
                 count: AtomicU64::new(count),
             }),
         })
@@ -202,6 +205,10 @@ impl ShadowBackend for Local {
 
     fn count(&self) -> u64 {
         self.inner.count.load(Ordering::Relaxed)
+    }
+
+    fn bytes(&self) -> u64 {
+        std::fs::metadata(&self.inner.path).map_or(0, |m| m.len())
     }
 }
 

@@ -72,4 +72,7 @@ pub trait ShadowBackend: Send + Sync {
     /// Records held, tombstones included (in a fleet: as of this replica's last count,
     /// with its own inserts since).
     fn count(&self) -> u64;
+
+    /// Bytes the store takes (in a fleet: as of the last count).
+    fn bytes(&self) -> u64;
 }

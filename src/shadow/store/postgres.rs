@@ -35,6 +35,8 @@ pub struct Postgres {
     client: tokio::sync::Mutex<Option<Client>>,
     /// Rows as of the last count, with this replica's inserts since.
     count: AtomicU64,
+    /// The table's size as of the last count.
+    bytes: AtomicU64,
 }
 
 async fn connect(target: &Target, shown: &str) -> anyhow::Result<Client> {
@@ -54,12 +56,15 @@ fn name(id: &ShadowId) -> &str {
     id.name.as_deref().unwrap_or("")
 }
 
-async fn count(client: &Client) -> anyhow::Result<u64> {
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM weir_shadows", &[])
-        .await?
-        .get(0);
-    Ok(n as u64)
+/// The table's rows and bytes.
+async fn count(client: &Client) -> anyhow::Result<(u64, u64)> {
+    let row = client
+        .query_one(
+            "SELECT count(*), pg_total_relation_size('weir_shadows') FROM weir_shadows",
+            &[],
+        )
+        .await?;
+    Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
 }
 
 impl Postgres {
@@ -73,12 +78,13 @@ impl Postgres {
             .await
             .context("cannot create the shadow store's table")?;
         tx.commit().await?;
-        let n = count(&client).await?;
+        let (n, bytes) = count(&client).await?;
         Ok(Self {
             target,
             shown,
             client: tokio::sync::Mutex::new(Some(client)),
             count: AtomicU64::new(n),
+            bytes: AtomicU64::new(bytes),
         })
     }
 
@@ -195,7 +201,9 @@ impl Postgres {
             )
             .await
             .context("sweeping the shadow store")?;
-        self.count.store(count(&client).await?, Ordering::Relaxed);
+        let (rows, bytes) = count(&client).await?;
+        self.count.store(rows, Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -227,5 +235,9 @@ impl ShadowBackend for Postgres {
 
     fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 }
