@@ -136,7 +136,9 @@ pub(super) fn unsupported(name: &str) -> Option<&'static str> {
         | "get_secret"
         | "get_registry_data"
         | "machinelearning_predict" => Some("calls an AWS service, which weir does not do"),
-        "get_thing_shadow" => Some("needs device shadows, which weir does not have yet"),
+        "get_thing_shadow" => Some(
+            "is not in weir's SQL yet: read a shadow's answers as messages instead (FROM '$aws/things/+/shadow/update/documents')",
+        ),
         "accountid" => Some("names the AWS account that owns the rule, and weir has none"),
         _ => None,
     }
