@@ -165,4 +165,4 @@ fn parse<T: DeserializeOwned>(kind: Kind, o: Object) -> Option<(String, Versione
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

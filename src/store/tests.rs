@@ -28,12 +28,12 @@ impl Harness for Files {
 }
 
 /// A database of its own on the machine's PostgreSQL, dropped at the end.
-struct Database {
-    name: String,
+pub(crate) struct Database {
+    pub(crate) name: String,
     stop: CancellationToken,
 }
 
-fn server() -> String {
+pub(crate) fn server() -> String {
     let port = std::env::var("WEIR_PG_PORT").unwrap_or_else(|_| "5432".to_owned());
     format!("postgres://postgres@127.0.0.1:{port}")
 }
@@ -52,7 +52,7 @@ async fn admin(sql: &str) {
 }
 
 impl Database {
-    async fn create(test: &str) -> Self {
+    pub(crate) async fn create(test: &str) -> Self {
         let name = format!("weir_store_{test}_{}", std::process::id());
         admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         admin(&format!("CREATE DATABASE {name}")).await;
@@ -62,7 +62,7 @@ impl Database {
         }
     }
 
-    async fn drop_now(self) {
+    pub(crate) async fn drop_now(self) {
         self.stop.cancel();
         admin(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",

@@ -7,6 +7,8 @@
 
 pub mod local;
 pub mod postgres;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 

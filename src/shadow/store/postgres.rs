@@ -178,8 +178,8 @@ impl Postgres {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT shadow FROM weir_shadows WHERE thing = $1 AND shadow > $2 \
-                 AND NOT (doc ? 'deleted_at') ORDER BY shadow LIMIT $3",
+                "SELECT shadow FROM weir_shadows WHERE thing = $1 AND shadow COLLATE \"C\" > $2 \
+                 AND NOT (doc ? 'deleted_at') ORDER BY shadow COLLATE \"C\" LIMIT $3",
                 &[&thing, &after.unwrap_or(""), &(limit as i64 + 1)],
             )
             .await
