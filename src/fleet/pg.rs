@@ -169,6 +169,77 @@ pub fn notifications(
     (rx, driver)
 }
 
+/// A database weir keeps things in (the rule store, the shadow store): its client,
+/// connected again when the connection dropped.
+pub struct Database {
+    target: Target,
+    /// The URL without its password, for errors and logs.
+    shown: String,
+    /// What it is, for errors and logs: "the rule store".
+    what: &'static str,
+    client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl Database {
+    /// Connects to `url`; `setting` names the flag an unreadable URL came from.
+    pub async fn open(
+        url: &str,
+        setting: &'static str,
+        what: &'static str,
+    ) -> anyhow::Result<Self> {
+        let target = Target::parse(url).context(setting)?;
+        let shown = redact_url(url);
+        let client = connect(&target, &shown, what).await?;
+        Ok(Self {
+            target,
+            shown,
+            what,
+            client: tokio::sync::Mutex::new(Some(client)),
+        })
+    }
+
+    /// How to reach the database, for connections of others.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The URL as logs may show it.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// The client, connected again if the connection dropped.
+    pub async fn client(
+        &self,
+    ) -> anyhow::Result<tokio::sync::MappedMutexGuard<'_, tokio_postgres::Client>> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            *guard = Some(connect(&self.target, &self.shown, self.what).await?);
+        }
+        Ok(tokio::sync::MutexGuard::map(guard, |c| {
+            c.as_mut().expect("connected above")
+        }))
+    }
+}
+
+/// A client of `target`, its connection driven on a task of its own.
+async fn connect(
+    target: &Target,
+    shown: &str,
+    what: &'static str,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = target
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {what} {shown}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "{what}'s connection dropped");
+        }
+    });
+    Ok(client)
+}
+
 /// The URL as logs may show it: without a password.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, Change, Expect, Kind, Object, StoreError};
-use crate::fleet::pg::{Target, notifications, redact_url};
+use crate::fleet::pg::{Database, Target, notifications};
 
 /// The schema, made once by whichever replica comes first (the advisory lock keeps
 /// replicas starting together from racing on it).
@@ -53,24 +53,8 @@ const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// The database, for reads and writes. Its connection is re-established when it drops.
 pub struct Postgres {
-    target: Target,
-    /// The URL without its password, for errors.
-    shown: String,
-    client: tokio::sync::Mutex<Option<Client>>,
+    db: Database,
     feed: broadcast::Sender<Change>,
-}
-
-async fn connect(target: &Target, shown: &str) -> anyhow::Result<Client> {
-    let (client, connection) = target
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the rule store {shown}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "the rule store's connection dropped");
-        }
-    });
-    Ok(client)
 }
 
 fn row(r: &tokio_postgres::Row) -> anyhow::Result<Object> {
@@ -86,49 +70,38 @@ impl Postgres {
     /// Connects, makes the schema if it is not there, and listens for changes until
     /// `stop`.
     pub async fn open(url: &str, stop: CancellationToken) -> anyhow::Result<Self> {
-        let target = Target::parse(url).context("--rule-store")?;
-        let shown = redact_url(url);
-        let mut client = connect(&target, &shown).await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute(SCHEMA)
-            .await
-            .context("cannot create the rule store's table")?;
-        tx.commit().await?;
+        let db = Database::open(url, "--rule-store", "the rule store").await?;
+        {
+            let mut client = db.client().await?;
+            let tx = client.transaction().await?;
+            tx.batch_execute(SCHEMA)
+                .await
+                .context("cannot create the rule store's table")?;
+            tx.commit().await?;
+        }
         let feed = broadcast::channel(super::FEED_CAPACITY).0;
         // Opened once the feed is live: changes made from then on are announced one by
         // one (those before are found by comparing, as after any lost connection).
         let (listening, live) = tokio::sync::oneshot::channel();
-        listen(target.clone(), feed.clone(), stop, listening);
+        listen(db.target().clone(), feed.clone(), stop, listening);
         if tokio::time::timeout(LISTEN_WAIT, live).await.is_err() {
-            tracing::warn!(store = %shown, "not listening to the rule store's changes yet; trying on");
+            tracing::warn!(store = %db.shown(), "not listening to the rule store's changes yet; trying on");
         }
-        Ok(Self {
-            target,
-            shown,
-            client: tokio::sync::Mutex::new(Some(client)),
-            feed,
-        })
+        Ok(Self { db, feed })
     }
 
     /// How to reach the database, for the connections of others (the fleet's).
     pub fn target(&self) -> Target {
-        self.target.clone()
+        self.db.target().clone()
     }
 
     /// The URL as logs may show it.
     pub fn shown(&self) -> &str {
-        &self.shown
+        self.db.shown()
     }
 
-    /// The client, connected again if the connection dropped.
     async fn client(&self) -> anyhow::Result<tokio::sync::MappedMutexGuard<'_, Client>> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(connect(&self.target, &self.shown).await?);
-        }
-        Ok(tokio::sync::MutexGuard::map(guard, |c| {
-            c.as_mut().expect("connected above")
-        }))
+        self.db.client().await
     }
 
     async fn list_kind(&self, kind: Kind) -> anyhow::Result<Vec<Object>> {

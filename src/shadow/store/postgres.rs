@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::Client;
 
 use super::{Expect, ShadowBackend, Write};
-use crate::fleet::pg::{Target, redact_url};
+use crate::fleet::pg::Database;
 use crate::shadow::document::{Record, TOMBSTONE_SECS};
 use crate::shadow::topic::ShadowId;
 
@@ -30,26 +30,11 @@ CREATE TABLE IF NOT EXISTS weir_shadows (
 ";
 
 pub struct Postgres {
-    target: Target,
-    shown: String,
-    client: tokio::sync::Mutex<Option<Client>>,
+    db: Database,
     /// Rows as of the last count, with this replica's inserts since.
     count: AtomicU64,
     /// The table's size as of the last count.
     bytes: AtomicU64,
-}
-
-async fn connect(target: &Target, shown: &str) -> anyhow::Result<Client> {
-    let (client, connection) = target
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the shadow store {shown}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "the shadow store's connection dropped");
-        }
-    });
-    Ok(client)
 }
 
 fn name(id: &ShadowId) -> &str {
@@ -70,32 +55,25 @@ async fn count(client: &Client) -> anyhow::Result<(u64, u64)> {
 impl Postgres {
     /// Connects and makes the table if it is not there.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let target = Target::parse(url).context("--rule-store")?;
-        let shown = redact_url(url);
-        let mut client = connect(&target, &shown).await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute(SCHEMA)
-            .await
-            .context("cannot create the shadow store's table")?;
-        tx.commit().await?;
-        let (n, bytes) = count(&client).await?;
+        let db = Database::open(url, "--rule-store", "the shadow store").await?;
+        let (n, bytes) = {
+            let mut client = db.client().await?;
+            let tx = client.transaction().await?;
+            tx.batch_execute(SCHEMA)
+                .await
+                .context("cannot create the shadow store's table")?;
+            tx.commit().await?;
+            count(&client).await?
+        };
         Ok(Self {
-            target,
-            shown,
-            client: tokio::sync::Mutex::new(Some(client)),
+            db,
             count: AtomicU64::new(n),
             bytes: AtomicU64::new(bytes),
         })
     }
 
     async fn client(&self) -> anyhow::Result<tokio::sync::MappedMutexGuard<'_, Client>> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(connect(&self.target, &self.shown).await?);
-        }
-        Ok(tokio::sync::MutexGuard::map(guard, |c| {
-            c.as_mut().expect("connected above")
-        }))
+        self.db.client().await
     }
 
     async fn load_all(&self, ids: &[ShadowId]) -> anyhow::Result<HashMap<ShadowId, Record>> {
