@@ -88,6 +88,19 @@ impl Local {
     }
 }
 
+#[cfg(test)]
+impl Local {
+    /// Overwrites a shadow's record with bytes that are not one, as a damaged file would.
+    pub(super) fn damage(&self, id: &ShadowId) {
+        let txn = self.inner.db.begin_write().unwrap();
+        txn.open_table(SHADOWS)
+            .unwrap()
+            .insert(key(id), b"{not json".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+}
+
 impl Inner {
     fn load(&self, ids: &[ShadowId]) -> anyhow::Result<HashMap<ShadowId, Record>> {
         let txn = self.db.begin_read()?;
@@ -107,16 +120,18 @@ impl Inner {
         {
             let mut table = txn.open_table(SHADOWS)?;
             for w in writes {
-                let now = table
-                    .get(key(&w.id))?
-                    .and_then(|v| decode(&w.id, v.value()));
+                let (held, now) = match table.get(key(&w.id))? {
+                    Some(v) => (true, decode(&w.id, v.value())),
+                    None => (false, None),
+                };
                 if Expect::of(now.as_ref()) != w.expect {
                     // Only this process writes the file: the service's own mistake.
                     drop(table);
                     txn.abort()?;
                     return Ok(false);
                 }
-                added += u64::from(now.is_none());
+                // A damaged record read as absent is replaced, not added.
+                added += u64::from(!held);
                 table.insert(key(&w.id), serde_json::to_vec(&w.record)?.as_slice())?;
             }
         }

@@ -3,7 +3,9 @@
 //! serves every shadow; a batch's writes are one transaction, each an `UPDATE ... WHERE
 //! version = <loaded>` (and the same liveness) or an insert that does nothing when the row
 //! exists, so two replicas cannot both accept version N: the one that lost commits nothing
-//! and runs its batch again.
+//! and runs its batch again. A write over a live shadow also needs it still live (a delete
+//! keeps the version); one over a tombstone needs only its version, since a tombstone
+//! changes only by being made again, one version on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,7 +74,7 @@ impl Postgres {
         })
     }
 
-    async fn client(&self) -> anyhow::Result<tokio::sync::MappedMutexGuard<'_, Client>> {
+    pub(super) async fn client(&self) -> anyhow::Result<tokio::sync::MappedMutexGuard<'_, Client>> {
         self.db.client().await
     }
 
@@ -82,7 +84,7 @@ impl Postgres {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT s.thing, s.shadow, s.doc::text FROM weir_shadows s \
+                "SELECT s.thing, s.shadow, s.doc::text, s.version FROM weir_shadows s \
                  JOIN unnest($1::text[], $2::text[]) AS k(thing, shadow) \
                  ON s.thing = k.thing AND s.shadow = k.shadow",
                 &[&things, &names],
@@ -96,14 +98,17 @@ impl Postgres {
                 thing,
                 name: (!shadow.is_empty()).then_some(shadow),
             };
-            match serde_json::from_str::<Record>(&doc) {
-                Ok(record) => {
-                    found.insert(id, record);
+            let record = serde_json::from_str::<Record>(&doc).unwrap_or_else(|e| {
+                tracing::error!(shadow = %id, error = %e, "a stored shadow cannot be read; it is treated as absent");
+                // Read as a long-expired tombstone of the row's version: absent to the
+                // requests, and a write over it is guarded by that version alone.
+                Record {
+                    version: r.get::<_, i64>(3) as u64,
+                    deleted_at: Some(0),
+                    ..Record::default()
                 }
-                Err(e) => {
-                    tracing::error!(shadow = %id, error = %e, "a stored shadow cannot be read; it is treated as absent")
-                }
-            }
+            });
+            found.insert(id, record);
         }
         Ok(found)
     }
@@ -129,7 +134,7 @@ impl Postgres {
                     tx.execute(
                         "UPDATE weir_shadows SET version = $3, doc = $4::text::jsonb, updated_at = now() \
                          WHERE thing = $1 AND shadow = $2 AND version = $5 \
-                         AND (doc ? 'deleted_at') = $6",
+                         AND ($6 OR NOT (doc ? 'deleted_at'))",
                         &[&w.id.thing, &name(&w.id), &version, &doc, &(old as i64), &!live],
                     )
                     .await?

@@ -120,3 +120,58 @@ async fn postgres_passes_the_suite() {
     suite(async || Postgres::open(&url).await.unwrap()).await;
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn a_damaged_row_reads_as_absent_and_can_be_written_again() {
+    let db = Database::create("shadows_damaged").await;
+    let url = format!("{}/{}?sslmode=disable", server(), db.name);
+    let store = Postgres::open(&url).await.unwrap();
+    {
+        let client = store.client().await.unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO weir_shadows (thing, shadow, version, doc) \
+                 VALUES ('lamp', '', 7, '{\"not\": \"a record\"}')",
+            )
+            .await
+            .unwrap();
+    }
+    let ids = [id("lamp", None)];
+    let loaded = store.load(&ids).await.unwrap();
+    let damaged = &loaded[&ids[0]];
+    assert!(
+        damaged.expired(crate::shadow::Shadows::now()),
+        "read as absent: {damaged:?}"
+    );
+    let over = [write(
+        id("lamp", None),
+        Expect::of(Some(damaged)),
+        record(1, None),
+    )];
+    assert!(store.commit(&over).await.unwrap());
+    assert_eq!(store.load(&ids).await.unwrap()[&ids[0]].version, 1);
+    drop(store);
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_damaged_file_record_is_replaced_not_counted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Local::open(dir.path(), 1 << 20).unwrap();
+    let ids = [id("lamp", None)];
+    assert!(
+        store
+            .commit(&[write(ids[0].clone(), Expect::Absent, record(1, None))])
+            .await
+            .unwrap()
+    );
+    store.damage(&ids[0]);
+    assert!(store.load(&ids).await.unwrap().is_empty());
+    assert!(
+        store
+            .commit(&[write(ids[0].clone(), Expect::Absent, record(1, None))])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.count(), 1);
+}
