@@ -223,6 +223,9 @@ async fn a_device_and_an_app_share_a_shadow_over_mqtt_and_http() {
     );
     assert_eq!(weir.metric("weir_shadow_documents").await, 4.0);
     assert!(weir.metric("weir_shadow_bytes").await > 0.0);
+    // Requests go to the shadow service, and weir's own answers are not ingress: nothing
+    // here counts as a message no rule matched.
+    assert_eq!(weir.metric("weir_ingress_unmatched_total").await, 0.0);
     assert_eq!(
         weir.metric(r#"weir_shadow_requests_total{op="update",outcome="too_large"}"#)
             .await,

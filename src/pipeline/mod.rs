@@ -228,16 +228,22 @@ impl Pipeline {
         &self.publisher
     }
 
-    /// Routes a message weir made itself (a shadow's answer on the embedded broker) to the
-    /// rules that read its topic, as a device's message is.
-    pub async fn route_own(&self, msg: Message) {
+    /// Routes messages weir made itself (a batch's shadow answers on the embedded broker)
+    /// to the rules that read their topics, as a device's are, against one snapshot of
+    /// the routing table. They are not ingress: one no rule reads is not counted.
+    pub async fn route_own(&self, msgs: impl IntoIterator<Item = Message>) {
         let routes = self
             .routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut targets = Vec::new();
-        self.route_one(&routes, msg, &mut targets).await;
+        for mut msg in msgs {
+            routes.targets(&mut msg, &mut targets);
+            if !targets.is_empty() {
+                self.to_rules(&routes, &Arc::new(msg), &targets).await;
+            }
+        }
     }
 
     /// What inline destinations may reach.
@@ -507,7 +513,12 @@ impl Pipeline {
         {
             tracing::debug!(topic = %msg.topic, "the service of this topic has stopped");
         }
-        for &i in targets.iter() {
+        self.to_rules(routes, &msg, targets).await;
+    }
+
+    /// Sends a message to the rules at `targets`.
+    async fn to_rules(&self, routes: &Routes<RunningRule>, msg: &Arc<Message>, targets: &[usize]) {
+        for &i in targets {
             let rule = &routes.rules[i];
             if rule.sender(self).send(msg.clone()).await.is_err() {
                 // The rule was replaced or stopped between the lookup and the send.

@@ -110,6 +110,18 @@ impl Worker {
                 tracing::warn!(error = %e, "a shadow answer could not be published");
             }
         }
+        if self.embedded {
+            let own = jobs.iter().zip(&done).flat_map(|(job, d)| {
+                let client_id = match &job.reply {
+                    Reply::Mqtt(m) => m.client_id.clone(),
+                    Reply::Http(_) => None,
+                };
+                d.published
+                    .iter()
+                    .map(move |(t, p)| own_message(t, p.clone(), client_id.clone()))
+            });
+            self.pipeline.route_own(own.collect::<Vec<_>>()).await;
+        }
         for (job, d) in jobs.into_iter().zip(done) {
             let outcome = d
                 .result
@@ -123,17 +135,6 @@ impl Worker {
                 .shadow_latency
                 .with_label_values(&[d.op.as_str()])
                 .observe(job.received.elapsed().as_secs_f64());
-            if self.embedded {
-                let client_id = match &job.reply {
-                    Reply::Mqtt(m) => m.client_id.clone(),
-                    Reply::Http(_) => None,
-                };
-                for (topic, payload) in &d.published {
-                    self.pipeline
-                        .route_own(own_message(topic, payload.clone(), client_id.clone()))
-                        .await;
-                }
-            }
             if let Reply::Http(tx) = job.reply {
                 let _ = tx.send(d.result);
             }
