@@ -37,7 +37,7 @@ use weir_connectors::delivery::{
     Delivery, Policy, RetryPolicy, SinkContext, Undeliverable, WorkerSettings,
 };
 use weir_connectors::metrics::Metrics;
-use weir_connectors::mqtt::{ExternalBroker, Publisher};
+use weir_connectors::mqtt::{ExternalBroker, OwnService, Publisher};
 use weir_connectors::sinks::{Action, ActionWorker, WorkerInputs};
 use weir_engine::{Message, Rule};
 
@@ -144,19 +144,10 @@ impl RunningRule {
     }
 }
 
-/// A service of weir's own that takes the messages published on some topics, beside
-/// the rules (the device shadows' requests): the filters it reads (for an external
-/// broker's subscription), a test of a topic, and its queue.
-pub struct Service {
-    pub filters: &'static [&'static str],
-    pub wants: fn(&str) -> bool,
-    pub tx: mpsc::Sender<Arc<Message>>,
-}
-
 pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// The service taking some topics' messages, once one is attached.
-    service: std::sync::OnceLock<Service>,
+    service: std::sync::OnceLock<OwnService>,
     publisher: Publisher,
     http: reqwest::Client,
     /// The client of webhooks through named connections: the operator's, unfiltered.
@@ -213,9 +204,9 @@ impl Pipeline {
 
     /// Attaches the service that takes the messages of its topics (once; later calls are
     /// ignored), and tells an external broker to send them.
-    pub fn attach(&self, service: Service) {
+    pub fn attach(&self, service: OwnService) {
         if let Publisher::Embedded(broker) = &self.publisher {
-            broker.serve_own(service.wants, service.tx.clone());
+            broker.serve_own(service.clone());
         }
         if self.service.set(service).is_ok() {
             let running = self.running.lock().unwrap_or_else(|p| p.into_inner());

@@ -133,7 +133,7 @@ pub fn update(
     let mut record = live.cloned().unwrap_or_default();
     record.version = stored.map_or(0, |r| r.version) + 1;
     record.deleted_at = None;
-    let accepted_meta = match &req.sections {
+    let accepted_meta = match req.sections() {
         None => {
             record.state = Sections::default();
             record.metadata = Sections::default();
@@ -242,7 +242,7 @@ fn with_token(doc: &mut Value, token: Option<&str>) {
 fn apply(
     section: &mut Option<Map<String, Value>>,
     meta: &mut Option<Map<String, Value>>,
-    change: &Change,
+    change: Change<'_>,
     now: u64,
 ) {
     match change {

@@ -29,9 +29,10 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use weir_connectors::mqtt::OwnService;
 
 use crate::config::ShadowSettings;
-use crate::pipeline::{Pipeline, Service};
+use crate::pipeline::Pipeline;
 use batch::{Job, Reply};
 pub use request::ShadowError;
 use service::Worker;
@@ -77,7 +78,7 @@ impl Shadows {
         };
         let (mqtt_tx, mqtt_rx) = mpsc::channel(QUEUE);
         let (http_tx, http_rx) = mpsc::channel(QUEUE);
-        pipeline.attach(Service {
+        pipeline.attach(OwnService {
             filters: topic::REQUEST_FILTERS,
             wants: |t| topic::request(t).is_some(),
             tx: mqtt_tx,

@@ -65,20 +65,19 @@ impl ShadowError {
 }
 
 /// What an update does to one section.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change<'a> {
     Keep,
     /// `"desired": null`: the section goes.
     Delete,
-    Merge(Map<String, Value>),
+    Merge(&'a Map<String, Value>),
 }
 
 /// An update request, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Update {
-    /// `None` for `"state": null`: both sections go.
-    pub sections: Option<(Change, Change)>,
-    /// The request's `state` as it was sent, for `/update/accepted`.
+    /// The request's `state` as it was sent (checked: `null`, or an object of at most
+    /// `desired` and `reported`, each `null` or an object), for `/update/accepted`.
     pub state: Value,
     pub version: Option<u64>,
     pub client_token: Option<String>,
@@ -141,34 +140,46 @@ pub fn parse_update(payload: &[u8]) -> Result<Update, ShadowError> {
     let state = o
         .remove("state")
         .ok_or_else(|| ShadowError::bad("Missing required node: state"))?;
-    let sections = match &state {
-        Value::Null => None,
+    match &state {
+        Value::Null => {}
         Value::Object(s) => {
             if s.keys().any(|k| k != "desired" && k != "reported") {
                 return Err(ShadowError::bad("State contains an invalid node"));
             }
-            let desired = section(s.get("desired"), "Desired node must be an object")?;
-            let reported = section(s.get("reported"), "Reported node must be an object")?;
-            Some((desired, reported))
+            section(s.get("desired"), "Desired node must be an object")?;
+            section(s.get("reported"), "Reported node must be an object")?;
         }
         _ => return Err(ShadowError::bad("State node must be an object")),
-    };
+    }
     Ok(Update {
-        sections,
         state,
         version,
         client_token,
     })
 }
 
-fn section(v: Option<&Value>, not_object: &str) -> Result<Change, ShadowError> {
+impl Update {
+    /// What the update does to desired and to reported; `None` for `"state": null`
+    /// (both sections go).
+    pub fn sections(&self) -> Option<(Change<'_>, Change<'_>)> {
+        let s = self.state.as_object()?;
+        Some((change(s.get("desired")), change(s.get("reported"))))
+    }
+}
+
+fn change(v: Option<&Value>) -> Change<'_> {
     match v {
-        None => Ok(Change::Keep),
-        Some(Value::Null) => Ok(Change::Delete),
-        Some(Value::Object(o)) => {
-            check_values(o, 1)?;
-            Ok(Change::Merge(o.clone()))
-        }
+        Some(Value::Null) => Change::Delete,
+        Some(Value::Object(o)) => Change::Merge(o),
+        _ => Change::Keep,
+    }
+}
+
+/// A section checked: absent, `null`, or an object within the bounds.
+fn section(v: Option<&Value>, not_object: &str) -> Result<(), ShadowError> {
+    match v {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(o)) => check_values(o, 1),
         Some(_) => Err(ShadowError::bad(not_object)),
     }
 }
@@ -280,13 +291,13 @@ mod tests {
         .unwrap();
         assert_eq!(u.version, Some(3));
         assert_eq!(u.client_token.as_deref(), Some("t"));
-        let (d, r) = u.sections.unwrap();
+        let (d, r) = u.sections().unwrap();
         assert!(matches!(d, Change::Merge(m) if m["a"] == 1));
         assert_eq!(r, Change::Delete);
         assert!(
             parse_update(br#"{"state": null}"#)
                 .unwrap()
-                .sections
+                .sections()
                 .is_none()
         );
         assert_eq!(parse_plain(b"").unwrap(), None);

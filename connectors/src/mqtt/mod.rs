@@ -11,7 +11,7 @@ mod packets;
 
 pub use rumqttc::mqttbytes::QoS;
 
-pub use embedded::Broker;
+pub use embedded::{Broker, OwnService};
 pub use external::{
     AdoptedSession, ConfirmedPublisher, ExternalBroker, ExternalConfig, PublishError, no_delay,
 };

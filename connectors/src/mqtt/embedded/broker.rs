@@ -69,10 +69,14 @@ pub(super) struct Inner {
     pub(super) own_service: std::sync::OnceLock<OwnService>,
 }
 
-/// A service of weir's own: which topics it takes, and its queue.
-pub(super) struct OwnService {
-    pub(super) wants: fn(&str) -> bool,
-    pub(super) tx: mpsc::Sender<Arc<Message>>,
+/// A service of weir's own that takes the messages published on some topics, beside the
+/// rules (the device shadows' requests): the filters it reads (for an external broker's
+/// subscription), a test of a topic, and its queue.
+#[derive(Clone)]
+pub struct OwnService {
+    pub filters: &'static [&'static str],
+    pub wants: fn(&str) -> bool,
+    pub tx: mpsc::Sender<Arc<Message>>,
 }
 
 /// A parked connection: see `park.rs`.

@@ -64,5 +64,5 @@ pub mod tls;
 mod wire;
 mod ws;
 
-pub use broker::Broker;
+pub use broker::{Broker, OwnService};
 pub use limits::{DEFAULT_MAX_PACKET, IDLE_WITHOUT_KEEP_ALIVE, Limits, WRITE_TIMEOUT};

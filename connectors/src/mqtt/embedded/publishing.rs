@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
-use tokio::sync::mpsc;
 use weir_engine::topic::validate_topic;
 use weir_engine::{Ack, Message, MqttProperties, now_ms};
 
@@ -47,10 +46,10 @@ pub(super) fn expires_at(seconds: Option<u32>) -> Option<Instant> {
 }
 
 impl Broker {
-    /// Names the service of weir's own that takes the messages of the topics `wants`
-    /// accepts (once): what weir publishes itself on them is handed to it too.
-    pub fn serve_own(&self, wants: fn(&str) -> bool, tx: mpsc::Sender<Arc<Message>>) {
-        let _ = self.inner.own_service.set(OwnService { wants, tx });
+    /// Names the service of weir's own that takes the messages of some topics (once):
+    /// what weir publishes itself on them is handed to it too.
+    pub fn serve_own(&self, service: OwnService) {
+        let _ = self.inner.own_service.set(service);
     }
 
     /// A message weir publishes itself (a republish action's) on a topic one of weir's
