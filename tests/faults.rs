@@ -174,13 +174,7 @@ async fn webhook_answering_503_then_timing_out_then_recovering() {
     let bodies = hook.wait_for(30).await;
     let seen = account(bodies, 30);
     // Order is kept: the buffer drains oldest first.
-    let order: Vec<i64> = hook
-        .bodies
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|b| b["n"].as_i64().unwrap())
-        .collect();
+    let order = hook.numbers();
     assert_eq!(order, (0..30).collect::<Vec<_>>());
     assert!(seen.values().all(|c| *c == 1));
     assert!(

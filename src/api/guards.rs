@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::server;
 use super::state::AppState;
-use crate::auth::Role;
+use crate::auth::{Need, Role};
 
 /// The header that carries a request's id.
 const REQUEST_ID: &str = "x-request-id";
@@ -152,7 +152,9 @@ pub async fn from_browsers(
 /// without asking first (CORS), so a form on a page cannot change rules.
 pub async fn json_bodies(req: Request, next: Next) -> Response {
     let writes = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-    if writes && req.uri().path().starts_with("/v1/") {
+    let path = req.uri().path();
+    // A device's publish carries a payload of any type, bounded by its handler.
+    if writes && path.starts_with("/v1/") && !path.starts_with(PUBLISH) {
         let headers = req.headers();
         let length = headers
             .get(header::CONTENT_LENGTH)
@@ -212,26 +214,39 @@ pub async fn drain(body: axum::body::Body) -> bool {
     true
 }
 
-/// The role a request needs, or `None` for the open routes (health, readiness, the
-/// OpenAPI document, and `/metrics` unless `metrics` says it is guarded).
-pub fn required_role(method: &Method, path: &str, metrics: bool) -> Option<Role> {
+/// What a request needs, or `None` for the open routes (health, readiness, the OpenAPI
+/// document, and `/metrics` unless `metrics` says it is guarded). Device tokens may
+/// publish and use a thing's shadow, their ACL judging the topic in the handler.
+pub fn required(method: &Method, path: &str, metrics: bool) -> Option<Need> {
     if path == "/metrics" {
-        return metrics.then_some(Role::Viewer);
+        return metrics.then_some(Need::role(Role::Viewer));
     }
     if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
-        return Some(Role::Admin);
+        return Some(Need::role(Role::Admin));
     }
+    let reads = matches!(*method, Method::GET | Method::HEAD);
     // Anyone may see which connections exist (secrets redacted); only an admin changes them.
-    let writes = !matches!(*method, Method::GET | Method::HEAD);
-    if writes && (path == "/v1/connections" || path.starts_with("/v1/connections/")) {
-        return Some(Role::Admin);
+    if !reads && (path == "/v1/connections" || path.starts_with("/v1/connections/")) {
+        return Some(Need::role(Role::Admin));
+    }
+    let role = if reads { Role::Viewer } else { Role::Editor };
+    if !reads && path.starts_with(PUBLISH) {
+        return Some(Need::or_device(role));
+    }
+    if path
+        .strip_prefix("/v1/things/")
+        .is_some_and(|rest| rest.ends_with("/shadow") && rest.matches('/').count() == 1)
+    {
+        return Some(Need::or_device(role));
     }
     if path == "/v1" || path.starts_with("/v1/") {
-        let reads = matches!(*method, Method::GET | Method::HEAD);
-        return Some(if reads { Role::Viewer } else { Role::Editor });
+        return Some(Need::role(role));
     }
     None
 }
+
+/// Where a publish's topic follows in its path: `POST /v1/topics/{topic}`.
+pub const PUBLISH: &str = "/v1/topics/";
 
 /// Lets a request through if its bearer token's role may make it: 401 without a token
 /// weir knows, 403 with one whose role is too low.
@@ -239,8 +254,7 @@ pub async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next)
     if !s.auth.enabled() {
         return next.run(req).await;
     }
-    let Some(needed) = required_role(req.method(), req.uri().path(), s.auth.guards_metrics())
-    else {
+    let Some(needed) = required(req.method(), req.uri().path(), s.auth.guards_metrics()) else {
         return next.run(req).await;
     };
     let token = req
@@ -249,7 +263,7 @@ pub async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token.and_then(|t| s.auth.role_of(t)) {
+    match token.and_then(|t| s.auth.caller(t)) {
         None => (
             [(header::WWW_AUTHENTICATE, "Bearer")],
             ApiError::new(
@@ -259,16 +273,25 @@ pub async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next)
             ),
         )
             .into_response(),
-        Some(role) if role < needed => ApiError::new(
+        Some(caller) if !caller.role.may(needed) => ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "this needs the {} role; the token's role is {}",
-                needed.as_str(),
-                role.as_str()
+                "this needs the {} role{}; the token's role is {}",
+                needed.role.as_str(),
+                if needed.devices {
+                    " or the device role"
+                } else {
+                    ""
+                },
+                caller.role.as_str()
             ),
         )
         .into_response(),
-        Some(_) => next.run(req).await,
+        Some(caller) => {
+            let mut req = req;
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! The HTTP API: rules CRUD, enable/disable, the rule test endpoint, tokens, device
-//! shadows, metrics, health, readiness and the OpenAPI document. Handlers only translate HTTP: every rule
+//! shadows, devices' publishes, metrics, health, readiness and the OpenAPI document. Handlers only translate HTTP: every rule
 //! change goes through the [`RuleService`], every error is an [`ApiError`]. Every `/v1`
 //! request is authorised first ([`authorize`]): a bearer token whose role may do it.
 
 mod connections;
 mod error;
 mod guards;
+mod publish;
 mod rules;
 pub mod server;
 mod shadows;
@@ -54,6 +55,12 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(shadows::delete),
         )
         .route("/v1/things/{thing}/shadows", get(shadows::list))
+        // The body is a payload of any type and size up to the MQTT packet size, which
+        // the handler bounds itself.
+        .route(
+            "/v1/topics/{*topic}",
+            post(publish::publish).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/metrics", get(metrics))
         .route(
             "/healthz",

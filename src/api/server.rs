@@ -8,9 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -63,7 +67,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
         connections.spawn(async move {
-            connection(tcp, tls, router, stop).await;
+            connection(tcp, peer, tls, router, stop).await;
             drop(permit);
         });
     }
@@ -73,21 +77,24 @@ pub async fn serve(
 
 async fn connection(
     tcp: TcpStream,
+    peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     router: Router,
     stop: CancellationToken,
 ) {
     match tls {
-        None => http1(TokioIo::new(tcp), router, stop).await,
+        None => http1(TokioIo::new(tcp), peer, router, stop).await,
         Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => http1(TokioIo::new(stream), router, stop).await,
+            Ok(Ok(stream)) => http1(TokioIo::new(stream), peer, router, stop).await,
             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!("TLS handshake timed out"),
         },
     }
 }
 
-async fn http1<I>(io: I, router: Router, stop: CancellationToken)
+/// Serves one connection's requests, each with the peer's address as axum's
+/// [`ConnectInfo`] (what `sourceip()` of a message published over HTTP is).
+async fn http1<I>(io: I, peer: SocketAddr, router: Router, stop: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -95,7 +102,12 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
-    let conn = builder.serve_connection(io, TowerToHyperService::new(router));
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        // The router is always ready: no poll_ready is owed before the call.
+        tower_service::Service::call(&mut router.clone(), req)
+    });
+    let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

@@ -1,11 +1,14 @@
 //! `/v1/things/{thing}/shadow[?name=]` and `/v1/things/{thing}/shadows`: device shadows
-//! over HTTP, as AWS IoT's data plane (viewer reads, editor writes). An update or delete
+//! over HTTP, as AWS IoT's data plane (viewer reads, editor writes; a device token may
+//! do what the ACL would let its MQTT client do: publish the request, read the
+//! `/accepted` answer). An update or delete
 //! made here publishes the same MQTT answers as one made over MQTT; the caller gets the
 //! `/accepted` document, or AWS's code and text in weir's error body.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -14,7 +17,9 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::auth::Caller;
 use crate::shadow::{Op, ShadowError, ShadowId, Shadows};
+use weir_connectors::mqtt::embedded::access::Want;
 
 /// The most names one page of `/shadows` holds (AWS: 100).
 const PAGE_MAX: usize = 100;
@@ -47,39 +52,55 @@ fn shadow_id(thing: &str, params: &BTreeMap<String, String>) -> Result<ShadowId,
 
 async fn run(
     s: &AppState,
+    caller: Option<Extension<Caller>>,
     thing: &str,
     params: &BTreeMap<String, String>,
     op: Op,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = shadow_id(thing, params)?;
+    let caller = caller.map(|Extension(c)| c);
+    let request = format!("{}/{}", id.prefix(), op.as_str());
+    if !(s.devices.may(caller.as_ref(), Want::Write, &request)
+        && s.devices
+            .may(caller.as_ref(), Want::Read, &id.answer(op, "accepted")))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the ACL does not let this device publish to {request} and read its answer"),
+        ));
+    }
     let doc = s.shadows.request(id, op, body).await?;
     Ok(axum::Json(doc).into_response())
 }
 
 pub(super) async fn get(
     State(s): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
     Path(thing): Path<String>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
-    run(&s, &thing, &params, Op::Get, Bytes::new()).await
+    run(&s, caller, &thing, &params, Op::Get, Bytes::new()).await
 }
 
 pub(super) async fn update(
     State(s): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
     Path(thing): Path<String>,
     Query(params): Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    run(&s, &thing, &params, Op::Update, body).await
+    run(&s, caller, &thing, &params, Op::Update, body).await
 }
 
 pub(super) async fn delete(
     State(s): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
     Path(thing): Path<String>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
-    run(&s, &thing, &params, Op::Delete, Bytes::new()).await
+    run(&s, caller, &thing, &params, Op::Delete, Bytes::new()).await
 }
 
 /// A thing's named shadows, a page at a time (`pageSize` 1 to 100, `nextToken` from the

@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use super::error::ApiError;
 use crate::auth::Auth;
+use crate::auth::device::Devices;
 use crate::config::Browsers;
 use crate::rules::RuleService;
 use crate::shadow::Shadows;
@@ -14,6 +15,8 @@ pub struct AppState {
     pub rules: Arc<RuleService>,
     pub auth: Arc<Auth>,
     pub shadows: Arc<Shadows>,
+    /// What device tokens may publish and read (the broker's ACL), and how large.
+    pub devices: Devices,
     /// Whether weir serves traffic: false while it starts (rules load) and once it stops.
     pub ready: AtomicBool,
     /// Which browser pages and host names may call `/v1` and `/metrics`.

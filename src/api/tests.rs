@@ -69,6 +69,7 @@ async fn readiness_follows_the_service() {
                 .unwrap(),
         ),
         auth: Arc::new(Auth::open(&auth, tmp.path(), store).await.unwrap()),
+        devices: crate::auth::device::Devices::new(None, 4096),
         ready: AtomicBool::new(false),
         browsers: Browsers::default(),
     });
@@ -100,4 +101,31 @@ async fn readiness_follows_the_service() {
     assert_eq!(get("/readyz").await, (200, json!({"status": "ready"})));
     state.ready.store(false, Ordering::Release);
     assert_eq!(get("/readyz").await.0, 503);
+}
+
+#[test]
+fn device_tokens_reach_only_the_publish_and_shadow_routes() {
+    use crate::auth::{Need, Role};
+    use axum::http::Method;
+    let need = |m: Method, p: &str| guards::required(&m, p, false);
+    let device = |m: Method, p: &str| need(m, p).is_some_and(|n| Role::Device.may(n));
+    assert!(device(Method::POST, "/v1/topics/plant/p1/temp"));
+    assert!(device(Method::GET, "/v1/things/p1/shadow"));
+    assert!(device(Method::POST, "/v1/things/p1/shadow"));
+    assert!(device(Method::DELETE, "/v1/things/p1/shadow"));
+    for (m, p) in [
+        (Method::GET, "/v1/things/p1/shadows"),
+        (Method::GET, "/v1/rules"),
+        (Method::PUT, "/v1/rules/r"),
+        (Method::POST, "/v1/test"),
+        (Method::GET, "/v1/tokens"),
+        (Method::GET, "/v1/connections"),
+        (Method::GET, "/v1/things/p1/shadow/x"),
+    ] {
+        assert!(!device(m.clone(), p), "{m} {p}");
+    }
+    // A viewer may not publish; an editor may.
+    let publish = need(Method::POST, "/v1/topics/a").unwrap();
+    assert_eq!(publish, Need::or_device(Role::Editor));
+    assert!(!Role::Viewer.may(publish) && Role::Editor.may(publish));
 }

@@ -3,6 +3,8 @@
 //! * `viewer`: read rules and status.
 //! * `editor`: create, change, test and delete rules.
 //! * `admin`: everything, including tokens (and, later, connections and settings).
+//! * `device`: publish over HTTP and use a thing's shadow, as the broker's ACL file lets
+//!   the MQTT user of the token's name ([`device`]); nothing else.
 //!
 //! The admin token comes from `--admin-token-file`, from `WEIR_ADMIN_TOKEN`, or is made at
 //! the first start and written to `<data-dir>/admin.token` (mode 0600); its path is logged,
@@ -10,6 +12,7 @@
 //! stored hashed. A presented token is hashed and compared with every known hash in
 //! constant time.
 
+pub mod device;
 pub mod role;
 pub mod tokens;
 
@@ -23,7 +26,7 @@ use futures_util::future::BoxFuture;
 use crate::config::{AdminToken, AuthSettings};
 use crate::store::follow::Follower;
 use crate::store::{Expect, Kind, Store, StoreError, validate_name};
-pub use role::Role;
+pub use role::{Caller, Need, Role};
 use tokens::{Stored, TokenError, TokenInfo, Tokens, hash, new_token};
 
 /// The shortest admin token weir takes from an operator: a guessable one is refused.
@@ -112,13 +115,20 @@ impl Auth {
         self.enabled && self.metrics
     }
 
-    /// The role of the bearer of `token`, if it is one weir knows.
-    pub fn role_of(&self, token: &str) -> Option<Role> {
+    /// The bearer of `token` (its name and role), if it is one weir knows.
+    pub fn caller(&self, token: &str) -> Option<Caller> {
         let h = hash(token);
-        let stored = self.copy().role_of(&h);
+        let stored = self.copy().caller(&h);
         // Both comparisons run whatever the first found: no timing says which matched.
         let is_admin = tokens::same(&h, &self.admin);
-        if is_admin { Some(Role::Admin) } else { stored }
+        if is_admin {
+            Some(Caller {
+                name: ADMIN.to_owned(),
+                role: Role::Admin,
+            })
+        } else {
+            stored
+        }
     }
 
     /// Makes a token named `name` with `role`; returns the token, the one time it is shown.
@@ -349,7 +359,7 @@ mod tests {
         let a = open(&settings(AdminToken::Value(at.clone())), tmp.path())
             .await
             .unwrap();
-        assert_eq!(a.role_of(&at), Some(Role::Admin));
+        assert_eq!(a.caller(&at).map(|c| c.role), Some(Role::Admin));
     }
 
     #[tokio::test]
@@ -359,14 +369,17 @@ mod tests {
             .await
             .unwrap();
         let token = std::fs::read_to_string(tmp.path().join("admin.token")).unwrap();
-        assert_eq!(a.role_of(token.trim()), Some(Role::Admin));
+        assert_eq!(a.caller(token.trim()).map(|c| c.role), Some(Role::Admin));
         // Opened again, the same token holds.
         let b = open(&settings(AdminToken::DataDir), tmp.path())
             .await
             .unwrap();
-        assert_eq!(b.role_of(token.trim()), Some(Role::Admin));
-        assert_eq!(b.role_of("weir_wrong"), None);
-        assert!(Role::Viewer < Role::Editor && Role::Editor < Role::Admin);
+        assert_eq!(b.caller(token.trim()).map(|c| c.role), Some(Role::Admin));
+        assert_eq!(b.caller("weir_wrong"), None);
+        assert!(
+            Role::Admin.may(Need::role(Role::Editor))
+                && !Role::Viewer.may(Need::role(Role::Editor))
+        );
         assert!(matches!(
             b.create(ADMIN, Role::Viewer).await,
             Err(TokenError::Reserved(_))

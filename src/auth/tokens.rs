@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::role::Role;
+use super::role::{Caller, Role};
 use crate::store::{NameError, Versioned};
 
 /// Why a token could not be made or removed.
@@ -67,8 +67,8 @@ pub const MAX_TOKENS: usize = 1000;
 #[derive(Default)]
 pub struct Tokens {
     tokens: BTreeMap<String, Versioned<Stored>>,
-    /// The hashes, decoded, in the order of `tokens`.
-    hashes: Vec<([u8; 32], Role)>,
+    /// The hashes, decoded, in the order of `tokens`, with the token's name and role.
+    hashes: Vec<([u8; 32], String, Role)>,
 }
 /// A new token: `weir_` and 32 random bytes, base64url.
 pub fn new_token() -> String {
@@ -128,21 +128,24 @@ impl Tokens {
     fn index(&mut self) {
         self.hashes = self
             .tokens
-            .values()
-            .filter_map(|t| Some((unhex(&t.value.sha256)?, t.value.role)))
+            .iter()
+            .filter_map(|(name, t)| Some((unhex(&t.value.sha256)?, name.clone(), t.value.role)))
             .collect();
     }
 
-    /// The role of the token whose hash is `h`. Every stored hash is compared, so the
+    /// The bearer of the token whose hash is `h`. Every stored hash is compared, so the
     /// time taken does not say which, if any, matched.
-    pub fn role_of(&self, h: &[u8; 32]) -> Option<Role> {
+    pub fn caller(&self, h: &[u8; 32]) -> Option<Caller> {
         let mut found = None;
-        for (stored, role) in &self.hashes {
+        for (stored, name, role) in &self.hashes {
             if same(stored, h) {
-                found = Some(*role);
+                found = Some((name, *role));
             }
         }
-        found
+        found.map(|(name, role)| Caller {
+            name: name.clone(),
+            role,
+        })
     }
 
     /// Checks that a new token named `name` may be made: a name not taken, below
@@ -216,9 +219,10 @@ mod tests {
             ("ci".to_owned(), v(Stored::new(Role::Editor, &a))),
             ("dash".to_owned(), v(Stored::new(Role::Viewer, &b))),
         ]);
-        assert_eq!(t.role_of(&hash(&a)), Some(Role::Editor));
-        assert_eq!(t.role_of(&hash(&b)), Some(Role::Viewer));
-        assert_eq!(t.role_of(&hash("weir_nope")), None);
+        let ci = t.caller(&hash(&a)).unwrap();
+        assert_eq!((ci.name.as_str(), ci.role), ("ci", Role::Editor));
+        assert_eq!(t.caller(&hash(&b)).map(|c| c.role), Some(Role::Viewer));
+        assert_eq!(t.caller(&hash("weir_nope")), None);
         assert!(matches!(t.check_new("ci"), Err(TokenError::Exists(_))));
         let bad = Stored {
             sha256: "zz".to_owned(),
@@ -231,7 +235,7 @@ mod tests {
             "a token without a valid hash is left out"
         );
         t.set("ci", None);
-        assert_eq!(t.role_of(&hash(&a)), None);
+        assert_eq!(t.caller(&hash(&a)), None);
     }
 
     #[test]

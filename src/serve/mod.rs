@@ -26,6 +26,7 @@ use weir_engine::Engine;
 
 use crate::api::AppState;
 use crate::auth::Auth;
+use crate::auth::device::Devices;
 use crate::config::Settings;
 use crate::fleet::pg::Target;
 use crate::pipeline::{BatchSettings, Pipeline};
@@ -143,6 +144,10 @@ async fn services(
         rules: Arc::new(rules),
         auth: Arc::new(auth),
         shadows,
+        devices: Devices::new(
+            settings.mqtt.access.acl.clone(),
+            settings.mqtt.limits.max_packet,
+        ),
         ready: Default::default(),
         browsers: settings.http.browsers.clone(),
     }))

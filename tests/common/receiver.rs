@@ -114,4 +114,15 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// The `n` of every body received so far, in order (the fault tests number their
+    /// messages so).
+    pub fn numbers(&self) -> Vec<i64> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b["n"].as_i64().unwrap())
+            .collect()
+    }
 }

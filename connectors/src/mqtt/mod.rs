@@ -10,6 +10,7 @@ pub mod external;
 mod packets;
 
 pub use rumqttc::mqttbytes::QoS;
+use weir_engine::{Ack, Message};
 
 pub use embedded::{Broker, OwnService};
 pub use external::{
@@ -46,6 +47,44 @@ impl Publisher {
                 (0..n).map(|_| Ok(())).collect()
             }
             Self::External(p) => p.publish_batch(publishes, qos).await,
+        }
+    }
+
+    /// Publishes a message a device sent over HTTP as its MQTT PUBLISH at `qos` would
+    /// be: on the embedded broker, to the rules, the retained store if `retain` and the
+    /// subscribers, returning (at QoS 1) once the rules let go of it, as the PUBACK
+    /// would be sent; on an external broker, to that broker (where weir's rules read it
+    /// as any device's), returning once it acknowledged the publish.
+    pub async fn publish_from_http(
+        &self,
+        mut msg: Message,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), PublishError> {
+        match self {
+            Self::Embedded(b) => {
+                let (done, held) = tokio::sync::oneshot::channel();
+                let at_least_once = qos != QoS::AtMostOnce;
+                if at_least_once {
+                    msg.ack = Ack::on_drop(move || {
+                        let _ = done.send(());
+                    });
+                }
+                if !b.publish_from_http(msg, qos, retain).await {
+                    return Err(PublishError::Stopped);
+                }
+                if at_least_once {
+                    held.await.map_err(|_| PublishError::Stopped)?;
+                }
+                Ok(())
+            }
+            Self::External(p) => {
+                let one = vec![(msg.topic, msg.payload)];
+                p.publish_retained(one, qos, retain)
+                    .await
+                    .pop()
+                    .unwrap_or(Err(PublishError::NotPublished))
+            }
         }
     }
 }

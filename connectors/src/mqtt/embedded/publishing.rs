@@ -240,7 +240,6 @@ impl Broker {
         m: &Incoming<'_>,
         ack: Ack,
     ) -> Result<(), ClientError> {
-        self.inner.metrics.broker_received.inc();
         let msg = Message {
             topic: m.topic.to_owned(),
             client_id: Some(peer.client_id.to_string()),
@@ -253,6 +252,31 @@ impl Broker {
             ack,
             will: m.will,
         };
+        self.take(m, msg).await
+    }
+
+    /// Takes a message published over HTTP (`POST /v1/topics/{topic}`) as its MQTT
+    /// PUBLISH would be taken: `msg` (its topic, payload, who sent it and its
+    /// acknowledgement) to the rules, kept as the topic's retained message if `retain`,
+    /// queued for the subscribers at `qos`. The caller checked the topic and the ACL.
+    /// False if the broker is stopping.
+    pub async fn publish_from_http(&self, msg: Message, qos: QoS, retain: bool) -> bool {
+        let topic = msg.topic.clone();
+        let m = Incoming {
+            topic: &topic,
+            payload: msg.payload.clone(),
+            qos: qos as u8,
+            retain,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+            will: false,
+        };
+        self.take(&m, msg).await.is_ok()
+    }
+
+    async fn take(&self, m: &Incoming<'_>, msg: Message) -> Result<(), ClientError> {
+        self.inner.metrics.broker_received.inc();
         if self.inner.ingress.send(msg).await.is_err() {
             return Err(ClientError::ShuttingDown);
         }

@@ -46,6 +46,7 @@ type Results = Vec<Result<(), PublishError>>;
 struct Job {
     publishes: Vec<Outgoing>,
     qos: QoS,
+    retain: bool,
     reply: oneshot::Sender<Results>,
 }
 
@@ -90,6 +91,17 @@ impl ConfirmedPublisher {
     /// Publishes a batch, in order, and waits until the broker acknowledged each one:
     /// a result per publish, in the batch's order.
     pub async fn publish_batch(&self, publishes: Vec<Outgoing>, qos: QoS) -> Results {
+        self.publish_retained(publishes, qos, false).await
+    }
+
+    /// [`ConfirmedPublisher::publish_batch`], with the retain flag set on each publish
+    /// if `retain`.
+    pub async fn publish_retained(
+        &self,
+        publishes: Vec<Outgoing>,
+        qos: QoS,
+        retain: bool,
+    ) -> Results {
         let n = publishes.len();
         if n == 0 {
             return Vec::new();
@@ -99,6 +111,7 @@ impl ConfirmedPublisher {
         let job = Job {
             publishes,
             qos,
+            retain,
             reply,
         };
         if self.tx.send(job).await.is_err() {
@@ -116,6 +129,7 @@ impl ConfirmedPublisher {
 struct Pending {
     publishes: Vec<Outgoing>,
     qos: QoS,
+    retain: bool,
     results: Vec<Option<Result<(), PublishError>>>,
     outstanding: usize,
     reply: oneshot::Sender<Results>,
@@ -289,6 +303,7 @@ impl Task {
             Pending {
                 publishes: job.publishes,
                 qos: job.qos,
+                retain: job.retain,
                 results: vec![None; n],
                 outstanding: n,
                 reply: job.reply,
@@ -314,6 +329,7 @@ impl Task {
             self.backlog.pop_front();
             let (topic, payload) = std::mem::take(&mut job.publishes[i]);
             let mut publish = Publish::new(topic, qos, payload, None);
+            publish.retain = job.retain;
             let pkid = match qos {
                 QoS5::AtMostOnce => 0,
                 _ => next_pkid(&mut self.pkid, &self.unacked),
