@@ -341,6 +341,81 @@ async fn rules_read_the_answers_as_messages() {
     );
 }
 
+/// AWS's form, with the role's ARN (accepted and ignored).
+const READ_LIMIT: &str =
+    "get_thing_shadow(topic(2), 'arn:aws:iam::123456789012:role/r').state.desired.threshold";
+
+#[tokio::test]
+async fn a_rule_reads_the_committed_shadow_with_get_thing_shadow() {
+    let dir = temp_dir("shadow-get-thing-shadow");
+    let weir = Weir::start(&dir, &[]).await;
+    let rule = json!({
+        "sql": format!("SELECT temp, {READ_LIMIT} AS threshold FROM 'plant/+/metrics' WHERE temp > {READ_LIMIT}"),
+        "actions": [{"republish": {"topic": "alerts/${topic(2)}"}}]
+    });
+    let (status, body) = weir.put_rule("over", rule).await;
+    assert_eq!(status, 201, "{body}");
+    let mut watcher = Mqtt::connect(weir.mqtt, "watcher").await;
+    watcher.subscribe("alerts/#").await;
+    let device = Mqtt::connect(weir.mqtt, "p1").await;
+    let set = |limit: i64| {
+        let weir = &weir;
+        async move {
+            let body = json!({"state": {"desired": {"threshold": limit}}});
+            let (status, doc) = weir
+                .send_json(Method::POST, "/v1/things/p1/shadow", &body)
+                .await;
+            assert_eq!(status, 200, "{doc}");
+        }
+    };
+    set(80).await;
+    device.publish("plant/p1/metrics", r#"{"temp": 90}"#).await;
+    assert_eq!(
+        watcher.next(10).await.unwrap(),
+        ("alerts/p1".to_owned(), json!({"temp": 90, "threshold": 80}))
+    );
+    // Right after the /accepted of a new threshold, the rule reads the new one.
+    set(95).await;
+    device.publish("plant/p1/metrics", r#"{"temp": 90}"#).await;
+    device.publish("plant/p1/metrics", r#"{"temp": 99}"#).await;
+    assert_eq!(
+        watcher.next(10).await.unwrap(),
+        ("alerts/p1".to_owned(), json!({"temp": 99, "threshold": 95}))
+    );
+    // A thing without a shadow: Undefined, so no alert.
+    device.publish("plant/p2/metrics", r#"{"temp": 500}"#).await;
+    assert!(watcher.next(1).await.is_none());
+    assert_eq!(
+        weir.metric(r#"weir_rule_messages_failed_total{reason="evaluation_error",rule="over"}"#)
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn get_thing_shadow_reads_the_fleet_store_from_the_rule_tester() {
+    let db = Database::create("weir_get_thing_shadow");
+    let dir = temp_dir("shadow-get-fleet");
+    let weir = Weir::start(&dir, &["--rule-store", &db.url()]).await;
+    let body = json!({"state": {"desired": {"threshold": 70}}});
+    let (status, _) = weir
+        .send_json(Method::POST, "/v1/things/p9/shadow?name=cfg", &body)
+        .await;
+    assert_eq!(status, 200);
+    // The tester evaluates on the API's own thread: the read must not wait for it.
+    let test = json!({
+        "sql": "SELECT get_thing_shadow(topic(2), 'cfg', 'arn:aws:iam::1:role/r').state.desired.threshold AS t, get_thing_shadow(topic(2), 'arn:aws:iam::1:role/r') AS classic FROM 'plant/+/metrics'",
+        "messages": [{"topic": "plant/p9/metrics", "payload": {"temp": 1}}]
+    });
+    let (status, answer) = weir.test_rule(&test).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["results"][0]["outputs"],
+        json!([{"t": 70}]),
+        "{answer}"
+    );
+}
+
 #[tokio::test]
 async fn a_kill_right_after_accepted_loses_nothing() {
     let dir = temp_dir("shadow-kill");

@@ -58,6 +58,7 @@ pub mod topic;
 
 /// The Arrow version the engine (DataFusion) uses, for crates that build batches too.
 pub use datafusion::arrow;
+pub use dialect::functions::shadows::ShadowReader;
 pub use dialect::{SqlError, SqlVersion};
 pub use engine::Engine;
 pub use error::{Classify, ErrorClass};

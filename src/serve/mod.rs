@@ -123,8 +123,9 @@ async fn services(
     store: &Store,
     stop: &CancellationToken,
 ) -> anyhow::Result<Arc<AppState>> {
+    let engine = Engine::new();
     let rules = RuleService::open(
-        Engine::new(),
+        engine.clone(),
         pipeline.clone(),
         store.clone(),
         settings.pipeline.max_rules,
@@ -140,6 +141,8 @@ async fn services(
         stop.clone(),
     )
     .await?;
+    // Before any message flows: the ingress opens after the services.
+    engine.read_shadows_with(shadows.reader());
     Ok(Arc::new(AppState {
         rules: Arc::new(rules),
         auth: Arc::new(auth),

@@ -9,10 +9,12 @@
 //!   synced before an answer leaves;
 //! * `batch.rs`: a batch of requests applied to its shadows and committed;
 //! * `throttle.rs`: each thing's request rate;
-//! * `service.rs`: the worker that takes requests in batches and publishes the answers.
+//! * `service.rs`: the worker that takes requests in batches and publishes the answers;
+//! * `reader.rs`: `get_thing_shadow()` in rules, reading the store.
 
 mod batch;
 pub mod document;
+mod reader;
 pub mod request;
 mod service;
 pub mod store;
@@ -144,6 +146,11 @@ impl Shadows {
                 Err(ShadowError::internal())
             }
         }
+    }
+
+    /// What `get_thing_shadow()` in a rule reads through: the committed documents.
+    pub fn reader(&self) -> Arc<dyn weir_engine::ShadowReader> {
+        Arc::new(reader::Reader(self.store.clone()))
     }
 
     /// The epoch seconds of now, as answers say it.

@@ -77,6 +77,10 @@ pub enum CallError {
     },
     #[error("substring() takes 2 or 3 arguments, got {0}")]
     SubstringArity(usize),
+    #[error(
+        "get_thing_shadow() takes the thing, then the shadow's name if it is a named one, then a role ARN (ignored): 1 to 3 arguments, got {0}"
+    )]
+    ShadowArity(usize),
     /// An argument that is not an expression (`name => value`, `t.*`).
     #[error("unsupported argument to {0}()")]
     Argument(String),

@@ -197,6 +197,10 @@ impl ShadowBackend for Local {
         blocking(move || inner.load(&ids))
     }
 
+    fn load_now(&self, ids: &[ShadowId]) -> anyhow::Result<HashMap<ShadowId, Record>> {
+        self.inner.load(ids)
+    }
+
     fn commit<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, anyhow::Result<bool>> {
         let (inner, writes) = (self.inner.clone(), writes.to_vec());
         blocking(move || inner.commit(&writes))

@@ -55,6 +55,11 @@ pub trait ShadowBackend: Send + Sync {
         ids: &'a [ShadowId],
     ) -> BoxFuture<'a, anyhow::Result<HashMap<ShadowId, Record>>>;
 
+    /// [`ShadowBackend::load`], blocking, from any thread and whatever runtime (if any)
+    /// it belongs to: for `get_thing_shadow()` in a rule, evaluated where no `.await`
+    /// can be.
+    fn load_now(&self, ids: &[ShadowId]) -> anyhow::Result<HashMap<ShadowId, Record>>;
+
     /// Writes all of `writes` durably, or nothing: `Ok(false)` when a shadow is no longer
     /// what its write expects (another replica changed it).
     fn commit<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, anyhow::Result<bool>>;

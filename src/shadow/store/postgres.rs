@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::future::BoxFuture;
@@ -33,6 +34,9 @@ CREATE TABLE IF NOT EXISTS weir_shadows (
 
 pub struct Postgres {
     db: Database,
+    url: String,
+    /// The thread that reads for [`ShadowBackend::load_now`], once one was asked for.
+    reader: std::sync::OnceLock<std::sync::mpsc::SyncSender<Ask>>,
     /// Rows as of the last count, with this replica's inserts since.
     count: AtomicU64,
     /// The table's size as of the last count.
@@ -69,6 +73,8 @@ impl Postgres {
         };
         Ok(Self {
             db,
+            url: url.to_owned(),
+            reader: Default::default(),
             count: AtomicU64::new(n),
             bytes: AtomicU64::new(bytes),
         })
@@ -191,12 +197,73 @@ impl Postgres {
     }
 }
 
+/// A read asked of the reader thread, and where its answer goes.
+struct Ask {
+    ids: Vec<ShadowId>,
+    reply: std::sync::mpsc::Sender<anyhow::Result<HashMap<ShadowId, Record>>>,
+}
+
+/// The longest a rule waits for the reader thread before its batch fails.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads for rules on a thread of its own, with a runtime and a connection of its own:
+/// a rule evaluated on a thread of the service's runtime (a `POST /v1/test`) can then
+/// block on it without waiting for that runtime, which it holds.
+fn start_reader(url: String) -> std::sync::mpsc::SyncSender<Ask> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Ask>(64);
+    let spawned = std::thread::Builder::new()
+        .name("weir-shadow-reader".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "the shadow reader cannot start a runtime");
+                    return;
+                }
+            };
+            let mut store: Option<Postgres> = None;
+            while let Ok(ask) = rx.recv() {
+                let answer = runtime.block_on(async {
+                    let s = match store.take() {
+                        Some(s) => s,
+                        None => Postgres::open(&url).await?,
+                    };
+                    let found = s.load_all(&ask.ids).await;
+                    store = Some(s);
+                    found
+                });
+                let _ = ask.reply.send(answer);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "the shadow reader's thread cannot start");
+    }
+    tx
+}
+
 impl ShadowBackend for Postgres {
     fn load<'a>(
         &'a self,
         ids: &'a [ShadowId],
     ) -> BoxFuture<'a, anyhow::Result<HashMap<ShadowId, Record>>> {
         Box::pin(self.load_all(ids))
+    }
+
+    fn load_now(&self, ids: &[ShadowId]) -> anyhow::Result<HashMap<ShadowId, Record>> {
+        let reader = self.reader.get_or_init(|| start_reader(self.url.clone()));
+        let (reply, answer) = std::sync::mpsc::channel();
+        reader
+            .send(Ask {
+                ids: ids.to_vec(),
+                reply,
+            })
+            .map_err(|_| anyhow::anyhow!("the shadow reader stopped"))?;
+        answer.recv_timeout(READ_TIMEOUT).map_err(|_| {
+            anyhow::anyhow!("the shadow store did not answer within {READ_TIMEOUT:?}")
+        })?
     }
 
     fn commit<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, anyhow::Result<bool>> {

@@ -12,6 +12,7 @@
 //! | [`hashes`] | `md2`, `md5`, `sha1`, `sha224`, `sha256`, `sha384`, `sha512`, `crc32` |
 //! | [`collections`] | `get` (computed keys in `collections/get.rs`), `concat`, `transform` |
 //! | [`time`] | `parse_time`, `time_to_epoch` |
+//! | [`shadows`] | `get_thing_shadow` (read through the program's [`shadows::ShadowReader`]) |
 //! | [`conversions`] | `CAST(x AS Int \| Decimal \| Boolean \| String)`, AWS's `NOT` (`__weir_not`) |
 //!
 //! A call is resolved by [`resolve`]: functions that call AWS services are refused with
@@ -38,6 +39,7 @@ pub(super) mod hashes;
 pub(super) mod math;
 pub(super) mod nulls;
 pub(super) mod regex;
+pub mod shadows;
 pub(super) mod strings;
 pub(super) mod time;
 mod udf;
@@ -96,7 +98,8 @@ pub(super) fn resolve(
         .or_else(|| regex::rewrite(&c))
         .or_else(|| encoding::rewrite(&c))
         .or_else(|| hashes::rewrite(&c))
-        .or_else(|| collections::rewrite(&c));
+        .or_else(|| collections::rewrite(&c))
+        .or_else(|| shadows::rewrite(&c));
     if let Some(r) = rewritten {
         return r.map(Some);
     }
@@ -136,9 +139,6 @@ pub(super) fn unsupported(name: &str) -> Option<&'static str> {
         | "get_secret"
         | "get_registry_data"
         | "machinelearning_predict" => Some("calls an AWS service, which weir does not do"),
-        "get_thing_shadow" => Some(
-            "is not in weir's SQL yet: read a shadow's answers as messages instead (FROM '$aws/things/+/shadow/update/documents')",
-        ),
         "accountid" => Some("names the AWS account that owns the rule, and weir has none"),
         _ => None,
     }
