@@ -10,7 +10,10 @@
 #    Mosquitto delivering it to one plain subscriber;
 # 4. 1, 2 and 3 replicas sharing a Mosquitto's stream (weir-scale);
 # 5. 20,000 idle device connections (or as many as the open-file limit allows) against weir's embedded broker and against Mosquitto
-#    (weir-conns): memory per connection and connect rate.
+#    (weir-conns): memory per connection and connect rate;
+# 6. device shadow updates through the embedded broker, one thing and 10,000, beside a
+#    retained message's round trip through the same broker (weir-shadows): requests/s,
+#    p50/p99 request → /accepted, memory per stored shadow.
 # Extra arguments go to every weir-load run (see `weir-load --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,3 +68,5 @@ echo "== idle connections: weir's embedded broker beside Mosquitto"
   n=20000
   if [ "$limit" != unlimited ] && [ "$limit" -lt 20100 ]; then n=$((limit - 100)); fi
   "$CARGO_TARGET_DIR/release/weir-conns" --weir "$weir" --connections "$n" )
+echo "== device shadows: updates through the embedded broker, beside a retained message's round trip"
+"$CARGO_TARGET_DIR/release/weir-shadows" --weir "$weir"
