@@ -200,7 +200,7 @@ pub async fn json_bodies(req: Request, next: Next) -> Response {
 
 /// The largest refused body weir reads to the end, so that the connection may carry the
 /// client's next request.
-const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+pub const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// Reads a body to its end, dropping it; false if it broke off.
 pub async fn drain(body: axum::body::Body) -> bool {

@@ -22,7 +22,7 @@ use weir_engine::Message;
 use weir_engine::topic::validate_topic;
 
 use super::error::ApiError;
-use super::guards::drain;
+use super::guards::{DRAIN_LIMIT, drain};
 use super::state::AppState;
 use crate::auth::Caller;
 
@@ -104,7 +104,7 @@ pub(super) async fn publish(
         // Read (and drop) a body of moderate size, so that the connection carries the
         // client's next request; a larger one closes it.
         let mut r = too_large(n.to_string()).into_response();
-        if n > 16 * 1024 * 1024 || !drain(body).await {
+        if n as u64 > DRAIN_LIMIT || !drain(body).await {
             r.headers_mut().insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),

@@ -1,9 +1,11 @@
 //! weir-shadows: device shadow updates through weir's embedded broker, beside a plain
 //! retained message's round trip through the same broker in the same run.
 //!
-//! One MQTT client keeps `--window` requests in flight:
-//! * the baseline publishes a retained QoS 1 message to `bench/rt/<thing>` and counts it
-//!   done when its own subscription (`bench/rt/#`) delivers it back;
+//! `--clients` MQTT clients keep `--window` requests in flight each:
+//! * the baseline publishes a retained QoS 1 message to `bench/rt/<run>/<thing>` and
+//!   counts it done when its own subscription (`bench/rt/<run>/#`) delivers it back (a
+//!   prefix per run: a SUBSCRIBE matching thousands of retained messages is another
+//!   measurement);
 //! * a shadow update publishes `{"state": {"reported": {"n": i}}, "clientToken": "i"}` to
 //!   `$aws/things/<thing>/shadow/update` and counts it done when `/update/accepted` with
 //!   that token comes back: stored and synced first.
@@ -128,12 +130,15 @@ async fn client(
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_inflight(plan.window as u16);
     let (mqtt, mut eventloop) = AsyncClient::new(opts, plan.window * 2);
+    // A prefix of the run's own: the retained messages of earlier runs are not
+    // delivered on subscribing.
+    let prefix = format!("bench/rt/{}", base / 1_000_000_000);
     let filter = match plan.kind {
-        Kind::Retained => "bench/rt/#",
+        Kind::Retained => format!("{prefix}/#"),
         // /rejected too: a refused request is an error of the bench, said at once.
-        Kind::Shadow => "$aws/things/+/shadow/update/+",
+        Kind::Shadow => "$aws/things/+/shadow/update/+".to_owned(),
     };
-    mqtt.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    mqtt.subscribe(&filter, QoS::AtLeastOnce).await.unwrap();
     let sent: Sent = Arc::default();
     let slots = Arc::new(tokio::sync::Semaphore::new(0));
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
@@ -190,7 +195,7 @@ async fn client(
         let n = base + i;
         let (topic, payload, retain) = match plan.kind {
             Kind::Retained => (
-                format!("bench/rt/t{thing}"),
+                format!("{prefix}/t{thing}"),
                 format!(r#"{{"n":{n}}}"#),
                 true,
             ),
