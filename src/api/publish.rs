@@ -84,8 +84,19 @@ pub(super) async fn publish(
             format!("the ACL does not let this device publish to '{topic}'"),
         ));
     }
-    // The payload's room in a packet of the largest size a device may send.
-    let room = s.devices.max_packet.saturating_sub(OVERHEAD + topic.len());
+    // The payload's room in a packet of the largest size a device may send: none, when
+    // the topic alone does not fit (refused below, whatever the body).
+    let Some(room) = s.devices.max_packet.checked_sub(OVERHEAD + topic.len()) else {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the topic alone has {} bytes: it does not fit in an MQTT packet of {} bytes (--mqtt-max-packet-size)",
+                topic.len(),
+                s.devices.max_packet
+            ),
+        ));
+    };
     let too_large = |n: String| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
