@@ -37,19 +37,25 @@ struct Args {
     /// The weir binary to start.
     #[arg(long, default_value = "target/release/weir")]
     weir: PathBuf,
-    /// Requests in each full-speed run.
-    #[arg(long, default_value_t = 20_000)]
+    /// Requests in each full-speed run (each run needs fewer than 1,000,000,000: its
+    /// numbers start at the run's own billion).
+    #[arg(long, default_value_t = 20_000, value_parser = at_least_one(999_999_999))]
     requests: usize,
     /// Things (and so shadows) in the many-things runs.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one(999_999_999))]
     things: usize,
     /// Clients (MQTT connections) the requests are spread over.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one(1000))]
     clients: usize,
     /// Requests in flight at once per client (AWS, and weir, serve at most 10 of one
-    /// connection's shadow requests together).
-    #[arg(long, default_value_t = 8)]
+    /// connection's shadow requests together: more would be refused).
+    #[arg(long, default_value_t = 8, value_parser = at_least_one(10))]
     window: usize,
+}
+
+/// A count from 1 to `max`.
+fn at_least_one(max: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=max)
 }
 
 #[derive(Clone, Copy, PartialEq)]
