@@ -180,6 +180,12 @@ impl Auth {
         if name == ADMIN {
             return Err(TokenError::Reserved(name.to_owned()));
         }
+        // A token another replica made may not have reached this replica's copy yet:
+        // the store says whether it exists, so that revoking it is never a 404 while it
+        // still works elsewhere.
+        if self.copy().version(name).is_none() {
+            self.refresh(name).await.map_err(TokenError::Store)?;
+        }
         for _ in 0..CONFLICT_TRIES {
             let Some(version) = self.copy().version(name) else {
                 return Ok(false);
